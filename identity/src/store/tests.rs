@@ -1,0 +1,91 @@
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use super::*;
+
+/// A provider around the local CA that counts fetches and can be switched off.
+struct Flaky {
+    ca: LocalCa,
+    ttl: Duration,
+    calls: AtomicUsize,
+    down: AtomicBool,
+}
+
+impl CertProvider for Flaky {
+    fn fetch<'a>(&'a self, id: &'a Identity) -> FetchFuture<'a> {
+        Box::pin(async move {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.down.load(Ordering::SeqCst) {
+                return Err(CertError::Provider("CA unavailable".into()));
+            }
+            self.ca.issue_for(id, self.ttl)
+        })
+    }
+}
+
+fn flaky(ttl: Duration) -> Arc<Flaky> {
+    Arc::new(Flaky {
+        ca: LocalCa::generate("cluster.local", ttl).unwrap(),
+        ttl,
+        calls: AtomicUsize::new(0),
+        down: AtomicBool::new(false),
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn fetches_once_and_renews_at_half_life() {
+    let p = flaky(Duration::from_secs(3600));
+    let store = CertStore::new(p.clone());
+    let id = Identity::new("", "default", "web");
+    let first = store.get(&id).await.unwrap();
+    let again = store.get(&id).await.unwrap();
+    assert!(Arc::ptr_eq(&first, &again));
+    assert_eq!(p.calls.load(Ordering::SeqCst), 1);
+    // Half-life of a 1 h certificate backdated 60 s is ~29 min from now.
+    tokio::time::sleep(Duration::from_secs(25 * 60)).await;
+    assert_eq!(p.calls.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_secs(6 * 60)).await;
+    assert_eq!(p.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn keeps_a_valid_certificate_while_the_ca_is_down() {
+    let p = flaky(Duration::from_secs(3600));
+    let store = CertStore::new(p.clone());
+    let id = Identity::new("", "default", "web");
+    let first = store.get(&id).await.unwrap();
+    p.down.store(true, Ordering::SeqCst);
+    // Past the half-life the renewals fail and back off; the old certificate is still served.
+    tokio::time::sleep(Duration::from_secs(40 * 60)).await;
+    let calls = p.calls.load(Ordering::SeqCst);
+    assert!(
+        calls > 2,
+        "renewal should have been retried, saw {calls} calls"
+    );
+    assert!(
+        calls < 40,
+        "backoff should space retries, saw {calls} calls"
+    );
+    let still = store.get(&id).await.unwrap();
+    assert!(Arc::ptr_eq(&first, &still));
+    p.down.store(false, Ordering::SeqCst);
+    tokio::time::sleep(MAX_BACKOFF + Duration::from_secs(30)).await;
+    let renewed = store.get(&id).await.unwrap();
+    assert!(!Arc::ptr_eq(&first, &renewed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_fetch_failure_is_reported_not_hung() {
+    let p = flaky(Duration::from_secs(3600));
+    p.down.store(true, Ordering::SeqCst);
+    let store = CertStore::new(p.clone());
+    let err = store.get(&Identity::new("", "a", "b")).await.unwrap_err();
+    assert!(err.to_string().contains("CA unavailable"), "{err}");
+}
+
+#[test]
+fn backoff_grows_with_jitter_and_caps() {
+    let d1 = backoff(1);
+    assert!(d1 >= Duration::from_millis(800) && d1 <= Duration::from_millis(1200));
+    assert!(backoff(30) <= MAX_BACKOFF);
+    assert!(backoff(30) >= MAX_BACKOFF.mul_f64(0.8));
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs everything Keelson needs on a fresh Debian machine: the Debian packages the tests,
+# the local mesh and the benchmarks use. Idempotent; safe to run repeatedly.
+set -euo pipefail
+
+PACKAGES=(iproute2 iptables nftables procps tcpdump curl python3 ca-certificates)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null || { echo "setup: cargo (Rust stable) is required" >&2; exit 1; }
+echo "setup: ok"
