@@ -1,0 +1,140 @@
+//! The HBONE server side: TLS (client certificate required) + HTTP/2 on an accepted socket,
+//! handing each CONNECT stream to the caller's handler, which answers it (istio-wire.md §1.5).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::{Method, Request, Response, StatusCode};
+use identity::Identity;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::H2Config;
+use crate::error::HboneError;
+use crate::keepalive;
+use crate::stream::H2Stream;
+use crate::tls;
+
+/// Time allowed for the TLS and HTTP/2 handshakes (slow-loris protection).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One CONNECT request received on the server, waiting for an answer.
+pub struct Incoming {
+    pub request: Request<RecvStream>,
+    pub peer_identity: Identity,
+    pub peer_addr: SocketAddr,
+    pub local_addr: SocketAddr,
+    respond: SendResponse<Bytes>,
+}
+
+impl Incoming {
+    pub fn is_connect(&self) -> bool {
+        self.request.method() == Method::CONNECT
+    }
+
+    /// The raw `:authority`, if any.
+    pub fn authority(&self) -> Option<&str> {
+        self.request.uri().authority().map(|a| a.as_str())
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+    }
+
+    /// Answers with an error status and ends the stream.
+    pub fn reject(mut self, status: StatusCode) {
+        let resp = Response::builder()
+            .status(status)
+            .body(())
+            .unwrap_or_default();
+        let _ = self.respond.send_response(resp, true);
+    }
+
+    /// Answers 200 (with `extra` headers) and returns the tunnel stream.
+    pub fn accept(mut self, extra: &[(&str, String)]) -> Result<H2Stream, HboneError> {
+        let mut b = Response::builder().status(StatusCode::OK);
+        for (k, v) in extra {
+            b = b.header(*k, v.as_str());
+        }
+        let resp = b
+            .body(())
+            .map_err(|e| HboneError::BadRequest(e.to_string()))?;
+        let send = self.respond.send_response(resp, false)?;
+        Ok(H2Stream::new(send, self.request.into_body()))
+    }
+}
+
+/// Serves one accepted connection until the peer closes it, keepalive fails, or `shutdown`
+/// completes (then GOAWAY is sent and open streams are allowed to finish).
+pub async fn serve<IO, H, F>(
+    io: IO,
+    peer_addr: SocketAddr,
+    local_addr: SocketAddr,
+    tls_config: Arc<rustls::ServerConfig>,
+    h2cfg: &H2Config,
+    shutdown: impl Future<Output = ()>,
+    handler: H,
+) -> Result<(), HboneError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Incoming) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let handshakes = async {
+        let tls_stream = TlsAcceptor::from(tls_config)
+            .accept(io)
+            .await
+            .map_err(HboneError::Tls)?;
+        let peer_identity = tls::peer_identity(tls_stream.get_ref().1.peer_certificates())
+            .ok_or(HboneError::NoPeerIdentity)?;
+        let conn = h2cfg
+            .server_builder()
+            .handshake::<_, Bytes>(tls_stream)
+            .await
+            .map_err(HboneError::H2Handshake)?;
+        Ok::<_, HboneError>((peer_identity, conn))
+    };
+    let (peer_identity, mut conn) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshakes)
+        .await
+        .map_err(|_| HboneError::Tls(std::io::ErrorKind::TimedOut.into()))??;
+
+    let ping = conn.ping_pong();
+    let keepalive = keepalive::run(ping, h2cfg.keepalive_interval, h2cfg.keepalive_timeout);
+    tokio::pin!(keepalive, shutdown);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            next = conn.accept() => match next {
+                Some(Ok((request, respond))) => {
+                    let incoming = Incoming {
+                        request,
+                        peer_identity: peer_identity.clone(),
+                        peer_addr,
+                        local_addr,
+                        respond,
+                    };
+                    tokio::spawn(handler(incoming));
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None => return Ok(()),
+            },
+            () = &mut shutdown, if !draining => {
+                draining = true;
+                conn.graceful_shutdown();
+            }
+            () = &mut keepalive => {
+                tracing::warn!(%peer_addr, "HBONE client did not answer PING; closing");
+                conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                return Ok(());
+            }
+        }
+    }
+}

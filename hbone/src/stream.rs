@@ -1,0 +1,219 @@
+//! One CONNECT stream and the copy between it and a TCP socket (istio-wire.md §1.3):
+//! a TCP FIN becomes END_STREAM and back; a TCP reset becomes RST_STREAM(CONNECT_ERROR), and a
+//! RST_STREAM other than NO_ERROR/CANCEL becomes a TCP reset (SO_LINGER 0), so neither side
+//! mistakes an abort for a clean end.
+
+use std::io;
+use std::net::Shutdown;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::poll_fn;
+use h2::{Reason, RecvStream, SendStream};
+use tokio::net::TcpStream;
+
+/// First read size; doubles while reads fill the buffer, up to [`MAX_READ`]. Idle connections
+/// hold no buffer at all: one is allocated only once the socket is readable.
+const MIN_READ: usize = 16 * 1024;
+const MAX_READ: usize = 256 * 1024;
+
+/// A CONNECT stream: the two halves of an HTTP/2 stream, plus whatever must live as long as it
+/// (for example the pool's count of streams on its connection).
+pub struct H2Stream {
+    pub send: SendStream<Bytes>,
+    pub recv: RecvStream,
+    pub(crate) _guard: Option<Box<dyn Send + Sync>>,
+}
+
+impl H2Stream {
+    pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        H2Stream {
+            send,
+            recv,
+            _guard: None,
+        }
+    }
+}
+
+/// Bytes moved by a copy, and how it ended.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CopyStats {
+    /// From the TCP socket into the tunnel.
+    pub tcp_to_tunnel: u64,
+    /// From the tunnel out to the TCP socket.
+    pub tunnel_to_tcp: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("TCP side reset or failed: {0}")]
+    Tcp(io::Error),
+    #[error("tunnel reset by peer: {0}")]
+    TunnelReset(h2::Error),
+    #[error("tunnel failed: {0}")]
+    Tunnel(h2::Error),
+}
+
+enum Outcome {
+    Done(u64),
+    Failed(u64, CopyError),
+}
+
+/// Copies both ways until both directions have ended, propagating half-closes and resets.
+pub async fn copy_bidirectional(
+    tcp: &TcpStream,
+    stream: H2Stream,
+) -> Result<CopyStats, (CopyStats, CopyError)> {
+    let H2Stream {
+        mut send,
+        mut recv,
+        _guard,
+    } = stream;
+    let mut stats = CopyStats::default();
+    let mut failure = None;
+    {
+        let up = tcp_to_h2(tcp, &mut send);
+        let down = h2_to_tcp(&mut recv, tcp);
+        tokio::pin!(up, down);
+        let (mut up_done, mut down_done) = (false, false);
+        while !(up_done && down_done) && failure.is_none() {
+            tokio::select! {
+                r = &mut up, if !up_done => {
+                    up_done = true;
+                    match r {
+                        Outcome::Done(n) => stats.tcp_to_tunnel = n,
+                        Outcome::Failed(n, e) => { stats.tcp_to_tunnel = n; failure = Some(e); }
+                    }
+                }
+                r = &mut down, if !down_done => {
+                    down_done = true;
+                    match r {
+                        Outcome::Done(n) => stats.tunnel_to_tcp = n,
+                        Outcome::Failed(n, e) => { stats.tunnel_to_tcp = n; failure = Some(e); }
+                    }
+                }
+            }
+        }
+    }
+    match failure {
+        None => Ok(stats),
+        Some(e) => {
+            match &e {
+                // The app or the peer's app went away abruptly: tell the other side the same way.
+                CopyError::Tcp(_) => send.send_reset(Reason::CONNECT_ERROR),
+                CopyError::TunnelReset(_) | CopyError::Tunnel(_) => reset_tcp(tcp),
+            }
+            Err((stats, e))
+        }
+    }
+}
+
+/// Makes the kernel answer with RST instead of FIN when the socket is closed.
+pub fn reset_tcp(tcp: &TcpStream) {
+    let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+    let _ = socket2::SockRef::from(tcp).shutdown(Shutdown::Both);
+}
+
+async fn tcp_to_h2(tcp: &TcpStream, send: &mut SendStream<Bytes>) -> Outcome {
+    let mut total = 0u64;
+    let mut size = MIN_READ;
+    loop {
+        // Wait for data, but notice a reset of the stream by the peer meanwhile (it may come
+        // after the peer's END_STREAM, when nothing reads the receive half any more).
+        tokio::select! {
+            r = tcp.readable() => if let Err(e) = r {
+                return Outcome::Failed(total, CopyError::Tcp(e));
+            },
+            r = poll_fn(|cx| send.poll_reset(cx)) => {
+                let e = match r { Ok(reason) => h2::Error::from(reason), Err(e) => e };
+                return Outcome::Failed(total, CopyError::TunnelReset(e));
+            }
+        }
+        let mut buf = BytesMut::with_capacity(size);
+        let n = match tcp.try_read_buf(&mut buf) {
+            Ok(0) => {
+                return match send.send_data(Bytes::new(), true) {
+                    Ok(()) => Outcome::Done(total),
+                    Err(e) => Outcome::Failed(total, classify(e)),
+                }
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Outcome::Failed(total, CopyError::Tcp(e)),
+        };
+        if n == size && size < MAX_READ {
+            size *= 2;
+        }
+        total += n as u64;
+        if let Err(e) = send_all(send, buf.freeze()).await {
+            return Outcome::Failed(total, e);
+        }
+    }
+}
+
+async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), CopyError> {
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let cap = match poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(Ok(cap)) => cap,
+            Some(Err(e)) => return Err(classify(e)),
+            None => return Err(CopyError::Tunnel(h2::Error::from(Reason::STREAM_CLOSED))),
+        };
+        if cap == 0 {
+            continue;
+        }
+        let chunk = data.split_to(cap.min(data.len()));
+        send.send_data(chunk, false).map_err(classify)?;
+    }
+    Ok(())
+}
+
+async fn h2_to_tcp(recv: &mut RecvStream, tcp: &TcpStream) -> Outcome {
+    let mut total = 0u64;
+    loop {
+        match recv.data().await {
+            Some(Ok(chunk)) => {
+                let len = chunk.len();
+                if let Err(e) = write_all(tcp, &chunk).await {
+                    return Outcome::Failed(total, CopyError::Tcp(e));
+                }
+                total += len as u64;
+                let _ = recv.flow_control().release_capacity(len);
+            }
+            Some(Err(e)) if is_clean_end(&e) => break,
+            Some(Err(e)) => return Outcome::Failed(total, classify(e)),
+            None => break,
+        }
+    }
+    // END_STREAM (or a NO_ERROR/CANCEL reset): half-close towards the app.
+    match socket2::SockRef::from(tcp).shutdown(Shutdown::Write) {
+        Ok(()) => Outcome::Done(total),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Outcome::Done(total),
+        Err(e) => Outcome::Failed(total, CopyError::Tcp(e)),
+    }
+}
+
+async fn write_all(tcp: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        tcp.writable().await?;
+        match tcp.try_write(buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A received RST_STREAM with NO_ERROR or CANCEL counts as a clean end of stream.
+fn is_clean_end(e: &h2::Error) -> bool {
+    e.is_remote() && matches!(e.reason(), Some(Reason::NO_ERROR) | Some(Reason::CANCEL))
+}
+
+fn classify(e: h2::Error) -> CopyError {
+    if e.is_reset() && e.is_remote() {
+        CopyError::TunnelReset(e)
+    } else {
+        CopyError::Tunnel(e)
+    }
+}
