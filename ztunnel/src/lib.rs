@@ -1,1 +1,12 @@
+//! Keelson's ztunnel: the node proxy of Istio ambient mode. See ARCHITECTURE.md for the path
+//! of a connection through these modules.
+#![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod connection;
+pub mod drain;
+pub mod metrics;
+pub mod proxy;
+pub mod state;

@@ -1,1 +1,66 @@
-fn main() {}
+//! `ztunnel`: accepts the upstream command line (`ztunnel proxy ztunnel`, `ztunnel version`).
+
+use std::process::ExitCode;
+
+use tracing_subscriber::EnvFilter;
+use ztunnel::config::{Config, ProcessEnv};
+
+const USAGE: &str = "usage: ztunnel [proxy [ztunnel]] | version\n\nConfiguration comes from environment variables; see ARCHITECTURE.md.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        [] | ["proxy"] | ["proxy", "ztunnel"] => {}
+        ["version"] | ["--version"] => {
+            println!("keelson-ztunnel {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        ["-h"] | ["--help"] | ["help"] => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        other => {
+            eprintln!("unknown arguments {other:?}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
+    let cfg = match Config::from_source(&ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ztunnel: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(cfg.json_logs);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.worker_threads)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ztunnel: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(ztunnel::app::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "ztunnel failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}

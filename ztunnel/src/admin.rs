@@ -1,0 +1,164 @@
+//! The small HTTP servers: admin on localhost:15000 (`/config_dump`, `/quitquitquit`),
+//! Prometheus on 15020 (`/metrics`, `/stats/prometheus`) and readiness on 15021
+//! (`/healthz/ready`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::proxy::ProxyInputs;
+
+type Body = Full<Bytes>;
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(body.into()))
+        .unwrap_or_default()
+}
+
+/// Serves HTTP/1.1 on `listener` with `handler` until `stop` resolves.
+pub async fn serve<H, F>(listener: TcpListener, stop: impl Future<Output = ()>, handler: H)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    tokio::pin!(stop);
+    loop {
+        let (tcp, _) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => return,
+        };
+        let h = handler.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let h = h.clone();
+                async move { Ok::<_, Infallible>(h(req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+/// Readiness: the tasks still pending before the proxy may receive traffic.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    pending: Arc<Mutex<Vec<&'static str>>>,
+    draining: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    pub fn register(&self, task: &'static str) {
+        self.pending.lock().unwrap().push(task);
+    }
+
+    pub fn done(&self, task: &'static str) {
+        self.pending.lock().unwrap().retain(|t| *t != task);
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn response(&self, req: &Request<Incoming>) -> Response<Body> {
+        if req.method() != Method::GET {
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "method not allowed\n",
+            );
+        }
+        if req.uri().path() != "/healthz/ready" {
+            return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n");
+        }
+        let pending = self.pending.lock().unwrap().clone();
+        if self.draining.load(Ordering::Relaxed) {
+            reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                "not ready, draining\n",
+            )
+        } else if pending.is_empty() {
+            reply(StatusCode::OK, "text/plain", "ready\n")
+        } else {
+            reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("not ready, pending: {{{}}}\n", pending.join(", ")),
+            )
+        }
+    }
+}
+
+/// `/metrics`: always OpenMetrics text; the content type follows the Accept header.
+pub fn metrics_response(registry: &Registry, req: &Request<Incoming>) -> Response<Body> {
+    if !matches!(req.uri().path(), "/metrics" | "/stats/prometheus") {
+        return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n");
+    }
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, registry) {
+        return reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            e.to_string(),
+        );
+    }
+    let wants_om = req
+        .headers()
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let ct = if wants_om {
+        "application/openmetrics-text;charset=utf-8;version=1.0.0"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    reply(StatusCode::OK, ct, text)
+}
+
+/// The admin endpoints.
+pub fn admin_response(pi: &ProxyInputs, req: &Request<Incoming>) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/config_dump") => {
+            let mut dump = pi.state.dump();
+            dump["certificates"] = serde_json::to_value(pi.certs.summaries()).unwrap_or_default();
+            dump["staticConfig"] = serde_json::json!({});
+            dump["config"] = serde_json::to_value(pi.cfg.as_ref()).unwrap_or_default();
+            dump["version"] = env!("CARGO_PKG_VERSION").into();
+            dump["pool"] = serde_json::to_value(pi.pool.stats()).unwrap_or_default();
+            dump["openConnections"] = pi.drain.open().into();
+            let body = serde_json::to_string_pretty(&dump).unwrap_or_default();
+            reply(StatusCode::OK, "application/json", body)
+        }
+        (&Method::POST, "/quitquitquit") => {
+            pi.drain.begin();
+            reply(StatusCode::OK, "text/plain", "draining\n")
+        }
+        (_, "/quitquitquit") => reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST\n"),
+        (&Method::GET, "/") => reply(
+            StatusCode::OK,
+            "text/html",
+            "<html><body><a href=\"/config_dump\">config_dump</a> · POST /quitquitquit</body></html>",
+        ),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}

@@ -1,0 +1,140 @@
+//! Wiring: load the state and the CA, bind every listener, run until SIGTERM, then drain.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use anyhow::Context;
+use identity::{CertStore, LocalCa};
+use prometheus_client::registry::Registry;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::admin::{self, Readiness};
+use crate::config::Config;
+use crate::drain::Drain;
+use crate::metrics::{self, Metrics};
+use crate::proxy::{self, socket, ProxyInputs};
+use crate::state::{LocalConfig, State};
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    tracing::info!(config = %serde_json::to_string(cfg.as_ref()).unwrap_or_default(), "starting ztunnel");
+
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    metrics::register_build(&mut registry);
+    let registry = Arc::new(registry);
+
+    let xds_path = cfg
+        .local_xds_path
+        .as_ref()
+        .context("LOCAL_XDS_PATH is required")?;
+    let state = State::from_config(LocalConfig::load(xds_path)?);
+    let ca_dir = cfg
+        .local_ca_dir
+        .as_ref()
+        .context("KEELSON_LOCAL_CA_DIR is required")?;
+    let read = |name: &str| {
+        let p = ca_dir.join(name);
+        std::fs::read_to_string(&p)
+            .with_context(|| format!("reading local CA file {}", p.display()))
+    };
+    let ca = LocalCa::from_pem(
+        &read(identity::ca::ROOT_CERT_FILE)?,
+        &read(identity::ca::ROOT_KEY_FILE)?,
+        cfg.secret_ttl,
+    )?;
+    let certs = CertStore::new(Arc::new(ca));
+    let drain = Drain::new();
+    let pi = ProxyInputs::new(cfg.clone(), state, certs, metrics, drain.clone());
+
+    let readiness = Readiness::default();
+    readiness.register("certificate");
+    readiness.register("proxy");
+
+    let ports = cfg.ports;
+    let bind = |ip: Option<IpAddr>, port: u16, what: &str| {
+        socket::listen(ip, port, cfg.ipv6)
+            .with_context(|| format!("binding the {what} listener on port {port}"))
+    };
+    let outbound = bind(None, ports.outbound, "outbound")?;
+    let inbound = bind(None, ports.inbound_hbone, "inbound HBONE")?;
+    let plaintext = bind(None, ports.inbound_plaintext, "inbound plaintext")?;
+    let socks = if cfg.socks5 {
+        Some(bind(Some(LOCALHOST), ports.socks5, "SOCKS5")?)
+    } else {
+        None
+    };
+    let admin_l = bind(Some(LOCALHOST), ports.admin, "admin")?;
+    let metrics_l = bind(None, ports.metrics, "metrics")?;
+    let ready_l = bind(None, ports.readiness, "readiness")?;
+
+    tokio::spawn(proxy::outbound::serve(pi.clone(), outbound));
+    tokio::spawn(proxy::inbound::serve(pi.clone(), inbound));
+    tokio::spawn(proxy::passthrough::serve(pi.clone(), plaintext));
+    if let Some(l) = socks {
+        tokio::spawn(proxy::socks5::serve(pi.clone(), l));
+    }
+    readiness.done("proxy");
+    let never = std::future::pending::<()>;
+    {
+        let pi = pi.clone();
+        tokio::spawn(admin::serve(admin_l, never(), move |req| {
+            let pi = pi.clone();
+            async move { admin::admin_response(&pi, &req) }
+        }));
+    }
+    {
+        let registry = registry.clone();
+        tokio::spawn(admin::serve(metrics_l, never(), move |req| {
+            let registry = registry.clone();
+            async move { admin::metrics_response(&registry, &req) }
+        }));
+    }
+    {
+        let r = readiness.clone();
+        tokio::spawn(admin::serve(ready_l, never(), move |req| {
+            let r = r.clone();
+            async move { r.response(&req) }
+        }));
+    }
+    {
+        // The local workload's certificate: ready once it is held (traffic before that would
+        // only fail the handshake).
+        let pi = pi.clone();
+        let r = readiness.clone();
+        tokio::spawn(async move {
+            loop {
+                match pi.certs.get(&pi.local_identity()).await {
+                    Ok(_) => return r.done("certificate"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "waiting for the workload certificate");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+    }
+    tracing::info!(
+        outbound = %SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), ports.outbound),
+        "ztunnel listening"
+    );
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+        () = drain.started() => tracing::info!("/quitquitquit: draining"),
+    }
+    readiness.set_draining();
+    let open = drain.open();
+    let forced = drain.drain(cfg.drain_deadline).await;
+    tracing::info!(
+        open_at_start = open,
+        forced_closed = forced,
+        "drain complete; exiting"
+    );
+    Ok(())
+}

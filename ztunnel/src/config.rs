@@ -1,0 +1,402 @@
+//! ztunnel configuration from environment variables, named as the upstream ztunnel names them
+//! wherever the concept is the same, so Keelson's ztunnel can run in the upstream DaemonSet.
+//! Every variable is parsed; all bad values are reported together.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hbone::H2Config;
+use identity::Identity;
+
+// Upstream names.
+pub const PROXY_MODE: &str = "PROXY_MODE";
+pub const PROXY_WORKLOAD_INFO: &str = "PROXY_WORKLOAD_INFO";
+pub const LOCAL_XDS_PATH: &str = "LOCAL_XDS_PATH";
+pub const POOL_MAX_STREAMS_PER_CONNECTION: &str = "POOL_MAX_STREAMS_PER_CONNECTION";
+pub const POOL_UNUSED_RELEASE_TIMEOUT: &str = "POOL_UNUSED_RELEASE_TIMEOUT";
+pub const HTTP2_STREAM_WINDOW_SIZE: &str = "HTTP2_STREAM_WINDOW_SIZE";
+pub const HTTP2_CONNECTION_WINDOW_SIZE: &str = "HTTP2_CONNECTION_WINDOW_SIZE";
+pub const HTTP2_FRAME_SIZE: &str = "HTTP2_FRAME_SIZE";
+pub const ZTUNNEL_WORKER_THREADS: &str = "ZTUNNEL_WORKER_THREADS";
+pub const UNSTABLE_ENABLE_SOCKS5: &str = "UNSTABLE_ENABLE_SOCKS5";
+pub const ENABLE_ORIG_SRC: &str = "ENABLE_ORIG_SRC";
+pub const SECRET_TTL: &str = "SECRET_TTL";
+pub const CLUSTER_ID: &str = "CLUSTER_ID";
+pub const ISTIO_META_CLUSTER_ID: &str = "ISTIO_META_CLUSTER_ID";
+pub const NODE_NAME: &str = "NODE_NAME";
+pub const POD_NAME: &str = "POD_NAME";
+pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+pub const INSTANCE_IP: &str = "INSTANCE_IP";
+pub const TERMINATION_GRACE_PERIOD_SECONDS: &str = "TERMINATION_GRACE_PERIOD_SECONDS";
+pub const LOG_FORMAT: &str = "LOG_FORMAT";
+pub const IPV6_ENABLED: &str = "IPV6_ENABLED";
+// Keelson's own.
+/// Directory holding `root-cert.pem` and `root-key.pem` of the local CA that signs this
+/// ztunnel's workload certificates (tests and the local mesh; the remote CA comes later).
+pub const KEELSON_LOCAL_CA_DIR: &str = "KEELSON_LOCAL_CA_DIR";
+/// SO_MARK put on every upstream socket so in-pod redirection rules skip ztunnel's own traffic.
+pub const PACKET_MARK: &str = "PACKET_MARK";
+
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
+pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyMode {
+    Dedicated,
+    Shared,
+}
+
+/// The workload a dedicated ztunnel serves (`PROXY_WORKLOAD_INFO=ns/name/sa`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProxyWorkloadInfo {
+    pub namespace: String,
+    pub name: String,
+    pub service_account: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Config {
+    pub proxy_mode: ProxyMode,
+    pub workload_info: Option<ProxyWorkloadInfo>,
+    pub local_xds_path: Option<PathBuf>,
+    pub local_ca_dir: Option<PathBuf>,
+    pub secret_ttl: Duration,
+    pub h2: H2Config,
+    pub worker_threads: usize,
+    pub socks5: bool,
+    pub orig_src: bool,
+    pub packet_mark: Option<u32>,
+    pub cluster_id: String,
+    pub node_name: Option<String>,
+    pub pod_name: Option<String>,
+    pub pod_namespace: Option<String>,
+    pub instance_ip: Option<String>,
+    pub drain_deadline: Duration,
+    pub json_logs: bool,
+    pub ipv6: bool,
+    pub ports: Ports,
+}
+
+/// Listener ports (istio-wire.md §2).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Ports {
+    pub admin: u16,
+    pub outbound: u16,
+    pub inbound_plaintext: u16,
+    pub inbound_hbone: u16,
+    pub metrics: u16,
+    pub readiness: u16,
+    pub socks5: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Ports {
+            admin: 15000,
+            outbound: 15001,
+            inbound_plaintext: 15006,
+            inbound_hbone: hbone::HBONE_PORT,
+            metrics: 15020,
+            readiness: 15021,
+            socks5: 15080,
+        }
+    }
+}
+
+impl Ports {
+    /// Ports a proxied connection may never be delivered to: ztunnel's own listeners
+    /// (a loop, or a pod reaching ztunnel's admin surface through the mesh).
+    pub fn is_own(&self, port: u16, socks5: bool) -> bool {
+        [
+            self.admin,
+            self.outbound,
+            self.inbound_plaintext,
+            self.inbound_hbone,
+            self.readiness,
+        ]
+        .contains(&port)
+            || (socks5 && port == self.socks5)
+    }
+}
+
+/// Where variables are read from: the process environment, or a map in tests.
+pub trait Source {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl Source for ProcessEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Source for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct ConfigErrors(pub Vec<String>);
+
+struct Reader<'a> {
+    src: &'a dyn Source,
+    errors: Vec<String>,
+}
+
+impl Reader<'_> {
+    fn parse<T>(&mut self, key: &str, default: T, f: impl Fn(&str) -> Result<T, String>) -> T {
+        match self.src.get(key) {
+            None => default,
+            Some(v) => f(v.trim()).unwrap_or_else(|e| {
+                self.errors.push(format!("{key}={v:?}: {e}"));
+                default
+            }),
+        }
+    }
+
+    fn num<T: std::str::FromStr>(&mut self, key: &str, default: T) -> T
+    where
+        T::Err: std::fmt::Display,
+    {
+        self.parse(key, default, |v| v.parse::<T>().map_err(|e| e.to_string()))
+    }
+
+    fn boolean(&mut self, key: &str, default: bool) -> bool {
+        self.parse(key, default, |v| match v.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err("expected true or false".into()),
+        })
+    }
+
+    fn duration(&mut self, key: &str, default: Duration) -> Duration {
+        self.parse(key, default, parse_duration)
+    }
+}
+
+/// Parses Go-style durations (`500ms`, `30s`, `5m`, `24h`, `1h30m`); a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("missing unit in {s:?}"))?;
+        let (num, tail) = rest.split_at(digits);
+        let value: f64 = num.parse().map_err(|_| format!("bad number in {s:?}"))?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(format!("unknown unit {unit:?} in {s:?}")),
+        };
+        total += Duration::try_from_secs_f64(value * scale).map_err(|e| e.to_string())?;
+        rest = tail;
+    }
+    Ok(total)
+}
+
+impl Config {
+    pub fn from_source(src: &dyn Source) -> Result<Config, ConfigErrors> {
+        let mut r = Reader {
+            src,
+            errors: Vec::new(),
+        };
+        let proxy_mode = r.parse(PROXY_MODE, ProxyMode::Shared, |v| {
+            match v.to_ascii_lowercase().as_str() {
+                "dedicated" => Ok(ProxyMode::Dedicated),
+                "shared" => Ok(ProxyMode::Shared),
+                _ => Err("expected shared or dedicated".into()),
+            }
+        });
+        let workload_info = r.parse(PROXY_WORKLOAD_INFO, None, |v| {
+            let parts: Vec<&str> = v.split('/').collect();
+            match parts.as_slice() {
+                [ns, name, sa] if !ns.is_empty() && !name.is_empty() && !sa.is_empty() => {
+                    Ok(Some(ProxyWorkloadInfo {
+                        namespace: ns.to_string(),
+                        name: name.to_string(),
+                        service_account: sa.to_string(),
+                    }))
+                }
+                _ => Err("expected <namespace>/<name>/<service account>".into()),
+            }
+        });
+        let defaults = H2Config::default();
+        let h2 = H2Config {
+            stream_window: r.num(HTTP2_STREAM_WINDOW_SIZE, defaults.stream_window),
+            connection_window: r.num(HTTP2_CONNECTION_WINDOW_SIZE, defaults.connection_window),
+            frame_size: r.parse(HTTP2_FRAME_SIZE, defaults.frame_size, |v| {
+                let n: u32 = v
+                    .parse()
+                    .map_err(|e: std::num::ParseIntError| e.to_string())?;
+                if (16_384..=16_777_215).contains(&n) {
+                    Ok(n)
+                } else {
+                    Err("must be between 16384 and 16777215".into())
+                }
+            }),
+            pool_max_streams: r.parse(
+                POOL_MAX_STREAMS_PER_CONNECTION,
+                defaults.pool_max_streams,
+                |v| match v.parse::<u32>() {
+                    Ok(0) => Err("must be at least 1".into()),
+                    Ok(n) => Ok(n),
+                    Err(e) => Err(e.to_string()),
+                },
+            ),
+            pool_idle_timeout: r.duration(POOL_UNUSED_RELEASE_TIMEOUT, defaults.pool_idle_timeout),
+            ..defaults
+        };
+        let cfg = Config {
+            proxy_mode,
+            workload_info,
+            local_xds_path: r.parse(LOCAL_XDS_PATH, None, |v| Ok(Some(PathBuf::from(v)))),
+            local_ca_dir: r.parse(KEELSON_LOCAL_CA_DIR, None, |v| Ok(Some(PathBuf::from(v)))),
+            secret_ttl: r.duration(SECRET_TTL, identity::ca::DEFAULT_CERT_TTL),
+            h2,
+            worker_threads: r.num(ZTUNNEL_WORKER_THREADS, 2usize).max(1),
+            socks5: r.boolean(UNSTABLE_ENABLE_SOCKS5, false),
+            orig_src: r.boolean(ENABLE_ORIG_SRC, proxy_mode == ProxyMode::Shared),
+            packet_mark: r.parse(PACKET_MARK, None, |v| {
+                let n = match v.strip_prefix("0x") {
+                    Some(hex) => u32::from_str_radix(hex, 16),
+                    None => v.parse(),
+                };
+                n.map(Some).map_err(|e| e.to_string())
+            }),
+            cluster_id: src
+                .get(ISTIO_META_CLUSTER_ID)
+                .or_else(|| src.get(CLUSTER_ID))
+                .unwrap_or_else(|| DEFAULT_CLUSTER_ID.into()),
+            node_name: src.get(NODE_NAME),
+            pod_name: src.get(POD_NAME),
+            pod_namespace: src.get(POD_NAMESPACE),
+            instance_ip: src.get(INSTANCE_IP),
+            drain_deadline: r.parse(TERMINATION_GRACE_PERIOD_SECONDS, DEFAULT_DRAIN, |v| {
+                v.parse::<u64>()
+                    .map(Duration::from_secs)
+                    .map_err(|e| e.to_string())
+            }),
+            json_logs: r.parse(LOG_FORMAT, false, |v| match v {
+                "json" => Ok(true),
+                "plain" => Ok(false),
+                _ => Err("expected plain or json".into()),
+            }),
+            ipv6: r.boolean(IPV6_ENABLED, true),
+            ports: Ports::default(),
+        };
+        let mut errors = r.errors;
+        match cfg.proxy_mode {
+            ProxyMode::Dedicated if cfg.workload_info.is_none() => errors.push(format!(
+                "{PROXY_MODE}=dedicated needs {PROXY_WORKLOAD_INFO}=<namespace>/<name>/<service account>"
+            )),
+            ProxyMode::Shared => errors.push(format!(
+                "{PROXY_MODE}=shared (in-pod mode) needs the CNI node agent, which this build does not have yet; use {PROXY_MODE}=dedicated"
+            )),
+            _ => {}
+        }
+        if cfg.local_xds_path.is_none() {
+            errors.push(format!(
+                "{LOCAL_XDS_PATH} is required (the xDS client comes in a later release)"
+            ));
+        }
+        if cfg.local_ca_dir.is_none() {
+            errors.push(format!(
+                "{KEELSON_LOCAL_CA_DIR} is required (the CA client comes in a later release)"
+            ));
+        }
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// The identity this (dedicated) ztunnel speaks for, before the trust domain is known.
+    pub fn dedicated_identity(&self, trust_domain: &str) -> Option<Identity> {
+        self.workload_info
+            .as_ref()
+            .map(|w| Identity::new(trust_domain, &w.namespace, &w.service_account))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn reports_every_bad_value_at_once() {
+        let e = Config::from_source(&env(&[
+            (PROXY_MODE, "dedicated"),
+            (HTTP2_FRAME_SIZE, "12"),
+            (POOL_MAX_STREAMS_PER_CONNECTION, "x"),
+            (SECRET_TTL, "3 days"),
+        ]))
+        .unwrap_err();
+        let text = e.to_string();
+        for key in [
+            HTTP2_FRAME_SIZE,
+            POOL_MAX_STREAMS_PER_CONNECTION,
+            SECRET_TTL,
+            PROXY_WORKLOAD_INFO,
+            LOCAL_XDS_PATH,
+        ] {
+            assert!(text.contains(key), "{key} missing from: {text}");
+        }
+    }
+
+    #[test]
+    fn reads_upstream_names() {
+        let c = Config::from_source(&env(&[
+            (PROXY_MODE, "dedicated"),
+            (PROXY_WORKLOAD_INFO, "default/web-0/web"),
+            (LOCAL_XDS_PATH, "/tmp/x.yaml"),
+            (KEELSON_LOCAL_CA_DIR, "/tmp/ca"),
+            (POOL_MAX_STREAMS_PER_CONNECTION, "7"),
+            (POOL_UNUSED_RELEASE_TIMEOUT, "1m30s"),
+            (HTTP2_STREAM_WINDOW_SIZE, "65535"),
+            (ZTUNNEL_WORKER_THREADS, "1"),
+        ]))
+        .unwrap();
+        assert_eq!(c.h2.pool_max_streams, 7);
+        assert_eq!(c.h2.pool_idle_timeout, Duration::from_secs(90));
+        assert_eq!(c.h2.stream_window, 65535);
+        assert_eq!(c.worker_threads, 1);
+        assert_eq!(c.workload_info.unwrap().service_account, "web");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+}

@@ -1,0 +1,242 @@
+//! Inbound HBONE (15008): terminates mTLS as the local workload, checks each CONNECT
+//! (istio-wire.md §1.5) and connects it to the app.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use hbone::server::Incoming;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::socket;
+use super::{ProxyError, ProxyInputs};
+use crate::connection::{ConnectionResult, Direction, Peers};
+use crate::metrics::{Reporter, TrafficLabels};
+use crate::state::State;
+
+pub async fn serve(pi: Arc<ProxyInputs>, listener: TcpListener) {
+    let stop = pi.drain.started();
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut stop => return,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                socket::set_accepted_options(&tcp);
+                let pi2 = pi.clone();
+                pi.drain
+                    .spawn(serve_connection(pi2, tcp, socket::canonical(peer)));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "inbound accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(pi: Arc<ProxyInputs>, tcp: TcpStream, peer: SocketAddr) {
+    let local = match tcp.local_addr() {
+        Ok(a) => socket::canonical(a),
+        Err(_) => return,
+    };
+    let tls = match pi.server_tls().await {
+        Ok(t) => t,
+        Err(e) => return tracing::warn!(%peer, error = %e, "no certificate to serve HBONE with"),
+    };
+    let stop = pi.drain.started();
+    let handler = {
+        let pi = pi.clone();
+        move |inc: Incoming| handle_stream(pi.clone(), inc)
+    };
+    if let Err(e) = hbone::server::serve(tcp, peer, local, tls, &pi.cfg.h2, stop, handler).await {
+        tracing::info!(%peer, error = %e, response_flags = e.response_flag(), "HBONE connection failed");
+    }
+}
+
+/// Where an accepted CONNECT goes: the app's address and the service it was addressed to.
+struct Target {
+    addr: SocketAddr,
+    service: Option<String>,
+}
+
+fn check(pi: &ProxyInputs, inc: &Incoming) -> Result<Target, ProxyError> {
+    if !inc.is_connect() {
+        return Err(ProxyError::NotConnect(inc.request.method().to_string()));
+    }
+    let authority = inc.authority().unwrap_or("").to_string();
+    let local = pi.local_workload()?;
+    let local_ip = inc.local_addr.ip();
+    let (addr, service) = match authority.parse::<SocketAddr>() {
+        Ok(a) => {
+            let a = socket::canonical(a);
+            if a.ip() != local_ip {
+                return Err(ProxyError::IpMismatch {
+                    authority: a.ip(),
+                    local: local_ip,
+                });
+            }
+            (a, None)
+        }
+        Err(_) => {
+            let (host, port) = split_host_port(&authority)
+                .ok_or_else(|| ProxyError::BadAuthority(authority.clone()))?;
+            let svc = pi
+                .state
+                .service_by_host(host, &local.namespace)
+                .ok_or_else(|| ProxyError::UnknownService(host.to_string(), port))?;
+            let target = State::target_port(&svc, &local, port)
+                .ok_or_else(|| ProxyError::UnknownService(host.to_string(), port))?;
+            (
+                SocketAddr::new(local_ip, target),
+                Some(svc.hostname.clone()),
+            )
+        }
+    };
+    if pi.cfg.ports.is_own(addr.port(), pi.cfg.socks5) {
+        return Err(ProxyError::OwnPort(addr.port()));
+    }
+    Ok(Target { addr, service })
+}
+
+/// `host:port` with a DNS-style host and a non-zero port.
+fn split_host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    ok.then_some((host, port))
+}
+
+/// `host=` of the `forwarded` header, if any.
+fn forwarded_host(v: &str) -> Option<&str> {
+    v.split(';')
+        .find_map(|kv| kv.trim().strip_prefix("host="))
+        .map(|h| h.trim_matches('"'))
+}
+
+async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
+    let cluster = &pi.cfg.cluster_id;
+    let peer_ip: IpAddr = inc.peer_addr.ip();
+    let src_w = pi.state.workload_by_ip(peer_ip);
+    let local = pi.local_workload().ok();
+    let mut labels = TrafficLabels::new(Reporter::Destination)
+        .with_source(src_w.as_deref(), cluster)
+        .with_destination(local.as_deref(), cluster);
+    labels.source_principal = inc.peer_identity.to_string();
+    labels.connection_security_policy = "mutual_tls";
+    if let Some(l) = &local {
+        labels.destination_principal = l.identity().to_string();
+    }
+    let mut peers = Peers {
+        src_workload: src_w.as_ref().map(|w| w.name.clone()),
+        src_namespace: src_w.as_ref().map(|w| w.namespace.clone()),
+        src_identity: Some(inc.peer_identity.to_string()),
+        dst_hbone_addr: inc.authority().map(str::to_string),
+        dst_workload: local.as_ref().map(|w| w.name.clone()),
+        dst_namespace: local.as_ref().map(|w| w.namespace.clone()),
+        dst_identity: local.as_ref().map(|w| w.identity().to_string()),
+        ..Default::default()
+    };
+
+    let target = match check(&pi, &inc) {
+        Ok(t) => t,
+        Err(e) => {
+            let mut r = ConnectionResult::new(
+                pi.metrics.clone(),
+                Direction::Inbound,
+                inc.peer_addr,
+                labels,
+                peers,
+            );
+            r.fail_early(e.response_flag(), &e);
+            inc.reject(e.status());
+            return;
+        }
+    };
+    peers.dst_addr = Some(target.addr);
+    let svc_host = target.service.or_else(|| {
+        inc.header("forwarded")
+            .and_then(forwarded_host)
+            .map(str::to_string)
+    });
+    let svc = match (&svc_host, &local) {
+        (Some(h), Some(l)) => pi.state.service_by_host(h, &l.namespace),
+        (None, Some(l)) => pi.state.service_for_inbound(l, target.addr.port()),
+        _ => None,
+    };
+    if let Some(s) = &svc {
+        labels = labels.with_service(&s.hostname, &s.namespace, &s.name);
+        peers.dst_service = Some(s.hostname.clone());
+    }
+    let mut result = ConnectionResult::new(
+        pi.metrics.clone(),
+        Direction::Inbound,
+        inc.peer_addr,
+        labels,
+        peers,
+    );
+    let src = pi.cfg.orig_src.then_some(peer_ip);
+    let mut app = match socket::connect(target.addr, src, pi.cfg.packet_mark).await {
+        Ok(t) => t,
+        Err(e) => {
+            let e = ProxyError::Connect(target.addr, e);
+            result.fail_early(e.response_flag(), &e);
+            inc.reject(e.status());
+            return;
+        }
+    };
+    let baggage = super::outbound::baggage(local.as_deref(), cluster);
+    let stream = match inc.accept(&[("baggage", baggage)]) {
+        Ok(s) => s,
+        Err(e) => return result.fail_early("CONNECT", e),
+    };
+    // Bytes: the tunnel carries client→server, the app socket server→client.
+    match hbone::copy_bidirectional(&app, stream).await {
+        Ok(st) => result.add_bytes(st.tunnel_to_tcp, st.tcp_to_tunnel),
+        Err((st, e)) => {
+            result.add_bytes(st.tunnel_to_tcp, st.tcp_to_tunnel);
+            result.fail("CONNECT", e);
+        }
+    }
+    let _ = &mut app;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_parsing() {
+        assert_eq!(
+            split_host_port("echo.default.svc.cluster.local:80"),
+            Some(("echo.default.svc.cluster.local", 80))
+        );
+        for bad in [
+            "",
+            "host",
+            "host:",
+            ":80",
+            "host:0",
+            "host:99999",
+            "a b:80",
+            "[::1",
+            "a:b:c",
+        ] {
+            assert_eq!(split_host_port(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn forwarded_host_is_extracted() {
+        assert_eq!(
+            forwarded_host("for=\"10.0.0.1:5\";host=echo.ns.svc"),
+            Some("echo.ns.svc")
+        );
+        assert_eq!(forwarded_host("for=\"10.0.0.1:5\""), None);
+    }
+}

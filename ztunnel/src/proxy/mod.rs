@@ -1,0 +1,141 @@
+//! The four proxies of a (dedicated) ztunnel and what they share. Each file holds one listener:
+//! accept → one task per connection (tracked by [`Drain`]) → resolve → connect → copy.
+
+pub mod inbound;
+pub mod outbound;
+pub mod passthrough;
+pub mod socket;
+pub mod socks5;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use hbone::{HboneError, Pool};
+use identity::{CertError, CertStore, Identity, WorkloadCertificate};
+
+use crate::config::Config;
+use crate::drain::Drain;
+use crate::metrics::Metrics;
+use crate::state::{State, Workload};
+
+/// Why a connection could not be proxied. Becomes wire behaviour in exactly one place per
+/// listener: an HBONE status code inbound, a closed (or reset) socket outbound, a SOCKS5 reply.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("service {0} has no healthy endpoint for port {1}")]
+    NoEndpoints(String, u16),
+    #[error("destination port {0} is one of ztunnel's own ports")]
+    OwnPort(u16),
+    #[error("HBONE: {0}")]
+    Hbone(#[from] HboneError),
+    #[error("connect to {0}: {1}")]
+    Connect(SocketAddr, std::io::Error),
+    #[error("certificate: {0}")]
+    Cert(#[from] CertError),
+    #[error("the workload this ztunnel serves ({0}) is not known")]
+    UnknownLocalWorkload(String),
+    #[error("authority {0:?} is not ip:port or host:port")]
+    BadAuthority(String),
+    #[error("authority IP {authority} does not match the destination {local}")]
+    IpMismatch { authority: IpAddr, local: IpAddr },
+    #[error("no service {0} with a target port for {1}")]
+    UnknownService(String, u16),
+    #[error("method {0} is not CONNECT")]
+    NotConnect(String),
+}
+
+impl ProxyError {
+    /// The Istio response flag reported in metrics and access logs.
+    pub fn response_flag(&self) -> &'static str {
+        match self {
+            ProxyError::Hbone(e) => e.response_flag(),
+            ProxyError::Cert(_) => "IDENTITY_ERROR",
+            _ => "CONNECT",
+        }
+    }
+
+    /// The status the HBONE server answers with (istio-wire.md §1.5).
+    pub fn status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            ProxyError::NotConnect(_)
+            | ProxyError::BadAuthority(_)
+            | ProxyError::IpMismatch { .. } => S::BAD_REQUEST,
+            _ => S::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// Everything the proxies share.
+pub struct ProxyInputs {
+    pub cfg: Arc<Config>,
+    pub state: State,
+    pub certs: CertStore,
+    pub pool: Pool,
+    pub metrics: Arc<Metrics>,
+    pub drain: Drain,
+    /// The workload this ztunnel serves (dedicated mode): namespace and name.
+    pub local_ns: String,
+    pub local_name: String,
+    /// The last server TLS config built, with the certificate it was built from.
+    server_tls: Mutex<Option<(Arc<WorkloadCertificate>, Arc<rustls::ServerConfig>)>>,
+}
+
+impl ProxyInputs {
+    pub fn new(
+        cfg: Arc<Config>,
+        state: State,
+        certs: CertStore,
+        metrics: Arc<Metrics>,
+        drain: Drain,
+    ) -> Arc<Self> {
+        let info = cfg
+            .workload_info
+            .clone()
+            .expect("validated: dedicated mode has workload info");
+        Arc::new(ProxyInputs {
+            pool: Pool::new(&cfg.h2),
+            cfg,
+            state,
+            certs,
+            metrics,
+            drain,
+            local_ns: info.namespace,
+            local_name: info.name,
+            server_tls: Mutex::new(None),
+        })
+    }
+
+    pub fn local_workload(&self) -> Result<Arc<Workload>, ProxyError> {
+        self.state
+            .workload_by_name(&self.local_ns, &self.local_name)
+            .ok_or_else(|| {
+                ProxyError::UnknownLocalWorkload(format!("{}/{}", self.local_ns, self.local_name))
+            })
+    }
+
+    /// The identity of the local workload (from WDS when known, else from the config).
+    pub fn local_identity(&self) -> Identity {
+        match self.local_workload() {
+            Ok(w) => w.identity(),
+            Err(_) => self
+                .cfg
+                .dedicated_identity(identity::DEFAULT_TRUST_DOMAIN)
+                .expect("validated: dedicated mode has workload info"),
+        }
+    }
+
+    /// Server TLS config for the local identity, rebuilt only when the certificate rotates.
+    pub async fn server_tls(&self) -> Result<Arc<rustls::ServerConfig>, ProxyError> {
+        let cert = self.certs.get(&self.local_identity()).await?;
+        let mut cached = self.server_tls.lock().unwrap();
+        if let Some((c, cfg)) = cached.as_ref() {
+            if Arc::ptr_eq(c, &cert) {
+                return Ok(cfg.clone());
+            }
+        }
+        let cfg = hbone::tls::server_config(&cert).map_err(HboneError::from)?;
+        *cached = Some((cert, cfg.clone()));
+        Ok(cfg)
+    }
+}

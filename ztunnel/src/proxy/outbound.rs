@@ -1,0 +1,256 @@
+//! Outbound (15001): connections the app made, redirected here by iptables. The original
+//! destination is resolved through WDS (istio-wire.md §3.5): a service VIP to one healthy
+//! endpoint, a workload IP to that workload, anything else passes through untouched. HBONE
+//! workloads are reached through a pooled tunnel to their 15008, others with plain TCP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hbone::{ConnectRequest, H2Stream, PoolKey};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::socket;
+use super::{ProxyError, ProxyInputs};
+use crate::connection::{ConnectionResult, Direction, Peers};
+use crate::metrics::{Reporter, TrafficLabels};
+use crate::state::{Service, State, TunnelProtocol, Workload};
+
+pub async fn serve(pi: Arc<ProxyInputs>, listener: TcpListener) {
+    let stop = pi.drain.started();
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut stop => return,
+        };
+        match accepted {
+            Ok((tcp, src)) => {
+                socket::set_accepted_options(&tcp);
+                let pi2 = pi.clone();
+                pi.drain.spawn(async move {
+                    let orig = match socket::original_dst(&tcp) {
+                        Ok(o) => o,
+                        Err(e) => return tracing::warn!(error = %e, "no original destination"),
+                    };
+                    proxy(pi2, tcp, socket::canonical(src), orig).await;
+                });
+            }
+            // EMFILE and friends must not kill the listener (RUSTSEC-2024-0376).
+            Err(e) => {
+                tracing::warn!(error = %e, "outbound accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Proxies one downstream connection to `orig`.
+pub async fn proxy(
+    pi: Arc<ProxyInputs>,
+    mut downstream: TcpStream,
+    src: SocketAddr,
+    orig: SocketAddr,
+) {
+    let (mut result, upstream) = establish(&pi, src, orig).await;
+    match upstream {
+        Ok(up) => relay(&mut downstream, up, &mut result).await,
+        Err(e) => {
+            tracing::debug!(%src, %orig, error = %e, "outbound connection refused");
+            result.fail_early(e.response_flag(), &e);
+        }
+    }
+}
+
+pub enum Upstream {
+    Hbone(H2Stream),
+    Tcp(TcpStream),
+}
+
+/// Where a destination resolved to.
+enum Route {
+    Workload {
+        workload: Arc<Workload>,
+        port: u16,
+        service: Option<Arc<Service>>,
+    },
+    Passthrough,
+}
+
+fn resolve(state: &State, orig: SocketAddr) -> Result<Route, ProxyError> {
+    if let Some(svc) = state.service_by_vip(orig.ip()) {
+        let ep = state
+            .pick_endpoint(&svc, orig.port())
+            .ok_or_else(|| ProxyError::NoEndpoints(svc.hostname.clone(), orig.port()))?;
+        return Ok(Route::Workload {
+            workload: ep.workload,
+            port: ep.port,
+            service: Some(svc),
+        });
+    }
+    if let Some(w) = state.workload_by_ip(orig.ip()) {
+        return Ok(Route::Workload {
+            workload: w,
+            port: orig.port(),
+            service: None,
+        });
+    }
+    Ok(Route::Passthrough)
+}
+
+/// Resolves `orig` and connects to it; the result record exists whatever happens, so every
+/// attempt is logged and counted.
+pub async fn establish(
+    pi: &ProxyInputs,
+    src: SocketAddr,
+    orig: SocketAddr,
+) -> (ConnectionResult, Result<Upstream, ProxyError>) {
+    let cluster = &pi.cfg.cluster_id;
+    let local = pi.local_workload().ok();
+    let mut labels = TrafficLabels::new(Reporter::Source).with_source(local.as_deref(), cluster);
+    let mut peers = Peers {
+        src_workload: local.as_ref().map(|w| w.name.clone()),
+        src_namespace: local.as_ref().map(|w| w.namespace.clone()),
+        dst_addr: Some(orig),
+        ..Default::default()
+    };
+    if pi.cfg.ports.is_own(orig.port(), pi.cfg.socks5) && orig.ip().is_loopback() {
+        let r = ConnectionResult::new(pi.metrics.clone(), Direction::Outbound, src, labels, peers);
+        return (r, Err(ProxyError::OwnPort(orig.port())));
+    }
+    let route = match resolve(&pi.state, orig) {
+        Ok(r) => r,
+        Err(e) => {
+            let r =
+                ConnectionResult::new(pi.metrics.clone(), Direction::Outbound, src, labels, peers);
+            return (r, Err(e));
+        }
+    };
+    let Route::Workload {
+        workload,
+        port,
+        service,
+    } = route
+    else {
+        let r = ConnectionResult::new(pi.metrics.clone(), Direction::Outbound, src, labels, peers);
+        let up = socket::connect(orig, None, pi.cfg.packet_mark)
+            .await
+            .map(Upstream::Tcp)
+            .map_err(|e| ProxyError::Connect(orig, e));
+        return (r, up);
+    };
+    let dst_ip = workload.addresses[0];
+    labels = labels.with_destination(Some(&workload), cluster);
+    if let Some(s) = &service {
+        labels = labels.with_service(&s.hostname, &s.namespace, &s.name);
+        peers.dst_service = Some(s.hostname.clone());
+    }
+    peers.dst_workload = Some(workload.name.clone());
+    peers.dst_namespace = Some(workload.namespace.clone());
+    let target = SocketAddr::new(dst_ip, port);
+    if workload.tunnel_protocol == TunnelProtocol::None {
+        peers.dst_addr = Some(target);
+        let r = ConnectionResult::new(pi.metrics.clone(), Direction::Outbound, src, labels, peers);
+        let up = socket::connect(target, None, pi.cfg.packet_mark)
+            .await
+            .map(Upstream::Tcp)
+            .map_err(|e| ProxyError::Connect(target, e));
+        return (r, up);
+    }
+    // HBONE to the workload's ztunnel.
+    let src_id = pi.local_identity();
+    let mut expected = vec![workload.identity()];
+    if let Some(s) = &service {
+        expected.extend(
+            s.subject_alt_names
+                .iter()
+                .filter_map(|san| san.parse().ok()),
+        );
+    }
+    let hbone_addr = SocketAddr::new(dst_ip, hbone::HBONE_PORT);
+    labels.source_principal = src_id.to_string();
+    labels.destination_principal = workload.identity().to_string();
+    labels.connection_security_policy = "mutual_tls";
+    peers.src_identity = Some(src_id.to_string());
+    peers.dst_identity = Some(workload.identity().to_string());
+    peers.dst_addr = Some(hbone_addr);
+    peers.dst_hbone_addr = Some(target.to_string());
+    let r = ConnectionResult::new(pi.metrics.clone(), Direction::Outbound, src, labels, peers);
+    let key = PoolKey {
+        src_identity: src_id.clone(),
+        dst_identities: expected.clone(),
+        dst: hbone_addr,
+        src_ip: Some(src.ip()),
+    };
+    let mut req = ConnectRequest::new(
+        target.to_string(),
+        src,
+        service.as_ref().map(|s| s.hostname.as_str()),
+    );
+    req.baggage = baggage(local.as_deref(), &pi.cfg.cluster_id);
+    let up = pi
+        .pool
+        .connect(&key, &req, || async {
+            let cert = pi.certs.get(&src_id).await?;
+            let tls = hbone::tls::client_config(&cert, expected)?;
+            let tcp = socket::connect(hbone_addr, None, pi.cfg.packet_mark)
+                .await
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::TimedOut => hbone::HboneError::ConnectTimeout(hbone_addr),
+                    _ => hbone::HboneError::Connect {
+                        addr: hbone_addr,
+                        source: e,
+                    },
+                })?;
+            hbone::client::handshake(tcp, hbone_addr, tls, &pi.cfg.h2).await
+        })
+        .await
+        .map(Upstream::Hbone)
+        .map_err(ProxyError::from);
+    (r, up)
+}
+
+/// `baggage` describing the source workload (istio-wire.md §1.4).
+pub fn baggage(w: Option<&Workload>, cluster: &str) -> String {
+    let Some(w) = w else { return String::new() };
+    let mut items = vec![format!(
+        "k8s.cluster.name={}",
+        if w.cluster_id.is_empty() {
+            cluster
+        } else {
+            &w.cluster_id
+        }
+    )];
+    items.push(format!("k8s.namespace.name={}", w.namespace));
+    if !w.workload_name.is_empty() {
+        let kind = if w.workload_type.is_empty() {
+            "deployment".to_string()
+        } else {
+            w.workload_type.to_ascii_lowercase()
+        };
+        items.push(format!("k8s.{kind}.name={}", w.workload_name));
+    }
+    if !w.canonical_name.is_empty() {
+        items.push(format!("service.name={}", w.canonical_name));
+    }
+    if !w.canonical_revision.is_empty() {
+        items.push(format!("service.version={}", w.canonical_revision));
+    }
+    items.join(",")
+}
+
+/// Copies between the downstream socket and the upstream, recording bytes and errors.
+pub async fn relay(downstream: &mut TcpStream, upstream: Upstream, result: &mut ConnectionResult) {
+    match upstream {
+        Upstream::Hbone(stream) => match hbone::copy_bidirectional(downstream, stream).await {
+            Ok(st) => result.add_bytes(st.tcp_to_tunnel, st.tunnel_to_tcp),
+            Err((st, e)) => {
+                result.add_bytes(st.tcp_to_tunnel, st.tunnel_to_tcp);
+                result.fail("CONNECT", e);
+            }
+        },
+        Upstream::Tcp(mut up) => match socket::copy_plain(downstream, &mut up).await {
+            Ok((a, b)) => result.add_bytes(a, b),
+            Err(e) => result.fail("CONNECT", e),
+        },
+    }
+}

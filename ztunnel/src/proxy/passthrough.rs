@@ -1,0 +1,78 @@
+//! Inbound plaintext (15006): non-HBONE traffic to the pod, redirected here; passed to the
+//! original destination with no identity (`connection_security_policy=unknown`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use super::socket;
+use super::{ProxyError, ProxyInputs};
+use crate::connection::{ConnectionResult, Direction, Peers};
+use crate::metrics::{Reporter, TrafficLabels};
+
+pub async fn serve(pi: Arc<ProxyInputs>, listener: TcpListener) {
+    let stop = pi.drain.started();
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut stop => return,
+        };
+        match accepted {
+            Ok((tcp, src)) => {
+                socket::set_accepted_options(&tcp);
+                let pi2 = pi.clone();
+                pi.drain.spawn(handle(pi2, tcp, socket::canonical(src)));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "inbound plaintext accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(pi: Arc<ProxyInputs>, mut downstream: TcpStream, src: SocketAddr) {
+    let Ok(orig) = socket::original_dst(&downstream) else {
+        return;
+    };
+    let cluster = &pi.cfg.cluster_id;
+    let src_w = pi.state.workload_by_ip(src.ip());
+    let local = pi.local_workload().ok();
+    let mut labels = TrafficLabels::new(Reporter::Destination)
+        .with_source(src_w.as_deref(), cluster)
+        .with_destination(local.as_deref(), cluster);
+    if let Some(svc) = local
+        .as_ref()
+        .and_then(|l| pi.state.service_for_inbound(l, orig.port()))
+    {
+        labels = labels.with_service(&svc.hostname, &svc.namespace, &svc.name);
+    }
+    let peers = Peers {
+        src_workload: src_w.as_ref().map(|w| w.name.clone()),
+        src_namespace: src_w.as_ref().map(|w| w.namespace.clone()),
+        dst_addr: Some(orig),
+        dst_workload: local.as_ref().map(|w| w.name.clone()),
+        dst_namespace: local.as_ref().map(|w| w.namespace.clone()),
+        ..Default::default()
+    };
+    let mut result =
+        ConnectionResult::new(pi.metrics.clone(), Direction::Inbound, src, labels, peers);
+    if pi.cfg.ports.is_own(orig.port(), pi.cfg.socks5) {
+        let e = ProxyError::OwnPort(orig.port());
+        return result.fail_early(e.response_flag(), e);
+    }
+    let srcip = pi.cfg.orig_src.then_some(src.ip());
+    let mut app = match socket::connect(orig, srcip, pi.cfg.packet_mark).await {
+        Ok(t) => t,
+        Err(e) => {
+            let e = ProxyError::Connect(orig, e);
+            return result.fail_early(e.response_flag(), e);
+        }
+    };
+    match socket::copy_plain(&mut downstream, &mut app).await {
+        Ok((a, b)) => result.add_bytes(a, b),
+        Err(e) => result.fail("CONNECT", e),
+    }
+}

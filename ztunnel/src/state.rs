@@ -1,0 +1,339 @@
+//! What ztunnel knows of the mesh: workloads and services, shaped after WDS `Workload` and
+//! `Service` (istio-wire.md §3.4) so that xDS can fill the same store later. For now it is
+//! loaded from the YAML file named by `LOCAL_XDS_PATH`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use identity::Identity;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TunnelProtocol {
+    #[default]
+    None,
+    Hbone,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub enum HealthStatus {
+    #[default]
+    Healthy,
+    Unhealthy,
+}
+
+/// A workload (pod). Field names follow WDS, in camelCase as in upstream's local config file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Workload {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+    #[serde(default)]
+    pub network: String,
+    #[serde(default)]
+    pub tunnel_protocol: TunnelProtocol,
+    #[serde(default)]
+    pub trust_domain: String,
+    #[serde(default)]
+    pub service_account: String,
+    #[serde(default)]
+    pub node: String,
+    #[serde(default)]
+    pub canonical_name: String,
+    #[serde(default)]
+    pub canonical_revision: String,
+    #[serde(default)]
+    pub workload_name: String,
+    #[serde(default)]
+    pub workload_type: String,
+    #[serde(default)]
+    pub cluster_id: String,
+    #[serde(default)]
+    pub status: HealthStatus,
+    /// Load-balancing weight; unset means 1.
+    #[serde(default)]
+    pub capacity: Option<u32>,
+    /// `namespace/hostname` → service port → this endpoint's target port. Defines membership.
+    #[serde(default)]
+    pub services: BTreeMap<String, BTreeMap<u16, u16>>,
+}
+
+impl Workload {
+    pub fn identity(&self) -> Identity {
+        Identity::new(&self.trust_domain, &self.namespace, &self.service_account)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub hostname: String,
+    /// VIPs; empty for headless services.
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+    /// Service port → target port; a target port of 0 means "named", resolved per endpoint.
+    #[serde(default)]
+    pub ports: BTreeMap<u16, u16>,
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+}
+
+impl Service {
+    /// The resource key used in `Workload.services`: `namespace/hostname`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.hostname)
+    }
+}
+
+/// The file named by `LOCAL_XDS_PATH`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalConfig {
+    #[serde(default)]
+    pub workloads: Vec<Workload>,
+    #[serde(default)]
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        source: serde_yaml::Error,
+    },
+    #[error("{path}: {}", .errors.join("; "))]
+    Invalid { path: String, errors: Vec<String> },
+}
+
+impl LocalConfig {
+    pub fn load(path: &Path) -> Result<Self, StateError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| StateError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        let cfg: LocalConfig = serde_yaml::from_str(&text).map_err(|source| StateError::Parse {
+            path: p.clone(),
+            source,
+        })?;
+        let errors = cfg.validate();
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(StateError::Invalid { path: p, errors })
+        }
+    }
+
+    fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        let mut uids = std::collections::HashSet::new();
+        for w in &self.workloads {
+            if !uids.insert(&w.uid) {
+                errors.push(format!("workload {}: duplicate uid", w.uid));
+            }
+            if w.namespace.is_empty() || w.name.is_empty() {
+                errors.push(format!(
+                    "workload {}: name and namespace are required",
+                    w.uid
+                ));
+            }
+            if let Err(e) = w.identity().to_string().parse::<Identity>() {
+                errors.push(format!("workload {}: identity: {e}", w.uid));
+            }
+            for key in w.services.keys() {
+                if !key.contains('/') {
+                    errors.push(format!(
+                        "workload {}: services key {key:?} is not namespace/hostname",
+                        w.uid
+                    ));
+                }
+            }
+        }
+        for s in &self.services {
+            for san in &s.subject_alt_names {
+                if let Err(e) = san.parse::<Identity>() {
+                    errors.push(format!("service {}: subjectAltNames: {e}", s.key()));
+                }
+            }
+        }
+        errors
+    }
+}
+
+/// An endpoint chosen for a connection.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub workload: Arc<Workload>,
+    pub port: u16,
+}
+
+#[derive(Default)]
+struct Index {
+    workloads: Vec<Arc<Workload>>,
+    by_ip: HashMap<IpAddr, Arc<Workload>>,
+    services: Vec<Arc<Service>>,
+    by_vip: HashMap<IpAddr, Arc<Service>>,
+    by_host: HashMap<String, Vec<Arc<Service>>>,
+    /// Service key → member workloads.
+    members: HashMap<String, Vec<Arc<Workload>>>,
+}
+
+/// The live store. Readers take a short read lock, never across an await.
+#[derive(Clone, Default)]
+pub struct State {
+    index: Arc<RwLock<Index>>,
+}
+
+impl State {
+    pub fn from_config(cfg: LocalConfig) -> Self {
+        let s = State::default();
+        s.replace(cfg);
+        s
+    }
+
+    /// Replaces everything (a full push).
+    pub fn replace(&self, cfg: LocalConfig) {
+        let mut idx = Index::default();
+        for w in cfg.workloads {
+            let w = Arc::new(w);
+            for ip in &w.addresses {
+                idx.by_ip.insert(*ip, w.clone());
+            }
+            for key in w.services.keys() {
+                idx.members.entry(key.clone()).or_default().push(w.clone());
+            }
+            idx.workloads.push(w);
+        }
+        for s in cfg.services {
+            let s = Arc::new(s);
+            for ip in &s.addresses {
+                idx.by_vip.insert(*ip, s.clone());
+            }
+            idx.by_host
+                .entry(s.hostname.clone())
+                .or_default()
+                .push(s.clone());
+            idx.services.push(s);
+        }
+        *self.index.write().unwrap() = idx;
+    }
+
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<Arc<Workload>> {
+        self.index.read().unwrap().by_ip.get(&ip).cloned()
+    }
+
+    pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<Arc<Workload>> {
+        let idx = self.index.read().unwrap();
+        idx.workloads
+            .iter()
+            .find(|w| w.namespace == namespace && w.name == name)
+            .cloned()
+    }
+
+    pub fn service_by_vip(&self, ip: IpAddr) -> Option<Arc<Service>> {
+        self.index.read().unwrap().by_vip.get(&ip).cloned()
+    }
+
+    /// A service by hostname, preferring one in `prefer_ns`.
+    pub fn service_by_host(&self, host: &str, prefer_ns: &str) -> Option<Arc<Service>> {
+        let idx = self.index.read().unwrap();
+        let list = idx.by_host.get(host)?;
+        list.iter()
+            .find(|s| s.namespace == prefer_ns)
+            .or_else(|| list.first())
+            .cloned()
+    }
+
+    /// The target port of `service_port` on `w`: the endpoint's own mapping first, then the
+    /// service's (a service target port of 0 needs the endpoint mapping).
+    pub fn target_port(svc: &Service, w: &Workload, service_port: u16) -> Option<u16> {
+        if let Some(p) = w
+            .services
+            .get(&svc.key())
+            .and_then(|m| m.get(&service_port))
+        {
+            if *p != 0 {
+                return Some(*p);
+            }
+        }
+        match svc.ports.get(&service_port) {
+            Some(0) | None => None,
+            Some(p) => Some(*p),
+        }
+    }
+
+    /// Picks one healthy endpoint of `svc` serving `port`: weighted random by capacity.
+    pub fn pick_endpoint(&self, svc: &Service, port: u16) -> Option<Endpoint> {
+        let idx = self.index.read().unwrap();
+        let candidates: Vec<Endpoint> = idx
+            .members
+            .get(&svc.key())?
+            .iter()
+            .filter(|w| w.status == HealthStatus::Healthy && !w.addresses.is_empty())
+            .filter_map(|w| {
+                Self::target_port(svc, w, port).map(|p| Endpoint {
+                    workload: w.clone(),
+                    port: p,
+                })
+            })
+            .collect();
+        let total: u64 = candidates
+            .iter()
+            .map(|e| u64::from(e.workload.capacity.unwrap_or(1)))
+            .sum();
+        if total == 0 {
+            return None;
+        }
+        let mut pick = rand::thread_rng().gen_range(0..total);
+        for e in candidates {
+            let w = u64::from(e.workload.capacity.unwrap_or(1));
+            if pick < w {
+                return Some(e);
+            }
+            pick -= w;
+        }
+        None
+    }
+
+    /// The first service `w` belongs to whose target port is `port` (inbound telemetry guess).
+    pub fn service_for_inbound(&self, w: &Workload, port: u16) -> Option<Arc<Service>> {
+        let idx = self.index.read().unwrap();
+        idx.services
+            .iter()
+            .find(|s| {
+                w.services.contains_key(&s.key())
+                    && s.ports
+                        .keys()
+                        .any(|sp| Self::target_port(s, w, *sp) == Some(port))
+            })
+            .cloned()
+    }
+
+    pub fn dump(&self) -> serde_json::Value {
+        let idx = self.index.read().unwrap();
+        serde_json::json!({
+            "workloads": idx.workloads.iter().map(|w| w.as_ref()).collect::<Vec<_>>(),
+            "services": idx.services.iter().map(|s| s.as_ref()).collect::<Vec<_>>(),
+            "policies": [],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

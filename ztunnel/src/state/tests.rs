@@ -1,0 +1,79 @@
+use super::*;
+
+const YAML: &str = r#"
+workloads:
+  - uid: c1//Pod/default/a
+    name: a
+    namespace: default
+    addresses: [10.0.0.2]
+    tunnelProtocol: HBONE
+    serviceAccount: sa-a
+    capacity: 3
+    services:
+      default/echo.default.svc.cluster.local: {80: 8080}
+  - uid: c1//Pod/default/b
+    name: b
+    namespace: default
+    addresses: [10.0.0.3]
+    services:
+      default/echo.default.svc.cluster.local: {80: 9090}
+  - uid: c1//Pod/default/sick
+    name: sick
+    namespace: default
+    addresses: [10.0.0.4]
+    status: Unhealthy
+    services:
+      default/echo.default.svc.cluster.local: {80: 8080}
+services:
+  - name: echo
+    namespace: default
+    hostname: echo.default.svc.cluster.local
+    addresses: [10.96.0.10]
+    ports: {80: 0}
+"#;
+
+fn state() -> State {
+    State::from_config(serde_yaml::from_str(YAML).unwrap())
+}
+
+#[test]
+fn resolves_vip_to_healthy_endpoints_by_capacity() {
+    let s = state();
+    let svc = s.service_by_vip("10.96.0.10".parse().unwrap()).unwrap();
+    let mut counts = HashMap::new();
+    for _ in 0..4000 {
+        let e = s.pick_endpoint(&svc, 80).unwrap();
+        *counts.entry((e.workload.name.clone(), e.port)).or_insert(0) += 1;
+    }
+    assert!(
+        !counts.keys().any(|(n, _)| n == "sick"),
+        "unhealthy endpoint picked"
+    );
+    let a = counts[&("a".to_string(), 8080)];
+    let b = counts[&("b".to_string(), 9090)];
+    // capacity 3 vs 1: expect ~3000 vs ~1000.
+    assert!((2700..3300).contains(&a), "a={a} b={b}");
+    assert!(s.pick_endpoint(&svc, 81).is_none());
+}
+
+#[test]
+fn identities_default_like_wds() {
+    let s = state();
+    let b = s.workload_by_ip("10.0.0.3".parse().unwrap()).unwrap();
+    assert_eq!(
+        b.identity().to_string(),
+        "spiffe://cluster.local/ns/default/sa/default"
+    );
+    assert_eq!(b.tunnel_protocol, TunnelProtocol::None);
+}
+
+#[test]
+fn rejects_unknown_fields_and_bad_values() {
+    let bad = "workloads:\n  - uid: x\n    name: x\n    namespace: d\n    tunnelProtocol: LEGACY_ISTIO_MTLS\n";
+    assert!(serde_yaml::from_str::<LocalConfig>(bad).is_err());
+    let typo = "workloads:\n  - uid: x\n    name: x\n    namespace: d\n    adresses: [1.2.3.4]\n";
+    let e = serde_yaml::from_str::<LocalConfig>(typo)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("adresses"), "{e}");
+}
