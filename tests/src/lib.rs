@@ -1,1 +1,105 @@
+//! Test support: apps that run inside the testbed's pods (an echo server, a resetting server,
+//! payload generators with checksums) on the test's own tokio runtime.
 
+use std::hash::Hasher;
+use std::net::SocketAddr;
+
+use anyhow::Result;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub use keelson::testbed::{self, Options, PodSpec, Testbed};
+
+/// Deterministic pseudo-random payload byte `i` of stream `seed`.
+pub fn payload(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A checksum of a byte stream (FNV-1a 64 via the std hasher is not stable across
+/// processes, so this is a plain FNV-1a).
+#[derive(Default)]
+pub struct Checksum(u64, u64);
+
+impl Checksum {
+    pub fn new() -> Self {
+        Checksum(0xcbf2_9ce4_8422_2325, 0)
+    }
+    pub fn update(&mut self, data: &[u8]) {
+        for b in data {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x100_0000_01b3);
+        }
+        self.1 += data.len() as u64;
+    }
+    pub fn finish(&self) -> (u64, u64) {
+        (self.0, self.1)
+    }
+}
+
+impl Hasher for Checksum {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.update(bytes)
+    }
+}
+
+/// An echo server listening inside `pod` on `port`: echoes until EOF, then half-closes.
+pub fn spawn_echo(tb: &Testbed, pod: &str, port: u16) -> Result<SocketAddr> {
+    let addr = SocketAddr::new(tb.ip(pod), port);
+    let l = TcpListener::from_std(tb.pod(pod).tcp_listen(addr)?)?;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Connects from inside `pod` (through its redirection, so through its ztunnel).
+pub fn connect_from(tb: &Testbed, pod: &str, addr: SocketAddr) -> Result<TcpStream> {
+    Ok(TcpStream::from_std(tb.pod(pod).tcp_connect(addr)?)?)
+}
+
+/// Sends `data` on `s`, half-closes, and reads everything back; returns what came back.
+pub async fn roundtrip(mut s: TcpStream, data: Vec<u8>) -> Result<Vec<u8>> {
+    let (mut r, mut w) = s.split();
+    let send = async {
+        w.write_all(&data).await?;
+        w.shutdown().await?;
+        Ok::<_, std::io::Error>(())
+    };
+    let recv = async {
+        let mut back = Vec::with_capacity(data.len());
+        r.read_to_end(&mut back).await?;
+        Ok::<_, std::io::Error>(back)
+    };
+    let ((), back) = tokio::try_join!(send, recv)?;
+    Ok(back)
+}
+
+/// The value of the first sample of `metric` whose labels contain every `label=value` given.
+pub fn metric_value(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with('{'))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
+        .reduce(|a, b| a + b)
+}

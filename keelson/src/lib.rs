@@ -1,0 +1,4 @@
+//! The `keelson` command's library: the network-namespace testbed and the benchmarks.
+#![forbid(unsafe_code)]
+
+pub mod testbed;
