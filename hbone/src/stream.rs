@@ -108,10 +108,10 @@ pub async fn copy_bidirectional(
     }
 }
 
-/// Makes the kernel answer with RST instead of FIN when the socket is closed.
+/// Makes the kernel send RST instead of FIN when the socket is closed; the caller closes it
+/// (drops it) right after. No shutdown here: that would send a FIN first.
 pub fn reset_tcp(tcp: &TcpStream) {
     let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
-    let _ = socket2::SockRef::from(tcp).shutdown(Shutdown::Both);
 }
 
 async fn tcp_to_h2(tcp: &TcpStream, send: &mut SendStream<Bytes>) -> Outcome {

@@ -31,6 +31,18 @@ pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Raises the soft open-file limit to the hard limit (proxies and load tests hold many sockets).
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+            .map(|()| hard)
+            .unwrap_or(soft),
+        Ok((soft, _)) => soft,
+        Err(_) => 0,
+    }
+}
+
 /// A short name unique to this process and call, usable as a namespace name prefix.
 pub fn unique_prefix(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

@@ -103,3 +103,76 @@ pub fn metric_value(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
         .reduce(|a, b| a + b)
 }
+
+/// A TLS client configuration with no client certificate that accepts any server (to test
+/// that the HBONE server rejects such clients).
+pub fn tls_without_client_cert() -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+    #[derive(Debug)]
+    struct AcceptAny;
+    impl ServerCertVerifier for AcceptAny {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            hbone::tls::provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(hbone::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAny))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    std::sync::Arc::new(cfg)
+}
+
+/// The testbed's CA, to issue certificates to test clients.
+pub fn testbed_ca(tb: &Testbed) -> identity::LocalCa {
+    identity::LocalCa::load_or_create(
+        &tb.ca_dir(),
+        identity::DEFAULT_TRUST_DOMAIN,
+        identity::ca::DEFAULT_CERT_TTL,
+    )
+    .unwrap()
+}
+
+/// An HBONE connection made by the test itself from inside `pod` to `to`:15008.
+pub async fn hbone_from(
+    tb: &Testbed,
+    pod: &str,
+    to: std::net::IpAddr,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<hbone::Connection, hbone::HboneError> {
+    let addr = SocketAddr::new(to, hbone::HBONE_PORT);
+    let tcp = connect_from(tb, pod, addr).unwrap();
+    hbone::client::handshake(tcp, addr, tls, &hbone::H2Config::default()).await
+}

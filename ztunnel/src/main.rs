@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cfg.json_logs);
+    raise_fd_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.worker_threads)
         .enable_all()
@@ -62,5 +63,18 @@ fn init_logging(json: bool) {
         builder.json().flatten_event(true).init();
     } else {
         builder.init();
+    }
+}
+
+/// Every proxied connection holds two sockets: raise the soft open-file limit to the hard one.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-file limit"),
+                Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+            }
+        }
     }
 }

@@ -1,0 +1,202 @@
+//! The ztunnel HBONE server (15008) against clients the test controls: identities, status
+//! codes, refused ports. The test client runs in a pod outside the mesh, so nothing redirects it.
+
+use std::net::SocketAddr;
+
+use identity::Identity;
+use keelson_tests::*;
+
+fn options() -> Options {
+    Options {
+        pods: vec![
+            PodSpec::meshed("server").serving_echo(8080),
+            PodSpec::plain("outsider"),
+        ],
+        ..Options::default()
+    }
+}
+
+fn server_id() -> Identity {
+    Identity::new("cluster.local", "default", "server")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_are_checked_both_ways() {
+    let tb = Testbed::start(options()).unwrap();
+    spawn_echo(&tb, "server", 8080).unwrap();
+    let server = tb.ip("server");
+    let target = SocketAddr::new(server, 8080).to_string();
+    let req = hbone::ConnectRequest::new(target, "10.10.0.3:1".parse().unwrap(), None);
+    let ca = testbed_ca(&tb);
+    let good = ca
+        .issue(&Identity::new("cluster.local", "default", "outsider"))
+        .unwrap();
+
+    // A properly identified client gets a stream.
+    let conn = hbone_from(
+        &tb,
+        "outsider",
+        server,
+        hbone::tls::client_config(&good, vec![server_id()]).unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut s = conn
+        .connect(&req)
+        .await
+        .expect("valid client must be accepted");
+    s.send
+        .send_data(bytes::Bytes::from_static(b"ping"), true)
+        .unwrap();
+    let echoed = s.recv.data().await.unwrap().unwrap();
+    assert_eq!(&echoed[..], b"ping");
+
+    // The client refuses a server that is not the identity it expects.
+    let wrong = vec![Identity::new("cluster.local", "default", "someone-else")];
+    let err = hbone_from(
+        &tb,
+        "outsider",
+        server,
+        hbone::tls::client_config(&good, wrong).unwrap(),
+    )
+    .await
+    .err();
+    assert!(matches!(err, Some(hbone::HboneError::Tls(_))), "{err:?}");
+
+    // No client certificate: no stream.
+    let r = async {
+        let c = hbone_from(&tb, "outsider", server, tls_without_client_cert()).await?;
+        c.connect(&req).await
+    }
+    .await;
+    assert!(
+        r.is_err(),
+        "a client without a certificate must be rejected"
+    );
+
+    // A certificate from another root: no stream.
+    let other =
+        identity::LocalCa::generate("cluster.local", identity::ca::DEFAULT_CERT_TTL).unwrap();
+    let mut foreign = other
+        .issue(&Identity::new("cluster.local", "default", "outsider"))
+        .unwrap();
+    foreign.roots = vec![ca.root_der().clone()];
+    let r = async {
+        let c = hbone_from(
+            &tb,
+            "outsider",
+            server,
+            hbone::tls::client_config(&foreign, vec![server_id()]).unwrap(),
+        )
+        .await?;
+        c.connect(&req).await
+    }
+    .await;
+    assert!(
+        r.is_err(),
+        "a client certificate from another root must be rejected"
+    );
+
+    // Right root, wrong trust domain: no stream.
+    let other_td = ca
+        .issue(&Identity::new("evil.example", "default", "outsider"))
+        .unwrap();
+    let r = async {
+        let c = hbone_from(
+            &tb,
+            "outsider",
+            server,
+            hbone::tls::client_config(&other_td, vec![server_id()]).unwrap(),
+        )
+        .await?;
+        c.connect(&req).await
+    }
+    .await;
+    assert!(
+        r.is_err(),
+        "a client in another trust domain must be rejected"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_400_and_own_ports_are_refused() {
+    let tb = Testbed::start(options()).unwrap();
+    spawn_echo(&tb, "server", 8080).unwrap();
+    let server = tb.ip("server");
+    let ca = testbed_ca(&tb);
+    let cert = ca
+        .issue(&Identity::new("cluster.local", "default", "outsider"))
+        .unwrap();
+    let conn = hbone_from(
+        &tb,
+        "outsider",
+        server,
+        hbone::tls::client_config(&cert, vec![server_id()]).unwrap(),
+    )
+    .await
+    .unwrap();
+
+    // Not CONNECT.
+    let get = http::Request::get(format!("https://{server}:8080/"))
+        .body(())
+        .unwrap();
+    let (resp, _) = conn.raw_sender().send_request(get, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 400);
+
+    let status = |authority: &str| {
+        let authority = authority.to_string();
+        let req =
+            hbone::ConnectRequest::new(authority.clone(), "10.10.0.3:1".parse().unwrap(), None);
+        let conn = conn.clone();
+        async move {
+            match conn.connect(&req).await {
+                Ok(_) => 200,
+                Err(hbone::HboneError::Status(s)) => s.as_u16(),
+                Err(e) => panic!("{authority}: unexpected error {e}"),
+            }
+        }
+    };
+    // Malformed authorities and an IP that is not this pod.
+    assert_eq!(status("not_a_host:80").await, 400);
+    assert_eq!(status("echo:0").await, 400);
+    assert_eq!(
+        status("10.10.0.99:8080").await,
+        400,
+        "authority IP must match the pod"
+    );
+    // ztunnel's own ports are never a destination.
+    for port in [15001, 15006, 15008] {
+        assert_eq!(
+            status(&format!("{server}:{port}")).await,
+            503,
+            "port {port}"
+        );
+    }
+    // Nothing listening: 503.
+    assert_eq!(status(&format!("{server}:9999")).await, 503);
+    // A service hostname authority resolves to the pod's target port.
+    assert_eq!(
+        status(&format!(
+            "{}:{}",
+            testbed::SERVICE_HOST,
+            testbed::SERVICE_PORT
+        ))
+        .await,
+        200
+    );
+    assert_eq!(status(&format!("{server}:8080")).await, 200);
+
+    // The bad requests were logged and counted, and the connection still works.
+    let m = tb.metrics("server").unwrap();
+    let failed = metric_value(
+        &m,
+        "istio_tcp_connections_failed_total",
+        &[("reporter", "destination")],
+    )
+    .unwrap_or(0.0);
+    assert!(failed >= 7.0, "failed connections counted: {failed}\n{m}");
+    assert!(
+        tb.log("server").contains("connection failed"),
+        "access log of the failures"
+    );
+}
