@@ -1,4 +1,5 @@
 //! The `keelson` command's library: the network-namespace testbed and the benchmarks.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod testbed;

@@ -1,0 +1,453 @@
+//! `keelson bench l4`: the same two-pod topology measured twice in one run, once with no
+//! proxy (pods outside the mesh) and once through two ztunnels over HBONE. Every transfer is
+//! verified (byte counts echoed back by the server). Results as a table or one JSON object.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::Serialize;
+
+use crate::testbed::{Options, PodSpec, Testbed};
+
+const SINK_PORT: u16 = 5001;
+const RR_PORT: u16 = 5002;
+const CONN_PORT: u16 = 5003;
+const MSG: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Seconds per throughput and rate phase.
+    pub seconds: f64,
+    pub idle_connections: usize,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            seconds: 4.0,
+            idle_connections: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Figures {
+    pub throughput_1_gbps: f64,
+    pub throughput_8_gbps: f64,
+    pub latency_p50_us: f64,
+    pub latency_p99_us: f64,
+    pub newconn_p50_us: f64,
+    pub connections_per_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vcpu_per_1k_rps: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_s_per_gb: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_kib_per_idle_conn: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub direct: Figures,
+    pub mesh: Figures,
+}
+
+pub fn run_l4(opts: &BenchOptions) -> Result<Report> {
+    netns::raise_fd_limit();
+    eprintln!("bench: direct (no proxy)");
+    let direct = {
+        let tb = Testbed::start(Options {
+            pods: vec![PodSpec::plain("client"), PodSpec::plain("server")],
+            ..Options::default()
+        })?;
+        measure(&tb, opts, false)?
+    };
+    eprintln!("bench: mesh (client → ztunnel → HBONE → ztunnel → server)");
+    let mesh = {
+        let tb = Testbed::start(Options {
+            env: vec![("RUST_LOG".into(), "warn".into())],
+            ..Options::default()
+        })?;
+        measure(&tb, opts, true)?
+    };
+    Ok(Report { direct, mesh })
+}
+
+/// CPU seconds (user + system) of a process so far.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("bad /proc stat")?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+fn rss_kib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("bad VmRSS")?
+        .parse()?)
+}
+
+struct Cpu(Vec<u32>);
+
+impl Cpu {
+    fn total(&self) -> Result<f64> {
+        self.0.iter().map(|p| cpu_seconds(*p)).sum()
+    }
+    fn per_proxy(&self, d: f64) -> f64 {
+        d / self.0.len().max(1) as f64
+    }
+}
+
+fn measure(tb: &Testbed, opts: &BenchOptions, mesh: bool) -> Result<Figures> {
+    let server = tb.ip("server");
+    start_servers(tb)?;
+    let client = tb.pod("client");
+    let connect = |port: u16| -> Result<TcpStream> {
+        let s = client.tcp_connect(SocketAddr::new(server, port))?;
+        s.set_nonblocking(false)?;
+        Ok(s)
+    };
+    let cpu = Cpu(if mesh {
+        vec![tb.ztunnel_pid("client"), tb.ztunnel_pid("server")]
+    } else {
+        vec![]
+    });
+    let mut fig = Figures::default();
+
+    let c0 = cpu.total()?;
+    let (gbps, bytes) = throughput(&connect, 1, opts.seconds)?;
+    let c1 = cpu.total()?;
+    fig.throughput_1_gbps = gbps;
+    if mesh {
+        fig.cpu_s_per_gb = Some(cpu.per_proxy(c1 - c0) / (bytes as f64 / 1e9));
+    }
+    fig.throughput_8_gbps = throughput(&connect, 8, opts.seconds)?.0;
+
+    let c0 = cpu.total()?;
+    let (lat, rps) = fixed_rate(&connect, 4, 1000.0, opts.seconds)?;
+    let c1 = cpu.total()?;
+    fig.latency_p50_us = percentile(&lat, 50.0);
+    fig.latency_p99_us = percentile(&lat, 99.0);
+    if mesh {
+        fig.vcpu_per_1k_rps = Some(cpu.per_proxy(c1 - c0) / opts.seconds / (rps / 1000.0));
+    }
+    let nc = new_connections(&connect, 200.0, opts.seconds.min(3.0))?;
+    fig.newconn_p50_us = percentile(&nc, 50.0);
+    fig.connections_per_s = connection_rate(&connect, 16, opts.seconds.min(3.0))?;
+    if mesh {
+        fig.rss_kib_per_idle_conn = Some(idle_rss(tb, &connect, &cpu.0, opts.idle_connections)?);
+    }
+    Ok(fig)
+}
+
+fn start_servers(tb: &Testbed) -> Result<()> {
+    let ip = tb.ip("server");
+    let sink = tb
+        .pod("server")
+        .tcp_listen(SocketAddr::new(ip, SINK_PORT))?;
+    let rr = tb.pod("server").tcp_listen(SocketAddr::new(ip, RR_PORT))?;
+    let conn = tb
+        .pod("server")
+        .tcp_listen(SocketAddr::new(ip, CONN_PORT))?;
+    serve(sink, |mut s| {
+        // Counts until EOF, then reports the count: the client checks nothing was lost.
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut n = 0u64;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(k) => n += k as u64,
+                Err(_) => return,
+            }
+        }
+        let _ = s.write_all(&n.to_be_bytes());
+    });
+    serve(rr, |mut s| {
+        let mut buf = [0u8; MSG];
+        while s.read_exact(&mut buf).is_ok() {
+            if s.write_all(&buf).is_err() {
+                return;
+            }
+        }
+    });
+    serve(conn, |mut s| {
+        let mut b = [0u8; 1];
+        if s.read_exact(&mut b).is_ok() {
+            let _ = s.write_all(&b);
+        }
+    });
+    Ok(())
+}
+
+fn serve(l: TcpListener, handler: fn(TcpStream)) {
+    l.set_nonblocking(false).ok();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let _ = s.set_nonblocking(false);
+            let _ = s.set_nodelay(true);
+            std::thread::spawn(move || handler(s));
+        }
+    });
+}
+
+type Connect<'a> = dyn Fn(u16) -> Result<TcpStream> + Sync + 'a;
+
+/// `streams` connections writing as fast as they can for `secs`; returns (Gbit/s, bytes).
+fn throughput(connect: &Connect<'_>, streams: usize, secs: f64) -> Result<(f64, u64)> {
+    let socks: Vec<TcpStream> = (0..streams)
+        .map(|_| connect(SINK_PORT))
+        .collect::<Result<_>>()?;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let total = AtomicU64::new(0);
+    std::thread::scope(|sc| -> Result<()> {
+        let handles: Vec<_> = socks
+            .into_iter()
+            .map(|mut s| {
+                let total = &total;
+                sc.spawn(move || -> Result<()> {
+                    let buf = vec![0x5au8; 256 * 1024];
+                    let mut sent = 0u64;
+                    while Instant::now() < deadline {
+                        s.write_all(&buf)?;
+                        sent += buf.len() as u64;
+                    }
+                    s.shutdown(std::net::Shutdown::Write)?;
+                    let mut n = [0u8; 8];
+                    s.read_exact(&mut n)
+                        .context("server did not report its byte count")?;
+                    ensure!(
+                        u64::from_be_bytes(n) == sent,
+                        "server received {} of {sent} bytes",
+                        u64::from_be_bytes(n)
+                    );
+                    total.fetch_add(sent, Ordering::Relaxed);
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+        }
+        Ok(())
+    })?;
+    let bytes = total.load(Ordering::Relaxed);
+    Ok((
+        bytes as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e9,
+        bytes,
+    ))
+}
+
+/// 1 KiB request/response at a fixed total `rate` over `conns` keep-alive connections;
+/// returns (latencies in µs, achieved requests/s).
+fn fixed_rate(
+    connect: &Connect<'_>,
+    conns: usize,
+    rate: f64,
+    secs: f64,
+) -> Result<(Vec<f64>, f64)> {
+    let socks: Vec<TcpStream> = (0..conns)
+        .map(|_| connect(RR_PORT))
+        .collect::<Result<_>>()?;
+    let per_conn = Duration::from_secs_f64(conns as f64 / rate);
+    let n = (secs * rate / conns as f64) as usize;
+    let start = Instant::now();
+    let lat = std::thread::scope(|sc| -> Result<Vec<f64>> {
+        let handles: Vec<_> = socks
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut s)| {
+                sc.spawn(move || -> Result<Vec<f64>> {
+                    s.set_nodelay(true)?;
+                    let req = [i as u8; MSG];
+                    let mut resp = [0u8; MSG];
+                    let mut out = Vec::with_capacity(n);
+                    // Stagger the connections across the interval.
+                    let t0 = Instant::now() + per_conn.mul_f64(i as f64 / conns as f64);
+                    for k in 0..n {
+                        let at = t0 + per_conn * k as u32;
+                        if let Some(d) = at.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(d);
+                        }
+                        let t = Instant::now();
+                        s.write_all(&req)?;
+                        s.read_exact(&mut resp)?;
+                        out.push(t.elapsed().as_secs_f64() * 1e6);
+                        ensure!(resp == req, "response differs from request");
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.join().map_err(|_| anyhow::anyhow!("client panicked"))??);
+        }
+        Ok(all)
+    })?;
+    let rps = lat.len() as f64 / start.elapsed().as_secs_f64();
+    Ok((lat, rps))
+}
+
+/// A new connection per 1 KiB request at `rate`/s; returns latencies (connect to response).
+fn new_connections(connect: &Connect<'_>, rate: f64, secs: f64) -> Result<Vec<f64>> {
+    let n = (rate * secs) as usize;
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    let t0 = Instant::now();
+    let mut out = Vec::with_capacity(n);
+    for k in 0..n {
+        if let Some(d) = (t0 + gap * k as u32).checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+        let t = Instant::now();
+        let mut s = connect(RR_PORT)?;
+        let req = [7u8; MSG];
+        let mut resp = [0u8; MSG];
+        s.write_all(&req)?;
+        s.read_exact(&mut resp)?;
+        out.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(out)
+}
+
+/// Connections per second with `workers` clients each connecting, exchanging one byte and
+/// closing, as fast as they can.
+fn connection_rate(connect: &Connect<'_>, workers: usize, secs: f64) -> Result<f64> {
+    let stop = AtomicBool::new(false);
+    let count = AtomicU64::new(0);
+    let start = Instant::now();
+    std::thread::scope(|sc| {
+        for _ in 0..workers {
+            sc.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut s) = connect(CONN_PORT) else {
+                        continue;
+                    };
+                    let mut b = [1u8];
+                    if s.write_all(&b).is_ok() && s.read_exact(&mut b).is_ok() {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        stop.store(true, Ordering::Relaxed);
+    });
+    Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// RSS added to both ztunnels together per idle proxied connection, in KiB.
+fn idle_rss(tb: &Testbed, connect: &Connect<'_>, pids: &[u32], n: usize) -> Result<f64> {
+    let _ = tb;
+    let rss = || -> Result<f64> { pids.iter().map(|p| rss_kib(*p)).sum() };
+    // Warm the pool and allocator first so the figure is per connection, not start-up.
+    let warm: Vec<TcpStream> = (0..50).map(|_| connect(RR_PORT)).collect::<Result<_>>()?;
+    exchange(&warm)?;
+    drop(warm);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss()?;
+    let conns: Vec<TcpStream> = (0..n).map(|_| connect(RR_PORT)).collect::<Result<_>>()?;
+    // One exchange on each proves the tunnel exists end to end; then they sit idle.
+    exchange(&conns)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let after = rss()?;
+    drop(conns);
+    if after < before {
+        bail!("RSS fell while connections were added ({before} → {after} KiB)");
+    }
+    Ok((after - before) / n as f64)
+}
+
+fn exchange(conns: &[TcpStream]) -> Result<()> {
+    for mut s in conns {
+        let mut b = [3u8; MSG];
+        s.write_all(&b)?;
+        s.read_exact(&mut b)?;
+    }
+    Ok(())
+}
+
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let idx = ((p / 100.0) * (s.len() - 1) as f64).round() as usize;
+    s[idx]
+}
+
+/// The human-readable table, with mesh/direct ratios and added latencies.
+pub fn table(r: &Report) -> String {
+    let d = &r.direct;
+    let m = &r.mesh;
+    let mut out = String::new();
+    out += &format!(
+        "{:<34} {:>12} {:>12} {:>10}\n",
+        "figure", "direct", "mesh", "mesh/direct"
+    );
+    let row =
+        |name: &str, a: f64, b: f64| format!("{name:<34} {a:>12.2} {b:>12.2} {:>10.2}\n", b / a);
+    out += &row(
+        "throughput, 1 stream (Gbit/s)",
+        d.throughput_1_gbps,
+        m.throughput_1_gbps,
+    );
+    out += &row(
+        "throughput, 8 streams (Gbit/s)",
+        d.throughput_8_gbps,
+        m.throughput_8_gbps,
+    );
+    out += &row(
+        "1 KiB RR @1k/s p50 (µs)",
+        d.latency_p50_us,
+        m.latency_p50_us,
+    );
+    out += &row(
+        "1 KiB RR @1k/s p99 (µs)",
+        d.latency_p99_us,
+        m.latency_p99_us,
+    );
+    out += &row(
+        "new connection + RR p50 (µs)",
+        d.newconn_p50_us,
+        m.newconn_p50_us,
+    );
+    out += &row(
+        "new connections per second",
+        d.connections_per_s,
+        m.connections_per_s,
+    );
+    out += &format!(
+        "added latency: p50 {:.0} µs, p99 {:.0} µs, new connection {:.0} µs\n",
+        m.latency_p50_us - d.latency_p50_us,
+        m.latency_p99_us - d.latency_p99_us,
+        m.newconn_p50_us - d.newconn_p50_us
+    );
+    let opt = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into());
+    out += &format!(
+        "ztunnel vCPU per 1,000 req/s (per ztunnel): {}\n",
+        opt(m.vcpu_per_1k_rps)
+    );
+    out += &format!(
+        "ztunnel CPU seconds per GB (per ztunnel):   {}\n",
+        opt(m.cpu_s_per_gb)
+    );
+    out += &format!(
+        "RSS per idle connection, both ztunnels:     {} KiB\n",
+        opt(m.rss_kib_per_idle_conn)
+    );
+    out
+}
