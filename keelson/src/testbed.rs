@@ -184,6 +184,7 @@ impl Testbed {
             .env("LOCAL_XDS_PATH", yaml)
             .env("KEELSON_LOCAL_CA_DIR", self.dir.join("ca"))
             .env("PACKET_MARK", "1337")
+            .env("ENABLE_ORIG_SRC", "true")
             .env("UNSTABLE_ENABLE_SOCKS5", "true")
             .env(
                 "RUST_LOG",

@@ -212,9 +212,65 @@ impl Lan {
 
 /// In-pod redirection for a dedicated (sidecar-like) ztunnel, after istio-wire.md §5.4:
 /// outbound TCP to 15001, inbound TCP except 15008 to 15006; packets carrying ztunnel's mark
-/// 0x539 and traffic to loopback or to the pod itself are left alone.
+/// 0x539 and traffic to loopback or to the pod itself are left alone. The mangle rules and
+/// route table 100 send the app's replies to a spoofed (original) source back to ztunnel.
 pub fn install_redirect(ns: &Netns) -> Result<()> {
+    ns.ip(&[
+        "rule",
+        "add",
+        "fwmark",
+        "0x111/0xfff",
+        "pref",
+        "32764",
+        "lookup",
+        "100",
+    ])?;
+    ns.ip(&[
+        "route",
+        "add",
+        "local",
+        "0.0.0.0/0",
+        "dev",
+        "lo",
+        "table",
+        "100",
+    ])?;
     let rules: &[&[&str]] = &[
+        &["-t", "mangle", "-N", "KEELSON_PRERT"],
+        &["-t", "mangle", "-A", "PREROUTING", "-j", "KEELSON_PRERT"],
+        &[
+            "-t",
+            "mangle",
+            "-A",
+            "KEELSON_PRERT",
+            "-m",
+            "mark",
+            "--mark",
+            "0x539/0xfff",
+            "-j",
+            "CONNMARK",
+            "--set-xmark",
+            "0x111/0xfff",
+        ],
+        &["-t", "mangle", "-N", "KEELSON_OUTPUT"],
+        &["-t", "mangle", "-A", "OUTPUT", "-j", "KEELSON_OUTPUT"],
+        &[
+            "-t",
+            "mangle",
+            "-A",
+            "KEELSON_OUTPUT",
+            "-m",
+            "connmark",
+            "--mark",
+            "0x111/0xfff",
+            "-j",
+            "CONNMARK",
+            "--restore-mark",
+            "--nfmask",
+            "0xffffffff",
+            "--ctmask",
+            "0xffffffff",
+        ],
         &["-t", "nat", "-N", "KEELSON_OUTPUT"],
         &[
             "-t",

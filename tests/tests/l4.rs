@@ -288,3 +288,38 @@ async fn a_thousand_concurrent_connections_share_pooled_tunnels() {
         "1,000 streams at 100 per connection should need 10 pooled connections, saw {pool}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_sees_the_client_source_ip() {
+    use tokio::io::AsyncWriteExt;
+    let tb = Testbed::start(Options {
+        pods: vec![
+            PodSpec::meshed("client"),
+            PodSpec::meshed("server").serving_echo(8080),
+            PodSpec::plain("outsider"),
+        ],
+        ..Options::default()
+    })
+    .unwrap();
+    // Port 7002 answers with the peer address it sees.
+    let l = tokio::net::TcpListener::from_std(
+        tb.pod("server")
+            .tcp_listen(SocketAddr::new(tb.ip("server"), 7002))
+            .unwrap(),
+    )
+    .unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, peer)) = l.accept().await {
+            let _ = s.write_all(peer.ip().to_string().as_bytes()).await;
+        }
+    });
+    for from in ["client", "outsider"] {
+        let s = connect_from(&tb, from, SocketAddr::new(tb.ip("server"), 7002)).unwrap();
+        let seen = String::from_utf8(roundtrip(s, Vec::new()).await.unwrap()).unwrap();
+        assert_eq!(
+            seen,
+            tb.ip(from).to_string(),
+            "source IP seen by the app for a connection from {from}"
+        );
+    }
+}
