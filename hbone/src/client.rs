@@ -124,10 +124,15 @@ pub async fn handshake<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let tls_stream = TlsConnector::from(tls)
+    let io = tokio::io::BufReader::with_capacity(crate::TLS_READ_BUFFER, io);
+    let mut tls_stream = TlsConnector::from(tls)
         .connect(tls::placeholder_server_name(), io)
         .await
         .map_err(HboneError::Tls)?;
+    tls_stream
+        .get_mut()
+        .1
+        .set_buffer_limit(Some(crate::TLS_WRITE_BUFFER));
     let (sender, mut conn) = h2cfg
         .client_builder()
         .handshake::<_, Bytes>(tls_stream)

@@ -22,5 +22,13 @@ pub use error::HboneError;
 pub use pool::{Pool, PoolKey, PoolStats};
 pub use stream::{copy_bidirectional, CopyError, CopyStats, H2Stream};
 
+/// Read buffer under TLS: rustls reads at most 4 KiB per call, so without it every 16 KiB
+/// record costs four or more `read` syscalls.
+pub const TLS_READ_BUFFER: usize = 64 * 1024;
+
+/// Encrypted bytes rustls may queue before the socket write: the default (64 KiB) makes
+/// every flush a `writev` of only four records.
+pub const TLS_WRITE_BUFFER: usize = 512 * 1024;
+
 /// The HBONE port.
 pub const HBONE_PORT: u16 = 15008;

@@ -89,10 +89,15 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let handshakes = async {
-        let tls_stream = TlsAcceptor::from(tls_config)
+        let io = tokio::io::BufReader::with_capacity(crate::TLS_READ_BUFFER, io);
+        let mut tls_stream = TlsAcceptor::from(tls_config)
             .accept(io)
             .await
             .map_err(HboneError::Tls)?;
+        tls_stream
+            .get_mut()
+            .1
+            .set_buffer_limit(Some(crate::TLS_WRITE_BUFFER));
         let peer_identity = tls::peer_identity(tls_stream.get_ref().1.peer_certificates())
             .ok_or(HboneError::NoPeerIdentity)?;
         let conn = h2cfg

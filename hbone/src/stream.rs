@@ -117,6 +117,9 @@ pub fn reset_tcp(tcp: &TcpStream) {
 async fn tcp_to_h2(tcp: &TcpStream, send: &mut SendStream<Bytes>) -> Outcome {
     let mut total = 0u64;
     let mut size = MIN_READ;
+    // Reused across reads: `split` hands the filled part to h2 and keeps the rest of the
+    // allocation, which `reserve` reclaims once h2 has written the earlier data.
+    let mut buf = BytesMut::new();
     loop {
         // Wait for data, but notice a reset of the stream by the peer meanwhile (it may come
         // after the peer's END_STREAM, when nothing reads the receive half any more).
@@ -129,7 +132,7 @@ async fn tcp_to_h2(tcp: &TcpStream, send: &mut SendStream<Bytes>) -> Outcome {
                 return Outcome::Failed(total, CopyError::TunnelReset(e));
             }
         }
-        let mut buf = BytesMut::with_capacity(size);
+        buf.reserve(size);
         let n = match tcp.try_read_buf(&mut buf) {
             Ok(0) => {
                 return match send.send_data(Bytes::new(), true) {
@@ -141,12 +144,18 @@ async fn tcp_to_h2(tcp: &TcpStream, send: &mut SendStream<Bytes>) -> Outcome {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Outcome::Failed(total, CopyError::Tcp(e)),
         };
-        if n == size && size < MAX_READ {
-            size *= 2;
-        }
+        let filled = n >= size;
         total += n as u64;
-        if let Err(e) = send_all(send, buf.freeze()).await {
+        if let Err(e) = send_all(send, buf.split().freeze()).await {
             return Outcome::Failed(total, e);
+        }
+        if filled {
+            // Bulk transfer: keep the buffer and read more at a time.
+            size = (size * 2).min(MAX_READ);
+        } else {
+            // Request/response or idle: hold no buffer between reads.
+            buf = BytesMut::new();
+            size = MIN_READ;
         }
     }
 }

@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 use ztunnel::config::{Config, ProcessEnv};
 
+/// jemalloc, as upstream ztunnel uses: it recycles the large buffers of bulk transfers instead
+/// of mapping and unmapping them (page faults were ~12% of a bulk-transfer profile with glibc).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const USAGE: &str = "usage: ztunnel [proxy [ztunnel]] | version\n\nConfiguration comes from environment variables; see ARCHITECTURE.md.";
 
 fn main() -> ExitCode {

@@ -51,7 +51,9 @@ pub async fn proxy(
     src: SocketAddr,
     orig: SocketAddr,
 ) {
-    let (mut result, upstream) = establish(&pi, src, orig).await;
+    // Boxed: the connect phase (TLS handshake state) is large, and an unboxed future would
+    // keep that size for the whole life of the connection task.
+    let (mut result, upstream) = Box::pin(establish(&pi, src, orig)).await;
     match upstream {
         Ok(up) => relay(&mut downstream, up, &mut result).await,
         Err(e) => {
