@@ -109,6 +109,36 @@ async fn half_close_and_server_reset_cross_the_tunnel() {
     c.read_to_string(&mut answer).await.unwrap();
     assert_eq!(answer, "got 12345");
 
+    // Port 7003: the server half-closes first ("hello" + FIN), then reads the client's data.
+    let l = tokio::net::TcpListener::from_std(
+        tb.pod("server")
+            .tcp_listen(SocketAddr::new(server, 7003))
+            .unwrap(),
+    )
+    .unwrap();
+    let (got_tx, got_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        s.write_all(b"hello").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.unwrap();
+        let _ = got_tx.send(rest);
+    });
+    let mut c = connect_from(&tb, "client", SocketAddr::new(server, 7003)).unwrap();
+    let mut greeting = Vec::new();
+    c.read_to_end(&mut greeting).await.unwrap();
+    assert_eq!(greeting, b"hello", "server's data and FIN arrive");
+    c.write_all(b"still sending after the server's FIN")
+        .await
+        .unwrap();
+    c.shutdown().await.unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), got_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"still sending after the server's FIN");
+
     let mut c = connect_from(&tb, "client", SocketAddr::new(server, 7001)).unwrap();
     c.write_all(b"hello").await.unwrap();
     let mut buf = [0u8; 16];
