@@ -22,6 +22,8 @@ pub struct BenchOptions {
     /// Seconds per throughput and rate phase.
     pub seconds: f64,
     pub idle_connections: usize,
+    /// Runs per setup; each figure is the median over the runs.
+    pub runs: usize,
 }
 
 impl Default for BenchOptions {
@@ -29,11 +31,12 @@ impl Default for BenchOptions {
         BenchOptions {
             seconds: 4.0,
             idle_connections: 1000,
+            runs: 3,
         }
     }
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct Figures {
     pub throughput_1_gbps: f64,
     pub throughput_8_gbps: f64,
@@ -55,25 +58,49 @@ pub struct Report {
     pub mesh: Figures,
 }
 
+/// Runs direct and mesh alternately `opts.runs` times (so drift hits both alike) and reports
+/// the median of each figure.
 pub fn run_l4(opts: &BenchOptions) -> Result<Report> {
     netns::raise_fd_limit();
-    eprintln!("bench: direct (no proxy)");
-    let direct = {
+    let (mut direct, mut mesh) = (Vec::new(), Vec::new());
+    for run in 1..=opts.runs.max(1) {
+        eprintln!("bench run {run}: direct (no proxy)");
         let tb = Testbed::start(Options {
             pods: vec![PodSpec::plain("client"), PodSpec::plain("server")],
             ..Options::default()
         })?;
-        measure(&tb, opts, false)?
-    };
-    eprintln!("bench: mesh (client → ztunnel → HBONE → ztunnel → server)");
-    let mesh = {
+        direct.push(measure(&tb, opts, false)?);
+        drop(tb);
+        eprintln!("bench run {run}: mesh (client → ztunnel → HBONE → ztunnel → server)");
         let tb = Testbed::start(Options {
             env: vec![("RUST_LOG".into(), "warn".into())],
             ..Options::default()
         })?;
-        measure(&tb, opts, true)?
+        mesh.push(measure(&tb, opts, true)?);
+    }
+    Ok(Report {
+        direct: median_figures(&direct),
+        mesh: median_figures(&mesh),
+    })
+}
+
+fn median_figures(runs: &[Figures]) -> Figures {
+    let med = |f: fn(&Figures) -> f64| percentile(&runs.iter().map(f).collect::<Vec<_>>(), 50.0);
+    let med_opt = |f: fn(&Figures) -> Option<f64>| {
+        let v: Vec<f64> = runs.iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| percentile(&v, 50.0))
     };
-    Ok(Report { direct, mesh })
+    Figures {
+        throughput_1_gbps: med(|f| f.throughput_1_gbps),
+        throughput_8_gbps: med(|f| f.throughput_8_gbps),
+        latency_p50_us: med(|f| f.latency_p50_us),
+        latency_p99_us: med(|f| f.latency_p99_us),
+        newconn_p50_us: med(|f| f.newconn_p50_us),
+        connections_per_s: med(|f| f.connections_per_s),
+        vcpu_per_1k_rps: med_opt(|f| f.vcpu_per_1k_rps),
+        cpu_s_per_gb: med_opt(|f| f.cpu_s_per_gb),
+        rss_kib_per_idle_conn: med_opt(|f| f.rss_kib_per_idle_conn),
+    }
 }
 
 /// CPU seconds (user + system) of a process so far.

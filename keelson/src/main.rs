@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use keelson::bench::{self, BenchOptions};
 
 const USAGE: &str = "usage:
-  keelson bench l4 [--json] [--seconds N] [--idle-connections N]
-      two pods in network namespaces, measured direct and through two ztunnels
+  keelson bench l4 [--json] [--runs N] [--seconds N] [--idle-connections N]
+      two pods in network namespaces, measured direct and through two ztunnels;
+      each figure is the median of N runs (default 3)
   keelson version";
 
 fn main() -> ExitCode {
@@ -49,6 +50,7 @@ fn bench_l4(args: &[&str]) -> anyhow::Result<()> {
                     .ok_or_else(|| anyhow::anyhow!("--seconds needs a value"))?
                     .parse()?
             }
+            "--runs" => opts.runs = it.next().ok_or_else(|| anyhow::anyhow!("--runs needs a value"))?.parse()?,
             "--idle-connections" => {
                 opts.idle_connections = it
                     .next()
