@@ -50,7 +50,12 @@ fn bench_l4(args: &[&str]) -> anyhow::Result<()> {
                     .ok_or_else(|| anyhow::anyhow!("--seconds needs a value"))?
                     .parse()?
             }
-            "--runs" => opts.runs = it.next().ok_or_else(|| anyhow::anyhow!("--runs needs a value"))?.parse()?,
+            "--runs" => {
+                opts.runs = it
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("--runs needs a value"))?
+                    .parse()?
+            }
             "--idle-connections" => {
                 opts.idle_connections = it
                     .next()
