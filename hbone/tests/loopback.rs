@@ -1,14 +1,13 @@
 //! The HBONE client and server against each other on loopback: identity checks both ways,
 //! CONNECT status codes, data and half-close through a stream.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 mod common;
 
 use common::*;
 use hbone::{copy_bidirectional, HboneError};
-use identity::{Identity, LocalCa};
+use identity::LocalCa;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

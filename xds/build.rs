@@ -1,0 +1,23 @@
+//! Compiles proto/*.proto with protox (pure Rust: no system protoc needed) and generates the
+//! prost types and tonic services from the descriptor set.
+
+const PROTOS: &[&str] = &[
+    "proto/workload.proto",
+    "proto/authorization.proto",
+    "proto/ca.proto",
+    "proto/zds.proto",
+    "proto/discovery.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let fds = protox::compile(PROTOS, ["proto"])?;
+    tonic_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .build_transport(false)
+        .compile_fds(fds)?;
+    for p in PROTOS {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    Ok(())
+}

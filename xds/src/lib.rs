@@ -1,0 +1,39 @@
+//! Wire types of Istio's ambient data plane, generated from Keelson's own `.proto` files
+//! (`proto/`), written from the field tables of istio-wire.md §3–§5: package names and field
+//! numbers are Istio's (and Envoy's, for delta xDS), so the bytes on the wire are the same.
+#![allow(clippy::all, missing_docs, rust_2018_idioms)]
+
+/// `istio.workload`: `Address`, `Workload`, `Service` and friends (WDS).
+pub mod workload {
+    tonic::include_proto!("istio.workload");
+
+    /// `istio.workload.zds`: the CNI node agent ↔ ztunnel protocol.
+    pub mod zds {
+        tonic::include_proto!("istio.workload.zds");
+    }
+}
+
+/// `istio.security`: L4 `Authorization` policies.
+pub mod security {
+    tonic::include_proto!("istio.security");
+}
+
+/// `istio.v1.auth`: the certificate service.
+pub mod ca {
+    tonic::include_proto!("istio.v1.auth");
+}
+
+/// `envoy.service.discovery.v3`: delta ADS.
+pub mod discovery {
+    tonic::include_proto!("envoy.service.discovery.v3");
+}
+
+/// Type URLs (istio-wire.md §3.2).
+pub mod type_url {
+    pub const ADDRESS: &str = "type.googleapis.com/istio.workload.Address";
+    pub const AUTHORIZATION: &str = "type.googleapis.com/istio.security.Authorization";
+    pub const WORKLOAD: &str = "type.googleapis.com/istio.workload.Workload";
+}
+
+#[cfg(test)]
+mod tests;
