@@ -194,9 +194,59 @@ struct Index {
     members: HashMap<String, Vec<Arc<Workload>>>,
 }
 
+impl Index {
+    fn build(
+        workloads: &HashMap<String, Arc<Workload>>,
+        services: &HashMap<String, Arc<Service>>,
+    ) -> Index {
+        let mut idx = Index::default();
+        let mut ws: Vec<&Arc<Workload>> = workloads.values().collect();
+        ws.sort_by(|a, b| a.uid.cmp(&b.uid));
+        for w in ws {
+            for ip in &w.addresses {
+                idx.by_ip.insert(*ip, w.clone());
+            }
+            for key in w.services.keys() {
+                idx.members.entry(key.clone()).or_default().push(w.clone());
+            }
+            idx.workloads.push(w.clone());
+        }
+        let mut ss: Vec<&Arc<Service>> = services.values().collect();
+        ss.sort_by_key(|s| s.key());
+        for s in ss {
+            for ip in &s.addresses {
+                idx.by_vip.insert(*ip, s.clone());
+            }
+            idx.by_host
+                .entry(s.hostname.clone())
+                .or_default()
+                .push(s.clone());
+            idx.services.push(s.clone());
+        }
+        idx
+    }
+}
+
+/// The resources themselves, keyed by xDS resource name (workload uid, `namespace/hostname`).
+#[derive(Default)]
+struct Resources {
+    workloads: HashMap<String, Arc<Workload>>,
+    services: HashMap<String, Arc<Service>>,
+}
+
+/// One change to the store: resources added or replaced, and resource names removed.
+#[derive(Debug, Default)]
+pub struct Update {
+    pub workloads: Vec<Workload>,
+    pub services: Vec<Service>,
+    /// Workload uids or service `namespace/hostname` names; unknown names are ignored.
+    pub removed: Vec<String>,
+}
+
 /// The live store. Readers take a short read lock, never across an await.
 #[derive(Clone, Default)]
 pub struct State {
+    resources: Arc<std::sync::Mutex<Resources>>,
     index: Arc<RwLock<Index>>,
 }
 
@@ -209,28 +259,30 @@ impl State {
 
     /// Replaces everything (a full push).
     pub fn replace(&self, cfg: LocalConfig) {
-        let mut idx = Index::default();
-        for w in cfg.workloads {
-            let w = Arc::new(w);
-            for ip in &w.addresses {
-                idx.by_ip.insert(*ip, w.clone());
-            }
-            for key in w.services.keys() {
-                idx.members.entry(key.clone()).or_default().push(w.clone());
-            }
-            idx.workloads.push(w);
+        let mut res = self.resources.lock().unwrap();
+        *res = Resources::default();
+        drop(res);
+        self.apply(Update {
+            workloads: cfg.workloads,
+            services: cfg.services,
+            removed: Vec::new(),
+        });
+    }
+
+    /// Applies an incremental change (a delta push), then rebuilds the lookup indexes.
+    pub fn apply(&self, update: Update) {
+        let mut res = self.resources.lock().unwrap();
+        for name in &update.removed {
+            res.workloads.remove(name);
+            res.services.remove(name);
         }
-        for s in cfg.services {
-            let s = Arc::new(s);
-            for ip in &s.addresses {
-                idx.by_vip.insert(*ip, s.clone());
-            }
-            idx.by_host
-                .entry(s.hostname.clone())
-                .or_default()
-                .push(s.clone());
-            idx.services.push(s);
+        for w in update.workloads {
+            res.workloads.insert(w.uid.clone(), Arc::new(w));
         }
+        for s in update.services {
+            res.services.insert(s.key(), Arc::new(s));
+        }
+        let idx = Index::build(&res.workloads, &res.services);
         *self.index.write().unwrap() = idx;
     }
 
@@ -334,6 +386,8 @@ impl State {
         })
     }
 }
+
+pub mod wds;
 
 #[cfg(test)]
 mod tests;

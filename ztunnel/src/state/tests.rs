@@ -77,3 +77,35 @@ fn rejects_unknown_fields_and_bad_values() {
         .to_string();
     assert!(e.contains("adresses"), "{e}");
 }
+
+#[test]
+fn delta_updates_add_replace_and_remove() {
+    let s = state();
+    let vip: IpAddr = "10.96.0.10".parse().unwrap();
+    let svc = s.service_by_vip(vip).unwrap();
+    // Remove one endpoint and the unhealthy one; add a new one.
+    let mut newcomer = (*s.workload_by_ip("10.0.0.3".parse().unwrap()).unwrap()).clone();
+    newcomer.uid = "c1//Pod/default/c".into();
+    newcomer.name = "c".into();
+    newcomer.addresses = vec!["10.0.0.9".parse().unwrap()];
+    s.apply(Update {
+        workloads: vec![newcomer],
+        services: vec![],
+        removed: vec![
+            "c1//Pod/default/a".into(),
+            "c1//Pod/default/sick".into(),
+            "no-such".into(),
+        ],
+    });
+    assert!(s.workload_by_ip("10.0.0.2".parse().unwrap()).is_none());
+    let names: std::collections::HashSet<String> = (0..50)
+        .map(|_| s.pick_endpoint(&svc, 80).unwrap().workload.name.clone())
+        .collect();
+    assert_eq!(names, ["b".to_string(), "c".to_string()].into());
+    // Removing the service by its resource name.
+    s.apply(Update {
+        removed: vec![svc.key()],
+        ..Default::default()
+    });
+    assert!(s.service_by_vip(vip).is_none());
+}
