@@ -1,0 +1,308 @@
+//! Kubernetes resources → WDS `Address` resources, computed the way istiod computes them for
+//! ztunnel (istio-wire.md §3.4, §7.1): one Workload per pod with an IP, keyed by
+//! `<cluster>//Pod/<ns>/<name>`, with its service membership map; one Service per Kubernetes
+//! Service, keyed by `<ns>/<hostname>`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use xds::workload as pb;
+
+use crate::k8s::{IntOrString, Namespace, Pod, Resources, Service};
+
+pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
+pub const REDIRECTION: &str = "ambient.istio.io/redirection";
+pub const TUNNEL_LABEL: &str = "networking.istio.io/tunnel";
+
+/// Mesh-wide settings the translation needs.
+#[derive(Debug, Clone)]
+pub struct MeshSettings {
+    pub cluster_id: String,
+    pub trust_domain: String,
+    pub domain_suffix: String,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        MeshSettings {
+            cluster_id: "Kubernetes".into(),
+            trust_domain: "cluster.local".into(),
+            domain_suffix: "cluster.local".into(),
+        }
+    }
+}
+
+/// A named WDS resource, as it goes into a delta response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedAddress {
+    pub name: String,
+    pub address: pb::Address,
+}
+
+fn namespace_of(meta_ns: &Option<String>) -> &str {
+    meta_ns.as_deref().unwrap_or("default")
+}
+
+pub fn hostname(svc: &Service, mesh: &MeshSettings) -> String {
+    format!(
+        "{}.{}.svc.{}",
+        svc.metadata.name,
+        namespace_of(&svc.metadata.namespace),
+        mesh.domain_suffix
+    )
+}
+
+/// Whether the pod is enrolled in ambient: the CNI marked it, or it (or its namespace) asks for
+/// ambient and it does not opt out.
+pub fn is_ambient(pod: &Pod, ns: Option<&Namespace>) -> bool {
+    let m = &pod.metadata;
+    if m.annotations.get(REDIRECTION).map(String::as_str) == Some("enabled") {
+        return true;
+    }
+    if pod.spec.host_network {
+        return false;
+    }
+    match m.labels.get(DATAPLANE_MODE).map(String::as_str) {
+        Some("ambient") => true,
+        Some(_) => false,
+        None => ns.is_some_and(|n| {
+            n.metadata.labels.get(DATAPLANE_MODE).map(String::as_str) == Some("ambient")
+        }),
+    }
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    let running = pod.status.phase.as_deref().is_none_or(|p| p == "Running");
+    let ready = pod.status.conditions.iter().find(|c| c.kind == "Ready");
+    running && ready.is_none_or(|c| c.status == "True")
+}
+
+/// The workload a pod belongs to and its kind, from its owner: a ReplicaSet named
+/// `<deployment>-<hash>` means a Deployment.
+fn workload_name_and_type(pod: &Pod) -> (String, pb::WorkloadType) {
+    match pod.metadata.owner_references.first() {
+        Some(o) if o.kind == "ReplicaSet" => {
+            let name = o
+                .name
+                .rsplit_once('-')
+                .map(|(d, _)| d.to_string())
+                .unwrap_or_else(|| o.name.clone());
+            (name, pb::WorkloadType::Deployment)
+        }
+        Some(o) if o.kind == "Job" => (o.name.clone(), pb::WorkloadType::Job),
+        Some(o) if o.kind == "CronJob" => (o.name.clone(), pb::WorkloadType::Cronjob),
+        Some(o) => (o.name.clone(), pb::WorkloadType::Pod),
+        None => (pod.metadata.name.clone(), pb::WorkloadType::Pod),
+    }
+}
+
+fn canonical(pod: &Pod, workload_name: &str) -> (String, String) {
+    let l = &pod.metadata.labels;
+    let name = [
+        "service.istio.io/canonical-name",
+        "app.kubernetes.io/name",
+        "app",
+    ]
+    .iter()
+    .find_map(|k| l.get(*k))
+    .cloned()
+    .unwrap_or_else(|| workload_name.to_string());
+    let rev = [
+        "service.istio.io/canonical-revision",
+        "app.kubernetes.io/version",
+        "version",
+    ]
+    .iter()
+    .find_map(|k| l.get(*k))
+    .cloned()
+    .unwrap_or_else(|| "latest".to_string());
+    (name, rev)
+}
+
+fn selects(svc: &Service, pod: &Pod) -> bool {
+    namespace_of(&svc.metadata.namespace) == namespace_of(&pod.metadata.namespace)
+        && !svc.spec.selector.is_empty()
+        && svc
+            .spec
+            .selector
+            .iter()
+            .all(|(k, v)| pod.metadata.labels.get(k) == Some(v))
+}
+
+/// This pod's target port for a service port: numeric, named (looked up in the pod's container
+/// ports), or the service port itself when unset.
+fn pod_target_port(pod: &Pod, port: &crate::k8s::ServicePort) -> Option<u16> {
+    match &port.target_port {
+        None => Some(port.port),
+        Some(IntOrString::Int(p)) => Some(*p),
+        Some(IntOrString::String(name)) => pod
+            .spec
+            .containers
+            .iter()
+            .flat_map(|c| &c.ports)
+            .find(|cp| cp.name.as_deref() == Some(name.as_str()))
+            .map(|cp| cp.container_port),
+    }
+}
+
+fn app_protocol(port: &crate::k8s::ServicePort) -> pb::AppProtocol {
+    let proto = port
+        .app_protocol
+        .as_deref()
+        .or(port.name.as_deref())
+        .unwrap_or("");
+    let prefix = proto.split('-').next().unwrap_or("").to_ascii_lowercase();
+    match prefix.as_str() {
+        "http" => pb::AppProtocol::Http11,
+        "http2" | "h2c" => pb::AppProtocol::Http2,
+        "grpc" => pb::AppProtocol::Grpc,
+        "tcp" => pb::AppProtocol::Tcp,
+        "tls" | "https" => pb::AppProtocol::Tls,
+        _ => pb::AppProtocol::Unknown,
+    }
+}
+
+fn ips(list: impl IntoIterator<Item = String>) -> Vec<IpAddr> {
+    list.into_iter().filter_map(|s| s.parse().ok()).collect()
+}
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+pub fn workload(pod: &Pod, res: &Resources, mesh: &MeshSettings) -> Option<NamedAddress> {
+    let m = &pod.metadata;
+    let ns_name = namespace_of(&m.namespace);
+    let mut addrs = ips(pod.status.pod_ips.iter().map(|p| p.ip.clone()));
+    if addrs.is_empty() {
+        addrs = ips(pod.status.pod_ip.clone());
+    }
+    if addrs.is_empty() || pod.spec.host_network {
+        return None;
+    }
+    let ns = res.namespaces.iter().find(|n| n.metadata.name == ns_name);
+    let native = m.labels.get(TUNNEL_LABEL).map(String::as_str) == Some("http");
+    let hbone = native || is_ambient(pod, ns);
+    let (workload_name, workload_type) = workload_name_and_type(pod);
+    let (canonical_name, canonical_revision) = canonical(pod, &workload_name);
+    let mut services = BTreeMap::new();
+    for svc in res.services.iter().filter(|s| selects(s, pod)) {
+        let ports: Vec<pb::Port> = svc
+            .spec
+            .ports
+            .iter()
+            .filter_map(|p| {
+                pod_target_port(pod, p).map(|t| pb::Port {
+                    service_port: u32::from(p.port),
+                    target_port: u32::from(t),
+                    app_protocol: app_protocol(p) as i32,
+                })
+            })
+            .collect();
+        services.insert(
+            format!("{}/{}", ns_name, hostname(svc, mesh)),
+            pb::PortList { ports },
+        );
+    }
+    let uid = format!("{}//Pod/{}/{}", mesh.cluster_id, ns_name, m.name);
+    let w = pb::Workload {
+        uid: uid.clone(),
+        name: m.name.clone(),
+        namespace: ns_name.to_string(),
+        addresses: addrs.into_iter().map(ip_bytes).collect(),
+        tunnel_protocol: if hbone {
+            pb::TunnelProtocol::Hbone
+        } else {
+            pb::TunnelProtocol::None
+        } as i32,
+        trust_domain: mesh.trust_domain.clone(),
+        service_account: pod
+            .spec
+            .service_account_name
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        node: pod.spec.node_name.clone().unwrap_or_default(),
+        canonical_name,
+        canonical_revision,
+        workload_type: workload_type as i32,
+        workload_name,
+        native_tunnel: native,
+        services: services.into_iter().collect(),
+        status: if is_ready(pod) {
+            pb::WorkloadStatus::Healthy
+        } else {
+            pb::WorkloadStatus::Unhealthy
+        } as i32,
+        cluster_id: mesh.cluster_id.clone(),
+        ..Default::default()
+    };
+    Some(NamedAddress {
+        name: uid,
+        address: pb::Address {
+            r#type: Some(pb::address::Type::Workload(w)),
+        },
+    })
+}
+
+pub fn service(svc: &Service, mesh: &MeshSettings) -> NamedAddress {
+    let ns = namespace_of(&svc.metadata.namespace).to_string();
+    let host = hostname(svc, mesh);
+    let mut vips: Vec<String> = svc.spec.cluster_ips.clone();
+    if vips.is_empty() {
+        vips.extend(svc.spec.cluster_ip.clone());
+    }
+    let s = pb::Service {
+        name: svc.metadata.name.clone(),
+        namespace: ns.clone(),
+        hostname: host.clone(),
+        // Headless services ("None") have no VIP.
+        addresses: ips(vips)
+            .into_iter()
+            .map(|ip| pb::NetworkAddress {
+                network: String::new(),
+                address: ip_bytes(ip),
+                length: None,
+            })
+            .collect(),
+        ports: svc
+            .spec
+            .ports
+            .iter()
+            .map(|p| pb::Port {
+                service_port: u32::from(p.port),
+                target_port: match &p.target_port {
+                    None => u32::from(p.port),
+                    Some(IntOrString::Int(t)) => u32::from(*t),
+                    // Named: resolved per endpoint through Workload.services.
+                    Some(IntOrString::String(_)) => 0,
+                },
+                app_protocol: app_protocol(p) as i32,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    NamedAddress {
+        name: format!("{ns}/{host}"),
+        address: pb::Address {
+            r#type: Some(pb::address::Type::Service(s)),
+        },
+    }
+}
+
+/// Every Address resource for `res`, sorted by name.
+pub fn addresses(res: &Resources, mesh: &MeshSettings) -> Vec<NamedAddress> {
+    let mut out: Vec<NamedAddress> = res
+        .pods
+        .iter()
+        .filter_map(|p| workload(p, res, mesh))
+        .collect();
+    out.extend(res.services.iter().map(|s| service(s, mesh)));
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+#[cfg(test)]
+mod tests;

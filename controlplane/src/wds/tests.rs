@@ -1,0 +1,205 @@
+use super::*;
+
+const YAML: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: bookinfo
+  labels:
+    istio.io/dataplane-mode: ambient
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: reviews
+  namespace: bookinfo
+spec:
+  clusterIP: 10.96.0.20
+  selector:
+    app: reviews
+  ports:
+  - name: http
+    port: 9080
+    targetPort: http-alt
+  - name: tcp-admin
+    port: 9000
+    targetPort: 9001
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: headless
+  namespace: bookinfo
+spec:
+  clusterIP: None
+  selector:
+    app: reviews
+  ports:
+  - port: 80
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: reviews-v2-5d8f7b-abcde
+  namespace: bookinfo
+  labels:
+    app: reviews
+    version: v2
+  ownerReferences:
+  - kind: ReplicaSet
+    name: reviews-v2-5d8f7b
+spec:
+  serviceAccountName: bookinfo-reviews
+  nodeName: node-b
+  containers:
+  - name: reviews
+    ports:
+    - name: http-alt
+      containerPort: 9081
+status:
+  phase: Running
+  podIP: 10.10.1.5
+  conditions:
+  - type: Ready
+    status: "True"
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: opted-out
+  namespace: bookinfo
+  labels:
+    app: reviews
+    istio.io/dataplane-mode: none
+status:
+  phase: Pending
+  podIPs:
+  - ip: 10.10.1.6
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: ignored-for-now
+"#;
+
+fn load() -> Resources {
+    let mut r = Resources::default();
+    r.add_text("bookinfo.yaml", YAML).unwrap();
+    r
+}
+
+fn workload_named<'a>(all: &'a [NamedAddress], pod: &str) -> &'a pb::Workload {
+    all.iter()
+        .find_map(|a| match &a.address.r#type {
+            Some(pb::address::Type::Workload(w)) if w.name == pod => Some(w),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[test]
+fn pods_become_workloads_like_istiod() {
+    let all = addresses(&load(), &MeshSettings::default());
+    let w = workload_named(&all, "reviews-v2-5d8f7b-abcde");
+    assert_eq!(w.uid, "Kubernetes//Pod/bookinfo/reviews-v2-5d8f7b-abcde");
+    assert_eq!(w.addresses, vec![vec![10, 10, 1, 5]]);
+    assert_eq!(
+        w.tunnel_protocol(),
+        pb::TunnelProtocol::Hbone,
+        "namespace is ambient"
+    );
+    assert_eq!(w.service_account, "bookinfo-reviews");
+    assert_eq!(w.node, "node-b");
+    assert_eq!(
+        (w.workload_name.as_str(), w.workload_type()),
+        ("reviews-v2", pb::WorkloadType::Deployment)
+    );
+    assert_eq!(
+        (w.canonical_name.as_str(), w.canonical_revision.as_str()),
+        ("reviews", "v2")
+    );
+    assert_eq!(w.status(), pb::WorkloadStatus::Healthy);
+    // Named target port resolved through the container port; numeric kept.
+    let ports = &w.services["bookinfo/reviews.bookinfo.svc.cluster.local"].ports;
+    assert_eq!(
+        ports
+            .iter()
+            .map(|p| (p.service_port, p.target_port))
+            .collect::<Vec<_>>(),
+        vec![(9080, 9081), (9000, 9001)]
+    );
+    assert_eq!(ports[0].app_protocol(), pb::AppProtocol::Http11);
+    assert!(w
+        .services
+        .contains_key("bookinfo/headless.bookinfo.svc.cluster.local"));
+
+    let out = workload_named(&all, "opted-out");
+    assert_eq!(
+        out.tunnel_protocol(),
+        pb::TunnelProtocol::None,
+        "dataplane-mode=none opts out"
+    );
+    assert_eq!(out.status(), pb::WorkloadStatus::Unhealthy, "not running");
+    assert_eq!(
+        (out.workload_name.as_str(), out.workload_type()),
+        ("opted-out", pb::WorkloadType::Pod)
+    );
+}
+
+#[test]
+fn services_become_services() {
+    let all = addresses(&load(), &MeshSettings::default());
+    let svc = |name: &str| {
+        all.iter()
+            .find_map(|a| match &a.address.r#type {
+                Some(pb::address::Type::Service(s)) if s.name == name => {
+                    Some((a.name.clone(), s.clone()))
+                }
+                _ => None,
+            })
+            .unwrap()
+    };
+    let (key, reviews) = svc("reviews");
+    assert_eq!(key, "bookinfo/reviews.bookinfo.svc.cluster.local");
+    assert_eq!(reviews.addresses[0].address, vec![10, 96, 0, 20]);
+    let ports: Vec<(u32, u32)> = reviews
+        .ports
+        .iter()
+        .map(|p| (p.service_port, p.target_port))
+        .collect();
+    assert_eq!(
+        ports,
+        vec![(9080, 0), (9000, 9001)],
+        "named target port is 0 on the service"
+    );
+    let (_, headless) = svc("headless");
+    assert!(headless.addresses.is_empty());
+}
+
+#[test]
+fn unknown_kinds_are_counted_and_bad_fields_named() {
+    let r = load();
+    assert_eq!(r.ignored.get("Deployment"), Some(&1));
+    let mut r = Resources::default();
+    let e = r
+        .add_text(
+            "bad.yaml",
+            "kind: Service\nmetadata:\n  name: web\nspec:\n  ports:\n  - port: 99999\n",
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("bad.yaml") && e.contains("Service web") && e.contains("spec.ports[0].port"),
+        "{e}"
+    );
+}
+
+#[test]
+fn translated_addresses_convert_in_ztunnel_terms() {
+    // Every generated Address must encode and decode cleanly (the wire is the contract).
+    use prost::Message;
+    for a in addresses(&load(), &MeshSettings::default()) {
+        let bytes = a.address.encode_to_vec();
+        assert_eq!(pb::Address::decode(bytes.as_slice()).unwrap(), a.address);
+    }
+}
