@@ -96,6 +96,14 @@ impl LocalCa {
         Ok(ca)
     }
 
+    pub(crate) fn issuer(&self) -> &rcgen::Certificate {
+        &self.issuer
+    }
+
+    pub(crate) fn issuer_key(&self) -> &KeyPair {
+        &self.issuer_key
+    }
+
     pub fn root_pem(&self) -> &str {
         &self.root_pem
     }

@@ -4,6 +4,7 @@
 
 pub mod ca;
 pub mod cert;
+pub mod csr;
 mod spiffe;
 pub mod store;
 
