@@ -14,26 +14,7 @@ use crate::metrics::{Reporter, TrafficLabels};
 use crate::state::State;
 
 pub async fn serve(pi: Arc<ProxyInputs>, listener: TcpListener) {
-    let stop = pi.drain.started();
-    tokio::pin!(stop);
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = &mut stop => return,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                socket::set_accepted_options(&tcp);
-                let pi2 = pi.clone();
-                pi.drain
-                    .spawn(serve_connection(pi2, tcp, socket::canonical(peer)));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "inbound accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    super::accept_loop(pi, listener, "inbound", serve_connection).await
 }
 
 async fn serve_connection(pi: Arc<ProxyInputs>, tcp: TcpStream, peer: SocketAddr) {

@@ -7,8 +7,12 @@ pub mod passthrough;
 pub mod socket;
 pub mod socks5;
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
 
 use hbone::{HboneError, Pool};
 use identity::{CertError, CertStore, Identity, WorkloadCertificate};
@@ -137,5 +141,38 @@ impl ProxyInputs {
         let cfg = hbone::tls::server_config(&cert).map_err(HboneError::from)?;
         *cached = Some((cert, cfg.clone()));
         Ok(cfg)
+    }
+}
+
+/// Accepts on `listener` until draining starts; each connection runs `handle` as a task the
+/// drain tracks. Accept errors (EMFILE and friends) are logged and never end the loop
+/// (RUSTSEC-2024-0376).
+pub(crate) async fn accept_loop<F, Fut>(
+    pi: Arc<ProxyInputs>,
+    listener: TcpListener,
+    what: &'static str,
+    handle: F,
+) where
+    F: Fn(Arc<ProxyInputs>, TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let stop = pi.drain.started();
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut stop => return,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                socket::set_accepted_options(&tcp);
+                pi.drain
+                    .spawn(handle(pi.clone(), tcp, socket::canonical(peer)));
+            }
+            Err(e) => {
+                tracing::warn!(listener = what, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }

@@ -16,32 +16,13 @@ use crate::metrics::{Reporter, TrafficLabels};
 use crate::state::{Service, State, TunnelProtocol, Workload};
 
 pub async fn serve(pi: Arc<ProxyInputs>, listener: TcpListener) {
-    let stop = pi.drain.started();
-    tokio::pin!(stop);
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = &mut stop => return,
-        };
-        match accepted {
-            Ok((tcp, src)) => {
-                socket::set_accepted_options(&tcp);
-                let pi2 = pi.clone();
-                pi.drain.spawn(async move {
-                    let orig = match socket::original_dst(&tcp) {
-                        Ok(o) => o,
-                        Err(e) => return tracing::warn!(error = %e, "no original destination"),
-                    };
-                    proxy(pi2, tcp, socket::canonical(src), orig).await;
-                });
-            }
-            // EMFILE and friends must not kill the listener (RUSTSEC-2024-0376).
-            Err(e) => {
-                tracing::warn!(error = %e, "outbound accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+    super::accept_loop(pi, listener, "outbound", |pi, tcp, src| async move {
+        match socket::original_dst(&tcp) {
+            Ok(orig) => proxy(pi, tcp, src, orig).await,
+            Err(e) => tracing::warn!(error = %e, "no original destination"),
         }
-    }
+    })
+    .await
 }
 
 /// Proxies one downstream connection to `orig`.

@@ -12,25 +12,7 @@ use crate::connection::{ConnectionResult, Direction, Peers};
 use crate::metrics::{Reporter, TrafficLabels};
 
 pub async fn serve(pi: Arc<ProxyInputs>, listener: TcpListener) {
-    let stop = pi.drain.started();
-    tokio::pin!(stop);
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = &mut stop => return,
-        };
-        match accepted {
-            Ok((tcp, src)) => {
-                socket::set_accepted_options(&tcp);
-                let pi2 = pi.clone();
-                pi.drain.spawn(handle(pi2, tcp, socket::canonical(src)));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "inbound plaintext accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    super::accept_loop(pi, listener, "inbound plaintext", handle).await
 }
 
 async fn handle(pi: Arc<ProxyInputs>, mut downstream: TcpStream, src: SocketAddr) {

@@ -74,25 +74,7 @@ pub enum Target {
 }
 
 pub async fn serve(pi: Arc<ProxyInputs>, listener: TcpListener) {
-    let stop = pi.drain.started();
-    tokio::pin!(stop);
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = &mut stop => return,
-        };
-        match accepted {
-            Ok((tcp, src)) => {
-                socket::set_accepted_options(&tcp);
-                let pi2 = pi.clone();
-                pi.drain.spawn(handle(pi2, tcp, src));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "socks5 accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    super::accept_loop(pi, listener, "socks5", handle).await
 }
 
 async fn handle(pi: Arc<ProxyInputs>, mut tcp: TcpStream, src: SocketAddr) {
