@@ -9,4 +9,5 @@ pub mod connection;
 pub mod drain;
 pub mod metrics;
 pub mod proxy;
+pub mod rbac;
 pub mod state;
