@@ -64,6 +64,8 @@ pub struct Options {
     pub ztunnel_bin: Option<PathBuf>,
     /// Where ztunnel logs go: inherited (visible in test output) or a file per pod.
     pub log_to_files: bool,
+    /// A `policies:` section (L4 authorization, see ztunnel/src/rbac.rs) for the YAML.
+    pub policies_yaml: Option<String>,
 }
 
 impl Default for Options {
@@ -76,6 +78,7 @@ impl Default for Options {
             env: Vec::new(),
             ztunnel_bin: None,
             log_to_files: true,
+            policies_yaml: None,
         }
     }
 }
@@ -221,6 +224,9 @@ impl Testbed {
         out += &format!(
             "services:\n  - name: echo\n    namespace: {NAMESPACE}\n    hostname: {SERVICE_HOST}\n    addresses: [{SERVICE_VIP}]\n    ports: {{{SERVICE_PORT}: 0}}\n"
         );
+        if let Some(p) = &self.opts.policies_yaml {
+            out += p;
+        }
         out
     }
 

@@ -11,26 +11,52 @@ use std::net::IpAddr;
 use identity::Identity;
 use xds::security as pb;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Scope {
     Global,
     Namespace,
     WorkloadSelector,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Action {
     Allow,
     Deny,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// Written as a map with one key, as in the proto: `{exact: x}`, `{prefix: x}`, `{suffix: x}`,
+/// `{presence: {}}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", try_from = "StringMatchRepr")]
 pub enum StringMatch {
     Exact(String),
     Prefix(String),
     Suffix(String),
     /// Any non-empty value.
     Presence,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StringMatchRepr {
+    exact: Option<String>,
+    prefix: Option<String>,
+    suffix: Option<String>,
+    presence: Option<serde::de::IgnoredAny>,
+}
+
+impl TryFrom<StringMatchRepr> for StringMatch {
+    type Error = &'static str;
+
+    fn try_from(r: StringMatchRepr) -> Result<Self, Self::Error> {
+        match (r.exact, r.prefix, r.suffix, r.presence) {
+            (Some(s), None, None, None) => Ok(StringMatch::Exact(s)),
+            (None, Some(s), None, None) => Ok(StringMatch::Prefix(s)),
+            (None, None, Some(s), None) => Ok(StringMatch::Suffix(s)),
+            (None, None, None, Some(_)) => Ok(StringMatch::Presence),
+            _ => Err("a string match needs exactly one of exact, prefix, suffix, presence"),
+        }
+    }
 }
 
 impl StringMatch {
@@ -44,10 +70,31 @@ impl StringMatch {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// An address prefix; written `10.0.0.0/16` (a bare address means a single host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub struct Cidr {
     pub addr: IpAddr,
     pub len: u8,
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let (a, l) = s.split_once('/').unwrap_or((&s, ""));
+        let addr: IpAddr = a.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = if l.is_empty() {
+            max
+        } else {
+            l.parse().map_err(|_| format!("{s:?}: bad prefix length"))?
+        };
+        if len > max {
+            return Err(format!("{s:?}: prefix length above {max}"));
+        }
+        Ok(Cidr { addr, len })
+    }
 }
 
 impl Cidr {
@@ -68,7 +115,8 @@ impl Cidr {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Match {
     pub namespaces: Vec<StringMatch>,
     pub not_namespaces: Vec<StringMatch>,
@@ -84,14 +132,17 @@ pub struct Match {
     pub not_destination_ports: Vec<u16>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Policy {
     pub name: String,
     pub namespace: String,
     pub scope: Scope,
     pub action: Action,
     /// rules (OR) → clauses (AND) → matches (OR).
+    #[serde(default)]
     pub rules: Vec<Vec<Vec<Match>>>,
+    #[serde(default)]
     pub dry_run: bool,
 }
 

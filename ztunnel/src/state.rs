@@ -9,6 +9,8 @@ use std::sync::{Arc, RwLock};
 
 use identity::Identity;
 use rand::Rng;
+
+use crate::rbac::{Policy, Scope};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -64,6 +66,9 @@ pub struct Workload {
     /// `namespace/hostname` → service port → this endpoint's target port. Defines membership.
     #[serde(default)]
     pub services: BTreeMap<String, BTreeMap<u16, u16>>,
+    /// `namespace/name` of the selector-scoped policies that apply to this workload.
+    #[serde(default)]
+    pub authorization_policies: Vec<String>,
 }
 
 impl Workload {
@@ -103,6 +108,8 @@ pub struct LocalConfig {
     pub workloads: Vec<Workload>,
     #[serde(default)]
     pub services: Vec<Service>,
+    #[serde(default)]
+    pub policies: Vec<Policy>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -232,6 +239,7 @@ impl Index {
 struct Resources {
     workloads: HashMap<String, Arc<Workload>>,
     services: HashMap<String, Arc<Service>>,
+    policies: HashMap<String, Arc<Policy>>,
 }
 
 /// One change to the store: resources added or replaced, and resource names removed.
@@ -239,8 +247,11 @@ struct Resources {
 pub struct Update {
     pub workloads: Vec<Workload>,
     pub services: Vec<Service>,
+    pub policies: Vec<Policy>,
     /// Workload uids or service `namespace/hostname` names; unknown names are ignored.
     pub removed: Vec<String>,
+    /// Policy `namespace/name` names removed.
+    pub removed_policies: Vec<String>,
 }
 
 /// The live store. Readers take a short read lock, never across an await.
@@ -265,7 +276,8 @@ impl State {
         self.apply(Update {
             workloads: cfg.workloads,
             services: cfg.services,
-            removed: Vec::new(),
+            policies: cfg.policies,
+            ..Update::default()
         });
     }
 
@@ -282,8 +294,37 @@ impl State {
         for s in update.services {
             res.services.insert(s.key(), Arc::new(s));
         }
+        for name in &update.removed_policies {
+            res.policies.remove(name);
+        }
+        for p in update.policies {
+            res.policies.insert(p.key(), Arc::new(p));
+        }
         let idx = Index::build(&res.workloads, &res.services);
         *self.index.write().unwrap() = idx;
+    }
+
+    /// The policies that apply to connections to `w` (istio-wire.md §3.7): every GLOBAL one,
+    /// the NAMESPACE ones of its namespace, and the selector ones it names (missing ones skipped).
+    pub fn policies_for(&self, w: &Workload) -> Vec<Arc<Policy>> {
+        let res = self.resources.lock().unwrap();
+        let mut out: Vec<Arc<Policy>> = res
+            .policies
+            .values()
+            .filter(|p| match p.scope {
+                Scope::Global => true,
+                Scope::Namespace => p.namespace == w.namespace,
+                Scope::WorkloadSelector => false,
+            })
+            .cloned()
+            .collect();
+        out.extend(
+            w.authorization_policies
+                .iter()
+                .filter_map(|k| res.policies.get(k))
+                .cloned(),
+        );
+        out
     }
 
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<Arc<Workload>> {
@@ -382,7 +423,7 @@ impl State {
         serde_json::json!({
             "workloads": idx.workloads.iter().map(|w| w.as_ref()).collect::<Vec<_>>(),
             "services": idx.services.iter().map(|s| s.as_ref()).collect::<Vec<_>>(),
-            "policies": [],
+            "policies": self.resources.lock().unwrap().policies.values().map(|p| p.as_ref().clone()).collect::<Vec<_>>(),
         })
     }
 }

@@ -78,6 +78,15 @@ fn check(pi: &ProxyInputs, inc: &Incoming) -> Result<Target, ProxyError> {
     if pi.cfg.ports.is_own(addr.port(), pi.cfg.socks5) {
         return Err(ProxyError::OwnPort(addr.port()));
     }
+    pi.authorize(
+        &local,
+        &crate::rbac::Conn {
+            src_identity: Some(inc.peer_identity.clone()),
+            src_ip: inc.peer_addr.ip(),
+            dst_ip: addr.ip(),
+            dst_port: addr.port(),
+        },
+    )?;
     Ok(Target { addr, service })
 }
 

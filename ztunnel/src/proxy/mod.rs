@@ -46,6 +46,8 @@ pub enum ProxyError {
     UnknownService(String, u16),
     #[error("method {0} is not CONNECT")]
     NotConnect(String),
+    #[error("{}", match .0 { Some(p) => format!("denied by policy {p}"), None => "denied: no ALLOW policy matched".to_string() })]
+    Denied(Option<String>),
 }
 
 impl ProxyError {
@@ -54,6 +56,7 @@ impl ProxyError {
         match self {
             ProxyError::Hbone(e) => e.response_flag(),
             ProxyError::Cert(_) => "IDENTITY_ERROR",
+            ProxyError::Denied(_) => "DENY",
             _ => "CONNECT",
         }
     }
@@ -65,6 +68,7 @@ impl ProxyError {
             ProxyError::NotConnect(_)
             | ProxyError::BadAuthority(_)
             | ProxyError::IpMismatch { .. } => S::BAD_REQUEST,
+            ProxyError::Denied(_) => S::UNAUTHORIZED,
             _ => S::SERVICE_UNAVAILABLE,
         }
     }
@@ -126,6 +130,15 @@ impl ProxyInputs {
                 .cfg
                 .dedicated_identity(identity::DEFAULT_TRUST_DOMAIN)
                 .expect("validated: dedicated mode has workload info"),
+        }
+    }
+
+    /// L4 authorization of a connection to the local workload.
+    pub fn authorize(&self, local: &Workload, conn: &crate::rbac::Conn) -> Result<(), ProxyError> {
+        let policies = self.state.policies_for(local);
+        match crate::rbac::evaluate(policies.iter().map(|p| p.as_ref()), conn) {
+            crate::rbac::Decision::Allow => Ok(()),
+            crate::rbac::Decision::Deny(p) => Err(ProxyError::Denied(p)),
         }
     }
 

@@ -45,6 +45,18 @@ async fn handle(pi: Arc<ProxyInputs>, mut downstream: TcpStream, src: SocketAddr
         let e = ProxyError::OwnPort(orig.port());
         return result.fail_early(e.response_flag(), e);
     }
+    if let Some(l) = &local {
+        let conn = crate::rbac::Conn {
+            src_identity: None,
+            src_ip: src.ip(),
+            dst_ip: orig.ip(),
+            dst_port: orig.port(),
+        };
+        if let Err(e) = pi.authorize(l, &conn) {
+            // Closing the socket is the only answer plaintext can get.
+            return result.fail_early(e.response_flag(), e);
+        }
+    }
     let srcip = pi.cfg.orig_src.then_some(src.ip());
     let mut app = match socket::connect(orig, srcip, pi.cfg.packet_mark).await {
         Ok(t) => t,

@@ -384,3 +384,25 @@ fn conversion_is_strict() {
     bad_port.rules[0].clauses[0].matches[0].destination_ports = vec![70000];
     assert_eq!(convert(bad_port).unwrap_err().field, "destination_ports");
 }
+
+#[test]
+fn policies_read_from_yaml() {
+    let p: Policy = serde_yaml::from_str(
+        "name: strict\nnamespace: istio-system\nscope: Global\naction: Deny\nrules: [[[{notPrincipals: [{presence: {}}], notSourceIps: [10.0.0.0/8, 'fd00::1']}]]]\n",
+    )
+    .unwrap();
+    let m = &p.rules[0][0][0];
+    assert_eq!(m.not_principals, vec![StringMatch::Presence]);
+    assert_eq!(
+        m.not_source_ips,
+        vec![cidr("10.0.0.0/8"), cidr("fd00::1/128")]
+    );
+    for bad in [
+        "name: x\nnamespace: y\nscope: Global\naction: Deny\nrules: [[[{principals: [{exact: a, prefix: b}]}]]]\n",
+        "name: x\nnamespace: y\nscope: Global\naction: Deny\nrules: [[[{sourceIps: [10.0.0.0/33]}]]]\n",
+        "name: x\nnamespace: y\nscope: Global\naction: Maybe\n",
+        "name: x\nnamespace: y\nscope: Global\naction: Deny\nrules: [[[{destinationPort: [80]}]]]\n",
+    ] {
+        assert!(serde_yaml::from_str::<Policy>(bad).is_err(), "{bad}");
+    }
+}

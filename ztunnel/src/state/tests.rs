@@ -96,6 +96,7 @@ fn delta_updates_add_replace_and_remove() {
             "c1//Pod/default/sick".into(),
             "no-such".into(),
         ],
+        ..Update::default()
     });
     assert!(s.workload_by_ip("10.0.0.2".parse().unwrap()).is_none());
     let names: std::collections::HashSet<String> = (0..50)

@@ -134,6 +134,7 @@ pub fn convert_workload(w: pb::Workload) -> Result<Workload, ConvertError> {
         status,
         capacity: w.capacity,
         services,
+        authorization_policies: w.authorization_policies,
     })
 }
 
