@@ -230,6 +230,33 @@ impl Testbed {
         out
     }
 
+    /// Replaces the policies in every ztunnel's YAML (ztunnel reloads it within a second).
+    pub fn set_policies(&mut self, policies_yaml: Option<String>) -> Result<()> {
+        self.opts.policies_yaml = policies_yaml;
+        for p in self.opts.pods.clone().iter().filter(|p| p.meshed) {
+            self.write_yaml(p, &self.wds_yaml(Some(p)))?;
+        }
+        Ok(())
+    }
+
+    /// Overwrites the YAML file one ztunnel reads (atomically: write then rename).
+    pub fn write_yaml(&self, pod: &PodSpec, text: &str) -> Result<()> {
+        let path = self.dir.join(format!("{}.yaml", pod.name));
+        let tmp = self.dir.join(format!("{}.yaml.tmp", pod.name));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    pub fn pod_spec(&self, name: &str) -> PodSpec {
+        self.opts
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+            .expect("known pod")
+    }
+
     pub fn pod(&self, name: &str) -> &Netns {
         self.lan.pod(self.pods[name].0)
     }

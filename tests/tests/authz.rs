@@ -112,3 +112,55 @@ async fn policies_allow_and_deny_real_connections() {
         "client sees the 401 as DENY"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_closes_connections_it_now_denies() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tb = Testbed::start(Options::default()).unwrap();
+    let server = tb.ip("server");
+    spawn_echo(&tb, "server", 8080).unwrap();
+    let mut open = connect_from(&tb, "client", SocketAddr::new(server, 8080)).unwrap();
+    open.write_all(b"before").await.unwrap();
+    let mut buf = [0u8; 6];
+    open.read_exact(&mut buf).await.unwrap();
+
+    // A broken file is reported and changes nothing.
+    tb.write_yaml(
+        &tb.pod_spec("server"),
+        "workloads: [this is not a workload]\n",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    open.write_all(b"still!").await.unwrap();
+    open.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"still!");
+    assert!(tb.log("server").contains("keeping the last good state"));
+
+    // Now deny port 8080: the open connection is closed.
+    let start = Instant::now();
+    tb.set_policies(Some(
+        "policies:\n  - {name: deny-8080, namespace: default, scope: Namespace, action: Deny, rules: [[[{destinationPorts: [8080]}]]]}\n".into(),
+    ))
+    .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), open.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "connection still open 5 s after the policy change"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "closed after {:?}",
+        start.elapsed()
+    );
+    assert!(tb
+        .log("server")
+        .contains("closing a connection the new policy denies"));
+    // And new connections are refused.
+    let s = connect_from(&tb, "client", SocketAddr::new(server, 8080)).unwrap();
+    assert!(roundtrip(s, b"after".to_vec())
+        .await
+        .unwrap_or_default()
+        .is_empty());
+}

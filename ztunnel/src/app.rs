@@ -31,6 +31,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .as_ref()
         .context("LOCAL_XDS_PATH is required")?;
     let state = State::from_config(LocalConfig::load(xds_path)?);
+    tokio::spawn(watch_local_config(xds_path.clone(), state.clone()));
     let ca_dir = cfg
         .local_ca_dir
         .as_ref()
@@ -137,4 +138,35 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "drain complete; exiting"
     );
     Ok(())
+}
+
+/// How often the local config file is checked for changes.
+const LOCAL_CONFIG_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reloads `LOCAL_XDS_PATH` when it changes. A file that fails to load is reported and the last
+/// good state is kept.
+async fn watch_local_config(path: std::path::PathBuf, state: State) {
+    let stamp = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut last = stamp(&path);
+    loop {
+        tokio::time::sleep(LOCAL_CONFIG_POLL).await;
+        let now = stamp(&path);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match LocalConfig::load(&path) {
+            Ok(cfg) => {
+                state.replace(cfg);
+                tracing::info!(path = %path.display(), "local config reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "local config not reloaded; keeping the last good state")
+            }
+        }
+    }
 }

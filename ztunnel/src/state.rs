@@ -255,10 +255,22 @@ pub struct Update {
 }
 
 /// The live store. Readers take a short read lock, never across an await.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct State {
     resources: Arc<std::sync::Mutex<Resources>>,
     index: Arc<RwLock<Index>>,
+    /// Bumped on every change, so open connections can re-check their authorization.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            resources: Arc::default(),
+            index: Arc::default(),
+            changes: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
 }
 
 impl State {
@@ -302,6 +314,13 @@ impl State {
         }
         let idx = Index::build(&res.workloads, &res.services);
         *self.index.write().unwrap() = idx;
+        drop(res);
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// Notified after every change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The policies that apply to connections to `w` (istio-wire.md §3.7): every GLOBAL one,

@@ -133,6 +133,7 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
         ..Default::default()
     };
 
+    let inc_identity = inc.peer_identity.clone();
     let target = match check(&pi, &inc) {
         Ok(t) => t,
         Err(e) => {
@@ -171,7 +172,7 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
         peers,
     );
     let src = pi.cfg.orig_src.then_some(peer_ip);
-    let mut app = match socket::connect(target.addr, src, pi.cfg.packet_mark).await {
+    let app = match socket::connect(target.addr, src, pi.cfg.packet_mark).await {
         Ok(t) => t,
         Err(e) => {
             let e = ProxyError::Connect(target.addr, e);
@@ -185,15 +186,45 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
         Ok(s) => s,
         Err(e) => return result.fail_early("CONNECT", e),
     };
-    // Bytes: the tunnel carries client→server, the app socket server→client.
-    match hbone::copy_bidirectional(&app, stream).await {
-        Ok(st) => result.add_bytes(st.tunnel_to_tcp, st.tcp_to_tunnel),
-        Err((st, e)) => {
-            result.add_bytes(st.tunnel_to_tcp, st.tcp_to_tunnel);
-            result.fail("CONNECT", e);
+    // Bytes: the tunnel carries client→server, the app socket server→client. A policy change
+    // that now denies the connection closes it.
+    let conn = crate::rbac::Conn {
+        src_identity: Some(inc_identity),
+        src_ip: peer_ip,
+        dst_ip: target.addr.ip(),
+        dst_port: target.addr.port(),
+    };
+    let denied = {
+        let copy = hbone::copy_bidirectional(&app, stream);
+        tokio::pin!(copy);
+        let mut changes = pi.state.subscribe();
+        loop {
+            tokio::select! {
+                r = &mut copy => {
+                    match r {
+                        Ok(st) => result.add_bytes(st.tunnel_to_tcp, st.tcp_to_tunnel),
+                        Err((st, e)) => {
+                            result.add_bytes(st.tunnel_to_tcp, st.tcp_to_tunnel);
+                            result.fail("CONNECT", e);
+                        }
+                    }
+                    break false;
+                }
+                Ok(()) = changes.changed() => {
+                    if let Some(Err(e)) = local.as_ref().map(|l| pi.authorize(l, &conn)) {
+                        tracing::info!(src = %peer_ip, dst = %target.addr, error = %e, "closing a connection the new policy denies");
+                        result.fail(e.response_flag(), e);
+                        break true;
+                    }
+                }
+            }
         }
+    };
+    // Dropping the stream resets it towards the client; the app gets a reset too.
+    if denied {
+        hbone::stream::reset_tcp(&app);
     }
-    let _ = &mut app;
+    drop(app);
 }
 
 #[cfg(test)]

@@ -65,8 +65,37 @@ async fn handle(pi: Arc<ProxyInputs>, mut downstream: TcpStream, src: SocketAddr
             return result.fail_early(e.response_flag(), e);
         }
     };
-    match socket::copy_plain(&mut downstream, &mut app).await {
-        Ok((a, b)) => result.add_bytes(a, b),
-        Err(e) => result.fail("CONNECT", e),
+    let conn = crate::rbac::Conn {
+        src_identity: None,
+        src_ip: src.ip(),
+        dst_ip: orig.ip(),
+        dst_port: orig.port(),
+    };
+    let denied = {
+        let mut changes = pi.state.subscribe();
+        let copy = socket::copy_plain(&mut downstream, &mut app);
+        tokio::pin!(copy);
+        loop {
+            tokio::select! {
+                r = &mut copy => {
+                    match r {
+                        Ok((a, b)) => result.add_bytes(a, b),
+                        Err(e) => result.fail("CONNECT", e),
+                    }
+                    break false;
+                }
+                Ok(()) = changes.changed() => {
+                    if let Some(Err(e)) = local.as_ref().map(|l| pi.authorize(l, &conn)) {
+                        tracing::info!(%src, dst = %orig, error = %e, "closing a connection the new policy denies");
+                        result.fail(e.response_flag(), e);
+                        break true;
+                    }
+                }
+            }
+        }
+    };
+    if denied {
+        hbone::stream::reset_tcp(&downstream);
+        hbone::stream::reset_tcp(&app);
     }
 }
