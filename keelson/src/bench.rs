@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 
 use crate::testbed::{Options, PodSpec, Testbed};
@@ -392,9 +392,10 @@ fn idle_rss(tb: &Testbed, connect: &Connect<'_>, pids: &[u32], n: usize) -> Resu
     let after = rss()?;
     drop(conns);
     if after < before {
-        bail!("RSS fell while connections were added ({before} → {after} KiB)");
+        // The allocator returned memory meanwhile: the growth is below what RSS can resolve.
+        eprintln!("bench: RSS fell while {n} connections were added ({before} → {after} KiB); use more --idle-connections for a figure");
     }
-    Ok((after - before) / n as f64)
+    Ok((after - before).max(0.0) / n as f64)
 }
 
 fn exchange(conns: &[TcpStream]) -> Result<()> {
