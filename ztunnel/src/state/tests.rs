@@ -110,3 +110,47 @@ fn delta_updates_add_replace_and_remove() {
     });
     assert!(s.service_by_vip(vip).is_none());
 }
+
+#[test]
+fn policies_apply_by_scope() {
+    let yaml = r#"
+workloads:
+  - {uid: w1, name: a, namespace: shop, authorizationPolicies: [shop/by-selector, shop/missing]}
+  - {uid: w2, name: b, namespace: shop}
+  - {uid: w3, name: c, namespace: ops}
+policies:
+  - {name: mesh-wide, namespace: istio-system, scope: Global, action: Deny}
+  - {name: shop-ns, namespace: shop, scope: Namespace, action: Allow}
+  - {name: by-selector, namespace: shop, scope: WorkloadSelector, action: Allow}
+"#;
+    let s = State::from_config(serde_yaml::from_str(yaml).unwrap());
+    let names = |uid: &str| {
+        let w = s
+            .workload_by_name(
+                if uid == "w3" { "ops" } else { "shop" },
+                match uid {
+                    "w1" => "a",
+                    "w2" => "b",
+                    _ => "c",
+                },
+            )
+            .unwrap();
+        let mut v: Vec<String> = s.policies_for(&w).iter().map(|p| p.key()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        names("w1"),
+        vec!["istio-system/mesh-wide", "shop/by-selector", "shop/shop-ns"]
+    );
+    assert_eq!(
+        names("w2"),
+        vec!["istio-system/mesh-wide", "shop/shop-ns"],
+        "selector policies only where named"
+    );
+    assert_eq!(
+        names("w3"),
+        vec!["istio-system/mesh-wide"],
+        "namespace policies stay in their namespace"
+    );
+}
