@@ -1,6 +1,5 @@
 //! The HBONE client: TLS + HTTP/2 handshake to a peer's 15008, and CONNECT requests on it.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -142,7 +141,7 @@ where
     let ping = conn.ping_pong();
     let (interval, timeout) = (h2cfg.keepalive_interval, h2cfg.keepalive_timeout);
     let flag = closed.clone();
-    spawn_driver(async move {
+    tokio::spawn(async move {
         tokio::select! {
             r = &mut conn => if let Err(e) = r {
                 tracing::debug!(%peer, error = %e, "HBONE connection ended with error");
@@ -158,8 +157,4 @@ where
         closed,
         peer,
     })
-}
-
-fn spawn_driver<F: Future<Output = ()> + Send + 'static>(f: F) {
-    tokio::spawn(f);
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::metrics::{Metrics, Reporter, ReporterLabel, TrafficLabels};
+use crate::metrics::{Metrics, ReporterLabel, TrafficLabels};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -165,11 +165,5 @@ impl Drop for ConnectionResult {
                 )
             }
         }
-    }
-}
-
-impl Reporter {
-    pub fn is_source(self) -> bool {
-        self == Reporter::Source
     }
 }
