@@ -129,19 +129,7 @@ impl LocalCa {
     ) -> Result<WorkloadCertificate, CertError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into()?)];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let now = SystemTime::now();
-        params.not_before = (now - BACKDATE).into();
-        params.not_after = (now + ttl).into();
+        set_leaf_params(&mut params, identity, ttl)?;
         let cert = params.signed_by(&key, &self.issuer, &self.issuer_key)?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         WorkloadCertificate::new(
@@ -151,6 +139,32 @@ impl LocalCa {
             vec![self.root_der.clone()],
         )
     }
+}
+
+/// What every workload leaf this CA signs carries, whoever made the key: an empty subject,
+/// the identity as the only URI SAN, not a CA, digital-signature and key-encipherment usage,
+/// both server and client auth, valid from a minute ago for `ttl`.
+pub(crate) fn set_leaf_params(
+    p: &mut CertificateParams,
+    identity: &Identity,
+    ttl: Duration,
+) -> Result<(), CertError> {
+    p.distinguished_name = DistinguishedName::new();
+    p.subject_alt_names = vec![SanType::URI(identity.to_string().try_into()?)];
+    p.custom_extensions.clear();
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let now = SystemTime::now();
+    p.not_before = (now - BACKDATE).into();
+    p.not_after = (now + ttl).into();
+    Ok(())
 }
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {

@@ -3,11 +3,10 @@
 //! decides (istiod ignores the CSR's SAN), and the response chain (leaf first, intermediates,
 //! the root bundle last, which may hold several roots).
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rcgen::{
-    CertificateParams, CertificateSigningRequestParams, CustomExtension, DistinguishedName,
-    ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType,
+    CertificateParams, CertificateSigningRequestParams, CustomExtension, DistinguishedName, KeyPair,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -71,22 +70,7 @@ impl LocalCa {
         ttl: Duration,
     ) -> Result<Vec<String>, CertError> {
         let mut req = CertificateSigningRequestParams::from_pem(csr_pem)?;
-        let p = &mut req.params;
-        p.distinguished_name = DistinguishedName::new();
-        p.subject_alt_names = vec![SanType::URI(id.to_string().try_into()?)];
-        p.custom_extensions.clear();
-        p.is_ca = rcgen::IsCa::ExplicitNoCa;
-        p.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let now = SystemTime::now();
-        p.not_before = (now - Duration::from_secs(60)).into();
-        p.not_after = (now + ttl).into();
+        crate::ca::set_leaf_params(&mut req.params, id, ttl)?;
         let cert = req.signed_by(self.issuer(), self.issuer_key())?;
         Ok(vec![cert.pem(), self.root_pem().to_string()])
     }
