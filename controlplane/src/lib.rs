@@ -1,7 +1,8 @@
-//! Keelson's control plane. This release holds the translation of Kubernetes resources (read
-//! from the YAML files one would `kubectl apply`) into WDS `Address` resources; the xDS server
-//! and the CA come next.
+//! Keelson's control plane: Kubernetes resources (read from the YAML files one would
+//! `kubectl apply`) translated into WDS `Address` and `Authorization` resources, served over
+//! delta ADS together with the certificate service.
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod k8s;
 pub mod wds;

@@ -20,6 +20,8 @@ pub struct MeshSettings {
     pub cluster_id: String,
     pub trust_domain: String,
     pub domain_suffix: String,
+    /// Istio's root namespace: its policies without a selector apply mesh-wide.
+    pub root_namespace: String,
 }
 
 impl Default for MeshSettings {
@@ -28,6 +30,7 @@ impl Default for MeshSettings {
             cluster_id: "Kubernetes".into(),
             trust_domain: "cluster.local".into(),
             domain_suffix: "cluster.local".into(),
+            root_namespace: "istio-system".into(),
         }
     }
 }
@@ -173,7 +176,14 @@ fn ip_bytes(ip: IpAddr) -> Vec<u8> {
     }
 }
 
-pub fn workload(pod: &Pod, res: &Resources, mesh: &MeshSettings) -> Option<NamedAddress> {
+/// The Workload for a pod with an IP; `policies` are the selector-scoped Authorization names
+/// that select it.
+pub fn workload(
+    pod: &Pod,
+    res: &Resources,
+    mesh: &MeshSettings,
+    policies: &[String],
+) -> Option<NamedAddress> {
     let m = &pod.metadata;
     let ns_name = namespace_of(&m.namespace);
     let mut addrs = ips(pod.status.pod_ips.iter().map(|p| p.ip.clone()));
@@ -231,6 +241,7 @@ pub fn workload(pod: &Pod, res: &Resources, mesh: &MeshSettings) -> Option<Named
         workload_name,
         native_tunnel: native,
         services: services.into_iter().collect(),
+        authorization_policies: policies.to_vec(),
         status: if is_ready(pod) {
             pb::WorkloadStatus::Healthy
         } else {
@@ -294,10 +305,19 @@ pub fn service(svc: &Service, mesh: &MeshSettings) -> NamedAddress {
 
 /// Every Address resource for `res`, sorted by name.
 pub fn addresses(res: &Resources, mesh: &MeshSettings) -> Vec<NamedAddress> {
+    let selected = crate::authz::translate(res, mesh).selected;
     let mut out: Vec<NamedAddress> = res
         .pods
         .iter()
-        .filter_map(|p| workload(p, res, mesh))
+        .filter_map(|p| {
+            let key = format!(
+                "{}/{}",
+                namespace_of(&p.metadata.namespace),
+                p.metadata.name
+            );
+            let policies = selected.get(&key).map(Vec::as_slice).unwrap_or_default();
+            workload(p, res, mesh, policies)
+        })
         .collect();
     out.extend(res.services.iter().map(|s| service(s, mesh)));
     out.sort_by(|a, b| a.name.cmp(&b.name));
