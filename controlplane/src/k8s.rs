@@ -296,7 +296,7 @@ pub enum MtlsMode {
 }
 
 /// Every resource read from the files, by kind.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Resources {
     pub namespaces: Vec<Namespace>,
     pub pods: Vec<Pod>,
@@ -331,6 +331,20 @@ pub enum LoadError {
 }
 
 impl Resources {
+    /// Adds everything `other` holds.
+    pub fn extend(&mut self, other: Resources) {
+        self.namespaces.extend(other.namespaces);
+        self.pods.extend(other.pods);
+        self.services.extend(other.services);
+        self.service_accounts.extend(other.service_accounts);
+        self.authorization_policies
+            .extend(other.authorization_policies);
+        self.peer_authentications.extend(other.peer_authentications);
+        for (k, n) in other.ignored {
+            *self.ignored.entry(k).or_default() += n;
+        }
+    }
+
     /// Adds every document of one YAML file. A bad document fails with its file, kind, name
     /// and the serde path of the bad field; the caller decides whether to keep the rest.
     pub fn add_file(&mut self, path: &Path) -> Result<(), LoadError> {

@@ -5,4 +5,8 @@
 
 pub mod authz;
 pub mod k8s;
+pub mod run;
+pub mod server;
+pub mod snapshot;
+pub mod token;
 pub mod wds;

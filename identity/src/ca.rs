@@ -141,6 +141,43 @@ impl LocalCa {
     }
 }
 
+impl LocalCa {
+    /// A TLS server certificate for the control plane itself: DNS and IP SANs from `names`,
+    /// server auth only. Returns the chain (leaf, root) and the key, both DER.
+    pub fn issue_serving(
+        &self,
+        names: &[String],
+        ttl: Duration,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), CertError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CommonName,
+            names.first().map(String::as_str).unwrap_or("keelson"),
+        );
+        p.distinguished_name = dn;
+        p.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => n.clone().try_into().map(SanType::DnsName),
+            })
+            .collect::<Result<_, _>>()?;
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = SystemTime::now();
+        p.not_before = (now - BACKDATE).into();
+        p.not_after = (now + ttl).into();
+        let cert = p.signed_by(&key, &self.issuer, &self.issuer_key)?;
+        Ok((
+            vec![cert.der().clone(), self.root_der.clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        ))
+    }
+}
+
 /// What every workload leaf this CA signs carries, whoever made the key: an empty subject,
 /// the identity as the only URI SAN, not a CA, digital-signature and key-encipherment usage,
 /// both server and client auth, valid from a minute ago for `ttl`.
@@ -162,12 +199,15 @@ pub(crate) fn set_leaf_params(
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
     let now = SystemTime::now();
-    p.not_before = (now - BACKDATE).into();
+    // Short-lived certificates (tests, aggressive rotation) are backdated less, so their
+    // half-life still lies in the future.
+    p.not_before = (now - BACKDATE.min(ttl / 4)).into();
     p.not_after = (now + ttl).into();
     Ok(())
 }
 
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+/// Writes a file only its owner can read (keys, tokens).
+pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

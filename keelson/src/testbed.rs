@@ -16,6 +16,22 @@ pub const NAMESPACE: &str = "default";
 pub const SERVICE_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 pub const SERVICE_PORT: u16 = 80;
 pub const SERVICE_HOST: &str = "echo.default.svc.cluster.local";
+/// Host number of the control plane's namespace on the LAN (10.10.0.250).
+pub const CONTROL_PLANE_HOST: u8 = 250;
+pub const CONTROL_PLANE_PORT: u16 = 15012;
+
+/// Where the ztunnels learn workloads and get certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Source {
+    /// WDS-shaped YAML files and a local CA.
+    #[default]
+    LocalFiles,
+    /// `keelson controlplane` in its own namespace, fed Kubernetes YAML.
+    ControlPlane,
+    /// The caller serves xDS and the CA itself in the control plane's namespace (with
+    /// `controlplane::server`); `start` does not wait for the ztunnels to be ready.
+    ExternalControlPlane,
+}
 
 /// One pod of the testbed.
 #[derive(Debug, Clone)]
@@ -66,6 +82,7 @@ pub struct Options {
     pub log_to_files: bool,
     /// A `policies:` section (L4 authorization, see ztunnel/src/rbac.rs) for the YAML.
     pub policies_yaml: Option<String>,
+    pub source: Source,
 }
 
 impl Default for Options {
@@ -79,6 +96,7 @@ impl Default for Options {
             ztunnel_bin: None,
             log_to_files: true,
             policies_yaml: None,
+            source: Source::LocalFiles,
         }
     }
 }
@@ -86,6 +104,9 @@ impl Default for Options {
 pub struct Testbed {
     /// Processes stop before namespaces go.
     ztunnels: BTreeMap<String, Proc>,
+    controlplane: Option<Proc>,
+    /// Index of the control plane's namespace on the LAN.
+    cp_pod: Option<usize>,
     lan: Lan,
     pods: BTreeMap<String, (usize, Ipv4Addr)>,
     dir: PathBuf,
@@ -125,13 +146,6 @@ impl Testbed {
         let prefix = netns::unique_prefix("t");
         let dir = std::env::temp_dir().join(format!("keelson-{prefix}"));
         std::fs::create_dir_all(&dir)?;
-        let ca_dir = dir.join("ca");
-        identity::LocalCa::load_or_create(
-            &ca_dir,
-            identity::DEFAULT_TRUST_DOMAIN,
-            identity::ca::DEFAULT_CERT_TTL,
-        )
-        .context("creating the local CA")?;
         let mut lan = Lan::new(&prefix, Ipv4Addr::new(10, 10, 0, 0))?;
         let mut pods = BTreeMap::new();
         for (i, p) in opts.pods.iter().enumerate() {
@@ -139,13 +153,48 @@ impl Testbed {
             let idx = lan.add_pod(&p.name, n)?;
             pods.insert(p.name.clone(), (idx, lan.addr(n)));
         }
+        let cp_pod = match opts.source {
+            Source::LocalFiles => None,
+            _ => Some(lan.add_pod("istiod", CONTROL_PLANE_HOST)?),
+        };
         let mut tb = Testbed {
             ztunnels: BTreeMap::new(),
+            controlplane: None,
+            cp_pod,
             lan,
             pods,
             dir,
             opts,
         };
+        if tb.opts.source == Source::LocalFiles {
+            identity::LocalCa::load_or_create(
+                &tb.ca_dir(),
+                identity::DEFAULT_TRUST_DOMAIN,
+                identity::ca::DEFAULT_CERT_TTL,
+            )
+            .context("creating the local CA")?;
+        } else {
+            // The CA and token key exist before anyone needs them; the control plane (ours
+            // or the caller's) reads the same files.
+            let (_, tokens) = controlplane::run::load_state(
+                &tb.cp_state_dir(),
+                &controlplane::wds::MeshSettings::default(),
+            )?;
+            std::fs::create_dir_all(tb.dir.join("tokens"))?;
+            for p in &tb.opts.pods {
+                let t = tokens.mint(
+                    NAMESPACE,
+                    &p.service_account,
+                    Some(&format!("node-{}", p.name)),
+                );
+                std::fs::write(tb.dir.join("tokens").join(&p.name), t)?;
+            }
+            std::fs::create_dir_all(tb.resources_dir())?;
+            tb.write_resources("mesh.yaml", &tb.k8s_yaml())?;
+        }
+        if tb.opts.source == Source::ControlPlane {
+            tb.start_control_plane()?;
+        }
         let bin = match &tb.opts.ztunnel_bin {
             Some(b) => b.clone(),
             None => find_binary("ztunnel")?,
@@ -160,6 +209,9 @@ impl Testbed {
             std::fs::write(&yaml, tb.wds_yaml(Some(&p)))?;
             let proc = tb.spawn_ztunnel(&bin, &p, &yaml)?;
             tb.ztunnels.insert(p.name.clone(), proc);
+        }
+        if tb.opts.source == Source::ExternalControlPlane {
+            return Ok(tb);
         }
         let meshed: Vec<String> = tb
             .opts
@@ -184,9 +236,19 @@ impl Testbed {
                 "PROXY_WORKLOAD_INFO",
                 format!("{NAMESPACE}/{}/{}", p.name, p.service_account),
             )
-            .env("LOCAL_XDS_PATH", yaml)
-            .env("KEELSON_LOCAL_CA_DIR", self.dir.join("ca"))
-            .env("PACKET_MARK", "1337")
+            .env("POD_NAME", &p.name)
+            .env("POD_NAMESPACE", NAMESPACE)
+            .env("INSTANCE_IP", self.ip(&p.name).to_string())
+            .env("NODE_NAME", format!("node-{}", p.name));
+        if self.opts.source == Source::LocalFiles {
+            cmd.env("LOCAL_XDS_PATH", yaml)
+                .env("KEELSON_LOCAL_CA_DIR", self.ca_dir());
+        } else {
+            cmd.env("XDS_ADDRESS", format!("https://{}", self.cp_addr()))
+                .env("XDS_ROOT_CA", self.cp_state_dir().join("root-cert.pem"))
+                .env("AUTH_TOKEN", self.dir.join("tokens").join(&p.name));
+        }
+        cmd.env("PACKET_MARK", "1337")
             .env("ENABLE_ORIG_SRC", "true")
             .env("UNSTABLE_ENABLE_SOCKS5", "true")
             .env(
@@ -201,6 +263,129 @@ impl Testbed {
         }
         let child = cmd.spawn().context("starting ztunnel")?;
         Ok(Proc::new(&format!("ztunnel-{}", p.name), child))
+    }
+
+    fn start_control_plane(&mut self) -> Result<()> {
+        let bin = find_binary("keelson")?;
+        let ns = self.cp_ns();
+        let mut cmd = ns.command(bin.to_str().context("non-UTF-8 path")?);
+        cmd.args(["controlplane", "--resources"])
+            .arg(self.resources_dir())
+            .arg("--state-dir")
+            .arg(self.cp_state_dir())
+            .args(["--listen", &self.cp_addr().to_string()])
+            .env(
+                "RUST_LOG",
+                std::env::var("KEELSON_CONTROLPLANE_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("controlplane.log"))?;
+        cmd.stdout(log.try_clone()?).stderr(log);
+        let child = cmd.spawn().context("starting the control plane")?;
+        self.controlplane = Some(Proc::new("controlplane", child));
+        Ok(())
+    }
+
+    /// Stops the control plane (SIGKILL: no goodbye to the ztunnels).
+    pub fn kill_control_plane(&mut self) {
+        if let Some(mut p) = self.controlplane.take() {
+            let _ = p.signal(nix::sys::signal::Signal::SIGKILL);
+            p.wait_timeout(Duration::from_secs(5));
+        }
+    }
+
+    /// Starts the control plane again, on the same state and resources.
+    pub fn restart_control_plane(&mut self) -> Result<()> {
+        self.kill_control_plane();
+        self.start_control_plane()
+    }
+
+    pub fn control_plane_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("controlplane.log")).unwrap_or_default()
+    }
+
+    pub fn cp_ns(&self) -> &Netns {
+        self.lan
+            .pod(self.cp_pod.expect("the testbed has a control plane"))
+    }
+
+    pub fn cp_addr(&self) -> SocketAddr {
+        SocketAddr::new(
+            IpAddr::V4(self.lan.addr(CONTROL_PLANE_HOST)),
+            CONTROL_PLANE_PORT,
+        )
+    }
+
+    pub fn cp_state_dir(&self) -> PathBuf {
+        self.dir.join("cp")
+    }
+
+    /// The directory the control plane watches.
+    pub fn resources_dir(&self) -> PathBuf {
+        self.dir.join("k8s")
+    }
+
+    /// Writes (atomically) one file of Kubernetes YAML into the watched directory.
+    pub fn write_resources(&self, file: &str, text: &str) -> Result<()> {
+        let tmp = self.dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, self.resources_dir().join(file))?;
+        Ok(())
+    }
+
+    pub fn remove_resources(&self, file: &str) -> Result<()> {
+        std::fs::remove_file(self.resources_dir().join(file))?;
+        Ok(())
+    }
+
+    /// A Pod manifest for one testbed pod: labels `pod: <name>` (plus `app: echo` when it
+    /// serves the echo service) and the ambient label when meshed.
+    pub fn pod_yaml(&self, name: &str, extra_labels: &[(&str, &str)]) -> String {
+        let p = self.pod_spec(name);
+        let mut map = BTreeMap::new();
+        map.insert("pod", name);
+        map.insert(
+            "istio.io/dataplane-mode",
+            if p.meshed { "ambient" } else { "none" },
+        );
+        if p.echo_target_port.is_some() {
+            map.insert("app", "echo");
+        }
+        for (k, v) in extra_labels {
+            map.insert(k, v);
+        }
+        let labels = map
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ports = p
+            .echo_target_port
+            .map(|t| format!("\n    ports: [{{name: echo, containerPort: {t}}}]"))
+            .unwrap_or_default();
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {NAMESPACE}\n  labels: {{{labels}}}\nspec:\n  serviceAccountName: {sa}\n  nodeName: node-{name}\n  containers:\n  - name: main{ports}\nstatus:\n  phase: Running\n  podIP: {ip}\n",
+            sa = p.service_account,
+            ip = self.ip(name),
+        )
+    }
+
+    /// The Kubernetes YAML of the whole testbed: the namespace, the echo Service (named
+    /// target port, so each pod can serve on its own port) and every pod.
+    pub fn k8s_yaml(&self) -> String {
+        let mut docs = vec![
+            format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n"),
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: echo\n  namespace: {NAMESPACE}\nspec:\n  clusterIP: {SERVICE_VIP}\n  selector: {{app: echo}}\n  ports:\n  - {{name: tcp-echo, port: {SERVICE_PORT}, targetPort: echo}}\n"
+            ),
+        ];
+        for p in &self.opts.pods {
+            docs.push(self.pod_yaml(&p.name, &[]));
+        }
+        docs.join("---\n")
     }
 
     /// The WDS-shaped YAML. `me` is the pod whose ztunnel reads it (it may claim another SA).
@@ -269,8 +454,12 @@ impl Testbed {
         self.lan.bridge()
     }
 
+    /// The directory holding the mesh root (`root-cert.pem`, `root-key.pem`).
     pub fn ca_dir(&self) -> PathBuf {
-        self.dir.join("ca")
+        match self.opts.source {
+            Source::LocalFiles => self.dir.join("ca"),
+            _ => self.cp_state_dir(),
+        }
     }
 
     pub fn log_path(&self, pod: &str) -> PathBuf {
@@ -350,6 +539,7 @@ impl Testbed {
 impl Drop for Testbed {
     fn drop(&mut self) {
         self.ztunnels.clear();
+        self.controlplane = None;
         if std::env::var_os("KEELSON_KEEP_TESTBED").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }

@@ -8,7 +8,7 @@ use anyhow::Result;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-pub use keelson::testbed::{self, Options, PodSpec, Testbed};
+pub use keelson::testbed::{self, Options, PodSpec, Source, Testbed};
 
 /// Deterministic pseudo-random payload byte `i` of stream `seed`.
 pub fn payload(seed: u64, len: usize) -> Vec<u8> {
@@ -175,4 +175,55 @@ pub async fn hbone_from(
     let addr = SocketAddr::new(to, hbone::HBONE_PORT);
     let tcp = connect_from(tb, pod, addr).unwrap();
     hbone::client::handshake(tcp, addr, tls, &hbone::H2Config::default()).await
+}
+
+/// A server inside `pod` on `port` that answers every connection with the pod's name, then
+/// closes: tells which backend a connection reached.
+pub fn spawn_greeter(tb: &Testbed, pod: &str, port: u16) -> Result<SocketAddr> {
+    let addr = SocketAddr::new(tb.ip(pod), port);
+    let l = TcpListener::from_std(tb.pod(pod).tcp_listen(addr)?)?;
+    let name = pod.to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let name = name.clone();
+            tokio::spawn(async move {
+                let _ = s.write_all(name.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Which greeter a connection from `pod` to `addr` reached; `None` when the connection was
+/// refused, reset or closed without a word (a deny).
+pub async fn greeting(tb: &Testbed, pod: &str, addr: SocketAddr) -> Option<String> {
+    let mut s = connect_from(tb, pod, addr).ok()?;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf));
+    match read.await {
+        Ok(Ok(_)) if !buf.is_empty() => Some(String::from_utf8_lossy(&buf).into_owned()),
+        _ => None,
+    }
+}
+
+/// Polls `check` every 25 ms until it holds or `timeout` passes; returns the time it took.
+pub async fn eventually<F, Fut>(
+    timeout: std::time::Duration,
+    mut check: F,
+) -> Option<std::time::Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if check().await {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
 }

@@ -4,16 +4,19 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::Context;
-use identity::{CertStore, LocalCa};
+use identity::{CertProvider, CertStore, LocalCa};
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::{self, Readiness};
-use crate::config::Config;
+use crate::ca_client::CaClient;
+use crate::config::{Config, ProxyMode};
 use crate::drain::Drain;
+use crate::grpc;
 use crate::metrics::{self, Metrics};
 use crate::proxy::{self, socket, ProxyInputs};
 use crate::state::{LocalConfig, State};
+use crate::xds_client::XdsClient;
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -26,33 +29,52 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     metrics::register_build(&mut registry);
     let registry = Arc::new(registry);
 
-    let xds_path = cfg
-        .local_xds_path
-        .as_ref()
-        .context("LOCAL_XDS_PATH is required")?;
-    let state = State::from_config(LocalConfig::load(xds_path)?);
-    tokio::spawn(watch_local_config(xds_path.clone(), state.clone()));
-    let ca_dir = cfg
-        .local_ca_dir
-        .as_ref()
-        .context("KEELSON_LOCAL_CA_DIR is required")?;
-    let read = |name: &str| {
-        let p = ca_dir.join(name);
-        std::fs::read_to_string(&p)
-            .with_context(|| format!("reading local CA file {}", p.display()))
-    };
-    let ca = LocalCa::from_pem(
-        &read(identity::ca::ROOT_CERT_FILE)?,
-        &read(identity::ca::ROOT_KEY_FILE)?,
-        cfg.secret_ttl,
-    )?;
-    let certs = CertStore::new(Arc::new(ca));
-    let drain = Drain::new();
-    let pi = ProxyInputs::new(cfg.clone(), state, certs, metrics, drain.clone());
-
     let readiness = Readiness::default();
     readiness.register("certificate");
     readiness.register("proxy");
+
+    let state = match (&cfg.local_xds_path, &cfg.xds) {
+        (Some(path), _) => {
+            let state = State::from_config(LocalConfig::load(path)?);
+            tokio::spawn(watch_local_config(path.clone(), state.clone()));
+            state
+        }
+        (None, Some(_)) => {
+            let state = State::default();
+            let client = XdsClient::new(cfg.clone(), state.clone(), readiness.clone());
+            tokio::spawn(client.run());
+            state
+        }
+        (None, None) => anyhow::bail!("no workload source configured"),
+    };
+    let provider: Arc<dyn CertProvider> = match (&cfg.local_ca_dir, &cfg.ca) {
+        (Some(ca_dir), _) => {
+            let read = |name: &str| {
+                let p = ca_dir.join(name);
+                std::fs::read_to_string(&p)
+                    .with_context(|| format!("reading local CA file {}", p.display()))
+            };
+            Arc::new(LocalCa::from_pem(
+                &read(identity::ca::ROOT_CERT_FILE)?,
+                &read(identity::ca::ROOT_KEY_FILE)?,
+                cfg.secret_ttl,
+            )?)
+        }
+        (None, Some(target)) => {
+            let auth = grpc::Auth::new(&cfg.auth_token, &cfg.cluster_id, &target.headers)?;
+            CaClient::new(
+                target,
+                cfg.packet_mark,
+                auth,
+                cfg.secret_ttl,
+                cfg.proxy_mode == ProxyMode::Shared,
+            )?
+        }
+        (None, None) => anyhow::bail!("no certificate source configured"),
+    };
+    let certs = CertStore::new(provider);
+    let drain = Drain::new();
+    let pi = ProxyInputs::new(cfg.clone(), state, certs, metrics, drain.clone());
 
     let ports = cfg.ports;
     let bind = |ip: Option<IpAddr>, port: u16, what: &str| {

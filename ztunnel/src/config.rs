@@ -31,6 +31,18 @@ pub const INSTANCE_IP: &str = "INSTANCE_IP";
 pub const TERMINATION_GRACE_PERIOD_SECONDS: &str = "TERMINATION_GRACE_PERIOD_SECONDS";
 pub const LOG_FORMAT: &str = "LOG_FORMAT";
 pub const IPV6_ENABLED: &str = "IPV6_ENABLED";
+pub const XDS_ADDRESS: &str = "XDS_ADDRESS";
+pub const XDS_ROOT_CA: &str = "XDS_ROOT_CA";
+pub const ALT_XDS_HOSTNAME: &str = "ALT_XDS_HOSTNAME";
+pub const CA_ADDRESS: &str = "CA_ADDRESS";
+pub const CA_ROOT_CA: &str = "CA_ROOT_CA";
+pub const ALT_CA_HOSTNAME: &str = "ALT_CA_HOSTNAME";
+pub const AUTH_TOKEN: &str = "AUTH_TOKEN";
+pub const XDS_HEADER_PREFIX: &str = "XDS_HEADER_";
+pub const CA_HEADER_PREFIX: &str = "CA_HEADER_";
+pub const ISTIO_META_PREFIX: &str = "ISTIO_META_";
+pub const DEFAULT_ROOT_CA: &str = "./var/run/secrets/istio/root-cert.pem";
+pub const DEFAULT_AUTH_TOKEN: &str = "./var/run/secrets/tokens/istio-token";
 // Keelson's own.
 /// Directory holding `root-cert.pem` and `root-key.pem` of the local CA that signs this
 /// ztunnel's workload certificates (tests and the local mesh; the remote CA comes later).
@@ -56,12 +68,30 @@ pub struct ProxyWorkloadInfo {
     pub service_account: String,
 }
 
+/// A gRPC server ztunnel calls (xDS or the CA): its address, the root its serving
+/// certificate must chain to, the name to check it for, and extra request headers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GrpcTarget {
+    /// `https://host:port`.
+    pub address: String,
+    pub root_ca: PathBuf,
+    pub alt_hostname: Option<String>,
+    pub headers: Vec<(String, String)>,
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Config {
     pub proxy_mode: ProxyMode,
     pub workload_info: Option<ProxyWorkloadInfo>,
     pub local_xds_path: Option<PathBuf>,
     pub local_ca_dir: Option<PathBuf>,
+    pub xds: Option<GrpcTarget>,
+    pub ca: Option<GrpcTarget>,
+    /// `AUTH_TOKEN`: a file path (re-read on every request) or the token itself.
+    #[serde(skip)]
+    pub auth_token: String,
+    /// `ISTIO_META_<K>` variables, as node metadata key `<K>`.
+    pub node_metadata: Vec<(String, String)>,
     pub secret_ttl: Duration,
     pub h2: H2Config,
     pub worker_threads: usize,
@@ -124,6 +154,8 @@ impl Ports {
 /// Where variables are read from: the process environment, or a map in tests.
 pub trait Source {
     fn get(&self, key: &str) -> Option<String>;
+    /// Every non-empty variable whose name starts with `prefix`, the prefix removed, sorted.
+    fn prefixed(&self, prefix: &str) -> Vec<(String, String)>;
 }
 
 pub struct ProcessEnv;
@@ -132,12 +164,47 @@ impl Source for ProcessEnv {
     fn get(&self, key: &str) -> Option<String> {
         std::env::var(key).ok().filter(|v| !v.is_empty())
     }
+    fn prefixed(&self, prefix: &str) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = std::env::vars()
+            .filter(|(_, v)| !v.is_empty())
+            .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_string(), v)))
+            .filter(|(k, _)| !k.is_empty())
+            .collect();
+        v.sort();
+        v
+    }
 }
 
 impl Source for HashMap<String, String> {
     fn get(&self, key: &str) -> Option<String> {
         HashMap::get(self, key).cloned()
     }
+    fn prefixed(&self, prefix: &str) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_string(), v.clone())))
+            .filter(|(k, _)| !k.is_empty())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// An address with no scheme gets `https://` (istio-wire.md §3.1).
+pub fn normalize_address(a: &str) -> Result<String, String> {
+    let a = if a.contains("://") {
+        a.to_string()
+    } else {
+        format!("https://{a}")
+    };
+    let uri: http::Uri = a.parse().map_err(|e| format!("{e}"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err("only https:// is supported".into());
+    }
+    if uri.host().is_none() {
+        return Err("no host".into());
+    }
+    Ok(a)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -267,11 +334,55 @@ impl Config {
             pool_idle_timeout: r.duration(POOL_UNUSED_RELEASE_TIMEOUT, defaults.pool_idle_timeout),
             ..defaults
         };
+        let local_ca_dir = r.parse(KEELSON_LOCAL_CA_DIR, None, |v| Ok(Some(PathBuf::from(v))));
+        let xds_address = r.parse(XDS_ADDRESS, None, |v| normalize_address(v).map(Some));
+        let root = |r: &mut Reader<'_>, key: &str, default: &str| {
+            r.parse(key, PathBuf::from(default), |v| {
+                if v == "SYSTEM" {
+                    Err("system roots are not supported; give the root certificate file".into())
+                } else {
+                    Ok(PathBuf::from(v))
+                }
+            })
+        };
+        let xds_root = root(&mut r, XDS_ROOT_CA, DEFAULT_ROOT_CA);
+        let xds = xds_address.map(|address| GrpcTarget {
+            address,
+            root_ca: xds_root.clone(),
+            alt_hostname: src.get(ALT_XDS_HOSTNAME),
+            headers: src.prefixed(XDS_HEADER_PREFIX),
+        });
+        // The CA defaults to the xDS server, unless a local CA is configured.
+        let ca_address = r.parse(CA_ADDRESS, None, |v| normalize_address(v).map(Some));
+        let ca_root = root(
+            &mut r,
+            CA_ROOT_CA,
+            xds_root.to_str().unwrap_or(DEFAULT_ROOT_CA),
+        );
+        let ca = ca_address
+            .or_else(|| {
+                local_ca_dir
+                    .is_none()
+                    .then(|| xds.as_ref().map(|x| x.address.clone()))
+                    .flatten()
+            })
+            .map(|address| GrpcTarget {
+                address,
+                root_ca: ca_root,
+                alt_hostname: src.get(ALT_CA_HOSTNAME),
+                headers: src.prefixed(CA_HEADER_PREFIX),
+            });
         let cfg = Config {
             proxy_mode,
             workload_info,
             local_xds_path: r.parse(LOCAL_XDS_PATH, None, |v| Ok(Some(PathBuf::from(v)))),
-            local_ca_dir: r.parse(KEELSON_LOCAL_CA_DIR, None, |v| Ok(Some(PathBuf::from(v)))),
+            local_ca_dir,
+            xds,
+            ca,
+            auth_token: src
+                .get(AUTH_TOKEN)
+                .unwrap_or_else(|| DEFAULT_AUTH_TOKEN.into()),
+            node_metadata: src.prefixed(ISTIO_META_PREFIX),
             secret_ttl: r.duration(SECRET_TTL, identity::ca::DEFAULT_CERT_TTL),
             h2,
             worker_threads: r.num(ZTUNNEL_WORKER_THREADS, 2usize).max(1),
@@ -315,15 +426,23 @@ impl Config {
             )),
             _ => {}
         }
-        if cfg.local_xds_path.is_none() {
-            errors.push(format!(
-                "{LOCAL_XDS_PATH} is required (the xDS client comes in a later release)"
-            ));
+        match (&cfg.local_xds_path, &cfg.xds) {
+            (None, None) => errors.push(format!(
+                "set {XDS_ADDRESS} (the control plane) or {LOCAL_XDS_PATH} (a local file)"
+            )),
+            (Some(_), Some(_)) => errors.push(format!(
+                "{XDS_ADDRESS} and {LOCAL_XDS_PATH} are exclusive; set one"
+            )),
+            _ => {}
         }
-        if cfg.local_ca_dir.is_none() {
-            errors.push(format!(
-                "{KEELSON_LOCAL_CA_DIR} is required (the CA client comes in a later release)"
-            ));
+        match (&cfg.local_ca_dir, &cfg.ca) {
+            (None, None) => errors.push(format!(
+                "set {CA_ADDRESS} or {XDS_ADDRESS} (the CA) or {KEELSON_LOCAL_CA_DIR} (a local CA)"
+            )),
+            (Some(_), Some(_)) => errors.push(format!(
+                "{CA_ADDRESS} and {KEELSON_LOCAL_CA_DIR} are exclusive; set one"
+            )),
+            _ => {}
         }
         if errors.is_empty() {
             Ok(cfg)
@@ -390,6 +509,42 @@ mod tests {
         assert_eq!(c.h2.stream_window, 65535);
         assert_eq!(c.worker_threads, 1);
         assert_eq!(c.workload_info.unwrap().service_account, "web");
+    }
+
+    #[test]
+    fn remote_control_plane() {
+        let c = Config::from_source(&env(&[
+            (PROXY_MODE, "dedicated"),
+            (PROXY_WORKLOAD_INFO, "default/web-0/web"),
+            (XDS_ADDRESS, "istiod.istio-system.svc:15012"),
+            (XDS_ROOT_CA, "/etc/root.pem"),
+            (CLUSTER_ID, "c1"),
+            ("XDS_HEADER_x-extra", "1"),
+            ("ISTIO_META_FOO", "bar"),
+        ]))
+        .unwrap();
+        let xds = c.xds.unwrap();
+        assert_eq!(xds.address, "https://istiod.istio-system.svc:15012");
+        assert_eq!(xds.headers, vec![("x-extra".to_string(), "1".to_string())]);
+        // The CA follows the xDS server and its root.
+        let ca = c.ca.unwrap();
+        assert_eq!(ca.address, xds.address);
+        assert_eq!(ca.root_ca, PathBuf::from("/etc/root.pem"));
+        assert_eq!(c.cluster_id, "c1");
+        assert_eq!(
+            c.node_metadata,
+            vec![("FOO".to_string(), "bar".to_string())]
+        );
+        assert_eq!(c.auth_token, DEFAULT_AUTH_TOKEN);
+        let e = Config::from_source(&env(&[
+            (PROXY_MODE, "dedicated"),
+            (PROXY_WORKLOAD_INFO, "default/web-0/web"),
+            (XDS_ADDRESS, "http://x:1"),
+            (XDS_ROOT_CA, "SYSTEM"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(XDS_ADDRESS) && e.contains(XDS_ROOT_CA), "{e}");
     }
 
     #[test]

@@ -4,10 +4,13 @@
 
 pub mod admin;
 pub mod app;
+pub mod ca_client;
 pub mod config;
 pub mod connection;
 pub mod drain;
+pub mod grpc;
 pub mod metrics;
 pub mod proxy;
 pub mod rbac;
 pub mod state;
+pub mod xds_client;

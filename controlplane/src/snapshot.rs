@@ -1,0 +1,103 @@
+//! One immutable view of everything the control plane serves: every resource by type URL and
+//! name with its version, and where each service account runs (for the CA's node check).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use prost::Message;
+use prost_types::Any;
+
+use crate::k8s::Resources;
+use crate::wds::MeshSettings;
+
+/// A resource as it goes on the wire, with its version: the first 8 bytes of the SHA-256 of
+/// its encoding, in hex. It only changes when the bytes do, and survives restarts, so a
+/// reconnecting ztunnel's `initial_resource_versions` spare it the unchanged ones.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned {
+    pub version: String,
+    pub resource: Any,
+}
+
+impl Versioned {
+    pub fn new(type_url: &str, value: Vec<u8>) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, &value);
+        let version = digest.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Versioned {
+            version,
+            resource: Any {
+                type_url: type_url.to_string(),
+                value,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub resources: BTreeMap<String, BTreeMap<String, Arc<Versioned>>>,
+    /// (node, namespace, service account) of every pod with a node.
+    pub placements: BTreeSet<(String, String, String)>,
+}
+
+impl Snapshot {
+    pub fn build(res: &Resources, mesh: &MeshSettings) -> Snapshot {
+        let mut s = Snapshot::default();
+        for a in crate::wds::addresses(res, mesh) {
+            s.insert(xds::type_url::ADDRESS, &a.name, a.address.encode_to_vec());
+        }
+        for p in crate::authz::translate(res, mesh).policies {
+            s.insert(
+                xds::type_url::AUTHORIZATION,
+                &p.name,
+                p.authorization.encode_to_vec(),
+            );
+        }
+        s.resources
+            .entry(xds::type_url::ADDRESS.to_string())
+            .or_default();
+        s.resources
+            .entry(xds::type_url::AUTHORIZATION.to_string())
+            .or_default();
+        for pod in &res.pods {
+            if let Some(node) = &pod.spec.node_name {
+                s.placements.insert((
+                    node.clone(),
+                    pod.metadata
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| "default".into()),
+                    pod.spec
+                        .service_account_name
+                        .clone()
+                        .unwrap_or_else(|| "default".into()),
+                ));
+            }
+        }
+        s
+    }
+
+    /// Adds (or replaces) one resource, encoded.
+    pub fn insert(&mut self, type_url: &str, name: &str, value: Vec<u8>) {
+        self.resources
+            .entry(type_url.to_string())
+            .or_default()
+            .insert(name.to_string(), Arc::new(Versioned::new(type_url, value)));
+    }
+
+    pub fn count(&self, type_url: &str) -> usize {
+        self.resources.get(type_url).map_or(0, BTreeMap::len)
+    }
+
+    /// Whether a pod with this namespace and service account runs on `node`.
+    pub fn runs_on(&self, node: &str, namespace: &str, service_account: &str) -> bool {
+        self.placements.contains(&(
+            node.to_string(),
+            namespace.to_string(),
+            service_account.to_string(),
+        ))
+    }
+}

@@ -1,0 +1,274 @@
+//! The delta-ADS client (istio-wire.md §3.1–§3.3): one stream to the control plane carrying
+//! wildcard subscriptions to Address and Authorization. Every response is applied (its valid
+//! resources, even when others in it fail) and answered with an ACK, or a NACK naming each
+//! rejected resource. On reconnect the versions held are sent as `initial_resource_versions`;
+//! while the control plane is away the last state stays in force. Backoff 10 ms → 15 s.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use prost_types::{value::Kind, Struct, Value};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use xds::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status as RpcStatus};
+use xds::type_url;
+
+use crate::admin::Readiness;
+use crate::config::Config;
+use crate::grpc;
+use crate::rbac;
+use crate::state::wds::{convert_address, Converted};
+use crate::state::{State, Update};
+
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(10);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(15);
+const MAX_MESSAGE: usize = 200 << 20;
+/// The types ztunnel watches, in the order it subscribes.
+pub const WATCHED: [&str; 2] = [type_url::ADDRESS, type_url::AUTHORIZATION];
+pub const READY_ADDRESS: &str = "xds addresses";
+pub const READY_AUTHORIZATION: &str = "xds authorizations";
+/// gRPC INVALID_ARGUMENT, the code a NACK carries.
+const INVALID_ARGUMENT: i32 = 3;
+
+fn string(s: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(s.to_string())),
+    }
+}
+
+/// The node sent in the first request of each type.
+pub fn node(cfg: &Config) -> Node {
+    let ip = cfg.instance_ip.clone().unwrap_or_else(|| "1.1.1.1".into());
+    let pod = cfg.pod_name.clone().unwrap_or_default();
+    let ns = cfg.pod_namespace.clone().unwrap_or_default();
+    let mut fields = std::collections::BTreeMap::new();
+    for (k, v) in &cfg.node_metadata {
+        fields.insert(k.clone(), string(v));
+    }
+    fields.insert("NAME".into(), string(&pod));
+    fields.insert("NAMESPACE".into(), string(&ns));
+    fields.insert("INSTANCE_IPS".into(), string(&ip));
+    fields.insert(
+        "NODE_NAME".into(),
+        string(cfg.node_name.as_deref().unwrap_or_default()),
+    );
+    fields
+        .entry("CLUSTER_ID".into())
+        .or_insert_with(|| string(&cfg.cluster_id));
+    Node {
+        id: format!("ztunnel~{ip}~{pod}.{ns}~{ns}.svc.cluster.local"),
+        metadata: Some(Struct {
+            fields: fields.into_iter().collect(),
+        }),
+        ..Default::default()
+    }
+}
+
+pub struct XdsClient {
+    cfg: Arc<Config>,
+    state: State,
+    readiness: Readiness,
+    /// name → version, per type: what this ztunnel holds, sent on reconnect.
+    held: HashMap<&'static str, HashMap<String, String>>,
+}
+
+/// What applying one response gave: the ACK or NACK to send.
+pub fn apply_response(
+    state: &State,
+    held: &mut HashMap<String, String>,
+    resp: &DeltaDiscoveryResponse,
+) -> DeltaDiscoveryRequest {
+    let mut errors = Vec::new();
+    let mut update = Update::default();
+    match resp.type_url.as_str() {
+        type_url::ADDRESS => {
+            for r in &resp.resources {
+                let decoded = r
+                    .resource
+                    .as_ref()
+                    .ok_or_else(|| "no resource body".to_string())
+                    .and_then(|any| {
+                        xds::workload::Address::decode(any.value.as_slice())
+                            .map_err(|e| format!("decode: {e}"))
+                    })
+                    .and_then(|a| convert_address(&r.name, a).map_err(|e| e.to_string()));
+                match decoded {
+                    Ok(Converted::Workload(w)) => update.workloads.push(*w),
+                    Ok(Converted::Service(s)) => update.services.push(s),
+                    Err(e) => {
+                        errors.push(format!("{}: {e}", r.name));
+                        continue;
+                    }
+                }
+                held.insert(r.name.clone(), r.version.clone());
+            }
+            update.removed = resp.removed_resources.clone();
+        }
+        type_url::AUTHORIZATION => {
+            for r in &resp.resources {
+                let decoded = r
+                    .resource
+                    .as_ref()
+                    .ok_or_else(|| "no resource body".to_string())
+                    .and_then(|any| {
+                        xds::security::Authorization::decode(any.value.as_slice())
+                            .map_err(|e| format!("decode: {e}"))
+                    })
+                    .and_then(|a| rbac::convert(a).map_err(|e| e.to_string()));
+                match decoded {
+                    Ok(p) => update.policies.push(p),
+                    Err(e) => {
+                        errors.push(format!("{}: {e}", r.name));
+                        continue;
+                    }
+                }
+                held.insert(r.name.clone(), r.version.clone());
+            }
+            update.removed_policies = resp.removed_resources.clone();
+        }
+        other => {
+            tracing::debug!(type_url = other, "ignoring a response of an unknown type");
+        }
+    }
+    for name in &resp.removed_resources {
+        held.remove(name);
+    }
+    let (added, removed) = (
+        update.workloads.len() + update.services.len() + update.policies.len(),
+        resp.removed_resources.len(),
+    );
+    if added + removed > 0 {
+        state.apply(update);
+    }
+    tracing::info!(type_url = %resp.type_url, added, removed, rejected = errors.len(), "xds response applied");
+    let error_detail = if errors.is_empty() {
+        None
+    } else {
+        let message = errors.join("; ");
+        tracing::warn!(type_url = %resp.type_url, nonce = %resp.nonce, error = %message, "NACK: resources rejected");
+        Some(RpcStatus {
+            code: INVALID_ARGUMENT,
+            message,
+            details: vec![],
+        })
+    };
+    DeltaDiscoveryRequest {
+        type_url: resp.type_url.clone(),
+        response_nonce: resp.nonce.clone(),
+        error_detail,
+        ..Default::default()
+    }
+}
+
+impl XdsClient {
+    pub fn new(cfg: Arc<Config>, state: State, readiness: Readiness) -> Self {
+        readiness.register(READY_ADDRESS);
+        readiness.register(READY_AUTHORIZATION);
+        XdsClient {
+            cfg,
+            state,
+            readiness,
+            held: WATCHED.iter().map(|t| (*t, HashMap::new())).collect(),
+        }
+    }
+
+    /// Runs forever: connect, stream, reconnect with backoff.
+    pub async fn run(mut self) {
+        let target = self.cfg.xds.clone().expect("xds configured");
+        let mut backoff = INITIAL_BACKOFF;
+        loop {
+            let result = match grpc::channel(&target, self.cfg.packet_mark) {
+                Ok(ch) => self.stream(ch).await,
+                Err(e) => Err((e, false)),
+            };
+            match result {
+                Ok(()) => {
+                    tracing::info!("xds stream ended; reconnecting");
+                    backoff = INITIAL_BACKOFF;
+                }
+                Err((e, got_response)) => {
+                    if got_response {
+                        backoff = INITIAL_BACKOFF;
+                    }
+                    tracing::warn!(address = %target.address, error = %e, retry_in = ?backoff,
+                        "xds stream failed; keeping the last known state");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// One stream. The error carries whether any response arrived (the connection worked).
+    async fn stream(
+        &mut self,
+        channel: tonic::transport::Channel,
+    ) -> Result<(), (anyhow::Error, bool)> {
+        let auth = grpc::Auth::new(
+            &self.cfg.auth_token,
+            &self.cfg.cluster_id,
+            &self
+                .cfg
+                .xds
+                .as_ref()
+                .map(|x| x.headers.clone())
+                .unwrap_or_default(),
+        )
+        .map_err(|e| (e, false))?;
+        let mut client = AggregatedDiscoveryServiceClient::with_interceptor(channel, auth)
+            .max_decoding_message_size(MAX_MESSAGE);
+        let (tx, rx) = mpsc::channel(8);
+        let node = node(&self.cfg);
+        for t in WATCHED {
+            let held = &self.held[t];
+            tx.send(DeltaDiscoveryRequest {
+                node: Some(node.clone()),
+                type_url: t.to_string(),
+                initial_resource_versions: held
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| (e.into(), false))?;
+        }
+        let mut inbound = client
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| (anyhow::anyhow!("{}: {}", s.code(), s.message()), false))?
+            .into_inner();
+        tracing::info!(address = %self.cfg.xds.as_ref().map(|x| x.address.as_str()).unwrap_or_default(), "xds stream open");
+        let mut got = false;
+        loop {
+            let resp = match inbound.message().await {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(()),
+                Err(s) => return Err((anyhow::anyhow!("{}: {}", s.code(), s.message()), got)),
+            };
+            got = true;
+            let Some((t, held)) = self
+                .held
+                .iter_mut()
+                .find(|(t, _)| **t == resp.type_url)
+                .map(|(t, h)| (*t, h))
+            else {
+                // Unknown type: ignored, and ACKed anyway.
+                let ack = apply_response(&self.state, &mut HashMap::new(), &resp);
+                let _ = tx.send(ack).await;
+                continue;
+            };
+            let ack = apply_response(&self.state, held, &resp);
+            if tx.send(ack).await.is_err() {
+                return Err((anyhow::anyhow!("request stream closed"), got));
+            }
+            self.readiness.done(match t {
+                type_url::ADDRESS => READY_ADDRESS,
+                _ => READY_AUTHORIZATION,
+            });
+        }
+    }
+}
