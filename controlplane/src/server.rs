@@ -426,6 +426,3 @@ pub async fn serve(
     accept_loop.abort();
     result.map_err(Into::into)
 }
-
-#[cfg(test)]
-mod tests;

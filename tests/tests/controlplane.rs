@@ -163,3 +163,282 @@ spec:
         Some("server")
     );
 }
+
+/// Sends `msg` on an open connection and reads the echo.
+async fn echo_once(s: &mut tokio::net::TcpStream, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(msg).await?;
+    let mut back = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+        .await
+        .map_err(|_| std::io::Error::other("echo timed out"))??;
+    Ok(back)
+}
+
+const DENY_CLIENT: &str = r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-client, namespace: default}
+spec:
+  selector: {matchLabels: {pod: server}}
+  action: DENY
+  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/client]}}]}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_restart_keeps_traffic_and_resyncs() {
+    let mut tb = Testbed::start(Options {
+        source: Source::ControlPlane,
+        ..Options::default()
+    })
+    .unwrap();
+    let server = SocketAddr::new(tb.ip("server"), 8080);
+    spawn_echo(&tb, "server", 8080).unwrap();
+    let mut open = connect_from(&tb, "client", server).unwrap();
+    assert_eq!(echo_once(&mut open, b"before").await.unwrap(), b"before");
+
+    // The control plane dies: the open connection and new ones keep working on the last
+    // known state and the held certificates.
+    tb.kill_control_plane();
+    assert_eq!(echo_once(&mut open, b"during").await.unwrap(), b"during");
+    let s = connect_from(&tb, "client", server).unwrap();
+    assert_eq!(roundtrip(s, b"new".to_vec()).await.unwrap(), b"new");
+
+    // A change made while it is away arrives once it is back.
+    tb.write_resources("policy.yaml", DENY_CLIENT).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(echo_once(&mut open, b"still").await.unwrap(), b"still");
+    tb.restart_control_plane().unwrap();
+    let took = eventually(Duration::from_secs(20), || async {
+        dump_has(&tb, "server", |d| has_policy(d, "deny-client"))
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "no resync after the restart:\n{}",
+        tb.control_plane_log()
+    );
+    // The policy now denies: new connections, and the open one is closed by the re-check.
+    let s = connect_from(&tb, "client", server).unwrap();
+    assert!(roundtrip(s, b"x".to_vec())
+        .await
+        .unwrap_or_default()
+        .is_empty());
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while echo_once(&mut open, b"?").await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the open connection survived a denying policy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The reconnect announced what the client held, so unchanged addresses were not resent:
+    // of the three (two pods, one service) only the server's workload, which now names the
+    // policy, came again.
+    let log = plain(&tb.log("client"));
+    let after = log.rsplit("xds stream open").next().unwrap_or_default();
+    assert!(
+        after.contains("type_url=type.googleapis.com/istio.workload.Address added=1 removed=0"),
+        "{after}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_under_an_open_connection() {
+    let tb = Testbed::start(Options {
+        source: Source::ControlPlane,
+        env: vec![("SECRET_TTL".into(), "4s".into())],
+        ..Options::default()
+    })
+    .unwrap();
+    let server = SocketAddr::new(tb.ip("server"), 8080);
+    spawn_echo(&tb, "server", 8080).unwrap();
+    let not_after = |pod: &str| {
+        tb.config_dump(pod).unwrap()["certificates"][0]["not_after"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let first = not_after("client");
+    let mut open = connect_from(&tb, "client", server).unwrap();
+    // Traffic for 7 s: at least two rotations of both ztunnels' certificates.
+    let start = std::time::Instant::now();
+    let mut i = 0u64;
+    while start.elapsed() < Duration::from_secs(7) {
+        let msg = format!("message {i}");
+        assert_eq!(
+            echo_once(&mut open, msg.as_bytes()).await.unwrap(),
+            msg.as_bytes()
+        );
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        not_after("client") >= first + 2,
+        "client certificate not rotated"
+    );
+    // New connections use the new certificates.
+    let s = connect_from(&tb, "client", server).unwrap();
+    assert_eq!(roundtrip(s, b"fresh".to_vec()).await.unwrap(), b"fresh");
+    let issued = plain(&tb.log("client"))
+        .matches("certificate received from the CA")
+        .count();
+    assert!(issued >= 3, "only {issued} certificates issued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_outage_keeps_traffic_until_expiry() {
+    let mut tb = Testbed::start(Options {
+        source: Source::ControlPlane,
+        env: vec![
+            ("SECRET_TTL".into(), "6s".into()),
+            // No pooled connection outlives the test's pauses: each check handshakes anew.
+            ("POOL_UNUSED_RELEASE_TIMEOUT".into(), "200ms".into()),
+        ],
+        ..Options::default()
+    })
+    .unwrap();
+    let server = SocketAddr::new(tb.ip("server"), 8080);
+    spawn_echo(&tb, "server", 8080).unwrap();
+    let expiry = tb.config_dump("client").unwrap()["certificates"][0]["not_after"]
+        .as_u64()
+        .unwrap();
+    tb.kill_control_plane();
+    let s = connect_from(&tb, "client", server).unwrap();
+    assert_eq!(roundtrip(s, b"valid".to_vec()).await.unwrap(), b"valid");
+    // Past expiry, with the CA still away, the client cannot prove its identity.
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    while now() <= expiry + 1 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let s = connect_from(&tb, "client", server).unwrap();
+    assert!(roundtrip(s, b"expired".to_vec())
+        .await
+        .unwrap_or_default()
+        .is_empty());
+    // The CA returns: certificates are fetched again and traffic resumes.
+    tb.restart_control_plane().unwrap();
+    let back = eventually(Duration::from_secs(30), || async {
+        match connect_from(&tb, "client", server) {
+            Ok(s) => roundtrip(s, b"back".to_vec()).await.unwrap_or_default() == b"back",
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "traffic did not resume:\n{}",
+        plain(&tb.log("client"))
+    );
+}
+
+#[test]
+fn the_ca_refuses_impersonation_beyond_the_callers_node() {
+    use identity::Identity;
+    use ztunnel::ca_client::CaClient;
+    use ztunnel::config::GrpcTarget;
+
+    let tb = Testbed::start(Options {
+        source: Source::ControlPlane,
+        ..Options::default()
+    })
+    .unwrap();
+    let target = GrpcTarget {
+        address: format!("https://{}", tb.cp_addr()),
+        root_ca: tb.cp_state_dir().join("root-cert.pem"),
+        alt_hostname: None,
+        headers: vec![],
+    };
+    let state = tb.cp_state_dir();
+    let node_token = state.join("node-tokens").join("node-client");
+    let unbound_token = state.join("token");
+    let workload_token = controlplane::token::TokenAuthority::load_or_create(&state)
+        .unwrap()
+        .mint("default", "client", Some("node-client"));
+    let forged = controlplane::token::TokenAuthority::from_secret(b"not the key").mint(
+        "istio-system",
+        "ztunnel",
+        Some("node-client"),
+    );
+    let id = |sa: &str| Identity::new("cluster.local", "default", sa);
+    // (case, token, impersonate, identity asked for, expected error text)
+    type Case = (
+        &'static str,
+        String,
+        bool,
+        Identity,
+        Result<(), &'static str>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "own node",
+            node_token.display().to_string(),
+            true,
+            id("client"),
+            Ok(()),
+        ),
+        (
+            "other node",
+            node_token.display().to_string(),
+            true,
+            id("server"),
+            Err("no pod with identity"),
+        ),
+        (
+            "unbound token",
+            unbound_token.display().to_string(),
+            true,
+            id("client"),
+            Err("not bound to a node"),
+        ),
+        (
+            "not a node account",
+            workload_token.clone(),
+            true,
+            id("client"),
+            Err("may not request"),
+        ),
+        ("forged", forged, true, id("client"), Err("signature")),
+        ("own identity", workload_token, false, id("client"), Ok(())),
+    ];
+    let results = tb
+        .cp_ns()
+        .run(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut out = Vec::new();
+                for (what, token, impersonate, id, want) in cases {
+                    let auth = ztunnel::grpc::Auth::new(&token, "Kubernetes", &[]).unwrap();
+                    let ca =
+                        CaClient::new(&target, None, auth, Duration::from_secs(600), impersonate)
+                            .unwrap();
+                    let got = identity::CertProvider::fetch(ca.as_ref(), &id).await;
+                    out.push((
+                        what,
+                        want,
+                        got.map(|c| c.identity.clone()).map_err(|e| e.to_string()),
+                        id,
+                    ));
+                }
+                out
+            })
+        })
+        .unwrap();
+    for (what, want, got, id) in results {
+        match (want, got) {
+            (Ok(()), Ok(got)) => assert_eq!(got, id, "{what}"),
+            (Err(msg), Err(e)) => {
+                assert!(e.contains(msg), "{what}: {e}");
+                assert!(e.contains("Unauthenticated"), "{what}: {e}");
+            }
+            (want, got) => panic!("{what}: wanted {want:?}, got {got:?}"),
+        }
+    }
+}

@@ -85,7 +85,9 @@ async fn handle(pi: Arc<ProxyInputs>, mut downstream: TcpStream, src: SocketAddr
                     break false;
                 }
                 Ok(()) = changes.changed() => {
-                    if let Some(Err(e)) = local.as_ref().map(|l| pi.authorize(l, &conn)) {
+                    // The workload is looked up again: its selector policies may have changed.
+                    let now = pi.local_workload().ok().or_else(|| local.clone());
+                    if let Some(Err(e)) = now.as_ref().map(|l| pi.authorize(l, &conn)) {
                         tracing::info!(%src, dst = %orig, error = %e, "closing a connection the new policy denies");
                         result.fail(e.response_flag(), e);
                         break true;
