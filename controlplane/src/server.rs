@@ -134,6 +134,7 @@ async fn delta_stream(
     mut inbound: Streaming<DeltaDiscoveryRequest>,
     out: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     peer: String,
+    cluster_id: String,
 ) {
     let mut snap_rx = shared.snapshot.clone();
     let mut subs: BTreeMap<String, Subscription> = BTreeMap::new();
@@ -154,7 +155,16 @@ async fn delta_stream(
                 if let Some(node) = &req.node {
                     if node_id.is_empty() {
                         node_id = node.id.clone();
-                        tracing::info!(%peer, node = %node_id, "delta stream opened");
+                        let node_name = node
+                            .metadata
+                            .as_ref()
+                            .and_then(|m| m.fields.get("NODE_NAME"))
+                            .and_then(|v| match &v.kind {
+                                Some(prost_types::value::Kind::StringValue(s)) => Some(s.as_str()),
+                                _ => None,
+                            })
+                            .unwrap_or_default();
+                        tracing::info!(%peer, node = %node_id, %cluster_id, %node_name, "delta stream opened");
                     }
                 }
                 if !req.response_nonce.is_empty() {
@@ -225,10 +235,22 @@ impl AggregatedDiscoveryService for Ads {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        let cluster_id = request
+            .metadata()
+            .get("clusterid")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         tracing::debug!(%peer, sub = %claims.sub, "delta stream authenticated");
         self.0.counters.streams.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(delta_stream(self.0.clone(), request.into_inner(), tx, peer));
+        tokio::spawn(delta_stream(
+            self.0.clone(),
+            request.into_inner(),
+            tx,
+            peer,
+            cluster_id,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -442,3 +442,79 @@ fn the_ca_refuses_impersonation_beyond_the_callers_node() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_file_is_rejected_and_everything_else_kept() {
+    let tb = Testbed::start(Options {
+        source: Source::ControlPlane,
+        ..Options::default()
+    })
+    .unwrap();
+    spawn_greeter(&tb, "server", 8080).unwrap();
+    // ztunnel introduced itself as upstream does: node id, cluster id, node name.
+    let cp = plain(&tb.control_plane_log());
+    assert!(
+        cp.contains("node=ztunnel~10.10.0.2~client.default~default.svc.cluster.local cluster_id=Kubernetes node_name=node-client"),
+        "{cp}"
+    );
+
+    // A policy file, then a broken edit of it, and a broken new file.
+    tb.write_resources("policy.yaml", DENY_CLIENT).unwrap();
+    let took = eventually(PROPAGATION, || async {
+        dump_has(&tb, "server", |d| has_policy(d, "deny-client"))
+    })
+    .await;
+    assert!(took.is_some());
+    tb.write_resources(
+        "policy.yaml",
+        &DENY_CLIENT.replace(
+            "principals: [cluster.local/ns/default/sa/client]",
+            "ipBlocks: [10.0.0.300]",
+        ),
+    )
+    .unwrap();
+    tb.write_resources(
+        "broken.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: bad, namespace: default}\nspec:\n  ports: [{port: seventy}]\n",
+    )
+    .unwrap();
+    let reported = eventually(Duration::from_secs(2), || async {
+        let log = plain(&tb.control_plane_log());
+        log.contains("broken.yaml: Service bad: spec.ports[0].port")
+            && log.contains(
+                "policy.yaml: AuthorizationPolicy deny-client: spec.rules[0].from[0].source.ipBlocks[0]",
+            )
+    })
+    .await;
+    assert!(reported.is_some(), "{}", plain(&tb.control_plane_log()));
+    // The last good content of both stays: the policy still denies, the service still works.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(dump_has(&tb, "server", |d| has_policy(d, "deny-client")));
+    assert_eq!(greeting(&tb, "client", vip()).await, None);
+
+    // A good change elsewhere still goes through, and only what changed is pushed: one
+    // workload (the server, whose labels change).
+    tb.remove_resources("policy.yaml").unwrap();
+    tb.write_resources(
+        "mesh.yaml",
+        &tb.k8s_yaml()
+            .replace("pod: server", "pod: server, tier: backend"),
+    )
+    .unwrap();
+    let took = eventually(PROPAGATION, || async {
+        dump_has(&tb, "server", |d| !has_policy(d, "deny-client"))
+    })
+    .await;
+    assert!(took.is_some());
+    assert_eq!(
+        greeting(&tb, "client", vip()).await.as_deref(),
+        Some("server")
+    );
+    let log = plain(&tb.log("client"));
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("xds response applied") && l.contains("istio.workload.Address"))
+        .unwrap();
+    assert!(last.contains("added=1 removed=0"), "{last}");
+}
