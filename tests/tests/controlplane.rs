@@ -232,6 +232,27 @@ async fn control_plane_restart_keeps_traffic_and_resyncs() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // The lost stream and the messages are counted.
+    let m = tb.metrics("client").unwrap();
+    let terminations: f64 = ["Error", "ConnectionError"]
+        .iter()
+        .filter_map(|r| {
+            metric_value(
+                &m,
+                "istio_xds_connection_terminations_total",
+                &[("reason", r)],
+            )
+        })
+        .sum();
+    assert!(terminations >= 1.0, "{m}");
+    let messages = metric_value(
+        &m,
+        "istio_xds_message_total",
+        &[("url", "type.googleapis.com/istio.workload.Address")],
+    )
+    .unwrap_or(0.0);
+    assert!(messages >= 2.0, "{m}");
+
     // The reconnect announced what the client held, so unchanged addresses were not resent:
     // of the three (two pods, one service) only the server's workload, which now names the
     // policy, came again.

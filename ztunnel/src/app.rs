@@ -41,7 +41,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
         (None, Some(_)) => {
             let state = State::default();
-            let client = XdsClient::new(cfg.clone(), state.clone(), readiness.clone());
+            let client = XdsClient::new(
+                cfg.clone(),
+                state.clone(),
+                readiness.clone(),
+                metrics.xds.clone(),
+            );
             tokio::spawn(client.run());
             state
         }

@@ -142,6 +142,26 @@ pub struct Metrics {
     /// Server→client bytes.
     pub sent_bytes: Family<TrafficLabels, Counter>,
     pub sockets_open: Family<ReporterLabel, Gauge>,
+    pub xds: XdsMetrics,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// ConnectionError, Error, Reconnect or Complete.
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct UrlLabel {
+    pub url: String,
+}
+
+/// The xDS client's metrics (istio-wire.md §6.1).
+#[derive(Clone, Default)]
+pub struct XdsMetrics {
+    pub connection_terminations: Family<ReasonLabel, Counter>,
+    pub messages: Family<UrlLabel, Counter>,
+    pub message_bytes: Family<UrlLabel, Counter>,
 }
 
 impl Metrics {
@@ -153,6 +173,7 @@ impl Metrics {
             received_bytes: Family::default(),
             sent_bytes: Family::default(),
             sockets_open: Family::default(),
+            xds: XdsMetrics::default(),
         };
         let r = registry.sub_registry_with_prefix("istio");
         r.register(
@@ -184,6 +205,21 @@ impl Metrics {
             "tcp_sockets_open",
             "The number of open TCP sockets",
             m.sockets_open.clone(),
+        );
+        r.register(
+            "xds_connection_terminations",
+            "The total number of completed connections to xds server",
+            m.xds.connection_terminations.clone(),
+        );
+        r.register(
+            "xds_message",
+            "Total number of messages received",
+            m.xds.messages.clone(),
+        );
+        r.register(
+            "xds_message_bytes",
+            "Total number of bytes received",
+            m.xds.message_bytes.clone(),
         );
         m
     }

@@ -69,6 +69,7 @@ pub fn node(cfg: &Config) -> Node {
 
 pub struct XdsClient {
     cfg: Arc<Config>,
+    metrics: crate::metrics::XdsMetrics,
     state: State,
     readiness: Readiness,
     /// name → version, per type: what this ztunnel holds, sent on reconnect.
@@ -164,11 +165,17 @@ pub fn apply_response(
 }
 
 impl XdsClient {
-    pub fn new(cfg: Arc<Config>, state: State, readiness: Readiness) -> Self {
+    pub fn new(
+        cfg: Arc<Config>,
+        state: State,
+        readiness: Readiness,
+        metrics: crate::metrics::XdsMetrics,
+    ) -> Self {
         readiness.register(READY_ADDRESS);
         readiness.register(READY_AUTHORIZATION);
         XdsClient {
             cfg,
+            metrics,
             state,
             readiness,
             held: WATCHED.iter().map(|t| (*t, HashMap::new())).collect(),
@@ -184,6 +191,15 @@ impl XdsClient {
                 Ok(ch) => self.stream(ch).await,
                 Err(e) => Err((e, false)),
             };
+            let reason = match &result {
+                Ok(()) => "Complete",
+                Err((_, true)) => "Error",
+                Err((_, false)) => "ConnectionError",
+            };
+            self.metrics
+                .connection_terminations
+                .get_or_create(&crate::metrics::ReasonLabel { reason })
+                .inc();
             match result {
                 Ok(()) => {
                     tracing::info!("xds stream ended; reconnecting");
@@ -250,6 +266,14 @@ impl XdsClient {
                 Err(s) => return Err((anyhow::anyhow!("{}: {}", s.code(), s.message()), got)),
             };
             got = true;
+            let url = crate::metrics::UrlLabel {
+                url: resp.type_url.clone(),
+            };
+            self.metrics.messages.get_or_create(&url).inc();
+            self.metrics
+                .message_bytes
+                .get_or_create(&url)
+                .inc_by(resp.encoded_len() as u64);
             let Some((t, held)) = self
                 .held
                 .iter_mut()
