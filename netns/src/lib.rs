@@ -135,6 +135,7 @@ impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace also deletes the veth ends inside it.
         let _ = run("ip", &["netns", "del", &self.name]);
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
     }
 }
 
@@ -210,8 +211,19 @@ impl Lan {
     }
 }
 
+impl Netns {
+    /// The resolv.conf processes started with [`Netns::command`] see (`ip netns exec` mounts
+    /// `/etc/netns/<name>/resolv.conf` over `/etc/resolv.conf`); removed with the namespace.
+    pub fn set_resolv_conf(&self, text: &str) -> Result<()> {
+        let dir = format!("/etc/netns/{}", self.name);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(format!("{dir}/resolv.conf"), text)?;
+        Ok(())
+    }
+}
+
 /// In-pod redirection for a dedicated (sidecar-like) ztunnel, after istio-wire.md §5.4:
-/// outbound TCP to 15001, inbound TCP except 15008 to 15006; packets carrying ztunnel's mark
+/// outbound TCP to 15001, DNS (UDP and TCP port 53) to 15053, inbound TCP except 15008 to 15006; packets carrying ztunnel's mark
 /// 0x539 and traffic to loopback or to the pod itself are left alone. The mangle rules and
 /// route table 100 send the app's replies to a spoofed (original) source back to ztunnel.
 pub fn install_redirect(ns: &Netns) -> Result<()> {
@@ -304,6 +316,21 @@ pub fn install_redirect(ns: &Netns) -> Result<()> {
             "-j",
             "RETURN",
         ],
+        // DNS over TCP to the DNS proxy.
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "KEELSON_OUTPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            "53",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15053",
+        ],
         &[
             "-t",
             "nat",
@@ -325,6 +352,29 @@ pub fn install_redirect(ns: &Netns) -> Result<()> {
             "REDIRECT",
             "--to-ports",
             "15001",
+        ],
+        // DNS over UDP, except ztunnel's own (marked) queries and queries over loopback.
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "udp",
+            "--dport",
+            "53",
+            "!",
+            "-o",
+            "lo",
+            "-m",
+            "mark",
+            "!",
+            "--mark",
+            "0x539/0xfff",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15053",
         ],
         &["-t", "nat", "-N", "KEELSON_PRERT"],
         &[

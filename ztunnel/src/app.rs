@@ -26,6 +26,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
+    let dns_metrics = crate::dns::DnsMetrics::register(&mut registry);
     metrics::register_build(&mut registry);
     let registry = Arc::new(registry);
 
@@ -105,6 +106,28 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::spawn(proxy::socks5::serve(pi.clone(), l));
     }
     readiness.done("proxy");
+    if cfg.dns_proxy {
+        let (udp, tcp) = crate::dns::bind(ports.dns)
+            .await
+            .with_context(|| format!("binding the DNS proxy on 127.0.0.1:{}", ports.dns))?;
+        let upstreams = std::fs::read_to_string(&cfg.resolv_conf)
+            .map(|t| crate::dns::nameservers(&t))
+            .unwrap_or_else(|e| {
+                tracing::warn!(path = %cfg.resolv_conf.display(), error = %e, "no upstream resolvers; unknown names get SERVFAIL");
+                Vec::new()
+            });
+        let dns = Arc::new(crate::dns::Dns {
+            state: pi.state.clone(),
+            namespace: pi.local_ns.clone(),
+            workload_name: pi.local_name.clone(),
+            domain: "cluster.local".into(),
+            upstreams,
+            mark: cfg.packet_mark,
+            metrics: dns_metrics,
+        });
+        tokio::spawn(crate::dns::serve_udp(dns.clone(), udp));
+        tokio::spawn(crate::dns::serve_tcp(dns, tcp));
+    }
     let never = std::future::pending::<()>;
     {
         let pi = pi.clone();

@@ -43,7 +43,10 @@ pub const CA_HEADER_PREFIX: &str = "CA_HEADER_";
 pub const ISTIO_META_PREFIX: &str = "ISTIO_META_";
 pub const DEFAULT_ROOT_CA: &str = "./var/run/secrets/istio/root-cert.pem";
 pub const DEFAULT_AUTH_TOKEN: &str = "./var/run/secrets/tokens/istio-token";
+pub const ISTIO_META_DNS_CAPTURE: &str = "ISTIO_META_DNS_CAPTURE";
 // Keelson's own.
+/// The resolv.conf whose nameservers the DNS proxy forwards to (default `/etc/resolv.conf`).
+pub const KEELSON_RESOLV_CONF: &str = "KEELSON_RESOLV_CONF";
 /// Directory holding `root-cert.pem` and `root-key.pem` of the local CA that signs this
 /// ztunnel's workload certificates (tests and the local mesh; the remote CA comes later).
 pub const KEELSON_LOCAL_CA_DIR: &str = "KEELSON_LOCAL_CA_DIR";
@@ -90,6 +93,9 @@ pub struct Config {
     /// `AUTH_TOKEN`: a file path (re-read on every request) or the token itself.
     #[serde(skip)]
     pub auth_token: String,
+    /// The DNS proxy on 15053 (`ISTIO_META_DNS_CAPTURE`, default on).
+    pub dns_proxy: bool,
+    pub resolv_conf: PathBuf,
     /// `ISTIO_META_<K>` variables, as node metadata key `<K>`.
     pub node_metadata: Vec<(String, String)>,
     pub secret_ttl: Duration,
@@ -119,6 +125,7 @@ pub struct Ports {
     pub metrics: u16,
     pub readiness: u16,
     pub socks5: u16,
+    pub dns: u16,
 }
 
 impl Default for Ports {
@@ -131,6 +138,7 @@ impl Default for Ports {
             metrics: 15020,
             readiness: 15021,
             socks5: 15080,
+            dns: crate::dns::PORT,
         }
     }
 }
@@ -383,6 +391,12 @@ impl Config {
                 .get(AUTH_TOKEN)
                 .unwrap_or_else(|| DEFAULT_AUTH_TOKEN.into()),
             node_metadata: src.prefixed(ISTIO_META_PREFIX),
+            dns_proxy: r.boolean(ISTIO_META_DNS_CAPTURE, true),
+            resolv_conf: r.parse(
+                KEELSON_RESOLV_CONF,
+                PathBuf::from("/etc/resolv.conf"),
+                |v| Ok(PathBuf::from(v)),
+            ),
             secret_ttl: r.duration(SECRET_TTL, identity::ca::DEFAULT_CERT_TTL),
             h2,
             worker_threads: r.num(ZTUNNEL_WORKER_THREADS, 2usize).max(1),

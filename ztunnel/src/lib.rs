@@ -7,6 +7,7 @@ pub mod app;
 pub mod ca_client;
 pub mod config;
 pub mod connection;
+pub mod dns;
 pub mod drain;
 pub mod grpc;
 pub mod metrics;

@@ -372,6 +372,27 @@ impl State {
             .cloned()
     }
 
+    /// The addresses DNS answers for a service hostname: its VIPs, or for a headless service
+    /// the addresses of its healthy endpoints. `None` when no service has that hostname.
+    pub fn dns_addresses(&self, host: &str, prefer_ns: &str) -> Option<Vec<IpAddr>> {
+        let svc = self.service_by_host(host, prefer_ns)?;
+        if !svc.addresses.is_empty() {
+            return Some(svc.addresses.clone());
+        }
+        let idx = self.index.read().unwrap();
+        Some(
+            idx.members
+                .get(&svc.key())
+                .map(|ws| {
+                    ws.iter()
+                        .filter(|w| w.status == HealthStatus::Healthy)
+                        .flat_map(|w| w.addresses.iter().copied())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
+    }
+
     /// The target port of `service_port` on `w`: the endpoint's own mapping first, then the
     /// service's (a service target port of 0 needs the endpoint mapping).
     pub fn target_port(svc: &Service, w: &Workload, service_port: u16) -> Option<u16> {
