@@ -76,6 +76,33 @@ pub struct XdsClient {
     held: HashMap<&'static str, HashMap<String, String>>,
 }
 
+/// Decodes and converts every resource of `resp` as `M`; the ones that fail are listed in
+/// `errors` ("<name>: <reason>") and skipped, the others are recorded in `held`.
+fn decode_each<M: Message + Default, T>(
+    resp: &DeltaDiscoveryResponse,
+    held: &mut HashMap<String, String>,
+    errors: &mut Vec<String>,
+    convert: impl Fn(&str, M) -> Result<T, String>,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    for r in &resp.resources {
+        let decoded = r
+            .resource
+            .as_ref()
+            .ok_or_else(|| "no resource body".to_string())
+            .and_then(|any| M::decode(any.value.as_slice()).map_err(|e| format!("decode: {e}")))
+            .and_then(|m| convert(&r.name, m));
+        match decoded {
+            Ok(t) => {
+                held.insert(r.name.clone(), r.version.clone());
+                out.push(t);
+            }
+            Err(e) => errors.push(format!("{}: {e}", r.name)),
+        }
+    }
+    out
+}
+
 /// What applying one response gave: the ACK or NACK to send.
 pub fn apply_response(
     state: &State,
@@ -86,48 +113,21 @@ pub fn apply_response(
     let mut update = Update::default();
     match resp.type_url.as_str() {
         type_url::ADDRESS => {
-            for r in &resp.resources {
-                let decoded = r
-                    .resource
-                    .as_ref()
-                    .ok_or_else(|| "no resource body".to_string())
-                    .and_then(|any| {
-                        xds::workload::Address::decode(any.value.as_slice())
-                            .map_err(|e| format!("decode: {e}"))
-                    })
-                    .and_then(|a| convert_address(&r.name, a).map_err(|e| e.to_string()));
-                match decoded {
-                    Ok(Converted::Workload(w)) => update.workloads.push(*w),
-                    Ok(Converted::Service(s)) => update.services.push(s),
-                    Err(e) => {
-                        errors.push(format!("{}: {e}", r.name));
-                        continue;
-                    }
+            let converted = decode_each(resp, held, &mut errors, |name, a| {
+                convert_address(name, a).map_err(|e| e.to_string())
+            });
+            for c in converted {
+                match c {
+                    Converted::Workload(w) => update.workloads.push(*w),
+                    Converted::Service(s) => update.services.push(s),
                 }
-                held.insert(r.name.clone(), r.version.clone());
             }
             update.removed = resp.removed_resources.clone();
         }
         type_url::AUTHORIZATION => {
-            for r in &resp.resources {
-                let decoded = r
-                    .resource
-                    .as_ref()
-                    .ok_or_else(|| "no resource body".to_string())
-                    .and_then(|any| {
-                        xds::security::Authorization::decode(any.value.as_slice())
-                            .map_err(|e| format!("decode: {e}"))
-                    })
-                    .and_then(|a| rbac::convert(a).map_err(|e| e.to_string()));
-                match decoded {
-                    Ok(p) => update.policies.push(p),
-                    Err(e) => {
-                        errors.push(format!("{}: {e}", r.name));
-                        continue;
-                    }
-                }
-                held.insert(r.name.clone(), r.version.clone());
-            }
+            update.policies = decode_each(resp, held, &mut errors, |_, a| {
+                rbac::convert(a).map_err(|e| e.to_string())
+            });
             update.removed_policies = resp.removed_resources.clone();
         }
         other => {
@@ -293,6 +293,121 @@ impl XdsClient {
                 type_url::ADDRESS => READY_ADDRESS,
                 _ => READY_AUTHORIZATION,
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xds::discovery::Resource;
+
+    fn address(name: &str, tunnel_protocol: i32) -> Resource {
+        let a = xds::workload::Address {
+            r#type: Some(xds::workload::address::Type::Workload(
+                xds::workload::Workload {
+                    uid: name.into(),
+                    name: name.into(),
+                    namespace: "ns".into(),
+                    addresses: vec![vec![10, 0, 0, 1]],
+                    tunnel_protocol,
+                    ..Default::default()
+                },
+            )),
+        };
+        Resource {
+            name: name.into(),
+            version: "v1".into(),
+            resource: Some(prost_types::Any {
+                type_url: type_url::ADDRESS.into(),
+                value: a.encode_to_vec(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn acks_and_nacks_per_resource() {
+        let state = State::default();
+        let mut held = HashMap::new();
+        let resp = DeltaDiscoveryResponse {
+            type_url: type_url::ADDRESS.into(),
+            nonce: "n1".into(),
+            resources: vec![address("good", 1), address("bad", 9), address("worse", 0)],
+            ..Default::default()
+        };
+        let mut resp = resp;
+        resp.resources[2].resource = None;
+        let nack = apply_response(&state, &mut held, &resp);
+        assert_eq!(nack.response_nonce, "n1");
+        assert!(nack.node.is_none() && nack.initial_resource_versions.is_empty());
+        let msg = nack.error_detail.unwrap().message;
+        assert!(
+            msg.starts_with("bad: ") && msg.contains("; worse: no resource body"),
+            "{msg}"
+        );
+        assert!(state.workload_by_name("ns", "good").is_some());
+        assert_eq!(held.keys().collect::<Vec<_>>(), vec!["good"]);
+
+        // A removal and an unknown name in it: ACK, nothing else disturbed.
+        let resp = DeltaDiscoveryResponse {
+            type_url: type_url::ADDRESS.into(),
+            nonce: "n2".into(),
+            removed_resources: vec!["good".into(), "never-seen".into()],
+            ..Default::default()
+        };
+        let ack = apply_response(&state, &mut held, &resp);
+        assert!(ack.error_detail.is_none());
+        assert_eq!(ack.type_url, type_url::ADDRESS);
+        assert!(state.workload_by_name("ns", "good").is_none());
+        assert!(held.is_empty());
+
+        // An unknown type: ACKed, ignored.
+        let resp = DeltaDiscoveryResponse {
+            type_url: "type.googleapis.com/some.Future".into(),
+            nonce: "n3".into(),
+            resources: vec![address("x", 1)],
+            ..Default::default()
+        };
+        let ack = apply_response(&state, &mut HashMap::new(), &resp);
+        assert!(ack.error_detail.is_none() && ack.response_nonce == "n3");
+        assert!(state.workload_by_name("ns", "x").is_none());
+    }
+
+    #[test]
+    fn node_identity_follows_upstream() {
+        let cfg = crate::config::Config::from_source(
+            &[
+                ("PROXY_MODE", "dedicated"),
+                ("PROXY_WORKLOAD_INFO", "default/web-0/web"),
+                ("LOCAL_XDS_PATH", "/tmp/x.yaml"),
+                ("KEELSON_LOCAL_CA_DIR", "/tmp/ca"),
+                ("POD_NAME", "ztunnel-abc"),
+                ("POD_NAMESPACE", "istio-system"),
+                ("INSTANCE_IP", "10.0.0.7"),
+                ("NODE_NAME", "node-a"),
+                ("ISTIO_META_FOO", "bar"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<HashMap<_, _>>(),
+        )
+        .unwrap();
+        let n = node(&cfg);
+        assert_eq!(
+            n.id,
+            "ztunnel~10.0.0.7~ztunnel-abc.istio-system~istio-system.svc.cluster.local"
+        );
+        let md = n.metadata.unwrap().fields;
+        for (k, v) in [
+            ("NAME", "ztunnel-abc"),
+            ("NAMESPACE", "istio-system"),
+            ("INSTANCE_IPS", "10.0.0.7"),
+            ("NODE_NAME", "node-a"),
+            ("FOO", "bar"),
+            ("CLUSTER_ID", "Kubernetes"),
+        ] {
+            assert_eq!(md[k].kind, Some(Kind::StringValue(v.into())), "{k}");
         }
     }
 }
