@@ -2,9 +2,10 @@
 //! namespaces removed on drop, pods joined by veth pairs to a bridge, code and processes run
 //! inside a namespace. Everything fails loudly: a test must never pass because it could not
 //! build its network.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod process;
+pub mod seqpacket;
 
 use std::fs::File;
 use std::net::Ipv4Addr;

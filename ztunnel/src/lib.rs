@@ -15,3 +15,4 @@ pub mod proxy;
 pub mod rbac;
 pub mod state;
 pub mod xds_client;
+pub mod zds;
