@@ -107,8 +107,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     readiness.done("proxy");
     if cfg.dns_proxy {
-        let (udp, tcp) = crate::dns::bind(ports.dns)
-            .await
+        let (udp, tcp) = crate::dns::bind(None, ports.dns)
             .with_context(|| format!("binding the DNS proxy on 127.0.0.1:{}", ports.dns))?;
         let upstreams = std::fs::read_to_string(&cfg.resolv_conf)
             .map(|t| crate::dns::nameservers(&t))
@@ -124,6 +123,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             upstreams,
             mark: cfg.packet_mark,
             metrics: dns_metrics,
+            netns: None,
         });
         tokio::spawn(crate::dns::serve_udp(dns.clone(), udp));
         tokio::spawn(crate::dns::serve_tcp(dns, tcp));

@@ -266,6 +266,8 @@ pub struct Dns {
     pub upstreams: Vec<SocketAddr>,
     pub mark: Option<u32>,
     pub metrics: DnsMetrics,
+    /// The pod's namespace: upstream queries leave from there (shared mode).
+    pub netns: Option<Arc<std::fs::File>>,
 }
 
 /// The nameservers of a resolv.conf text, on port 53.
@@ -347,11 +349,13 @@ impl Dns {
         for up in &self.upstreams {
             let attempt = async {
                 if udp {
-                    let s = socket2::Socket::new(
-                        socket2::Domain::for_address(*up),
-                        socket2::Type::DGRAM,
-                        Some(socket2::Protocol::UDP),
-                    )?;
+                    let s = crate::proxy::socket::in_netns(self.netns.as_deref(), || {
+                        socket2::Socket::new(
+                            socket2::Domain::for_address(*up),
+                            socket2::Type::DGRAM,
+                            Some(socket2::Protocol::UDP),
+                        )
+                    })?;
                     if let Some(m) = self.mark {
                         s.set_mark(m)?;
                     }
@@ -364,7 +368,13 @@ impl Dns {
                     buf.truncate(n);
                     Ok(buf)
                 } else {
-                    let mut s = crate::proxy::socket::connect(*up, None, self.mark).await?;
+                    let mut s = crate::proxy::socket::connect_in(
+                        self.netns.as_deref(),
+                        *up,
+                        None,
+                        self.mark,
+                    )
+                    .await?;
                     s.write_all(&(raw.len() as u16).to_be_bytes()).await?;
                     s.write_all(raw).await?;
                     let n = s.read_u16().await? as usize;
@@ -440,11 +450,16 @@ async fn tcp_connection(dns: Arc<Dns>, mut s: TcpStream) {
     }
 }
 
-/// Binds UDP and TCP on 127.0.0.1:`port`.
-pub async fn bind(port: u16) -> std::io::Result<(UdpSocket, TcpListener)> {
+/// Binds UDP and TCP on 127.0.0.1:`port`, inside `netns` when given.
+pub fn bind(netns: Option<&std::fs::File>, port: u16) -> std::io::Result<(UdpSocket, TcpListener)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let udp = UdpSocket::bind(addr).await?;
-    let tcp = crate::proxy::socket::listen(Some(addr.ip()), port, false)?;
+    let udp = crate::proxy::socket::in_netns(netns, || {
+        let s = std::net::UdpSocket::bind(addr)?;
+        s.set_nonblocking(true)?;
+        Ok(s)
+    })?;
+    let udp = UdpSocket::from_std(udp)?;
+    let tcp = crate::proxy::socket::listen_in(netns, Some(addr.ip()), port, false)?;
     Ok((udp, tcp))
 }
 

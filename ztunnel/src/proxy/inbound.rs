@@ -172,7 +172,7 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
         peers,
     );
     let src = pi.cfg.orig_src.then_some(peer_ip);
-    let app = match socket::connect(target.addr, src, pi.cfg.packet_mark).await {
+    let app = match pi.connect(target.addr, src).await {
         Ok(t) => t,
         Err(e) => {
             let e = ProxyError::Connect(target.addr, e);

@@ -82,14 +82,19 @@ pub struct ProxyInputs {
     pub pool: Pool,
     pub metrics: Arc<Metrics>,
     pub drain: Drain,
-    /// The workload this ztunnel serves (dedicated mode): namespace and name.
+    /// The workload these proxies serve: namespace, name, service account.
     pub local_ns: String,
     pub local_name: String,
+    pub local_sa: String,
+    /// The pod's network namespace (shared mode): listeners and upstream sockets are made
+    /// there. `None`: the current namespace (dedicated mode).
+    pub netns: Option<Arc<std::fs::File>>,
     /// The last server TLS config built, with the certificate it was built from.
     server_tls: Mutex<Option<(Arc<WorkloadCertificate>, Arc<rustls::ServerConfig>)>>,
 }
 
 impl ProxyInputs {
+    /// The inputs of a dedicated ztunnel: the workload of `PROXY_WORKLOAD_INFO`, here.
     pub fn new(
         cfg: Arc<Config>,
         state: State,
@@ -101,8 +106,25 @@ impl ProxyInputs {
             .workload_info
             .clone()
             .expect("validated: dedicated mode has workload info");
+        let pool = Pool::new(&cfg.h2);
+        Self::for_pod(cfg, state, certs, pool, metrics, drain, info, None)
+    }
+
+    /// The inputs of one pod's proxies (shared mode), sharing the store, certificates, pool
+    /// and metrics with every other pod of the node.
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_pod(
+        cfg: Arc<Config>,
+        state: State,
+        certs: CertStore,
+        pool: Pool,
+        metrics: Arc<Metrics>,
+        drain: Drain,
+        info: crate::config::ProxyWorkloadInfo,
+        netns: Option<Arc<std::fs::File>>,
+    ) -> Arc<Self> {
         Arc::new(ProxyInputs {
-            pool: Pool::new(&cfg.h2),
+            pool,
             cfg,
             state,
             certs,
@@ -110,8 +132,19 @@ impl ProxyInputs {
             drain,
             local_ns: info.namespace,
             local_name: info.name,
+            local_sa: info.service_account,
+            netns,
             server_tls: Mutex::new(None),
         })
+    }
+
+    /// Connects from the pod's namespace with ztunnel's mark.
+    pub async fn connect(
+        &self,
+        dst: SocketAddr,
+        src: Option<IpAddr>,
+    ) -> std::io::Result<TcpStream> {
+        socket::connect_in(self.netns.as_deref(), dst, src, self.cfg.packet_mark).await
     }
 
     pub fn local_workload(&self) -> Result<Arc<Workload>, ProxyError> {
@@ -126,10 +159,11 @@ impl ProxyInputs {
     pub fn local_identity(&self) -> Identity {
         match self.local_workload() {
             Ok(w) => w.identity(),
-            Err(_) => self
-                .cfg
-                .dedicated_identity(identity::DEFAULT_TRUST_DOMAIN)
-                .expect("validated: dedicated mode has workload info"),
+            Err(_) => Identity::new(
+                identity::DEFAULT_TRUST_DOMAIN,
+                &self.local_ns,
+                &self.local_sa,
+            ),
         }
     }
 

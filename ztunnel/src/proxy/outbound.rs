@@ -115,7 +115,8 @@ pub async fn establish(
     } = route
     else {
         let r = ConnectionResult::new(pi.metrics.clone(), Direction::Outbound, src, labels, peers);
-        let up = socket::connect(orig, None, pi.cfg.packet_mark)
+        let up = pi
+            .connect(orig, None)
             .await
             .map(Upstream::Tcp)
             .map_err(|e| ProxyError::Connect(orig, e));
@@ -133,7 +134,8 @@ pub async fn establish(
     if workload.tunnel_protocol == TunnelProtocol::None {
         peers.dst_addr = Some(target);
         let r = ConnectionResult::new(pi.metrics.clone(), Direction::Outbound, src, labels, peers);
-        let up = socket::connect(target, None, pi.cfg.packet_mark)
+        let up = pi
+            .connect(target, None)
             .await
             .map(Upstream::Tcp)
             .map_err(|e| ProxyError::Connect(target, e));
@@ -175,7 +177,8 @@ pub async fn establish(
         .connect(&key, &req, || async {
             let cert = pi.certs.get(&src_id).await?;
             let tls = hbone::tls::client_config(&cert, expected)?;
-            let tcp = socket::connect(hbone_addr, None, pi.cfg.packet_mark)
+            let tcp = pi
+                .connect(hbone_addr, None)
                 .await
                 .map_err(|e| match e.kind() {
                     std::io::ErrorKind::TimedOut => hbone::HboneError::ConnectTimeout(hbone_addr),

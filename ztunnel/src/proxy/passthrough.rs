@@ -58,7 +58,7 @@ async fn handle(pi: Arc<ProxyInputs>, mut downstream: TcpStream, src: SocketAddr
         }
     }
     let srcip = pi.cfg.orig_src.then_some(src.ip());
-    let mut app = match socket::connect(orig, srcip, pi.cfg.packet_mark).await {
+    let mut app = match pi.connect(orig, srcip).await {
         Ok(t) => t,
         Err(e) => {
             let e = ProxyError::Connect(orig, e);

@@ -15,9 +15,53 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(180);
 const KEEPALIVE_RETRIES: u32 = 9;
 const BACKLOG: i32 = 1024;
 
+/// The network namespace ztunnel's threads live in, opened before any switch.
+static HOME_NETNS: std::sync::OnceLock<io::Result<std::fs::File>> = std::sync::OnceLock::new();
+
+/// Runs `f` (which creates sockets) with the current thread inside `netns`, then switches
+/// back. A socket stays in the namespace it was created in, so this is how ztunnel listens and
+/// connects inside a pod (istio-wire.md §2.1). Nothing awaits in between: the thread cannot
+/// run another task while it is away.
+pub fn in_netns<T>(
+    netns: Option<&std::fs::File>,
+    f: impl FnOnce() -> io::Result<T>,
+) -> io::Result<T> {
+    use nix::sched::{setns, CloneFlags};
+    let Some(netns) = netns else {
+        return f();
+    };
+    // Every thread is in the home namespace whenever it is not inside this function.
+    let home = HOME_NETNS
+        .get_or_init(|| std::fs::File::open("/proc/thread-self/ns/net"))
+        .as_ref()
+        .map_err(|e| io::Error::new(e.kind(), format!("opening ztunnel's own netns: {e}")))?;
+    setns(netns, CloneFlags::CLONE_NEWNET)?;
+    let result = f();
+    if let Err(e) = setns(home, CloneFlags::CLONE_NEWNET) {
+        // A worker thread stranded in a pod's namespace would put later sockets there.
+        tracing::error!(error = %e, "cannot return to ztunnel's own network namespace");
+        std::process::abort();
+    }
+    result
+}
+
 /// Binds `port` on all addresses (dual-stack `[::]` when possible, else `0.0.0.0`), or on
 /// `ip` when given. SO_REUSEPORT lets a new ztunnel take over before the old one drains.
 pub fn listen(ip: Option<IpAddr>, port: u16, ipv6: bool) -> io::Result<TcpListener> {
+    listen_in(None, ip, port, ipv6)
+}
+
+/// [`listen`] inside `netns`.
+pub fn listen_in(
+    netns: Option<&std::fs::File>,
+    ip: Option<IpAddr>,
+    port: u16,
+    ipv6: bool,
+) -> io::Result<TcpListener> {
+    in_netns(netns, || listen_here(ip, port, ipv6))
+}
+
+fn listen_here(ip: Option<IpAddr>, port: u16, ipv6: bool) -> io::Result<TcpListener> {
     let candidates: Vec<IpAddr> = match ip {
         Some(ip) => vec![ip],
         None if ipv6 => vec![Ipv6Addr::UNSPECIFIED.into(), Ipv4Addr::UNSPECIFIED.into()],
@@ -82,6 +126,17 @@ pub async fn connect(
     src: Option<IpAddr>,
     mark: Option<u32>,
 ) -> io::Result<TcpStream> {
+    connect_in(None, dst, src, mark).await
+}
+
+/// [`connect`] from inside `netns`.
+pub async fn connect_in(
+    netns: Option<&std::fs::File>,
+    dst: SocketAddr,
+    src: Option<IpAddr>,
+    mark: Option<u32>,
+) -> io::Result<TcpStream> {
+    let socket = |dst, src, mark| in_netns(netns, || socket(dst, src, mark));
     let attempt = async {
         if let Some(src) = src {
             match socket(dst, Some(src), mark) {
