@@ -2,4 +2,5 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod node_agent;
 pub mod testbed;

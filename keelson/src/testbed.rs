@@ -19,6 +19,11 @@ pub const SERVICE_HOST: &str = "echo.default.svc.cluster.local";
 /// Host number of the control plane's namespace on the LAN (10.10.0.250).
 pub const CONTROL_PLANE_HOST: u8 = 250;
 pub const CONTROL_PLANE_PORT: u16 = 15012;
+/// The namespace (and testbed pod name) where a shared ztunnel runs, its host number, and
+/// the node name every pod has in shared mode.
+pub const SHARED_NODE_POD: &str = "node";
+pub const SHARED_NODE_HOST: u8 = 240;
+pub const SHARED_NODE: &str = "node-1";
 
 /// Where the ztunnels learn workloads and get certificates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -83,6 +88,9 @@ pub struct Options {
     /// A `policies:` section (L4 authorization, see ztunnel/src/rbac.rs) for the YAML.
     pub policies_yaml: Option<String>,
     pub source: Source,
+    /// One shared (in-pod mode) ztunnel for all meshed pods, on one node, fed pods by a node
+    /// agent over ZDS, instead of a dedicated ztunnel per pod. Needs a control plane.
+    pub shared_ztunnel: bool,
 }
 
 impl Default for Options {
@@ -97,6 +105,7 @@ impl Default for Options {
             log_to_files: true,
             policies_yaml: None,
             source: Source::LocalFiles,
+            shared_ztunnel: false,
         }
     }
 }
@@ -105,6 +114,7 @@ pub struct Testbed {
     /// Processes stop before namespaces go.
     ztunnels: BTreeMap<String, Proc>,
     controlplane: Option<Proc>,
+    agent: Option<crate::node_agent::NodeAgent>,
     /// Index of the control plane's namespace on the LAN.
     cp_pod: Option<usize>,
     lan: Lan,
@@ -157,9 +167,20 @@ impl Testbed {
             Source::LocalFiles => None,
             _ => Some(lan.add_pod("istiod", CONTROL_PLANE_HOST)?),
         };
+        if opts.shared_ztunnel {
+            if opts.source == Source::LocalFiles {
+                bail!("a shared ztunnel needs a control plane (its CA impersonates pods)");
+            }
+            let idx = lan.add_pod(SHARED_NODE_POD, SHARED_NODE_HOST)?;
+            pods.insert(
+                SHARED_NODE_POD.to_string(),
+                (idx, lan.addr(SHARED_NODE_HOST)),
+            );
+        }
         let mut tb = Testbed {
             ztunnels: BTreeMap::new(),
             controlplane: None,
+            agent: None,
             cp_pod,
             lan,
             pods,
@@ -182,13 +203,11 @@ impl Testbed {
             )?;
             std::fs::create_dir_all(tb.dir.join("tokens"))?;
             for p in &tb.opts.pods {
-                let t = tokens.mint(
-                    NAMESPACE,
-                    &p.service_account,
-                    Some(&format!("node-{}", p.name)),
-                );
+                let t = tokens.mint(NAMESPACE, &p.service_account, Some(&tb.node_of(&p.name)));
                 std::fs::write(tb.dir.join("tokens").join(&p.name), t)?;
             }
+            let t = tokens.mint("istio-system", "ztunnel", Some(SHARED_NODE));
+            std::fs::write(tb.dir.join("tokens").join(SHARED_NODE_POD), t)?;
             std::fs::create_dir_all(tb.resources_dir())?;
             tb.write_resources("mesh.yaml", &tb.k8s_yaml())?;
         }
@@ -205,10 +224,29 @@ impl Testbed {
             }
             let ns = tb.pod(&p.name);
             netns::install_redirect(ns)?;
+            if tb.opts.shared_ztunnel {
+                continue;
+            }
             let yaml = tb.dir.join(format!("{}.yaml", p.name));
             std::fs::write(&yaml, tb.wds_yaml(Some(&p)))?;
             let proc = tb.spawn_ztunnel(&bin, &p, &yaml)?;
             tb.ztunnels.insert(p.name.clone(), proc);
+        }
+        if tb.opts.shared_ztunnel {
+            let agent = crate::node_agent::NodeAgent::start(
+                &tb.dir.join("ztunnel.sock"),
+                tb.opts
+                    .pods
+                    .iter()
+                    .filter(|p| p.meshed)
+                    .map(|p| tb.pod_info(&p.name))
+                    .collect(),
+            )?;
+            tb.agent = Some(agent);
+            let proc = tb.spawn_shared_ztunnel(&bin)?;
+            tb.ztunnels.insert(SHARED_NODE_POD.to_string(), proc);
+            tb.wait_ready(SHARED_NODE_POD, Duration::from_secs(20))?;
+            return Ok(tb);
         }
         if tb.opts.source == Source::ExternalControlPlane {
             return Ok(tb);
@@ -263,6 +301,62 @@ impl Testbed {
         }
         let child = cmd.spawn().context("starting ztunnel")?;
         Ok(Proc::new(&format!("ztunnel-{}", p.name), child))
+    }
+
+    /// The node a pod runs on.
+    pub fn node_of(&self, pod: &str) -> String {
+        if self.opts.shared_ztunnel {
+            SHARED_NODE.to_string()
+        } else {
+            format!("node-{pod}")
+        }
+    }
+
+    /// What the node agent tells ztunnel about a pod.
+    pub fn pod_info(&self, pod: &str) -> crate::node_agent::PodInfo {
+        let p = self.pod_spec(pod);
+        crate::node_agent::PodInfo {
+            uid: format!("uid-{pod}"),
+            name: p.name.clone(),
+            namespace: NAMESPACE.into(),
+            service_account: p.service_account.clone(),
+            netns: PathBuf::from(format!("/var/run/netns/{}", self.pod(pod).name())),
+        }
+    }
+
+    /// The node agent (shared mode).
+    pub fn agent(&self) -> &crate::node_agent::NodeAgent {
+        self.agent
+            .as_ref()
+            .expect("the testbed has a shared ztunnel")
+    }
+
+    fn spawn_shared_ztunnel(&self, bin: &Path) -> Result<Proc> {
+        let node = SHARED_NODE_POD;
+        let mut cmd = self
+            .pod(node)
+            .command(bin.to_str().context("non-UTF-8 path")?);
+        cmd.args(["proxy", "ztunnel"])
+            .env("PROXY_MODE", "shared")
+            .env("INPOD_UDS", self.dir.join("ztunnel.sock"))
+            .env("POD_NAME", "ztunnel-1")
+            .env("POD_NAMESPACE", "istio-system")
+            .env("INSTANCE_IP", self.ip(node).to_string())
+            .env("NODE_NAME", SHARED_NODE)
+            .env("XDS_ADDRESS", format!("https://{}", self.cp_addr()))
+            .env("XDS_ROOT_CA", self.cp_state_dir().join("root-cert.pem"))
+            .env("AUTH_TOKEN", self.dir.join("tokens").join(node))
+            .env("ENABLE_ORIG_SRC", "true")
+            .env(
+                "RUST_LOG",
+                std::env::var("KEELSON_ZTUNNEL_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .envs(self.opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null());
+        let log = std::fs::File::create(self.log_path(node))?;
+        cmd.stdout(log.try_clone()?).stderr(log);
+        let child = cmd.spawn().context("starting the shared ztunnel")?;
+        Ok(Proc::new("ztunnel-shared", child))
     }
 
     fn start_control_plane(&mut self) -> Result<()> {
@@ -367,8 +461,9 @@ impl Testbed {
             .map(|t| format!("\n    ports: [{{name: echo, containerPort: {t}}}]"))
             .unwrap_or_default();
         format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {NAMESPACE}\n  labels: {{{labels}}}\nspec:\n  serviceAccountName: {sa}\n  nodeName: node-{name}\n  containers:\n  - name: main{ports}\nstatus:\n  phase: Running\n  podIP: {ip}\n",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {NAMESPACE}\n  labels: {{{labels}}}\nspec:\n  serviceAccountName: {sa}\n  nodeName: {node}\n  containers:\n  - name: main{ports}\nstatus:\n  phase: Running\n  podIP: {ip}\n",
             sa = p.service_account,
+            node = self.node_of(name),
             ip = self.ip(name),
         )
     }
@@ -539,6 +634,7 @@ impl Testbed {
 impl Drop for Testbed {
     fn drop(&mut self) {
         self.ztunnels.clear();
+        self.agent = None;
         self.controlplane = None;
         if std::env::var_os("KEELSON_KEEP_TESTBED").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);

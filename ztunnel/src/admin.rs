@@ -136,7 +136,12 @@ pub fn metrics_response(registry: &Registry, req: &Request<Incoming>) -> Respons
 }
 
 /// The admin endpoints.
-pub fn admin_response(pi: &ProxyInputs, req: &Request<Incoming>) -> Response<Body> {
+/// `pods`: shared mode's in-pod workloads (`workloadState`).
+pub fn admin_response(
+    pi: &ProxyInputs,
+    pods: Option<Vec<crate::inpod::PodState>>,
+    req: &Request<Incoming>,
+) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/config_dump") => {
             let mut dump = pi.state.dump();
@@ -146,6 +151,9 @@ pub fn admin_response(pi: &ProxyInputs, req: &Request<Incoming>) -> Response<Bod
             dump["version"] = env!("CARGO_PKG_VERSION").into();
             dump["pool"] = serde_json::to_value(pi.pool.stats()).unwrap_or_default();
             dump["openConnections"] = pi.drain.open().into();
+            if let Some(pods) = pods {
+                dump["workloadState"] = serde_json::to_value(pods).unwrap_or_default();
+            }
             let body = serde_json::to_string_pretty(&dump).unwrap_or_default();
             reply(StatusCode::OK, "application/json", body)
         }

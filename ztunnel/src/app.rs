@@ -80,60 +80,77 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let certs = CertStore::new(provider);
     let drain = Drain::new();
-    let pi = ProxyInputs::new(cfg.clone(), state, certs, metrics, drain.clone());
+    let upstreams = if cfg.dns_proxy {
+        std::fs::read_to_string(&cfg.resolv_conf)
+            .map(|t| crate::dns::nameservers(&t))
+            .unwrap_or_else(|e| {
+                tracing::warn!(path = %cfg.resolv_conf.display(), error = %e, "no upstream resolvers; unknown names get SERVFAIL");
+                Vec::new()
+            })
+    } else {
+        Vec::new()
+    };
 
     let ports = cfg.ports;
     let bind = |ip: Option<IpAddr>, port: u16, what: &str| {
         socket::listen(ip, port, cfg.ipv6)
             .with_context(|| format!("binding the {what} listener on port {port}"))
     };
-    let outbound = bind(None, ports.outbound, "outbound")?;
-    let inbound = bind(None, ports.inbound_hbone, "inbound HBONE")?;
-    let plaintext = bind(None, ports.inbound_plaintext, "inbound plaintext")?;
-    let socks = if cfg.socks5 {
-        Some(bind(Some(LOCALHOST), ports.socks5, "SOCKS5")?)
-    } else {
-        None
+    let mut workload_state = None;
+    let pi = match cfg.proxy_mode {
+        ProxyMode::Dedicated => {
+            let pi = ProxyInputs::new(cfg.clone(), state, certs, metrics, drain.clone());
+            serve_dedicated(&pi, &readiness, dns_metrics, upstreams)?;
+            pi
+        }
+        ProxyMode::Shared => {
+            let shared = crate::inpod::Shared {
+                cfg: cfg.clone(),
+                state,
+                certs,
+                pool: hbone::Pool::new(&cfg.h2),
+                metrics,
+                dns_metrics,
+                upstreams,
+                drain: drain.clone(),
+            };
+            // The node-level inputs behind the admin endpoints; pods get their own.
+            let node = crate::config::ProxyWorkloadInfo {
+                namespace: cfg
+                    .pod_namespace
+                    .clone()
+                    .unwrap_or_else(|| "istio-system".into()),
+                name: cfg.pod_name.clone().unwrap_or_else(|| "ztunnel".into()),
+                service_account: "ztunnel".into(),
+            };
+            let pi = ProxyInputs::for_pod(
+                cfg.clone(),
+                shared.state.clone(),
+                shared.certs.clone(),
+                shared.pool.clone(),
+                shared.metrics.clone(),
+                drain.clone(),
+                node,
+                None,
+            );
+            let manager = crate::inpod::WorkloadManager::new(shared, readiness.clone());
+            workload_state = Some(manager.view.clone());
+            tokio::spawn(crate::inpod::run(cfg.inpod_uds.clone(), manager));
+            readiness.done("certificate");
+            readiness.done("proxy");
+            pi
+        }
     };
     let admin_l = bind(Some(LOCALHOST), ports.admin, "admin")?;
     let metrics_l = bind(None, ports.metrics, "metrics")?;
     let ready_l = bind(None, ports.readiness, "readiness")?;
-
-    tokio::spawn(proxy::outbound::serve(pi.clone(), outbound));
-    tokio::spawn(proxy::inbound::serve(pi.clone(), inbound));
-    tokio::spawn(proxy::passthrough::serve(pi.clone(), plaintext));
-    if let Some(l) = socks {
-        tokio::spawn(proxy::socks5::serve(pi.clone(), l));
-    }
-    readiness.done("proxy");
-    if cfg.dns_proxy {
-        let (udp, tcp) = crate::dns::bind(None, ports.dns)
-            .with_context(|| format!("binding the DNS proxy on 127.0.0.1:{}", ports.dns))?;
-        let upstreams = std::fs::read_to_string(&cfg.resolv_conf)
-            .map(|t| crate::dns::nameservers(&t))
-            .unwrap_or_else(|e| {
-                tracing::warn!(path = %cfg.resolv_conf.display(), error = %e, "no upstream resolvers; unknown names get SERVFAIL");
-                Vec::new()
-            });
-        let dns = Arc::new(crate::dns::Dns {
-            state: pi.state.clone(),
-            namespace: pi.local_ns.clone(),
-            workload_name: pi.local_name.clone(),
-            domain: "cluster.local".into(),
-            upstreams,
-            mark: cfg.packet_mark,
-            metrics: dns_metrics,
-            netns: None,
-        });
-        tokio::spawn(crate::dns::serve_udp(dns.clone(), udp));
-        tokio::spawn(crate::dns::serve_tcp(dns, tcp));
-    }
     let never = std::future::pending::<()>;
     {
         let pi = pi.clone();
         tokio::spawn(admin::serve(admin_l, never(), move |req| {
             let pi = pi.clone();
-            async move { admin::admin_response(&pi, &req) }
+            let pods = workload_state.as_ref().map(|v| v.lock().unwrap().clone());
+            async move { admin::admin_response(&pi, pods, &req) }
         }));
     }
     {
@@ -149,23 +166,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             let r = r.clone();
             async move { r.response(&req) }
         }));
-    }
-    {
-        // The local workload's certificate: ready once it is held (traffic before that would
-        // only fail the handshake).
-        let pi = pi.clone();
-        let r = readiness.clone();
-        tokio::spawn(async move {
-            loop {
-                match pi.certs.get(&pi.local_identity()).await {
-                    Ok(_) => return r.done("certificate"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "waiting for the workload certificate");
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    }
-                }
-            }
-        });
     }
     tracing::info!(
         outbound = %SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), ports.outbound),
@@ -187,6 +187,67 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         forced_closed = forced,
         "drain complete; exiting"
     );
+    Ok(())
+}
+
+/// Dedicated mode: the listeners of the one workload, in the current namespace, and readiness
+/// once its certificate is held (traffic before that would only fail the handshake).
+fn serve_dedicated(
+    pi: &Arc<ProxyInputs>,
+    readiness: &Readiness,
+    dns_metrics: crate::dns::DnsMetrics,
+    upstreams: Vec<SocketAddr>,
+) -> anyhow::Result<()> {
+    let cfg = &pi.cfg;
+    let ports = cfg.ports;
+    let bind = |ip: Option<IpAddr>, port: u16, what: &str| {
+        socket::listen(ip, port, cfg.ipv6)
+            .with_context(|| format!("binding the {what} listener on port {port}"))
+    };
+    let outbound = bind(None, ports.outbound, "outbound")?;
+    let inbound = bind(None, ports.inbound_hbone, "inbound HBONE")?;
+    let plaintext = bind(None, ports.inbound_plaintext, "inbound plaintext")?;
+    let socks = if cfg.socks5 {
+        Some(bind(Some(LOCALHOST), ports.socks5, "SOCKS5")?)
+    } else {
+        None
+    };
+    tokio::spawn(proxy::outbound::serve(pi.clone(), outbound));
+    tokio::spawn(proxy::inbound::serve(pi.clone(), inbound));
+    tokio::spawn(proxy::passthrough::serve(pi.clone(), plaintext));
+    if let Some(l) = socks {
+        tokio::spawn(proxy::socks5::serve(pi.clone(), l));
+    }
+    readiness.done("proxy");
+    if cfg.dns_proxy {
+        let (udp, tcp) = crate::dns::bind(None, ports.dns)
+            .with_context(|| format!("binding the DNS proxy on 127.0.0.1:{}", ports.dns))?;
+        let dns = Arc::new(crate::dns::Dns {
+            state: pi.state.clone(),
+            namespace: pi.local_ns.clone(),
+            workload_name: pi.local_name.clone(),
+            domain: "cluster.local".into(),
+            upstreams,
+            mark: cfg.packet_mark,
+            metrics: dns_metrics,
+            netns: None,
+        });
+        tokio::spawn(crate::dns::serve_udp(dns.clone(), udp));
+        tokio::spawn(crate::dns::serve_tcp(dns, tcp));
+    }
+    let pi = pi.clone();
+    let r = readiness.clone();
+    tokio::spawn(async move {
+        loop {
+            match pi.certs.get(&pi.local_identity()).await {
+                Ok(_) => return r.done("certificate"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "waiting for the workload certificate");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
     Ok(())
 }
 

@@ -44,6 +44,8 @@ pub const ISTIO_META_PREFIX: &str = "ISTIO_META_";
 pub const DEFAULT_ROOT_CA: &str = "./var/run/secrets/istio/root-cert.pem";
 pub const DEFAULT_AUTH_TOKEN: &str = "./var/run/secrets/tokens/istio-token";
 pub const ISTIO_META_DNS_CAPTURE: &str = "ISTIO_META_DNS_CAPTURE";
+pub const INPOD_UDS: &str = "INPOD_UDS";
+pub const DEFAULT_INPOD_UDS: &str = "/var/run/ztunnel/ztunnel.sock";
 // Keelson's own.
 /// The resolv.conf whose nameservers the DNS proxy forwards to (default `/etc/resolv.conf`).
 pub const KEELSON_RESOLV_CONF: &str = "KEELSON_RESOLV_CONF";
@@ -93,6 +95,8 @@ pub struct Config {
     /// `AUTH_TOKEN`: a file path (re-read on every request) or the token itself.
     #[serde(skip)]
     pub auth_token: String,
+    /// Shared mode: the node agent's ZDS socket.
+    pub inpod_uds: PathBuf,
     /// The DNS proxy on 15053 (`ISTIO_META_DNS_CAPTURE`, default on).
     pub dns_proxy: bool,
     pub resolv_conf: PathBuf,
@@ -392,6 +396,9 @@ impl Config {
                 .unwrap_or_else(|| DEFAULT_AUTH_TOKEN.into()),
             node_metadata: src.prefixed(ISTIO_META_PREFIX),
             dns_proxy: r.boolean(ISTIO_META_DNS_CAPTURE, true),
+            inpod_uds: r.parse(INPOD_UDS, PathBuf::from(DEFAULT_INPOD_UDS), |v| {
+                Ok(PathBuf::from(v))
+            }),
             resolv_conf: r.parse(
                 KEELSON_RESOLV_CONF,
                 PathBuf::from("/etc/resolv.conf"),
@@ -402,13 +409,18 @@ impl Config {
             worker_threads: r.num(ZTUNNEL_WORKER_THREADS, 2usize).max(1),
             socks5: r.boolean(UNSTABLE_ENABLE_SOCKS5, false),
             orig_src: r.boolean(ENABLE_ORIG_SRC, proxy_mode == ProxyMode::Shared),
-            packet_mark: r.parse(PACKET_MARK, None, |v| {
-                let n = match v.strip_prefix("0x") {
-                    Some(hex) => u32::from_str_radix(hex, 16),
-                    None => v.parse(),
-                };
-                n.map(Some).map_err(|e| e.to_string())
-            }),
+            // Shared mode marks every socket it makes in a pod (istio-wire.md §2.1).
+            packet_mark: r.parse(
+                PACKET_MARK,
+                (proxy_mode == ProxyMode::Shared).then_some(1337),
+                |v| {
+                    let n = match v.strip_prefix("0x") {
+                        Some(hex) => u32::from_str_radix(hex, 16),
+                        None => v.parse(),
+                    };
+                    n.map(Some).map_err(|e| e.to_string())
+                },
+            ),
             cluster_id: src
                 .get(ISTIO_META_CLUSTER_ID)
                 .or_else(|| src.get(CLUSTER_ID))
@@ -435,8 +447,8 @@ impl Config {
             ProxyMode::Dedicated if cfg.workload_info.is_none() => errors.push(format!(
                 "{PROXY_MODE}=dedicated needs {PROXY_WORKLOAD_INFO}=<namespace>/<name>/<service account>"
             )),
-            ProxyMode::Shared => errors.push(format!(
-                "{PROXY_MODE}=shared (in-pod mode) needs the CNI node agent, which this build does not have yet; use {PROXY_MODE}=dedicated"
+            ProxyMode::Shared if cfg.workload_info.is_some() => errors.push(format!(
+                "{PROXY_WORKLOAD_INFO} is for {PROXY_MODE}=dedicated; shared mode learns its pods from the node agent"
             )),
             _ => {}
         }

@@ -14,11 +14,25 @@ pub struct Drain {
     /// Cancelled at the deadline: close whatever is still open.
     force: CancellationToken,
     tracker: TaskTracker,
+    /// The tracker of the drain this one belongs to (a pod's within the node's), which also
+    /// waits for this one's connections.
+    parent: Option<TaskTracker>,
 }
 
 impl Drain {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A drain for part of the proxy (one pod in shared mode): it drains on its own, and also
+    /// when the parent does, whose wait includes its connections.
+    pub fn child(&self) -> Drain {
+        Drain {
+            start: self.start.child_token(),
+            force: self.force.child_token(),
+            tracker: TaskTracker::new(),
+            parent: Some(self.tracker.clone()),
+        }
     }
 
     /// Resolves when draining starts.
@@ -40,12 +54,16 @@ impl Drain {
         F: Future<Output = ()> + Send + 'static,
     {
         let force = self.force.clone();
-        self.tracker.spawn(async move {
+        let task = async move {
             tokio::select! {
                 () = fut => {}
                 () = force.cancelled() => {}
             }
-        });
+        };
+        match &self.parent {
+            Some(parent) => self.tracker.spawn(parent.track_future(task)),
+            None => self.tracker.spawn(task),
+        };
     }
 
     /// Number of connections still open.

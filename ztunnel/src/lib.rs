@@ -10,6 +10,7 @@ pub mod connection;
 pub mod dns;
 pub mod drain;
 pub mod grpc;
+pub mod inpod;
 pub mod metrics;
 pub mod proxy;
 pub mod rbac;

@@ -1,0 +1,132 @@
+//! Shared (in-pod) mode: one ztunnel for the node, handed each pod's network namespace over
+//! ZDS by the node agent, listening and connecting inside the pods; identities from the
+//! control plane's CA by impersonation.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use keelson_tests::testbed::{SERVICE_PORT, SERVICE_VIP, SHARED_NODE_POD};
+use keelson_tests::*;
+
+fn identities(d: &serde_json::Value) -> Vec<String> {
+    d["certificates"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter(|c| c["state"] == "available")
+                .filter_map(|c| c["identity"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn pods(d: &serde_json::Value) -> Vec<String> {
+    d["workloadState"]
+        .as_array()
+        .map(|w| {
+            w.iter()
+                .filter_map(|p| p["name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_ztunnel_serves_every_pod_from_inside_its_namespace() {
+    let tb = Testbed::start(Options {
+        pods: vec![
+            PodSpec::meshed("client"),
+            PodSpec::meshed("server").serving_echo(8080),
+            PodSpec::plain("outsider"),
+        ],
+        source: Source::ControlPlane,
+        shared_ztunnel: true,
+        ..Options::default()
+    })
+    .unwrap();
+    spawn_greeter(&tb, "server", 8080).unwrap();
+    let vip = SocketAddr::new(SERVICE_VIP.into(), SERVICE_PORT);
+    let server = SocketAddr::new(tb.ip("server"), 8080);
+
+    // Both pods are enrolled, with a certificate each, issued to the node's ztunnel by
+    // impersonation.
+    let d = tb.config_dump(SHARED_NODE_POD).unwrap();
+    assert_eq!(pods(&d), vec!["client", "server"], "{d}");
+    let took = eventually(Duration::from_secs(5), || async {
+        let ids = identities(&tb.config_dump(SHARED_NODE_POD).unwrap());
+        ids.contains(&"spiffe://cluster.local/ns/default/sa/client".to_string())
+            && ids.contains(&"spiffe://cluster.local/ns/default/sa/server".to_string())
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "{}",
+        tb.config_dump(SHARED_NODE_POD).unwrap()
+    );
+
+    // Client → service VIP: captured in the client pod, HBONE to the server pod's 15008 (in
+    // its namespace), mTLS with both pods' identities.
+    assert_eq!(
+        greeting(&tb, "client", vip).await.as_deref(),
+        Some("server")
+    );
+    let m = tb.metrics(SHARED_NODE_POD).unwrap();
+    let mtls = metric_value(
+        &m,
+        "istio_tcp_connections_opened_total",
+        &[
+            ("reporter", "destination"),
+            ("connection_security_policy", "mutual_tls"),
+            (
+                "source_principal",
+                "spiffe://cluster.local/ns/default/sa/client",
+            ),
+            (
+                "destination_principal",
+                "spiffe://cluster.local/ns/default/sa/server",
+            ),
+        ],
+    );
+    assert_eq!(mtls, Some(1.0), "{m}");
+    // The HBONE connection left from the client pod's own address (made in its namespace),
+    // not from the node's.
+    let log = plain(&tb.log(SHARED_NODE_POD));
+    let inbound = log
+        .lines()
+        .find(|l| l.contains("direction=inbound") && l.contains("src.identity"))
+        .expect("an inbound HBONE access record");
+    assert!(inbound.contains("src.addr=10.10.0.2:"), "{inbound}");
+
+    // A pod outside the mesh reaches the server in plaintext, through 15006 in its namespace.
+    assert_eq!(
+        greeting(&tb, "outsider", server).await.as_deref(),
+        Some("server")
+    );
+
+    // The server pod is removed: its proxies and certificate go, the client's stay.
+    tb.agent().del("uid-server").unwrap();
+    let took = eventually(Duration::from_secs(5), || async {
+        let d = tb.config_dump(SHARED_NODE_POD).unwrap();
+        pods(&d) == vec!["client"]
+            && !identities(&d).contains(&"spiffe://cluster.local/ns/default/sa/server".to_string())
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "{}",
+        tb.config_dump(SHARED_NODE_POD).unwrap()
+    );
+    // Nothing listens in it any more: the plaintext capture (15006) refuses.
+    assert_eq!(greeting(&tb, "outsider", server).await, None);
+
+    // And enrolled again (a pod created after ztunnel started): captured again.
+    tb.agent().add(tb.pod_info("server")).unwrap();
+    assert_eq!(
+        greeting(&tb, "outsider", server).await.as_deref(),
+        Some("server")
+    );
+    assert_eq!(
+        greeting(&tb, "client", vip).await.as_deref(),
+        Some("server")
+    );
+}

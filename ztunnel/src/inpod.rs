@@ -1,0 +1,260 @@
+//! Shared (in-pod) mode (istio-wire.md §2.1, §5.3): one ztunnel per node serving every pod the
+//! CNI node agent hands over. For each pod, listeners 15001, 15006, 15008 (and 15053 DNS,
+//! 15080 SOCKS5 when on) are opened inside the pod's network namespace and every upstream
+//! socket is made there too; its certificate is prefetched; a deleted pod's proxies drain.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hbone::Pool;
+use identity::{CertStore, Identity};
+
+use crate::admin::Readiness;
+use crate::config::{Config, ProxyWorkloadInfo};
+use crate::dns::{Dns, DnsMetrics};
+use crate::drain::Drain;
+use crate::metrics::Metrics;
+use crate::proxy::{self, socket, ProxyInputs};
+use crate::state::State;
+use crate::zds::{self, Event, Handler};
+
+pub const READY_TASK: &str = "inpod snapshot";
+
+/// What every pod's proxies share.
+#[derive(Clone)]
+pub struct Shared {
+    pub cfg: Arc<Config>,
+    pub state: State,
+    pub certs: CertStore,
+    pub pool: Pool,
+    pub metrics: Arc<Metrics>,
+    pub dns_metrics: DnsMetrics,
+    pub upstreams: Vec<std::net::SocketAddr>,
+    /// The node's drain: a pod's drain is its child.
+    pub drain: Drain,
+}
+
+struct Pod {
+    inode: u64,
+    info: ProxyWorkloadInfo,
+    drain: Drain,
+}
+
+/// One line of `/config_dump`'s `workloadState`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PodState {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub service_account: String,
+}
+
+pub struct WorkloadManager {
+    shared: Shared,
+    pods: HashMap<String, Pod>,
+    /// Uids named by the snapshot in progress.
+    snapshot: HashSet<String>,
+    readiness: Readiness,
+    /// What `/config_dump` shows.
+    pub view: Arc<Mutex<Vec<PodState>>>,
+}
+
+impl WorkloadManager {
+    pub fn new(shared: Shared, readiness: Readiness) -> Self {
+        readiness.register(READY_TASK);
+        WorkloadManager {
+            shared,
+            pods: HashMap::new(),
+            snapshot: HashSet::new(),
+            readiness,
+            view: Arc::default(),
+        }
+    }
+
+    fn publish(&self) {
+        let mut v: Vec<PodState> = self
+            .pods
+            .iter()
+            .map(|(uid, p)| PodState {
+                uid: uid.clone(),
+                namespace: p.info.namespace.clone(),
+                name: p.info.name.clone(),
+                service_account: p.info.service_account.clone(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.uid.cmp(&b.uid));
+        *self.view.lock().unwrap() = v;
+    }
+
+    /// Opens the pod's listeners in its namespace and starts serving. Fails (nothing left
+    /// running) if any listener cannot be bound.
+    fn start(&self, info: &ProxyWorkloadInfo, netns: Arc<std::fs::File>) -> Result<Drain, String> {
+        let s = &self.shared;
+        let cfg = &s.cfg;
+        let ports = cfg.ports;
+        let drain = s.drain.child();
+        let pi = ProxyInputs::for_pod(
+            cfg.clone(),
+            s.state.clone(),
+            s.certs.clone(),
+            s.pool.clone(),
+            s.metrics.clone(),
+            drain.clone(),
+            info.clone(),
+            Some(netns.clone()),
+        );
+        let ns = Some(netns.as_ref());
+        let bind = |ip, port: u16, what: &str| {
+            socket::listen_in(ns, ip, port, cfg.ipv6)
+                .map_err(|e| format!("binding {what} ({port}) in the pod: {e}"))
+        };
+        let localhost = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+        let outbound = bind(None, ports.outbound, "outbound")?;
+        let inbound = bind(None, ports.inbound_hbone, "inbound HBONE")?;
+        let plaintext = bind(None, ports.inbound_plaintext, "inbound plaintext")?;
+        let socks = if cfg.socks5 {
+            Some(bind(localhost, ports.socks5, "SOCKS5")?)
+        } else {
+            None
+        };
+        let dns = if cfg.dns_proxy {
+            Some(
+                crate::dns::bind(ns, ports.dns)
+                    .map_err(|e| format!("binding DNS ({}) in the pod: {e}", ports.dns))?,
+            )
+        } else {
+            None
+        };
+        tokio::spawn(proxy::outbound::serve(pi.clone(), outbound));
+        tokio::spawn(proxy::inbound::serve(pi.clone(), inbound));
+        tokio::spawn(proxy::passthrough::serve(pi.clone(), plaintext));
+        if let Some(l) = socks {
+            tokio::spawn(proxy::socks5::serve(pi.clone(), l));
+        }
+        if let Some((udp, tcp)) = dns {
+            let dns = Arc::new(Dns {
+                state: s.state.clone(),
+                namespace: info.namespace.clone(),
+                workload_name: info.name.clone(),
+                domain: "cluster.local".into(),
+                upstreams: s.upstreams.clone(),
+                mark: cfg.packet_mark,
+                metrics: s.dns_metrics.clone(),
+                netns: Some(netns),
+            });
+            let stop = drain.started();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = crate::dns::serve_udp(dns.clone(), udp) => {}
+                    () = crate::dns::serve_tcp(dns, tcp) => {}
+                    () = stop => {}
+                }
+            });
+        }
+        s.certs.prefetch(&pi.local_identity());
+        Ok(drain)
+    }
+
+    /// Drains a pod's proxies in the background and forgets its certificate unless another
+    /// pod has the same identity.
+    fn stop(&mut self, uid: &str) {
+        let Some(pod) = self.pods.remove(uid) else {
+            return;
+        };
+        let deadline = self.shared.cfg.drain_deadline;
+        let uid = uid.to_string();
+        tokio::spawn(async move {
+            let forced = pod.drain.drain(deadline).await;
+            tracing::info!(%uid, forced_closed = forced, "pod proxies drained");
+        });
+        let id = self.identity(&pod.info);
+        if !self.pods.values().any(|p| self.identity(&p.info) == id) {
+            self.shared.certs.forget(&id);
+        }
+    }
+
+    fn identity(&self, info: &ProxyWorkloadInfo) -> Identity {
+        let td = self
+            .shared
+            .state
+            .workload_by_name(&info.namespace, &info.name)
+            .map(|w| w.trust_domain.clone())
+            .unwrap_or_default();
+        Identity::new(&td, &info.namespace, &info.service_account)
+    }
+}
+
+impl Handler for WorkloadManager {
+    async fn handle(&mut self, event: Event) -> Result<(), String> {
+        let result = match event {
+            Event::Add { uid, info, netns } => {
+                let netns = std::fs::File::from(netns);
+                let inode = netns.metadata().map_err(|e| e.to_string())?.ino();
+                self.snapshot.insert(uid.clone());
+                if self.pods.get(&uid).is_some_and(|p| p.inode == inode) {
+                    return Ok(());
+                }
+                // Same pod, new namespace (sandbox recreated): replace.
+                self.stop(&uid);
+                let info = ProxyWorkloadInfo {
+                    namespace: info.namespace,
+                    name: info.name,
+                    service_account: info.service_account,
+                };
+                let drain = self.start(&info, Arc::new(netns))?;
+                tracing::info!(%uid, pod = %format!("{}/{}", info.namespace, info.name), "pod enrolled: proxies listening in its namespace");
+                self.pods.insert(uid, Pod { inode, info, drain });
+                Ok(())
+            }
+            Event::Keep { uid } => {
+                self.snapshot.insert(uid);
+                Ok(())
+            }
+            Event::Del { uid } => {
+                tracing::info!(%uid, "pod removed: draining its proxies");
+                self.stop(&uid);
+                Ok(())
+            }
+            Event::SnapshotSent => {
+                let stale: Vec<String> = self
+                    .pods
+                    .keys()
+                    .filter(|u| !self.snapshot.contains(*u))
+                    .cloned()
+                    .collect();
+                for uid in stale {
+                    tracing::info!(%uid, "pod not in the snapshot: draining its proxies");
+                    self.stop(&uid);
+                }
+                self.readiness.done(READY_TASK);
+                Ok(())
+            }
+        };
+        self.publish();
+        result
+    }
+}
+
+/// Talks to the node agent for ever: a session, then reconnect with backoff 10 ms → 15 s.
+/// Not ready while disconnected.
+pub async fn run(path: PathBuf, mut manager: WorkloadManager) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        manager.snapshot.clear();
+        match zds::session(&path, &mut manager).await {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "node agent closed the connection");
+                backoff = Duration::from_millis(10);
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, retry_in = ?backoff, "node agent connection failed")
+            }
+        }
+        manager.readiness.register(READY_TASK);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(15));
+    }
+}
