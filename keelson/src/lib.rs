@@ -2,5 +2,4 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
-pub mod node_agent;
 pub mod testbed;

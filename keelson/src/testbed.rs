@@ -114,7 +114,7 @@ pub struct Testbed {
     /// Processes stop before namespaces go.
     ztunnels: BTreeMap<String, Proc>,
     controlplane: Option<Proc>,
-    agent: Option<crate::node_agent::NodeAgent>,
+    agent: Option<std::sync::Arc<cni_plugin::agent::Agent>>,
     /// Index of the control plane's namespace on the LAN.
     cp_pod: Option<usize>,
     lan: Lan,
@@ -222,30 +222,32 @@ impl Testbed {
             if !p.meshed {
                 continue;
             }
-            let ns = tb.pod(&p.name);
-            netns::install_redirect(ns)?;
             if tb.opts.shared_ztunnel {
+                // The CNI plugin enrolls it below.
                 continue;
             }
+            let ns = tb.pod(&p.name);
+            netns::install_redirect(ns)?;
             let yaml = tb.dir.join(format!("{}.yaml", p.name));
             std::fs::write(&yaml, tb.wds_yaml(Some(&p)))?;
             let proc = tb.spawn_ztunnel(&bin, &p, &yaml)?;
             tb.ztunnels.insert(p.name.clone(), proc);
         }
         if tb.opts.shared_ztunnel {
-            let agent = crate::node_agent::NodeAgent::start(
-                &tb.dir.join("ztunnel.sock"),
-                tb.opts
-                    .pods
-                    .iter()
-                    .filter(|p| p.meshed)
-                    .map(|p| tb.pod_info(&p.name))
-                    .collect(),
-            )?;
+            // The node: its agent, its ztunnel, then every pod created through the CNI plugin
+            // as a container runtime would.
+            let agent = cni_plugin::agent::start(&cni_plugin::agent::AgentOptions {
+                socket: tb.dir.join("cni.sock"),
+                zds_socket: tb.dir.join("ztunnel.sock"),
+                resources: tb.resources_dir(),
+            })?;
             tb.agent = Some(agent);
             let proc = tb.spawn_shared_ztunnel(&bin)?;
             tb.ztunnels.insert(SHARED_NODE_POD.to_string(), proc);
             tb.wait_ready(SHARED_NODE_POD, Duration::from_secs(20))?;
+            for p in tb.opts.pods.clone() {
+                tb.cni("ADD", &p.name)?;
+            }
             return Ok(tb);
         }
         if tb.opts.source == Source::ExternalControlPlane {
@@ -312,23 +314,56 @@ impl Testbed {
         }
     }
 
-    /// What the node agent tells ztunnel about a pod.
-    pub fn pod_info(&self, pod: &str) -> crate::node_agent::PodInfo {
-        let p = self.pod_spec(pod);
-        crate::node_agent::PodInfo {
-            uid: format!("uid-{pod}"),
-            name: p.name.clone(),
-            namespace: NAMESPACE.into(),
-            service_account: p.service_account.clone(),
-            netns: PathBuf::from(format!("/var/run/netns/{}", self.pod(pod).name())),
+    /// Runs the `keelson-cni` binary for `pod` as a container runtime does (`CNI_*`
+    /// environment, the network configuration with `prevResult` on stdin); its stdout, or an
+    /// error holding its output when it fails.
+    pub fn cni(&self, command: &str, pod: &str) -> Result<String> {
+        use std::io::Write as _;
+        let bin = find_binary("keelson-cni")?;
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "k8s-pod-network",
+            "type": "keelson-cni",
+            "agentSocket": self.dir.join("cni.sock"),
+            "prevResult": {
+                "cniVersion": "1.0.0",
+                "interfaces": [{"name": "eth0", "sandbox": format!("/var/run/netns/{}", self.pod(pod).name())}],
+                "ips": [{"address": format!("{}/24", self.ip(pod)), "interface": 0}],
+            },
+        });
+        let mut child = std::process::Command::new(bin)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", format!("sandbox-{pod}"))
+            .env(
+                "CNI_NETNS",
+                format!("/var/run/netns/{}", self.pod(pod).name()),
+            )
+            .env("CNI_IFNAME", "eth0")
+            .env(
+                "CNI_ARGS",
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={NAMESPACE};K8S_POD_NAME={pod}"),
+            )
+            .env("CNI_PATH", "/opt/cni/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running keelson-cni")?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(conf.to_string().as_bytes())?;
+        let out = child.wait_with_output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        if !out.status.success() {
+            bail!(
+                "keelson-cni {command} {pod} failed ({}): {stdout}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-    }
-
-    /// The node agent (shared mode).
-    pub fn agent(&self) -> &crate::node_agent::NodeAgent {
-        self.agent
-            .as_ref()
-            .expect("the testbed has a shared ztunnel")
+        Ok(stdout)
     }
 
     fn spawn_shared_ztunnel(&self, bin: &Path) -> Result<Proc> {

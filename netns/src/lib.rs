@@ -9,6 +9,7 @@ pub mod seqpacket;
 
 use std::fs::File;
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -228,7 +229,38 @@ impl Netns {
 /// 0x539 and traffic to loopback or to the pod itself are left alone. The mangle rules and
 /// route table 100 send the app's replies to a spoofed (original) source back to ztunnel.
 pub fn install_redirect(ns: &Netns) -> Result<()> {
-    ns.ip(&[
+    install_redirect_at(Path::new(&format!("/var/run/netns/{}", ns.name()))).map(|_| ())
+}
+
+/// Runs a command inside the network namespace at `path` (`/var/run/netns/<name>` or
+/// `/proc/<pid>/ns/net`): a thread enters it and spawns the command, which inherits it.
+pub fn exec_at(path: &Path, cmd: &str, args: &[&str]) -> Result<String> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let cmd = cmd.to_string();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    std::thread::spawn(move || -> Result<String> {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("setns into the network namespace")?;
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&cmd, &refs)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread running {} panicked", path.display()))?
+}
+
+/// Whether the redirection of [`install_redirect_at`] is in place in that namespace.
+pub fn redirect_installed(path: &Path) -> bool {
+    exec_at(path, "iptables", &["-t", "nat", "-S", "KEELSON_OUTPUT"]).is_ok()
+}
+
+/// [`install_redirect`] for the namespace at `path`. Idempotent: returns `false` when the
+/// rules were already there.
+pub fn install_redirect_at(path: &Path) -> Result<bool> {
+    if redirect_installed(path) {
+        return Ok(false);
+    }
+    let ip = |args: &[&str]| exec_at(path, "ip", args);
+    ip(&[
         "rule",
         "add",
         "fwmark",
@@ -238,7 +270,7 @@ pub fn install_redirect(ns: &Netns) -> Result<()> {
         "lookup",
         "100",
     ])?;
-    ns.ip(&[
+    ip(&[
         "route",
         "add",
         "local",
@@ -414,7 +446,7 @@ pub fn install_redirect(ns: &Netns) -> Result<()> {
         ],
     ];
     for r in rules {
-        ns.exec("iptables", r)?;
+        exec_at(path, "iptables", r)?;
     }
-    Ok(())
+    Ok(true)
 }

@@ -103,8 +103,27 @@ async fn one_ztunnel_serves_every_pod_from_inside_its_namespace() {
         Some("server")
     );
 
-    // The server pod is removed: its proxies and certificate go, the client's stay.
-    tb.agent().del("uid-server").unwrap();
+    // CNI ADD again (a runtime retry) changes nothing.
+    let rules = |pod: &str| {
+        let all = tb.pod(pod).exec("iptables-save", &[]).unwrap();
+        // Without the timestamped comment lines.
+        all.lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let before = rules("client");
+    tb.cni("ADD", "client").unwrap();
+    assert_eq!(rules("client"), before);
+    assert_eq!(
+        pods(&tb.config_dump(SHARED_NODE_POD).unwrap()),
+        vec!["client", "server"]
+    );
+    // The pod outside the mesh was not touched.
+    assert!(!rules("outsider").contains("KEELSON"));
+
+    // The server pod is deleted (CNI DEL): its proxies and certificate go, the client's stay.
+    tb.cni("DEL", "server").unwrap();
     let took = eventually(Duration::from_secs(5), || async {
         let d = tb.config_dump(SHARED_NODE_POD).unwrap();
         pods(&d) == vec!["client"]
@@ -119,8 +138,8 @@ async fn one_ztunnel_serves_every_pod_from_inside_its_namespace() {
     // Nothing listens in it any more: the plaintext capture (15006) refuses.
     assert_eq!(greeting(&tb, "outsider", server).await, None);
 
-    // And enrolled again (a pod created after ztunnel started): captured again.
-    tb.agent().add(tb.pod_info("server")).unwrap();
+    // And created again (a pod created after ztunnel started): captured again.
+    tb.cni("ADD", "server").unwrap();
     assert_eq!(
         greeting(&tb, "outsider", server).await.as_deref(),
         Some("server")
@@ -128,5 +147,25 @@ async fn one_ztunnel_serves_every_pod_from_inside_its_namespace() {
     assert_eq!(
         greeting(&tb, "client", vip).await.as_deref(),
         Some("server")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_cannot_start_unmeshed_when_ztunnel_is_down() {
+    let mut tb = Testbed::start(Options {
+        pods: vec![PodSpec::meshed("client"), PodSpec::meshed("late")],
+        source: Source::ControlPlane,
+        shared_ztunnel: true,
+        ..Options::default()
+    })
+    .unwrap();
+    tb.cni("DEL", "late").unwrap();
+    tb.ztunnel(SHARED_NODE_POD).stop(Duration::from_secs(5));
+    let err = tb.cni("ADD", "late").unwrap_err().to_string();
+    // The runtime gets the spec's error object: code 100, the pod, and why.
+    assert!(err.contains("\"code\":100"), "{err}");
+    assert!(
+        err.contains("default/late") && err.contains("ztunnel"),
+        "{err}"
     );
 }

@@ -1,0 +1,196 @@
+//! The node agent: the CNI plugin's counterpart on the node. For each pod event it looks the
+//! pod up (labels, namespace labels, service account) in the resource directory the control
+//! plane also reads, decides enrolment (`istio.io/dataplane-mode=ambient` on the pod or its
+//! namespace, not `none`), installs the in-pod redirection (idempotent) and hands the netns to
+//! the node's ztunnel over ZDS. An enrolment that fails fails the pod: never a silent bypass.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use controlplane::k8s::Pod;
+use controlplane::run::ResourceDir;
+
+use crate::spec::{AgentReply, PodEvent};
+use crate::zds_server::{NodeAgent, PodInfo};
+
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// Where the CNI plugin reaches the agent.
+    pub socket: PathBuf,
+    /// Where the node's ztunnel connects (ZDS).
+    pub zds_socket: PathBuf,
+    /// The Kubernetes YAML directory (pods and namespaces).
+    pub resources: PathBuf,
+}
+
+pub struct Agent {
+    zds: NodeAgent,
+    resources: Mutex<ResourceDir>,
+}
+
+fn ns_of(p: &Pod) -> String {
+    p.metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into())
+}
+
+impl Agent {
+    pub fn new(opts: &AgentOptions) -> Result<Agent> {
+        Ok(Agent {
+            zds: NodeAgent::start(&opts.zds_socket, Vec::new())?,
+            resources: Mutex::new(ResourceDir::new(&opts.resources)),
+        })
+    }
+
+    pub fn zds(&self) -> &NodeAgent {
+        &self.zds
+    }
+
+    /// The pod and whether it is to be enrolled.
+    fn lookup(&self, namespace: &str, name: &str) -> Result<(Pod, bool), String> {
+        let mut dir = self.resources.lock().unwrap();
+        dir.scan();
+        let res = dir.merged();
+        let pod = res
+            .pods
+            .iter()
+            .find(|p| p.metadata.name == name && ns_of(p) == namespace)
+            .cloned()
+            .ok_or_else(|| format!("pod {namespace}/{name} is not in the resources"))?;
+        let ns = res.namespaces.iter().find(|n| n.metadata.name == namespace);
+        let ambient = controlplane::wds::is_ambient(&pod, ns);
+        Ok((pod, ambient))
+    }
+
+    fn uid(pod: &Pod) -> String {
+        pod.metadata
+            .uid
+            .clone()
+            .unwrap_or_else(|| format!("{}/{}", ns_of(pod), pod.metadata.name))
+    }
+
+    pub fn handle(&self, ev: &PodEvent) -> AgentReply {
+        let fail = |error: String| AgentReply {
+            ok: false,
+            enrolled: false,
+            error,
+        };
+        match ev.op.as_str() {
+            "add" | "check" => {
+                let (pod, ambient) = match self.lookup(&ev.namespace, &ev.pod) {
+                    Ok(x) => x,
+                    Err(e) => return fail(e),
+                };
+                if !ambient {
+                    return AgentReply {
+                        ok: true,
+                        enrolled: false,
+                        error: String::new(),
+                    };
+                }
+                let netns = Path::new(&ev.netns);
+                if ev.op == "check" {
+                    return if netns::redirect_installed(netns) {
+                        AgentReply {
+                            ok: true,
+                            enrolled: true,
+                            error: String::new(),
+                        }
+                    } else {
+                        fail("the pod's redirection rules are missing".into())
+                    };
+                }
+                if let Err(e) = netns::install_redirect_at(netns) {
+                    return fail(format!("installing the redirection rules: {e:#}"));
+                }
+                let info = PodInfo {
+                    uid: Self::uid(&pod),
+                    name: pod.metadata.name.clone(),
+                    namespace: ns_of(&pod),
+                    service_account: pod
+                        .spec
+                        .service_account_name
+                        .clone()
+                        .unwrap_or_else(|| "default".into()),
+                    netns: netns.to_path_buf(),
+                };
+                match self.zds.add(info) {
+                    Ok(()) => AgentReply {
+                        ok: true,
+                        enrolled: true,
+                        error: String::new(),
+                    },
+                    Err(e) => fail(format!("ztunnel did not take the pod: {e:#}")),
+                }
+            }
+            "del" => {
+                if let Ok((pod, _)) = self.lookup(&ev.namespace, &ev.pod) {
+                    let _ = self.zds.del(&Self::uid(&pod));
+                } else {
+                    let _ = self.zds.del(&format!("{}/{}", ev.namespace, ev.pod));
+                }
+                AgentReply {
+                    ok: true,
+                    enrolled: false,
+                    error: String::new(),
+                }
+            }
+            other => fail(format!("unknown operation {other:?}")),
+        }
+    }
+}
+
+fn serve_one(agent: &Agent, stream: UnixStream) -> Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    let reply = match serde_json::from_str::<PodEvent>(&line) {
+        Ok(ev) => {
+            let r = agent.handle(&ev);
+            eprintln!(
+                "keelson-cni agent: {} {}/{}: ok={} enrolled={} {}",
+                ev.op, ev.namespace, ev.pod, r.ok, r.enrolled, r.error
+            );
+            r
+        }
+        Err(e) => AgentReply {
+            ok: false,
+            enrolled: false,
+            error: format!("bad request: {e}"),
+        },
+    };
+    let mut out = serde_json::to_string(&reply)?;
+    out.push('\n');
+    (&stream).write_all(out.as_bytes())?;
+    Ok(())
+}
+
+/// Serves the plugin socket on background threads; returns the agent.
+pub fn start(opts: &AgentOptions) -> Result<Arc<Agent>> {
+    let agent = Arc::new(Agent::new(opts)?);
+    let _ = std::fs::remove_file(&opts.socket);
+    if let Some(dir) = opts.socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener = UnixListener::bind(&opts.socket)
+        .with_context(|| format!("binding {}", opts.socket.display()))?;
+    let a = agent.clone();
+    std::thread::Builder::new()
+        .name("cni-agent".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let a = a.clone();
+                std::thread::spawn(move || {
+                    if let Err(e) = serve_one(&a, stream) {
+                        eprintln!("keelson-cni agent: {e:#}");
+                    }
+                });
+            }
+        })?;
+    Ok(agent)
+}
