@@ -18,6 +18,7 @@ use crate::token::{TokenAuthority, TOKEN_FILE};
 use crate::wds::MeshSettings;
 
 pub const DEFAULT_PORT: u16 = 15012;
+pub const DEFAULT_MONITORING_PORT: u16 = 15014;
 /// How often the resource directory is checked for changes.
 pub const POLL: Duration = Duration::from_millis(200);
 /// The service account ztunnels run as; its tokens may ask for other identities.
@@ -33,6 +34,8 @@ pub struct Options {
     /// Extra DNS names or IPs for the serving certificate.
     pub sans: Vec<String>,
     pub mesh: MeshSettings,
+    /// Plain-HTTP `/metrics`; `None` to not serve it.
+    pub monitoring: Option<SocketAddr>,
 }
 
 /// The last good parse of every file in the directory.
@@ -40,6 +43,8 @@ pub struct Options {
 pub struct ResourceDir {
     dir: PathBuf,
     files: BTreeMap<PathBuf, (Option<(SystemTime, u64)>, Resources)>,
+    /// Files rejected so far.
+    pub errors: u64,
 }
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -68,6 +73,7 @@ impl ResourceDir {
         ResourceDir {
             dir: dir.to_path_buf(),
             files: BTreeMap::new(),
+            errors: 0,
         }
     }
 
@@ -99,6 +105,7 @@ impl ResourceDir {
                     changed = true;
                 }
                 Err(e) => {
+                    self.errors += 1;
                     tracing::error!(error = %e, "resource file rejected; keeping its last good content");
                     // Remember the stamp so the same bad content is reported once.
                     let last = self.files.remove(&p).map(|(_, r)| r).unwrap_or_default();
@@ -190,20 +197,34 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     tracing::info!(listen = %opts.listen, state_dir = %opts.state_dir.display(),
         resources = %opts.resources.display(), "control plane serving");
 
+    let counters = Arc::new(Counters::default());
+    counters
+        .resource_file_errors
+        .store(dir.errors, std::sync::atomic::Ordering::Relaxed);
+    if let Some(addr) = opts.monitoring {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the monitoring port {addr}"))?;
+        tokio::spawn(server::serve_monitoring(l, counters.clone()));
+    }
     let shared = Arc::new(Shared {
         snapshot: rx,
         ca: Arc::new(ca),
         tokens: tokens.clone(),
         trust_domain: opts.mesh.trust_domain.clone(),
         trusted_node_accounts: vec![ZTUNNEL_ACCOUNT.to_string()],
-        counters: Arc::new(Counters::default()),
+        counters: counters.clone(),
     });
     let mesh = opts.mesh.clone();
     let state_dir = opts.state_dir.clone();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(POLL).await;
-            if !dir.scan() {
+            let changed = dir.scan();
+            counters
+                .resource_file_errors
+                .store(dir.errors, std::sync::atomic::Ordering::Relaxed);
+            if !changed {
                 continue;
             }
             let snap = Snapshot::build(&dir.merged(), &mesh);

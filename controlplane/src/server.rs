@@ -51,7 +51,7 @@ pub struct Shared {
     pub counters: Arc<Counters>,
 }
 
-/// Counters the tests and `/debug` read.
+/// What the control plane counts; served on the monitoring port as Prometheus counters.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub streams: AtomicU64,
@@ -60,6 +60,53 @@ pub struct Counters {
     pub nacks: AtomicU64,
     pub certs_issued: AtomicU64,
     pub certs_refused: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub resource_file_errors: AtomicU64,
+}
+
+impl Counters {
+    /// OpenMetrics text (names after istiod's where one exists).
+    pub fn render(&self) -> String {
+        let rows: [(&str, &str, &AtomicU64); 8] = [
+            (
+                "pilot_xds_streams",
+                "Delta ADS streams opened",
+                &self.streams,
+            ),
+            ("pilot_xds_pushes", "Delta ADS responses sent", &self.pushes),
+            ("pilot_xds_acks", "ACKs received", &self.acks),
+            ("pilot_total_xds_rejects", "NACKs received", &self.nacks),
+            (
+                "citadel_server_success_cert_issuance_count",
+                "Certificates issued",
+                &self.certs_issued,
+            ),
+            (
+                "citadel_server_csr_refused_count",
+                "Certificate requests refused",
+                &self.certs_refused,
+            ),
+            (
+                "citadel_server_authentication_failure_count",
+                "Callers refused for their token",
+                &self.auth_failures,
+            ),
+            (
+                "keelson_resource_file_errors",
+                "Resource files rejected",
+                &self.resource_file_errors,
+            ),
+        ];
+        let mut out = String::new();
+        for (name, help, v) in rows {
+            out += &format!(
+                "# HELP {name} {help}.\n# TYPE {name} counter\n{name}_total {}\n",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        out += "# EOF\n";
+        out
+    }
 }
 
 fn authenticate<T>(shared: &Shared, req: &Request<T>) -> Result<Claims, Status> {
@@ -68,6 +115,10 @@ fn authenticate<T>(shared: &Shared, req: &Request<T>) -> Result<Claims, Status> 
         .get("authorization")
         .and_then(|v| v.to_str().ok());
     shared.tokens.verify_header(header).map_err(|e| {
+        shared
+            .counters
+            .auth_failures
+            .fetch_add(1, Ordering::Relaxed);
         tracing::warn!(error = %e, peer = ?req.remote_addr(), "refused an unauthenticated caller");
         Status::unauthenticated(format!("authentication failed: {e}"))
     })
@@ -384,6 +435,43 @@ impl AsyncWrite for TlsConn {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves `/metrics` (and `/ready`) over plain HTTP on `listener` (istiod's monitoring port
+/// is 15014).
+pub async fn serve_monitoring(listener: TcpListener, counters: Arc<Counters>) {
+    use http_body_util::Full;
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let counters = counters.clone();
+                    async move {
+                        let (status, body) = match req.uri().path() {
+                            "/metrics" | "/stats/prometheus" => {
+                                (http::StatusCode::OK, counters.render())
+                            }
+                            "/ready" => (http::StatusCode::OK, "ready\n".to_string()),
+                            _ => (http::StatusCode::NOT_FOUND, "not found\n".to_string()),
+                        };
+                        let resp = http::Response::builder()
+                            .status(status)
+                            .header("content-type", "text/plain; charset=utf-8")
+                            .body(Full::new(bytes::Bytes::from(body)))
+                            .unwrap_or_default();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                .await;
+        });
     }
 }
 

@@ -9,9 +9,10 @@ const USAGE: &str = "usage:
       two pods in network namespaces, measured direct and through two ztunnels;
       each figure is the median of N runs (default 3)
   keelson controlplane --resources DIR --state-dir DIR [--listen ADDR] [--san NAME]...
-                       [--trust-domain TD] [--cluster-id ID]
+                       [--trust-domain TD] [--cluster-id ID] [--monitoring ADDR]
       serve the Kubernetes YAML in DIR (watched) over delta ADS and the CA, TLS on
-      ADDR (default 0.0.0.0:15012); writes root-cert.pem and token to the state dir
+      ADDR (default 0.0.0.0:15012), /metrics on the listen IP:15014; writes root-cert.pem
+      and token to the state dir
   keelson controlplane token --state-dir DIR --service-account NS/SA [--node NODE]
       print a bearer token for that service account (bound to NODE if given)
   keelson version";
@@ -95,6 +96,7 @@ fn controlplane(args: &[&str]) -> anyhow::Result<()> {
     let mut listen: std::net::SocketAddr = ([0, 0, 0, 0], DEFAULT_PORT).into();
     let mut sans = Vec::new();
     let mut mesh = controlplane::wds::MeshSettings::default();
+    let mut monitoring: Option<std::net::SocketAddr> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match *a {
@@ -104,12 +106,16 @@ fn controlplane(args: &[&str]) -> anyhow::Result<()> {
             "--san" => sans.push(value(&mut it, a)?.to_string()),
             "--trust-domain" => mesh.trust_domain = value(&mut it, a)?.to_string(),
             "--cluster-id" => mesh.cluster_id = value(&mut it, a)?.to_string(),
+            "--monitoring" => monitoring = Some(value(&mut it, a)?.parse()?),
             other => anyhow::bail!("unknown option {other}\n{USAGE}"),
         }
     }
     let opts = Options {
         resources: resources.ok_or_else(|| anyhow::anyhow!("--resources is required"))?,
         state_dir: state_dir.ok_or_else(|| anyhow::anyhow!("--state-dir is required"))?,
+        monitoring: Some(monitoring.unwrap_or_else(|| {
+            std::net::SocketAddr::new(listen.ip(), controlplane::run::DEFAULT_MONITORING_PORT)
+        })),
         listen,
         sans,
         mesh,

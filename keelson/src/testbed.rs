@@ -610,8 +610,24 @@ impl Testbed {
 
     /// An HTTP/1.0 GET from inside `pod` to `addr`; returns (status, body).
     pub fn http_get(&self, pod: &str, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+        http_get_in(self.pod(pod), addr, path)
+    }
+
+    /// The control plane's `/metrics` (monitoring port 15014).
+    pub fn control_plane_metrics(&self) -> Result<String> {
+        let addr = SocketAddr::new(
+            self.cp_addr().ip(),
+            controlplane::run::DEFAULT_MONITORING_PORT,
+        );
+        Ok(http_get_in(self.cp_ns(), addr, "/metrics")?.1)
+    }
+}
+
+/// An HTTP/1.0 GET from inside `ns` to `addr`; returns (status, body).
+pub fn http_get_in(ns: &Netns, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    {
         let path = path.to_string();
-        self.pod(pod).run(move || -> Result<(u16, String)> {
+        ns.run(move || -> Result<(u16, String)> {
             let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
             s.set_read_timeout(Some(Duration::from_secs(5)))?;
             write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
@@ -630,7 +646,9 @@ impl Testbed {
             Ok((status, body))
         })?
     }
+}
 
+impl Testbed {
     /// Waits until the ztunnel of `pod` answers 200 on /healthz/ready.
     pub fn wait_ready(&mut self, pod: &str, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;

@@ -94,7 +94,10 @@ pub async fn roundtrip(mut s: TcpStream, data: Vec<u8>) -> Result<Vec<u8>> {
 /// The value of the first sample of `metric` whose labels contain every `label=value` given.
 pub fn metric_value(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
-        .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with('{'))
+        .filter(|l| {
+            l.starts_with(metric)
+                && (l[metric.len()..].starts_with('{') || l[metric.len()..].starts_with(' '))
+        })
         .filter(|l| {
             labels
                 .iter()

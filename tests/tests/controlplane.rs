@@ -462,6 +462,21 @@ fn the_ca_refuses_impersonation_beyond_the_callers_node() {
             (want, got) => panic!("{what}: wanted {want:?}, got {got:?}"),
         }
     }
+    // Counted on the control plane's monitoring port.
+    let m = tb.control_plane_metrics().unwrap();
+    let count = |name: &str| metric_value(&m, name, &[]).unwrap_or(0.0);
+    assert!(
+        count("citadel_server_csr_refused_count_total") >= 3.0,
+        "{m}"
+    );
+    assert!(
+        count("citadel_server_authentication_failure_count_total") >= 1.0,
+        "{m}"
+    );
+    assert!(
+        count("citadel_server_success_cert_issuance_count_total") >= 2.0,
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -508,6 +523,12 @@ async fn a_bad_file_is_rejected_and_everything_else_kept() {
     })
     .await;
     assert!(reported.is_some(), "{}", plain(&tb.control_plane_log()));
+    let m = tb.control_plane_metrics().unwrap();
+    assert_eq!(
+        metric_value(&m, "keelson_resource_file_errors_total", &[]),
+        Some(2.0),
+        "{m}"
+    );
     // The last good content of both stays: the policy still denies, the service still works.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(dump_has(&tb, "server", |d| has_policy(d, "deny-client")));
