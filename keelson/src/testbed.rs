@@ -366,6 +366,21 @@ impl Testbed {
         Ok(stdout)
     }
 
+    /// Stops the shared ztunnel (SIGTERM, drain) and starts a new one, which gets the node
+    /// agent's snapshot; returns once it is ready.
+    pub fn restart_shared_ztunnel(&mut self) -> Result<()> {
+        if let Some(mut old) = self.ztunnels.remove(SHARED_NODE_POD) {
+            old.stop(Duration::from_secs(10));
+        }
+        let bin = match &self.opts.ztunnel_bin {
+            Some(b) => b.clone(),
+            None => find_binary("ztunnel")?,
+        };
+        let proc = self.spawn_shared_ztunnel(&bin)?;
+        self.ztunnels.insert(SHARED_NODE_POD.to_string(), proc);
+        self.wait_ready(SHARED_NODE_POD, Duration::from_secs(20))
+    }
+
     fn spawn_shared_ztunnel(&self, bin: &Path) -> Result<Proc> {
         let node = SHARED_NODE_POD;
         let mut cmd = self
@@ -388,7 +403,10 @@ impl Testbed {
             )
             .envs(self.opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null());
-        let log = std::fs::File::create(self.log_path(node))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(node))?;
         cmd.stdout(log.try_clone()?).stderr(log);
         let child = cmd.spawn().context("starting the shared ztunnel")?;
         Ok(Proc::new("ztunnel-shared", child))

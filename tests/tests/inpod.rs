@@ -169,3 +169,33 @@ async fn a_pod_cannot_start_unmeshed_when_ztunnel_is_down() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_ztunnel_gets_the_snapshot_and_resumes() {
+    let mut tb = Testbed::start(Options {
+        pods: vec![
+            PodSpec::meshed("client"),
+            PodSpec::meshed("server").serving_echo(8080),
+        ],
+        source: Source::ControlPlane,
+        shared_ztunnel: true,
+        ..Options::default()
+    })
+    .unwrap();
+    spawn_greeter(&tb, "server", 8080).unwrap();
+    let vip = SocketAddr::new(SERVICE_VIP.into(), SERVICE_PORT);
+    assert_eq!(
+        greeting(&tb, "client", vip).await.as_deref(),
+        Some("server")
+    );
+    tb.restart_shared_ztunnel().unwrap();
+    // The new process was handed both pods by the node agent (no CNI call in between).
+    assert_eq!(
+        pods(&tb.config_dump(SHARED_NODE_POD).unwrap()),
+        vec!["client", "server"]
+    );
+    assert_eq!(
+        greeting(&tb, "client", vip).await.as_deref(),
+        Some("server")
+    );
+}
