@@ -213,6 +213,9 @@ impl Lan {
     }
 }
 
+/// The source address node probes are SNATed to (istio-wire.md §5.4–§5.5).
+pub const PROBE_SNAT_V4: &str = "169.254.7.127";
+
 impl Netns {
     /// The resolv.conf processes started with [`Netns::command`] see (`ip netns exec` mounts
     /// `/etc/netns/<name>/resolv.conf` over `/etc/resolv.conf`); removed with the namespace.
@@ -339,6 +342,17 @@ pub fn install_redirect_at(path: &Path) -> Result<bool> {
             "-j",
             "RETURN",
         ],
+        // Replies to node probes (kubelet, SNATed to the probe address) are not captured.
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "KEELSON_OUTPUT",
+            "-d",
+            PROBE_SNAT_V4,
+            "-j",
+            "RETURN",
+        ],
         &[
             "-t",
             "nat",
@@ -419,6 +433,17 @@ pub fn install_redirect_at(path: &Path) -> Result<bool> {
             "tcp",
             "-j",
             "KEELSON_PRERT",
+        ],
+        // Node probes (SNATed to the probe address) reach the app directly.
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "KEELSON_PRERT",
+            "-s",
+            PROBE_SNAT_V4,
+            "-j",
+            "RETURN",
         ],
         &[
             "-t",

@@ -199,3 +199,56 @@ async fn a_restarted_ztunnel_gets_the_snapshot_and_resumes() {
         Some("server")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_probes_are_not_captured() {
+    let tb = Testbed::start(Options {
+        pods: vec![
+            PodSpec::meshed("server").serving_echo(8080),
+            PodSpec::plain("outsider"),
+        ],
+        source: Source::ControlPlane,
+        shared_ztunnel: true,
+        ..Options::default()
+    })
+    .unwrap();
+    spawn_greeter(&tb, "server", 8080).unwrap();
+    let server = SocketAddr::new(tb.ip("server"), 8080);
+    // STRICT mTLS: plaintext to the server is refused by its ztunnel...
+    tb.write_resources(
+        "strict.yaml",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n",
+    )
+    .unwrap();
+    let took = eventually(Duration::from_secs(5), || async {
+        tb.config_dump(SHARED_NODE_POD)
+            .map(|d| {
+                d["policies"]
+                    .to_string()
+                    .contains("istio_converted_static_strict")
+            })
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(took.is_some());
+    assert_eq!(greeting(&tb, "outsider", server).await, None);
+    // ...but a node probe (SNATed to 169.254.7.127) goes straight to the app.
+    let node = tb.pod(SHARED_NODE_POD);
+    node.ip(&["addr", "add", "169.254.7.127/32", "dev", "eth0"])
+        .unwrap();
+    let reply = node
+        .run(move || -> std::io::Result<String> {
+            use std::io::Read;
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            s.bind(&SocketAddr::from(([169, 254, 7, 127], 0)).into())?;
+            s.connect_timeout(&server.into(), Duration::from_secs(5))?;
+            let mut s: std::net::TcpStream = s.into();
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply, "server");
+}
