@@ -198,43 +198,8 @@ fn serve_dedicated(
     dns_metrics: crate::dns::DnsMetrics,
     upstreams: Vec<SocketAddr>,
 ) -> anyhow::Result<()> {
-    let cfg = &pi.cfg;
-    let ports = cfg.ports;
-    let bind = |ip: Option<IpAddr>, port: u16, what: &str| {
-        socket::listen(ip, port, cfg.ipv6)
-            .with_context(|| format!("binding the {what} listener on port {port}"))
-    };
-    let outbound = bind(None, ports.outbound, "outbound")?;
-    let inbound = bind(None, ports.inbound_hbone, "inbound HBONE")?;
-    let plaintext = bind(None, ports.inbound_plaintext, "inbound plaintext")?;
-    let socks = if cfg.socks5 {
-        Some(bind(Some(LOCALHOST), ports.socks5, "SOCKS5")?)
-    } else {
-        None
-    };
-    tokio::spawn(proxy::outbound::serve(pi.clone(), outbound));
-    tokio::spawn(proxy::inbound::serve(pi.clone(), inbound));
-    tokio::spawn(proxy::passthrough::serve(pi.clone(), plaintext));
-    if let Some(l) = socks {
-        tokio::spawn(proxy::socks5::serve(pi.clone(), l));
-    }
+    proxy::start(pi, dns_metrics, upstreams).map_err(anyhow::Error::msg)?;
     readiness.done("proxy");
-    if cfg.dns_proxy {
-        let (udp, tcp) = crate::dns::bind(None, ports.dns)
-            .with_context(|| format!("binding the DNS proxy on 127.0.0.1:{}", ports.dns))?;
-        let dns = Arc::new(crate::dns::Dns {
-            state: pi.state.clone(),
-            namespace: pi.local_ns.clone(),
-            workload_name: pi.local_name.clone(),
-            domain: "cluster.local".into(),
-            upstreams,
-            mark: cfg.packet_mark,
-            metrics: dns_metrics,
-            netns: None,
-        });
-        tokio::spawn(crate::dns::serve_udp(dns.clone(), udp));
-        tokio::spawn(crate::dns::serve_tcp(dns, tcp));
-    }
     let pi = pi.clone();
     let r = readiness.clone();
     tokio::spawn(async move {

@@ -14,10 +14,10 @@ use identity::{CertStore, Identity};
 
 use crate::admin::Readiness;
 use crate::config::{Config, ProxyWorkloadInfo};
-use crate::dns::{Dns, DnsMetrics};
+use crate::dns::DnsMetrics;
 use crate::drain::Drain;
 use crate::metrics::Metrics;
-use crate::proxy::{self, socket, ProxyInputs};
+use crate::proxy::{self, ProxyInputs};
 use crate::state::State;
 use crate::zds::{self, Event, Handler};
 
@@ -93,67 +93,18 @@ impl WorkloadManager {
     /// running) if any listener cannot be bound.
     fn start(&self, info: &ProxyWorkloadInfo, netns: Arc<std::fs::File>) -> Result<Drain, String> {
         let s = &self.shared;
-        let cfg = &s.cfg;
-        let ports = cfg.ports;
         let drain = s.drain.child();
         let pi = ProxyInputs::for_pod(
-            cfg.clone(),
+            s.cfg.clone(),
             s.state.clone(),
             s.certs.clone(),
             s.pool.clone(),
             s.metrics.clone(),
             drain.clone(),
             info.clone(),
-            Some(netns.clone()),
+            Some(netns),
         );
-        let ns = Some(netns.as_ref());
-        let bind = |ip, port: u16, what: &str| {
-            socket::listen_in(ns, ip, port, cfg.ipv6)
-                .map_err(|e| format!("binding {what} ({port}) in the pod: {e}"))
-        };
-        let localhost = Some(std::net::IpAddr::from([127, 0, 0, 1]));
-        let outbound = bind(None, ports.outbound, "outbound")?;
-        let inbound = bind(None, ports.inbound_hbone, "inbound HBONE")?;
-        let plaintext = bind(None, ports.inbound_plaintext, "inbound plaintext")?;
-        let socks = if cfg.socks5 {
-            Some(bind(localhost, ports.socks5, "SOCKS5")?)
-        } else {
-            None
-        };
-        let dns = if cfg.dns_proxy {
-            Some(
-                crate::dns::bind(ns, ports.dns)
-                    .map_err(|e| format!("binding DNS ({}) in the pod: {e}", ports.dns))?,
-            )
-        } else {
-            None
-        };
-        tokio::spawn(proxy::outbound::serve(pi.clone(), outbound));
-        tokio::spawn(proxy::inbound::serve(pi.clone(), inbound));
-        tokio::spawn(proxy::passthrough::serve(pi.clone(), plaintext));
-        if let Some(l) = socks {
-            tokio::spawn(proxy::socks5::serve(pi.clone(), l));
-        }
-        if let Some((udp, tcp)) = dns {
-            let dns = Arc::new(Dns {
-                state: s.state.clone(),
-                namespace: info.namespace.clone(),
-                workload_name: info.name.clone(),
-                domain: "cluster.local".into(),
-                upstreams: s.upstreams.clone(),
-                mark: cfg.packet_mark,
-                metrics: s.dns_metrics.clone(),
-                netns: Some(netns),
-            });
-            let stop = drain.started();
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = crate::dns::serve_udp(dns.clone(), udp) => {}
-                    () = crate::dns::serve_tcp(dns, tcp) => {}
-                    () = stop => {}
-                }
-            });
-        }
+        proxy::start(&pi, s.dns_metrics.clone(), s.upstreams.clone())?;
         s.certs.prefetch(&pi.local_identity());
         Ok(drain)
     }

@@ -191,6 +191,67 @@ impl ProxyInputs {
     }
 }
 
+/// Binds every listener of the workload `pi` serves (in its pod's namespace when it has one):
+/// outbound, inbound HBONE, inbound plaintext, SOCKS5 and the DNS proxy when on. Then serves
+/// them until `pi.drain` starts. Nothing is served unless every listener could be bound.
+pub fn start(
+    pi: &Arc<ProxyInputs>,
+    dns_metrics: crate::dns::DnsMetrics,
+    upstreams: Vec<SocketAddr>,
+) -> Result<(), String> {
+    let cfg = &pi.cfg;
+    let ports = cfg.ports;
+    let ns = pi.netns.as_deref();
+    let bind = |ip, port: u16, what: &str| {
+        socket::listen_in(ns, ip, port, cfg.ipv6)
+            .map_err(|e| format!("binding the {what} listener on port {port}: {e}"))
+    };
+    let localhost = Some(IpAddr::from([127, 0, 0, 1]));
+    let outbound = bind(None, ports.outbound, "outbound")?;
+    let inbound = bind(None, ports.inbound_hbone, "inbound HBONE")?;
+    let plaintext = bind(None, ports.inbound_plaintext, "inbound plaintext")?;
+    let socks = if cfg.socks5 {
+        Some(bind(localhost, ports.socks5, "SOCKS5")?)
+    } else {
+        None
+    };
+    let dns = if cfg.dns_proxy {
+        Some(
+            crate::dns::bind(ns, ports.dns)
+                .map_err(|e| format!("binding the DNS proxy on 127.0.0.1:{}: {e}", ports.dns))?,
+        )
+    } else {
+        None
+    };
+    tokio::spawn(outbound::serve(pi.clone(), outbound));
+    tokio::spawn(inbound::serve(pi.clone(), inbound));
+    tokio::spawn(passthrough::serve(pi.clone(), plaintext));
+    if let Some(l) = socks {
+        tokio::spawn(socks5::serve(pi.clone(), l));
+    }
+    if let Some((udp, tcp)) = dns {
+        let dns = Arc::new(crate::dns::Dns {
+            state: pi.state.clone(),
+            namespace: pi.local_ns.clone(),
+            workload_name: pi.local_name.clone(),
+            domain: "cluster.local".into(),
+            upstreams,
+            mark: cfg.packet_mark,
+            metrics: dns_metrics,
+            netns: pi.netns.clone(),
+        });
+        let stop = pi.drain.started();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = crate::dns::serve_udp(dns.clone(), udp) => {}
+                () = crate::dns::serve_tcp(dns, tcp) => {}
+                () = stop => {}
+            }
+        });
+    }
+    Ok(())
+}
+
 /// Accepts on `listener` until draining starts; each connection runs `handle` as a task the
 /// drain tracks. Accept errors (EMFILE and friends) are logged and never end the loop
 /// (RUSTSEC-2024-0376).
