@@ -90,11 +90,19 @@ async fn one_ztunnel_serves_every_pod_from_inside_its_namespace() {
     assert_eq!(mtls, Some(1.0), "{m}");
     // The HBONE connection left from the client pod's own address (made in its namespace),
     // not from the node's.
-    let log = plain(&tb.log(SHARED_NODE_POD));
-    let inbound = log
-        .lines()
-        .find(|l| l.contains("direction=inbound") && l.contains("src.identity"))
-        .expect("an inbound HBONE access record");
+    // (The record is written when the server side closes, which may trail the client.)
+    let inbound_record = || {
+        plain(&tb.log(SHARED_NODE_POD))
+            .lines()
+            .find(|l| l.contains("direction=inbound") && l.contains("src.identity"))
+            .map(String::from)
+    };
+    let logged = eventually(Duration::from_secs(5), || async {
+        inbound_record().is_some()
+    })
+    .await;
+    assert!(logged.is_some(), "no inbound HBONE access record");
+    let inbound = inbound_record().unwrap();
     assert!(inbound.contains("src.addr=10.10.0.2:"), "{inbound}");
 
     // A pod outside the mesh reaches the server in plaintext, through 15006 in its namespace.
