@@ -103,7 +103,11 @@ async fn a_bad_resource_is_nacked_while_its_neighbours_apply() {
     );
     assert!(d["policies"].as_array().unwrap().is_empty());
     // Two NACKs per ztunnel (Address and Authorization), each naming what failed.
-    assert!(counters.nacks.load(Ordering::Relaxed) >= 4);
+    let nacked = eventually(Duration::from_secs(2), || async {
+        counters.nacks.load(Ordering::Relaxed) >= 4
+    })
+    .await;
+    assert!(nacked.is_some(), "{counters:?}");
     let log = plain(&tb.log("client"));
     let nack = log
         .lines()
@@ -131,5 +135,9 @@ async fn a_bad_resource_is_nacked_while_its_neighbours_apply() {
     })
     .await;
     assert!(took.is_some(), "the corrected resource was not applied");
-    assert!(counters.acks.load(Ordering::Relaxed) > acks);
+    let acked = eventually(Duration::from_secs(2), || async {
+        counters.acks.load(Ordering::Relaxed) > acks
+    })
+    .await;
+    assert!(acked.is_some(), "{counters:?}");
 }
