@@ -25,11 +25,15 @@ pub struct AgentOptions {
     pub zds_socket: PathBuf,
     /// The Kubernetes YAML directory (pods and namespaces).
     pub resources: PathBuf,
+    /// The node's network namespace, where the host-side probe rules of istio-wire.md §5.5
+    /// go (`None`: no host rules, for a node that is not a network namespace of its own).
+    pub host_netns: Option<PathBuf>,
 }
 
 pub struct Agent {
     zds: NodeAgent,
     resources: Mutex<ResourceDir>,
+    host_netns: Option<PathBuf>,
 }
 
 fn ns_of(p: &Pod) -> String {
@@ -44,6 +48,7 @@ impl Agent {
         Ok(Agent {
             zds: NodeAgent::start(&opts.zds_socket, Vec::new())?,
             resources: Mutex::new(ResourceDir::new(&opts.resources)),
+            host_netns: opts.host_netns.clone(),
         })
     }
 
@@ -65,6 +70,15 @@ impl Agent {
         let ns = res.namespaces.iter().find(|n| n.metadata.name == namespace);
         let ambient = controlplane::wds::is_ambient(&pod, ns);
         Ok((pod, ambient))
+    }
+
+    /// The pod's IPv4 address, from its status.
+    fn pod_ip(pod: &Pod) -> Option<std::net::Ipv4Addr> {
+        pod.status
+            .pod_ip
+            .iter()
+            .chain(pod.status.pod_ips.iter().map(|p| &p.ip))
+            .find_map(|ip| ip.parse().ok())
     }
 
     fn uid(pod: &Pod) -> String {
@@ -108,6 +122,14 @@ impl Agent {
                 if let Err(e) = netns::install_redirect_at(netns) {
                     return fail(format!("installing the redirection rules: {e:#}"));
                 }
+                if let Some(host) = &self.host_netns {
+                    let Some(ip) = Self::pod_ip(&pod) else {
+                        return fail("the pod has no IPv4 address in its status".into());
+                    };
+                    if let Err(e) = netns::add_host_probe_snat(host, ip) {
+                        return fail(format!("installing the host probe rule: {e:#}"));
+                    }
+                }
                 let info = PodInfo {
                     uid: Self::uid(&pod),
                     name: pod.metadata.name.clone(),
@@ -130,6 +152,9 @@ impl Agent {
             }
             "del" => {
                 if let Ok((pod, _)) = self.lookup(&ev.namespace, &ev.pod) {
+                    if let (Some(host), Some(ip)) = (&self.host_netns, Self::pod_ip(&pod)) {
+                        let _ = netns::remove_host_probe_snat(host, ip);
+                    }
                     let _ = self.zds.del(&Self::uid(&pod));
                 } else {
                     let _ = self.zds.del(&format!("{}/{}", ev.namespace, ev.pod));

@@ -1,5 +1,7 @@
 //! `keelson-cni`: run by the container runtime as a chained CNI plugin (no arguments), or as
-//! the node agent (`keelson-cni agent --socket S --zds-socket Z --resources DIR`).
+//! the node agent (`keelson-cni agent --socket S --zds-socket Z --resources DIR
+//! [--host-probe-snat]`; the last installs istio-wire.md §5.5's rules in the agent's own
+//! network namespace, which must then be the node's).
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -45,8 +47,14 @@ fn agent(args: &[String]) -> ExitCode {
     let mut socket = None;
     let mut zds = None;
     let mut resources = None;
+    let mut host_netns = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        if a == "--host-probe-snat" {
+            // The node is the namespace the agent runs in.
+            host_netns = Some("/proc/self/ns/net".into());
+            continue;
+        }
         let v = it.next().cloned();
         match a.as_str() {
             "--socket" => socket = v,
@@ -59,13 +67,14 @@ fn agent(args: &[String]) -> ExitCode {
         }
     }
     let (Some(socket), Some(zds), Some(resources)) = (socket, zds, resources) else {
-        eprintln!("usage: keelson-cni agent --socket PATH --zds-socket PATH --resources DIR");
+        eprintln!("usage: keelson-cni agent --socket PATH --zds-socket PATH --resources DIR [--host-probe-snat]");
         return ExitCode::from(2);
     };
     let opts = cni_plugin::agent::AgentOptions {
         socket: socket.into(),
         zds_socket: zds.into(),
         resources: resources.into(),
+        host_netns,
     };
     match cni_plugin::agent::start(&opts) {
         Ok(_agent) => loop {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use rand::Rng;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::ca::LocalCa;
@@ -21,6 +21,9 @@ pub const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(150);
 /// How long a caller waits for the first certificate of an identity.
 pub const FETCH_WAIT: Duration = Duration::from_secs(10);
+/// A caller that finds no certificate after a failed fetch asks for a new attempt, but no
+/// sooner than this after the last one (many waiting connections make one CA request).
+pub const DEMAND_RETRY_AFTER: Duration = Duration::from_millis(250);
 
 pub type FetchFuture<'a> =
     Pin<Box<dyn Future<Output = Result<WorkloadCertificate, CertError>> + Send + 'a>>;
@@ -46,6 +49,8 @@ struct Slot {
 
 struct Entry {
     state: watch::Receiver<Slot>,
+    /// Wakes the refresh loop out of its backoff: a caller is waiting for a certificate.
+    demand: Arc<Notify>,
     task: JoinHandle<()>,
 }
 
@@ -74,8 +79,10 @@ impl CertStore {
     }
 
     /// The current certificate of `id`, fetching it first if the store does not hold one.
+    /// After a failed fetch (a pod the CA did not know yet, a CA restart) the caller does not
+    /// inherit the old error: it asks for a new attempt and reports that attempt's outcome.
     pub async fn get(&self, id: &Identity) -> Result<Arc<WorkloadCertificate>, CertError> {
-        let mut rx = self.watch(id);
+        let (mut rx, demand) = self.watch(id);
         let deadline = tokio::time::Instant::now() + FETCH_WAIT;
         let start_attempts = rx.borrow().attempts;
         loop {
@@ -86,10 +93,13 @@ impl CertStore {
                         return Ok(cert.clone());
                     }
                 }
-                if slot.attempts > start_attempts || (slot.cert.is_none() && slot.attempts > 0) {
+                if slot.attempts > start_attempts {
                     if let Some(e) = &slot.last_error {
                         return Err(CertError::Provider(e.clone()));
                     }
+                }
+                if slot.last_error.is_some() {
+                    demand.notify_one();
                 }
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
@@ -140,21 +150,28 @@ impl CertStore {
         out
     }
 
-    fn watch(&self, id: &Identity) -> watch::Receiver<Slot> {
+    fn watch(&self, id: &Identity) -> (watch::Receiver<Slot>, Arc<Notify>) {
         let mut entries = self.entries.lock().unwrap();
         if let Some(e) = entries.get(id) {
-            return e.state.clone();
+            return (e.state.clone(), e.demand.clone());
         }
         let (tx, rx) = watch::channel(Slot::default());
-        let task = tokio::spawn(refresh_loop(self.provider.clone(), id.clone(), tx));
+        let demand = Arc::new(Notify::new());
+        let task = tokio::spawn(refresh_loop(
+            self.provider.clone(),
+            id.clone(),
+            tx,
+            demand.clone(),
+        ));
         entries.insert(
             id.clone(),
             Entry {
                 state: rx.clone(),
+                demand: demand.clone(),
                 task,
             },
         );
-        rx
+        (rx, demand)
     }
 }
 
@@ -174,7 +191,12 @@ pub fn backoff(failures: u32) -> Duration {
     base.mul_f64(jitter).min(MAX_BACKOFF)
 }
 
-async fn refresh_loop(provider: Arc<dyn CertProvider>, id: Identity, tx: watch::Sender<Slot>) {
+async fn refresh_loop(
+    provider: Arc<dyn CertProvider>,
+    id: Identity,
+    tx: watch::Sender<Slot>,
+    demand: Arc<Notify>,
+) {
     let mut failures = 0u32;
     loop {
         let result = provider.fetch(&id).await;
@@ -210,6 +232,17 @@ async fn refresh_loop(provider: Arc<dyn CertProvider>, id: Identity, tx: watch::
                         s.cert = None;
                     }
                 });
+                if kept != Some(true) {
+                    // No usable certificate: a waiting caller cuts the backoff short.
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = async {
+                            tokio::time::sleep(DEMAND_RETRY_AFTER).await;
+                            demand.notified().await;
+                        } => {}
+                    }
+                    continue;
+                }
                 delay
             }
         };

@@ -3,8 +3,21 @@
 use std::process::ExitCode;
 
 use keelson::bench::{self, BenchOptions};
+use keelson::mesh::{self, Paths, UpOptions};
 
 const USAGE: &str = "usage:
+  keelson up [DIR|FILE] [--nodes N]
+      build a local mesh on this machine (network namespaces as nodes and pods, a control
+      plane, a CNI node agent and a ztunnel per node) running the Kubernetes YAML given
+      (default: the bundled bookinfo); returns once every pod answers
+  keelson apply -f FILE       add or update resources and workloads in the local mesh
+  keelson delete -f FILE      remove them
+  keelson exec [-n NS] POD -- CMD...
+      run CMD in a pod's network namespace (POD: a pod, or a Deployment's first pod)
+  keelson status              nodes, processes, pods, services, rejected resources
+  keelson down                remove everything the local mesh made
+  keelson app NAME [--version V] [--port P]
+      run a bundled demo app (productpage, details, reviews, ratings, echo)
   keelson bench l4 [--json] [--runs N] [--seconds N] [--idle-connections N]
       two pods in network namespaces, measured direct and through two ztunnels;
       each figure is the median of N runs (default 3)
@@ -22,6 +35,16 @@ fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
         ["bench", "l4", rest @ ..] => bench_l4(rest),
+        ["up", rest @ ..] => up(rest),
+        ["down"] => mesh::down(&Paths::default()),
+        ["status"] => mesh::status(&Paths::default()).map(|s| print!("{s}")),
+        ["apply", "-f", file] => mesh::apply(&Paths::default(), std::path::Path::new(file)),
+        ["delete", "-f", file] => mesh::delete(&Paths::default(), std::path::Path::new(file)),
+        ["exec", rest @ ..] => match exec(rest) {
+            Ok(code) => return ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => Err(e),
+        },
+        ["app", name, rest @ ..] => app(name, rest),
         ["controlplane", "token", rest @ ..] => controlplane_token(rest),
         ["controlplane", rest @ ..] => controlplane(rest),
         ["version"] | ["--version"] => {
@@ -81,6 +104,80 @@ fn bench_l4(args: &[&str]) -> anyhow::Result<()> {
         print!("{}", bench::table(&report));
     }
     Ok(())
+}
+
+fn up(args: &[&str]) -> anyhow::Result<()> {
+    let mut opts = UpOptions::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match *a {
+            "--nodes" => opts.nodes = value(&mut it, a)?.parse()?,
+            other if other.starts_with('-') => anyhow::bail!("unknown option {other}\n{USAGE}"),
+            path => opts.source = Some(path.into()),
+        }
+    }
+    let paths = Paths::default();
+    let state = mesh::up(&paths, &opts)?;
+    let me = std::env::current_exe()?;
+    let me = me.display();
+    let client = state
+        .find_pod("curl", None)
+        .or(state.pods.first())
+        .map(|p| p.name.clone())
+        .unwrap_or_else(|| "POD".into());
+    let target = if state.services.contains_key("default/productpage") {
+        "http://productpage:9080/productpage"
+    } else {
+        "http://SERVICE:PORT/"
+    };
+    println!(
+        "\nlocal mesh ready: {} pods on {} nodes, mTLS (HBONE) between them.
+Look at it:
+  {me} exec {client} -- curl -s {target}
+  {me} status
+  tail -f {}/logs/node-1-ztunnel.log     (access logs: src and dst identities)
+Remove it:
+  {me} down",
+        state.pods.len(),
+        state.nodes.len(),
+        paths.home.display(),
+    );
+    Ok(())
+}
+
+fn exec(args: &[&str]) -> anyhow::Result<i32> {
+    let mut namespace = None;
+    let mut pod = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match *a {
+            "-n" | "--namespace" => namespace = Some(value(&mut it, a)?),
+            "--" => break,
+            other if pod.is_none() => pod = Some(other),
+            other => anyhow::bail!("unexpected {other:?} (keelson exec POD -- CMD...)"),
+        }
+    }
+    let pod = pod.ok_or_else(|| anyhow::anyhow!("keelson exec POD -- CMD..."))?;
+    let cmd: Vec<String> = it.map(|s| s.to_string()).collect();
+    mesh::exec(&Paths::default(), pod, namespace, &cmd)
+}
+
+fn app(name: &str, args: &[&str]) -> anyhow::Result<()> {
+    let mut opts = keelson::apps::AppOptions {
+        name: name.to_string(),
+        version: "v1".into(),
+        port: 9080,
+        upstream_port: 9080,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match *a {
+            "--version" => opts.version = value(&mut it, a)?.to_string(),
+            "--port" => opts.port = value(&mut it, a)?.parse()?,
+            other => anyhow::bail!("unknown option {other}\n{USAGE}"),
+        }
+    }
+    keelson::apps::run(opts)
 }
 
 fn value<'a>(it: &mut std::slice::Iter<'_, &'a str>, flag: &str) -> anyhow::Result<&'a str> {
@@ -157,5 +254,7 @@ fn init_logs() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: logs written to files stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }

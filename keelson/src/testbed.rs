@@ -3,7 +3,6 @@
 //! Used by the end-to-end tests and by `keelson bench l4`.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -240,6 +239,7 @@ impl Testbed {
                 socket: tb.dir.join("cni.sock"),
                 zds_socket: tb.dir.join("ztunnel.sock"),
                 resources: tb.resources_dir(),
+                host_netns: None,
             })?;
             tb.agent = Some(agent);
             let proc = tb.spawn_shared_ztunnel(&bin)?;
@@ -643,27 +643,7 @@ impl Testbed {
 
 /// An HTTP/1.0 GET from inside `ns` to `addr`; returns (status, body).
 pub fn http_get_in(ns: &Netns, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    {
-        let path = path.to_string();
-        ns.run(move || -> Result<(u16, String)> {
-            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-            let mut buf = String::new();
-            s.read_to_string(&mut buf)?;
-            let status = buf
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .context("no HTTP status")?;
-            let body = buf
-                .split_once("\r\n\r\n")
-                .map(|x| x.1)
-                .unwrap_or("")
-                .to_string();
-            Ok((status, body))
-        })?
-    }
+    netns::http_get_at(&ns.path(), addr, path)
 }
 
 impl Testbed {

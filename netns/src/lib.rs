@@ -102,16 +102,64 @@ impl Netns {
     /// Runs `f` on a thread that has entered the namespace. Sockets created by `f` stay in the
     /// namespace after the thread ends, so this is how to make a socket "inside a pod".
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-        let path = format!("/var/run/netns/{}", self.name);
-        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
-        std::thread::spawn(move || -> Result<T> {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .context("setns into the network namespace")?;
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("thread inside {} panicked", self.name))?
+        run_at(&self.path(), f)
     }
+
+    /// The namespace's bind mount, `/var/run/netns/<name>`.
+    pub fn path(&self) -> std::path::PathBuf {
+        netns_path(&self.name)
+    }
+
+    /// Keeps the namespace after this handle is gone (the local mesh outlives its command);
+    /// returns its name.
+    pub fn persist(self) -> String {
+        let name = self.name.clone();
+        std::mem::forget(self);
+        name
+    }
+}
+
+/// The bind mount of the named namespace.
+pub fn netns_path(name: &str) -> std::path::PathBuf {
+    Path::new("/var/run/netns").join(name)
+}
+
+/// Runs `f` on a thread that has entered the network namespace at `path`.
+pub fn run_at<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let shown = path.display().to_string();
+    std::thread::spawn(move || -> Result<T> {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("setns into the network namespace")?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread inside {shown} panicked"))?
+}
+
+/// A one-shot HTTP/1.0 GET from inside the namespace at `ns`: (status, body).
+pub fn http_get_at(ns: &Path, addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let path = path.to_string();
+    run_at(ns, move || -> Result<(u16, String)> {
+        let timeout = std::time::Duration::from_secs(5);
+        let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        let status = buf
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("no HTTP status")?;
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|x| x.1)
+            .unwrap_or("")
+            .to_string();
+        Ok((status, body))
+    })?
 }
 
 impl Netns {
@@ -474,4 +522,61 @@ pub fn install_redirect_at(path: &Path) -> Result<bool> {
         exec_at(path, "iptables", r)?;
     }
     Ok(true)
+}
+
+/// The host-side chain of istio-wire.md §5.5 (nat POSTROUTING, first rule).
+const HOST_CHAIN: &str = "KEELSON_POSTRT";
+
+fn host_probe_rule(pod_ip: Ipv4Addr, op: &'static str) -> Vec<String> {
+    [
+        "-t",
+        "nat",
+        op,
+        HOST_CHAIN,
+        "-d",
+        &format!("{pod_ip}/32"),
+        "-p",
+        "tcp",
+        "-m",
+        "owner",
+        "--socket-exists",
+        "-j",
+        "SNAT",
+        "--to-source",
+        PROBE_SNAT_V4,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Host-side probe rule for an enrolled pod, in the node's namespace at `host` (§5.5): TCP
+/// from a local socket of the node (the kubelet's probes) to the pod is SNATed to the probe
+/// address, which the in-pod rules let through uncaptured; traffic the node forwards (from
+/// other pods) is untouched. Upstream keeps the pod IPs in an ipset; one rule per pod does
+/// the same. Idempotent.
+pub fn add_host_probe_snat(host: &Path, pod_ip: Ipv4Addr) -> Result<()> {
+    let ipt = |args: &[&str]| exec_at(host, "iptables", args);
+    if ipt(&["-t", "nat", "-S", HOST_CHAIN]).is_err() {
+        ipt(&["-t", "nat", "-N", HOST_CHAIN])?;
+    }
+    if ipt(&["-t", "nat", "-C", "POSTROUTING", "-j", HOST_CHAIN]).is_err() {
+        ipt(&["-t", "nat", "-I", "POSTROUTING", "1", "-j", HOST_CHAIN])?;
+    }
+    let check = host_probe_rule(pod_ip, "-C");
+    let check: Vec<&str> = check.iter().map(String::as_str).collect();
+    if ipt(&check).is_err() {
+        let add = host_probe_rule(pod_ip, "-A");
+        let add: Vec<&str> = add.iter().map(String::as_str).collect();
+        ipt(&add)?;
+    }
+    Ok(())
+}
+
+/// Removes the rule [`add_host_probe_snat`] made for `pod_ip`, if there.
+pub fn remove_host_probe_snat(host: &Path, pod_ip: Ipv4Addr) -> Result<()> {
+    let del = host_probe_rule(pod_ip, "-D");
+    let del: Vec<&str> = del.iter().map(String::as_str).collect();
+    while exec_at(host, "iptables", &del).is_ok() {}
+    Ok(())
 }

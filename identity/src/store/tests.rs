@@ -89,3 +89,34 @@ fn backoff_grows_with_jitter_and_caps() {
     assert!(backoff(30) <= MAX_BACKOFF);
     assert!(backoff(30) >= MAX_BACKOFF.mul_f64(0.8));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_after_a_failed_fetch_gets_a_new_attempt_not_the_old_error() {
+    let p = flaky(Duration::from_secs(3600));
+    p.down.store(true, Ordering::SeqCst);
+    let store = CertStore::new(p.clone());
+    let id = Identity::new("", "default", "web");
+    // The prefetch fails (the CA does not know the pod yet) and backs off.
+    store.prefetch(&id);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(p.calls.load(Ordering::SeqCst), 1);
+    // The CA learns the pod; a connection asks: it gets a certificate from a fresh attempt,
+    // without waiting out the backoff.
+    p.down.store(false, Ordering::SeqCst);
+    let started = tokio::time::Instant::now();
+    store.get(&id).await.unwrap();
+    assert_eq!(p.calls.load(Ordering::SeqCst), 2);
+    assert!(
+        started.elapsed() < INITIAL_BACKOFF,
+        "{:?}",
+        started.elapsed()
+    );
+    // While the CA stays down, a caller gets the error of a fresh attempt.
+    let other = Identity::new("", "default", "db");
+    p.down.store(true, Ordering::SeqCst);
+    store.prefetch(&other);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let calls = p.calls.load(Ordering::SeqCst);
+    assert!(store.get(&other).await.is_err());
+    assert_eq!(p.calls.load(Ordering::SeqCst), calls + 1);
+}

@@ -1,0 +1,249 @@
+//! The demo applications bundled in the `keelson` binary: a bookinfo-like set of HTTP/1.1
+//! services on one port each. Every answer names the service and version that produced it
+//! (`reviews-v2`), so routing is observable from a client:
+//!
+//! - `details` (`/details/<id>`), `ratings` (`/ratings/<id>`): leaves.
+//! - `reviews` (`/reviews/<id>`): v1 answers alone, v2 and v3 call `ratings`.
+//! - `productpage` (`/productpage`): calls `details` and `reviews`.
+//!
+//! Calls go to `http://<service>:9080` by name (the pod's resolver, hence ztunnel's DNS
+//! proxy) and forward the headers routing rules look at (`end-user`, `cookie`,
+//! `user-agent`, `x-request-id`, trace context). Every app also serves the test endpoints
+//! `/status/<code>` (answers that code), `/delay/<ms>` (answers after that long), `/headers`
+//! (echoes the request headers) and `/requests` (how many requests it has served).
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The bundled apps.
+pub const APPS: &[&str] = &["productpage", "details", "reviews", "ratings", "echo"];
+
+/// Headers an app passes on to the services it calls.
+const PROPAGATED: &[&str] = &[
+    "end-user",
+    "cookie",
+    "user-agent",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+];
+
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    pub name: String,
+    pub version: String,
+    pub port: u16,
+    /// Port of the services this one calls.
+    pub upstream_port: u16,
+}
+
+struct App {
+    opts: AppOptions,
+    served: AtomicU64,
+}
+
+impl App {
+    fn id(&self) -> String {
+        format!("{}-{}", self.opts.name, self.opts.version)
+    }
+}
+
+/// Runs the app until killed.
+pub fn run(opts: AppOptions) -> Result<()> {
+    if !APPS.contains(&opts.name.as_str()) {
+        bail!("unknown app {:?}; bundled: {}", opts.name, APPS.join(", "));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(Arc::new(App {
+        opts,
+        served: AtomicU64::new(0),
+    })))
+}
+
+async fn serve(app: Arc<App>) -> Result<()> {
+    let listener = TcpListener::bind(("0.0.0.0", app.opts.port))
+        .await
+        .with_context(|| format!("binding port {}", app.opts.port))?;
+    eprintln!("{} listening on :{}", app.id(), app.opts.port);
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(handle(&app, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, app: &App, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-keelson-app", app.id())
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    app.served.fetch_add(1, Ordering::Relaxed);
+    let path = req.uri().path().to_string();
+    let id = app.id();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["requests"] => {
+            let n = app.served.load(Ordering::Relaxed) - 1;
+            return reply(StatusCode::OK, app, format!("{n}\n"));
+        }
+        ["status", code] => {
+            let status = code
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::BAD_REQUEST);
+            return reply(status, app, format!("{{\"service\":\"{id}\"}}\n"));
+        }
+        ["delay", ms] => {
+            let ms = ms.parse::<u64>().unwrap_or(0).min(60_000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            return reply(StatusCode::OK, app, format!("{{\"service\":\"{id}\"}}\n"));
+        }
+        ["headers"] => {
+            let headers: serde_json::Map<String, serde_json::Value> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into()),
+                    )
+                })
+                .collect();
+            let body = serde_json::json!({"service": id, "path": req.uri().to_string(), "headers": headers});
+            return reply(StatusCode::OK, app, format!("{body}\n"));
+        }
+        _ => {}
+    }
+    let forward: Vec<(String, String)> = PROPAGATED
+        .iter()
+        .filter_map(|h| {
+            req.headers()
+                .get(*h)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| (h.to_string(), v.to_string()))
+        })
+        .collect();
+    let body = match app.opts.name.as_str() {
+        "details" => serde_json::json!({
+            "service": id, "id": 0, "title": "The Comedy of Errors",
+            "author": "William Shakespeare", "year": 1595, "pages": 200,
+        }),
+        "ratings" => serde_json::json!({
+            "service": id, "id": 0, "ratings": {"Reviewer1": 5, "Reviewer2": 4},
+        }),
+        "reviews" => {
+            let mut body = serde_json::json!({
+                "service": id, "id": 0,
+                "reviews": [
+                    {"reviewer": "Reviewer1", "text": "An extremely entertaining play by Shakespeare."},
+                    {"reviewer": "Reviewer2", "text": "Absolutely fun and entertaining."},
+                ],
+            });
+            if app.opts.version != "v1" {
+                let color = if app.opts.version == "v2" {
+                    "black"
+                } else {
+                    "red"
+                };
+                body["color"] = color.into();
+                body["ratings"] = call(app, "ratings", "/ratings/0", &forward).await;
+            }
+            body
+        }
+        "productpage" => {
+            let (details, reviews) = tokio::join!(
+                call(app, "details", "/details/0", &forward),
+                call(app, "reviews", "/reviews/0", &forward)
+            );
+            serde_json::json!({"service": id, "details": details, "reviews": reviews})
+        }
+        _ => serde_json::json!({"service": id, "path": path}),
+    };
+    reply(StatusCode::OK, app, format!("{body}\n"))
+}
+
+/// GET `http://<service>:<port><path>`; the JSON answer, or an error object naming what
+/// failed (the page still renders, as bookinfo's does).
+async fn call(
+    app: &App,
+    service: &str,
+    path: &str,
+    forward: &[(String, String)],
+) -> serde_json::Value {
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        get(service, app.opts.upstream_port, path, forward),
+    )
+    .await
+    {
+        Ok(Ok((200, body))) => serde_json::from_slice(&body)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned().into()),
+        Ok(Ok((status, _))) => {
+            serde_json::json!({"error": format!("{service} answered {status}")})
+        }
+        Ok(Err(e)) => serde_json::json!({"error": format!("{service} unavailable: {e:#}")}),
+        Err(_) => serde_json::json!({"error": format!("{service} timed out")}),
+    }
+}
+
+async fn get(
+    host: &str,
+    port: u16,
+    path: &str,
+    forward: &[(String, String)],
+) -> Result<(u16, Bytes)> {
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .with_context(|| format!("connecting to {host}:{port}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let mut req = Request::get(path).header("host", format!("{host}:{port}"));
+    for (k, v) in forward {
+        req = req.header(k, v);
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::new()))?)
+        .await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}

@@ -1,0 +1,437 @@
+//! The user's Kubernetes YAML, as the local mesh reads it: Deployments and Pods become pods
+//! to run (with the program each container runs), everything else goes to the control plane
+//! as is (Services get a cluster IP when they have none).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// A workload to run: a Deployment's pod template (with its replica count) or a bare Pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workload {
+    /// `Deployment` or `Pod`.
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub replicas: u32,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub service_account: String,
+    /// A node the template asks for (`spec.nodeName`).
+    pub node_name: Option<String>,
+    pub containers: Vec<ContainerPlan>,
+}
+
+/// One container: the process that stands for it and its ports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerPlan {
+    pub name: String,
+    pub image: String,
+    pub program: Program,
+    pub env: Vec<(String, String)>,
+    pub ports: Vec<u16>,
+}
+
+/// What runs for a container. Processes run on this machine (no images): a bundled app for
+/// the bookinfo sample images, or the container's own command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Program {
+    App {
+        name: String,
+        version: String,
+        port: u16,
+    },
+    Command(Vec<String>),
+}
+
+/// A resource handed to the control plane.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub value: serde_yaml::Value,
+}
+
+impl Resource {
+    /// `kind/namespace/name`, the identity `apply` and `delete` go by.
+    pub fn key(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.kind,
+            self.namespace.as_deref().unwrap_or("-"),
+            self.name
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Manifest {
+    pub workloads: Vec<Workload>,
+    pub resources: Vec<Resource>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Meta {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct PodSpec {
+    #[serde(default)]
+    service_account_name: Option<String>,
+    #[serde(default)]
+    service_account: Option<String>,
+    #[serde(default)]
+    node_name: Option<String>,
+    #[serde(default)]
+    host_network: bool,
+    #[serde(default)]
+    containers: Vec<Container>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Container {
+    name: String,
+    #[serde(default)]
+    image: String,
+    #[serde(default)]
+    command: Vec<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: Vec<EnvVar>,
+    #[serde(default)]
+    ports: Vec<Port>,
+}
+
+#[derive(Deserialize)]
+struct EnvVar {
+    name: String,
+    #[serde(default)]
+    value: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Port {
+    container_port: u16,
+}
+
+#[derive(Deserialize)]
+struct PodDoc {
+    metadata: Meta,
+    #[serde(default)]
+    spec: PodSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeploymentDoc {
+    metadata: Meta,
+    spec: DeploymentSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeploymentSpec {
+    #[serde(default)]
+    replicas: Option<u32>,
+    #[serde(default)]
+    selector: Option<Selector>,
+    template: Template,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Selector {
+    #[serde(default)]
+    match_labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct Template {
+    #[serde(default)]
+    metadata: Meta,
+    spec: PodSpec,
+}
+
+/// The bundled app standing for a bookinfo sample image
+/// (`docker.io/istio/examples-bookinfo-reviews-v2:1.20.2` → reviews v2).
+pub fn bundled_app(image: &str) -> Option<(String, String)> {
+    let last = image.rsplit('/').next()?;
+    let last = last.split(['@', ':']).next()?;
+    let rest = last.strip_prefix("examples-bookinfo-")?;
+    let (app, version) = rest.rsplit_once('-')?;
+    let known = ["productpage", "details", "reviews", "ratings"];
+    (known.contains(&app) && version.starts_with('v')).then(|| (app.into(), version.into()))
+}
+
+fn plan_container(c: Container, owner: &str) -> Result<ContainerPlan, String> {
+    let ports: Vec<u16> = c.ports.iter().map(|p| p.container_port).collect();
+    let program = if !c.command.is_empty() {
+        Program::Command(c.command.into_iter().chain(c.args).collect())
+    } else if let Some((name, version)) = bundled_app(&c.image) {
+        Program::App {
+            name,
+            version,
+            port: ports.first().copied().unwrap_or(9080),
+        }
+    } else {
+        return Err(format!(
+            "{owner}: container {:?}: image {:?} has no bundled equivalent and the container \
+             has no command (processes run on this machine: give a command, or use a bookinfo \
+             sample image)",
+            c.name, c.image
+        ));
+    };
+    Ok(ContainerPlan {
+        name: c.name,
+        image: c.image,
+        program,
+        env: c
+            .env
+            .into_iter()
+            .map(|e| (e.name, e.value.unwrap_or_default()))
+            .collect(),
+        ports,
+    })
+}
+
+fn workload(
+    kind: &str,
+    meta: Meta,
+    spec: PodSpec,
+    replicas: u32,
+    template_meta: Meta,
+) -> Result<Workload, String> {
+    let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
+    let owner = format!("{kind} {namespace}/{}", meta.name);
+    if meta.name.is_empty() {
+        return Err(format!("{kind}: metadata.name is missing"));
+    }
+    if spec.host_network {
+        return Err(format!(
+            "{owner}: hostNetwork pods are not supported by the local mesh"
+        ));
+    }
+    if spec.containers.is_empty() {
+        return Err(format!("{owner}: spec.containers is empty"));
+    }
+    let containers = spec
+        .containers
+        .into_iter()
+        .map(|c| plan_container(c, &owner))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Workload {
+        kind: kind.into(),
+        namespace,
+        name: meta.name,
+        replicas,
+        labels: template_meta.labels,
+        annotations: template_meta.annotations,
+        service_account: spec
+            .service_account_name
+            .or(spec.service_account)
+            .unwrap_or_else(|| "default".into()),
+        node_name: spec.node_name,
+        containers,
+    })
+}
+
+impl Manifest {
+    /// Every YAML file of `path` (a file, or a directory read recursively in name order).
+    pub fn load(path: &Path) -> Result<Manifest> {
+        let mut files = Vec::new();
+        collect(path, &mut files)?;
+        if files.is_empty() {
+            bail!("no .yaml or .yml files in {}", path.display());
+        }
+        let mut m = Manifest::default();
+        for f in files {
+            let text =
+                std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+            m.add_text(&f.display().to_string(), &text)?;
+        }
+        Ok(m)
+    }
+
+    /// Adds the documents of one file; an error names the file, the document and the field.
+    pub fn add_text(&mut self, file: &str, text: &str) -> Result<()> {
+        for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let value = serde_yaml::Value::deserialize(de)
+                .map_err(|e| anyhow::anyhow!("{file}: document {}: {e}", i + 1))?;
+            if value.is_null() {
+                continue;
+            }
+            let kind = value
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .unwrap_or_default()
+                .to_string();
+            let name = value
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(|n| n.as_str())
+                .unwrap_or_default()
+                .to_string();
+            let namespace = value
+                .get("metadata")
+                .and_then(|m| m.get("namespace"))
+                .and_then(|n| n.as_str())
+                .map(str::to_string);
+            let err = |e: String| anyhow::anyhow!("{file}: {kind} {name}: {e}");
+            match kind.as_str() {
+                "" => bail!("{file}: document {}: no kind", i + 1),
+                "Deployment" => {
+                    let d: DeploymentDoc =
+                        serde_yaml::from_value(value).map_err(|e| err(e.to_string()))?;
+                    if let Some(sel) = &d.spec.selector {
+                        for (k, v) in &sel.match_labels {
+                            if d.spec.template.metadata.labels.get(k) != Some(v) {
+                                return Err(err(format!(
+                                    "spec.selector.matchLabels {k}={v} does not match the template's labels"
+                                )));
+                            }
+                        }
+                    }
+                    let replicas = d.spec.replicas.unwrap_or(1);
+                    let mut meta = d.metadata;
+                    meta.labels.clear();
+                    let w = workload(
+                        "Deployment",
+                        meta,
+                        d.spec.template.spec,
+                        replicas,
+                        d.spec.template.metadata,
+                    )
+                    .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+                    self.workloads.push(w);
+                }
+                "Pod" => {
+                    let p: PodDoc =
+                        serde_yaml::from_value(value).map_err(|e| err(e.to_string()))?;
+                    let template = Meta {
+                        labels: p.metadata.labels.clone(),
+                        annotations: p.metadata.annotations.clone(),
+                        ..Meta::default()
+                    };
+                    let w = workload("Pod", p.metadata, p.spec, 1, template)
+                        .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+                    self.workloads.push(w);
+                }
+                _ => {
+                    // Checked now with the control plane's own reader, so a bad policy is
+                    // reported before anything is built.
+                    let text = serde_yaml::to_string(&value)?;
+                    controlplane::k8s::Resources::default()
+                        .add_text(file, &text)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    self.resources.push(Resource {
+                        kind,
+                        namespace,
+                        name,
+                        value,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if meta.is_file() {
+        out.push(path.to_path_buf());
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for e in entries {
+        if e.is_dir() {
+            collect(&e, out)?;
+        } else if e.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+            out.push(e);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_images_map_to_bundled_apps() {
+        assert_eq!(
+            bundled_app("docker.io/istio/examples-bookinfo-reviews-v2:1.20.2"),
+            Some(("reviews".into(), "v2".into()))
+        );
+        assert_eq!(
+            bundled_app("examples-bookinfo-productpage-v1"),
+            Some(("productpage".into(), "v1".into()))
+        );
+        assert_eq!(bundled_app("nginx:1.25"), None);
+        assert_eq!(bundled_app("examples-bookinfo-mongodb-v1"), None);
+    }
+
+    #[test]
+    fn the_bundled_bookinfo_is_read() {
+        let mut m = Manifest::default();
+        m.add_text("bookinfo.yaml", super::super::BOOKINFO).unwrap();
+        let names: Vec<&str> = m.workloads.iter().map(|w| w.name.as_str()).collect();
+        assert!(
+            names.contains(&"reviews-v3") && names.contains(&"curl"),
+            "{names:?}"
+        );
+        let reviews = m.workloads.iter().find(|w| w.name == "reviews-v2").unwrap();
+        assert_eq!(reviews.labels["version"], "v2");
+        assert_eq!(reviews.service_account, "bookinfo-reviews");
+        assert!(
+            matches!(&reviews.containers[0].program, Program::App { name, version, port: 9080 } if name == "reviews" && version == "v2")
+        );
+        assert!(m
+            .resources
+            .iter()
+            .any(|r| r.kind == "Service" && r.name == "productpage"));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_resource() {
+        let mut m = Manifest::default();
+        let e = m
+            .add_text(
+                "web.yaml",
+                "kind: Deployment\nmetadata: {name: web}\nspec:\n  template:\n    spec:\n      containers: [{name: web, image: nginx}]\n",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("web.yaml") && e.contains("Deployment default/web") && e.contains("nginx"),
+            "{e}"
+        );
+        let e = m
+            .add_text(
+                "p.yaml",
+                "kind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  rules: [{from: [{source: {ipBlocks: [bogus]}}]}]\n",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("p.yaml") && e.contains("ipBlocks"), "{e}");
+    }
+}
