@@ -102,18 +102,32 @@ async fn handshake(conn: &SeqPacket, pods: &BTreeMap<String, PodInfo>) -> Result
     exchange(conn, done, None).await
 }
 
+/// How many replaced ztunnel connections are held open at most.
+const MAX_RETIRED: usize = 4;
+
 async fn serve(
     listener: Listener,
     mut rx: mpsc::Receiver<Command>,
     mut pods: BTreeMap<String, PodInfo>,
 ) {
     let mut conn: Option<SeqPacket> = None;
+    // Connections of ztunnels a newer one replaced: kept open, never written to, so the old
+    // ztunnel keeps serving its pods until it drains instead of reconnecting and taking the
+    // node back (the newest connection is the one pods go to).
+    let mut retired: std::collections::VecDeque<SeqPacket> = Default::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok(c) = accepted else { continue };
                 match handshake(&c, &pods).await {
-                    Ok(()) => conn = Some(c),
+                    Ok(()) => {
+                        if let Some(old) = conn.replace(c) {
+                            retired.push_back(old);
+                            if retired.len() > MAX_RETIRED {
+                                retired.pop_front();
+                            }
+                        }
+                    }
                     Err(e) => eprintln!("node agent: ztunnel handshake failed: {e:#}"),
                 }
             }

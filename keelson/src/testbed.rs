@@ -381,7 +381,42 @@ impl Testbed {
         self.wait_ready(SHARED_NODE_POD, Duration::from_secs(20))
     }
 
+    /// A rolling update of the node's ztunnel: a new process starts beside the running one
+    /// (its listeners join the old ones' SO_REUSEPORT groups), and once it has taken every
+    /// pod from the node agent the old one gets SIGTERM and drains. Returns the old process,
+    /// draining, and the new one's log.
+    pub fn hand_off_shared_ztunnel(&mut self) -> Result<(Proc, PathBuf)> {
+        let bin = match &self.opts.ztunnel_bin {
+            Some(b) => b.clone(),
+            None => find_binary("ztunnel")?,
+        };
+        let log = self.dir.join("ztunnel-next.log");
+        let new = self.spawn_shared_ztunnel_logging(&bin, &log)?;
+        let pods = self.opts.pods.iter().filter(|p| p.meshed).count();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.matches("pod enrolled").count() >= pods && text.contains("xds stream open") {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the new ztunnel did not take the pods over:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let old = self
+            .ztunnels
+            .insert(SHARED_NODE_POD.to_string(), new)
+            .context("no shared ztunnel was running")?;
+        old.signal(nix::sys::signal::Signal::SIGTERM)?;
+        Ok((old, log))
+    }
+
     fn spawn_shared_ztunnel(&self, bin: &Path) -> Result<Proc> {
+        self.spawn_shared_ztunnel_logging(bin, &self.log_path(SHARED_NODE_POD))
+    }
+
+    fn spawn_shared_ztunnel_logging(&self, bin: &Path, log: &Path) -> Result<Proc> {
         let node = SHARED_NODE_POD;
         let mut cmd = self
             .pod(node)
@@ -406,7 +441,7 @@ impl Testbed {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.log_path(node))?;
+            .open(log)?;
         cmd.stdout(log.try_clone()?).stderr(log);
         let child = cmd.spawn().context("starting the shared ztunnel")?;
         Ok(Proc::new("ztunnel-shared", child))

@@ -260,3 +260,106 @@ async fn node_probes_are_not_captured() {
         .unwrap();
     assert_eq!(reply, "server");
 }
+
+/// One request over a new connection from inside `ns` (blocking): the echo came back.
+fn echo_once(ns: &std::path::Path, to: SocketAddr, n: usize) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut s = netns::run_at(ns, move || {
+        std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5))
+    })
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let msg = format!("request {n}\n");
+    s.write_all(msg.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back).map_err(|e| format!("read: {e}"))?;
+    if back != msg.as_bytes() {
+        return Err(format!("wrong echo {:?}", String::from_utf8_lossy(&back)));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_ztunnel_takes_over_before_the_old_one_drains() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mut tb = Testbed::start(Options {
+        pods: vec![
+            PodSpec::meshed("client"),
+            PodSpec::meshed("server").serving_echo(8080),
+        ],
+        source: Source::ControlPlane,
+        shared_ztunnel: true,
+        ..Options::default()
+    })
+    .unwrap();
+    spawn_echo(&tb, "server", 8080).unwrap();
+    let server = SocketAddr::new(tb.ip("server"), 8080);
+    let client_ns = tb.pod("client").path();
+
+    // New connections, one after another, for the whole hand-off.
+    let stop = Arc::new(AtomicBool::new(false));
+    let looping = {
+        let (stop, ns) = (stop.clone(), client_ns.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && n < 5000 {
+                n += 1;
+                match echo_once(&ns, server, n) {
+                    Ok(()) => ok += 1,
+                    Err(e) => failed.push(format!("request {n}: {e}")),
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (ok, failed)
+        })
+    };
+    // A connection established before the hand-off.
+    let mut long = netns::run_at(&client_ns, move || {
+        std::net::TcpStream::connect_timeout(&server, Duration::from_secs(5))
+    })
+    .unwrap()
+    .unwrap();
+    long.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 6];
+    long.write_all(b"before").unwrap();
+    long.read_exact(&mut buf).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let (mut old, next_log) = tb.hand_off_shared_ztunnel().unwrap();
+    // The old ztunnel drains: the established connection still works...
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        old.try_wait().is_none(),
+        "the old ztunnel quit with a connection open"
+    );
+    long.write_all(b"during").unwrap();
+    long.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"during");
+    // ...and once it is closed the old ztunnel is done.
+    drop(long);
+    assert!(
+        old.wait_timeout(Duration::from_secs(15)).is_some(),
+        "the old ztunnel did not finish draining"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = looping.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed during the hand-off: {:?}\nold:\n{}\nnew:\n{}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)],
+        plain(&tb.log(SHARED_NODE_POD)),
+        plain(&std::fs::read_to_string(&next_log).unwrap_or_default())
+    );
+    assert!(ok > 20, "only {ok} connections were made");
+    // The new process serves the traffic now.
+    let next = std::fs::read_to_string(&next_log).unwrap();
+    assert!(next.contains("connection complete"), "{next}");
+}

@@ -10,7 +10,11 @@ use std::time::Duration;
 
 use keelson::testbed::find_binary;
 
-const PREFIX: &str = "ktmesh";
+/// Namespaces are named `ktm<pid>-…`: unique to this run, and caught by the test script's
+/// leak check (`kt*`).
+fn prefix() -> String {
+    format!("ktm{}", std::process::id())
+}
 
 struct Mesh {
     home: PathBuf,
@@ -36,7 +40,7 @@ impl Mesh {
         let out = Command::new(&self.bin)
             .args(args)
             .env("KEELSON_HOME", &self.home)
-            .env("KEELSON_PREFIX", PREFIX)
+            .env("KEELSON_PREFIX", prefix())
             .stdin(Stdio::null())
             .output()
             .unwrap();
@@ -110,7 +114,7 @@ impl Mesh {
             .unwrap()
             .lines()
             .filter_map(|l| l.split_whitespace().next())
-            .filter(|n| n.starts_with(&format!("{PREFIX}-")))
+            .filter(|n| n.starts_with(&format!("{}-", prefix())))
             .map(str::to_string)
             .collect()
     }
@@ -131,7 +135,7 @@ impl Mesh {
     }
 
     fn node_netns(&self, node: &str) -> PathBuf {
-        netns::netns_path(&format!("{PREFIX}-{node}"))
+        netns::netns_path(&format!("{}-{node}", prefix()))
     }
 
     fn config_dump(&self, node: &str) -> serde_json::Value {
@@ -204,7 +208,7 @@ fn the_local_mesh_runs_bookinfo_with_mtls_between_nodes() {
         .args([
             "netns",
             "exec",
-            &format!("{PREFIX}-fabric"),
+            &format!("{}-fabric", prefix()),
             "tcpdump",
             "-U",
             "-s",
@@ -436,7 +440,7 @@ fn the_local_mesh_runs_bookinfo_with_mtls_between_nodes() {
     let etc_left: Vec<String> = std::fs::read_dir("/etc/netns")
         .map(|d| {
             d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.starts_with(PREFIX))
+                .filter(|n| n.starts_with(&prefix()))
                 .collect()
         })
         .unwrap_or_default();

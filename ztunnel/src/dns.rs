@@ -454,9 +454,13 @@ async fn tcp_connection(dns: Arc<Dns>, mut s: TcpStream) {
 pub fn bind(netns: Option<&std::fs::File>, port: u16) -> std::io::Result<(UdpSocket, TcpListener)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let udp = crate::proxy::socket::in_netns(netns, || {
-        let s = std::net::UdpSocket::bind(addr)?;
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        // As the TCP listeners: a new ztunnel binds beside the old one during a hand-off.
+        s.set_reuse_port(true)?;
         s.set_nonblocking(true)?;
-        Ok(s)
+        s.bind(&addr.into())?;
+        Ok(std::net::UdpSocket::from(s))
     })?;
     let udp = UdpSocket::from_std(udp)?;
     let tcp = crate::proxy::socket::listen_in(netns, Some(addr.ip()), port, false)?;

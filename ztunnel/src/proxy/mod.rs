@@ -207,6 +207,9 @@ pub fn start(
             .map_err(|e| format!("binding the {what} listener on port {port}: {e}"))
     };
     let localhost = Some(IpAddr::from([127, 0, 0, 1]));
+    if ns.is_some() {
+        socket::migrate_on_close(ns);
+    }
     let outbound = bind(None, ports.outbound, "outbound")?;
     let inbound = bind(None, ports.inbound_hbone, "inbound HBONE")?;
     let plaintext = bind(None, ports.inbound_plaintext, "inbound plaintext")?;

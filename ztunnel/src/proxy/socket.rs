@@ -45,6 +45,20 @@ pub fn in_netns<T>(
     result
 }
 
+/// Turns on `net.ipv4.tcp_migrate_req` in `netns`: when a listener of a SO_REUSEPORT group
+/// closes (the old ztunnel draining after a new one bound beside it), the connections still
+/// waiting in its accept queue move to another listener of the group instead of being reset.
+/// Kernels before 5.14 lack it; a hand-off there can reset the few connections queued at that
+/// instant.
+pub fn migrate_on_close(netns: Option<&std::fs::File>) {
+    let r = in_netns(netns, || {
+        std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", "1")
+    });
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "net.ipv4.tcp_migrate_req not set");
+    }
+}
+
 /// Binds `port` on all addresses (dual-stack `[::]` when possible, else `0.0.0.0`), or on
 /// `ip` when given. SO_REUSEPORT lets a new ztunnel take over before the old one drains.
 pub fn listen(ip: Option<IpAddr>, port: u16, ipv6: bool) -> io::Result<TcpListener> {
