@@ -28,12 +28,15 @@ pub struct AgentOptions {
     /// The node's network namespace, where the host-side probe rules of istio-wire.md §5.5
     /// go (`None`: no host rules, for a node that is not a network namespace of its own).
     pub host_netns: Option<PathBuf>,
+    /// iptables or nftables for the in-pod rules.
+    pub redirect: netns::Redirect,
 }
 
 pub struct Agent {
     zds: NodeAgent,
     resources: Mutex<ResourceDir>,
     host_netns: Option<PathBuf>,
+    redirect: netns::Redirect,
 }
 
 fn ns_of(p: &Pod) -> String {
@@ -49,6 +52,7 @@ impl Agent {
             zds: NodeAgent::start(&opts.zds_socket, Vec::new())?,
             resources: Mutex::new(ResourceDir::new(&opts.resources)),
             host_netns: opts.host_netns.clone(),
+            redirect: opts.redirect,
         })
     }
 
@@ -119,7 +123,7 @@ impl Agent {
                         fail("the pod's redirection rules are missing".into())
                     };
                 }
-                if let Err(e) = netns::install_redirect_at(netns) {
+                if let Err(e) = netns::install_redirect_with(netns, self.redirect) {
                     return fail(format!("installing the redirection rules: {e:#}"));
                 }
                 if let Some(host) = &self.host_netns {
@@ -158,6 +162,17 @@ impl Agent {
                     let _ = self.zds.del(&Self::uid(&pod));
                 } else {
                     let _ = self.zds.del(&format!("{}/{}", ev.namespace, ev.pod));
+                }
+                // ztunnel has let go of the pod: now its rules go (a sandbox torn down
+                // later takes them anyway).
+                let sandbox = Path::new(&ev.netns);
+                if !ev.netns.is_empty() && sandbox.exists() {
+                    if let Err(e) = netns::remove_redirect_at(sandbox) {
+                        eprintln!(
+                            "keelson-cni agent: removing the rules of {}/{}: {e:#}",
+                            ev.namespace, ev.pod
+                        );
+                    }
                 }
                 AgentReply {
                     ok: true,

@@ -48,6 +48,7 @@ fn agent(args: &[String]) -> ExitCode {
     let mut zds = None;
     let mut resources = None;
     let mut host_netns = None;
+    let mut redirect = netns::Redirect::default();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--host-probe-snat" {
@@ -60,6 +61,13 @@ fn agent(args: &[String]) -> ExitCode {
             "--socket" => socket = v,
             "--zds-socket" => zds = v,
             "--resources" => resources = v,
+            "--redirect" => match v.as_deref().unwrap_or_default().parse() {
+                Ok(r) => redirect = r,
+                Err(e) => {
+                    eprintln!("keelson-cni agent: {e}");
+                    return ExitCode::from(2);
+                }
+            },
             other => {
                 eprintln!("keelson-cni agent: unknown option {other}");
                 return ExitCode::from(2);
@@ -67,7 +75,7 @@ fn agent(args: &[String]) -> ExitCode {
         }
     }
     let (Some(socket), Some(zds), Some(resources)) = (socket, zds, resources) else {
-        eprintln!("usage: keelson-cni agent --socket PATH --zds-socket PATH --resources DIR [--host-probe-snat]");
+        eprintln!("usage: keelson-cni agent --socket PATH --zds-socket PATH --resources DIR [--host-probe-snat] [--redirect iptables|nftables]");
         return ExitCode::from(2);
     };
     let opts = cni_plugin::agent::AgentOptions {
@@ -75,6 +83,7 @@ fn agent(args: &[String]) -> ExitCode {
         zds_socket: zds.into(),
         resources: resources.into(),
         host_netns,
+        redirect,
     };
     match cni_plugin::agent::start(&opts) {
         Ok(_agent) => loop {

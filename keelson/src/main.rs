@@ -6,7 +6,7 @@ use keelson::bench::{self, BenchOptions};
 use keelson::mesh::{self, Paths, UpOptions};
 
 const USAGE: &str = "usage:
-  keelson up [DIR|FILE] [--nodes N]
+  keelson up [DIR|FILE] [--nodes N] [--redirect iptables|nftables]
       build a local mesh on this machine (network namespaces as nodes and pods, a control
       plane, a CNI node agent and a ztunnel per node) running the Kubernetes YAML given
       (default: the bundled bookinfo); returns once every pod answers
@@ -112,6 +112,7 @@ fn up(args: &[&str]) -> anyhow::Result<()> {
     while let Some(a) = it.next() {
         match *a {
             "--nodes" => opts.nodes = value(&mut it, a)?.parse()?,
+            "--redirect" => opts.redirect = value(&mut it, a)?.parse()?,
             other if other.starts_with('-') => anyhow::bail!("unknown option {other}\n{USAGE}"),
             path => opts.source = Some(path.into()),
         }

@@ -90,6 +90,8 @@ pub struct Options {
     /// One shared (in-pod mode) ztunnel for all meshed pods, on one node, fed pods by a node
     /// agent over ZDS, instead of a dedicated ztunnel per pod. Needs a control plane.
     pub shared_ztunnel: bool,
+    /// The node agent's in-pod rules: iptables or nftables (shared mode).
+    pub redirect: netns::Redirect,
 }
 
 impl Default for Options {
@@ -105,6 +107,7 @@ impl Default for Options {
             policies_yaml: None,
             source: Source::LocalFiles,
             shared_ztunnel: false,
+            redirect: netns::Redirect::Iptables,
         }
     }
 }
@@ -240,6 +243,7 @@ impl Testbed {
                 zds_socket: tb.dir.join("ztunnel.sock"),
                 resources: tb.resources_dir(),
                 host_netns: None,
+                redirect: tb.opts.redirect,
             })?;
             tb.agent = Some(agent);
             let proc = tb.spawn_shared_ztunnel(&bin)?;

@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 mod process;
+mod redirect;
 pub mod seqpacket;
 
 use std::fs::File;
@@ -16,6 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use anyhow::{bail, Context, Result};
 
 pub use process::Proc;
+pub use redirect::{install_redirect_with, redirect_installed, remove_redirect_at, Redirect};
 
 /// Runs a command and fails with its stderr if it exits non-zero.
 pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
@@ -299,17 +301,20 @@ pub fn exec_at(path: &Path, cmd: &str, args: &[&str]) -> Result<String> {
     .map_err(|_| anyhow::anyhow!("thread running {} panicked", path.display()))?
 }
 
-/// Whether the redirection of [`install_redirect_at`] is in place in that namespace.
-pub fn redirect_installed(path: &Path) -> bool {
-    exec_at(path, "iptables", &["-t", "nat", "-S", "KEELSON_OUTPUT"]).is_ok()
-}
-
 /// [`install_redirect`] for the namespace at `path`. Idempotent: returns `false` when the
-/// rules were already there.
+/// rules (of either flavour) were already there.
 pub fn install_redirect_at(path: &Path) -> Result<bool> {
     if redirect_installed(path) {
         return Ok(false);
     }
+    install_policy_routing(path)?;
+    install_iptables(path)?;
+    Ok(true)
+}
+
+/// Packets marked 0x111 (replies to ztunnel's spoofed connections) are delivered locally,
+/// to ztunnel's transparent socket: route table 100.
+pub(crate) fn install_policy_routing(path: &Path) -> Result<()> {
     let ip = |args: &[&str]| exec_at(path, "ip", args);
     ip(&[
         "rule",
@@ -331,6 +336,10 @@ pub fn install_redirect_at(path: &Path) -> Result<bool> {
         "table",
         "100",
     ])?;
+    Ok(())
+}
+
+fn install_iptables(path: &Path) -> Result<()> {
     let rules: &[&[&str]] = &[
         &["-t", "mangle", "-N", "KEELSON_PRERT"],
         &["-t", "mangle", "-A", "PREROUTING", "-j", "KEELSON_PRERT"],
@@ -521,7 +530,7 @@ pub fn install_redirect_at(path: &Path) -> Result<bool> {
     for r in rules {
         exec_at(path, "iptables", r)?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// The host-side chain of istio-wire.md §5.5 (nat POSTROUTING, first rule).

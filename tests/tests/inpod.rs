@@ -143,8 +143,8 @@ async fn one_ztunnel_serves_every_pod_from_inside_its_namespace() {
         "{}",
         tb.config_dump(SHARED_NODE_POD).unwrap()
     );
-    // Nothing listens in it any more: the plaintext capture (15006) refuses.
-    assert_eq!(greeting(&tb, "outsider", server).await, None);
+    // Its in-pod rules are gone with it.
+    assert!(!rules("server").contains("KEELSON"), "{}", rules("server"));
 
     // And created again (a pod created after ztunnel started): captured again.
     tb.cni("ADD", "server").unwrap();
@@ -362,4 +362,82 @@ async fn a_new_ztunnel_takes_over_before_the_old_one_drains() {
     // The new process serves the traffic now.
     let next = std::fs::read_to_string(&next_log).unwrap();
     assert!(next.contains("connection complete"), "{next}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nftables_flavour_captures_the_same_way() {
+    let tb = Testbed::start(Options {
+        pods: vec![
+            PodSpec::meshed("client"),
+            PodSpec::meshed("server").serving_echo(8080),
+            PodSpec::plain("outsider"),
+        ],
+        source: Source::ControlPlane,
+        shared_ztunnel: true,
+        redirect: netns::Redirect::Nftables,
+        ..Options::default()
+    })
+    .unwrap();
+    spawn_greeter(&tb, "server", 8080).unwrap();
+    let ruleset = |pod: &str| tb.pod(pod).exec("nft", &["list", "ruleset"]).unwrap();
+    let client_rules = ruleset("client");
+    assert!(
+        client_rules.contains("table inet keelson-ambient-nat")
+            && client_rules.contains("redirect to :15001"),
+        "{client_rules}"
+    );
+    assert!(!tb
+        .pod("client")
+        .exec("iptables-save", &[])
+        .unwrap()
+        .contains("KEELSON"));
+    // Outbound through the VIP with mTLS, inbound plaintext from outside the mesh through
+    // 15006, DNS through 15053.
+    let vip = SocketAddr::new(SERVICE_VIP.into(), SERVICE_PORT);
+    assert_eq!(
+        greeting(&tb, "client", vip).await.as_deref(),
+        Some("server")
+    );
+    let m = tb.metrics(SHARED_NODE_POD).unwrap();
+    assert_eq!(
+        metric_value(
+            &m,
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "destination"),
+                ("connection_security_policy", "mutual_tls"),
+            ],
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    let server = SocketAddr::new(tb.ip("server"), 8080);
+    assert_eq!(
+        greeting(&tb, "outsider", server).await.as_deref(),
+        Some("server")
+    );
+    tb.pod("client")
+        .set_resolv_conf("nameserver 10.96.0.10\n")
+        .unwrap();
+    let resolved = tb.pod("client").exec(
+        "python3",
+        &[
+            "-c",
+            "import socket; print(socket.gethostbyname('echo.default.svc.cluster.local'))",
+        ],
+    );
+    assert_eq!(
+        resolved.as_ref().map(|s| s.trim()).ok(),
+        Some(SERVICE_VIP.to_string().as_str()),
+        "{resolved:?}"
+    );
+    // ADD again changes nothing; DEL removes the tables.
+    tb.cni("ADD", "client").unwrap();
+    assert_eq!(ruleset("client"), client_rules);
+    tb.cni("DEL", "client").unwrap();
+    assert!(
+        !ruleset("client").contains("keelson"),
+        "{}",
+        ruleset("client")
+    );
 }

@@ -195,6 +195,8 @@ pub struct UpOptions {
     /// A YAML file or directory; `None` runs the bundled bookinfo.
     pub source: Option<PathBuf>,
     pub nodes: u8,
+    /// The CNI agents' in-pod rules: iptables or nftables.
+    pub redirect: netns::Redirect,
 }
 
 impl Default for UpOptions {
@@ -202,6 +204,7 @@ impl Default for UpOptions {
         UpOptions {
             source: None,
             nodes: 2,
+            redirect: netns::Redirect::Iptables,
         }
     }
 }
@@ -373,6 +376,11 @@ fn build(paths: &Paths, opts: &UpOptions, manifest: &Manifest) -> Result<MeshSta
                 "--resources".into(),
                 paths.resources().display().to_string(),
                 "--host-probe-snat".into(),
+                "--redirect".into(),
+                match opts.redirect {
+                    netns::Redirect::Iptables => "iptables".into(),
+                    netns::Redirect::Nftables => "nftables".into(),
+                },
             ],
             &[],
             &agent_log,
