@@ -295,6 +295,64 @@ pub enum MtlsMode {
     Strict,
 }
 
+/// A Gateway API `Gateway` (gateway.networking.k8s.io). Class `istio-waypoint` makes it a
+/// waypoint (istio-wire.md §7.1).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Gateway {
+    pub metadata: ObjectMeta,
+    pub spec: GatewaySpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    pub gateway_class_name: String,
+    #[serde(default)]
+    pub listeners: Vec<GatewayListener>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GatewayListener {
+    pub name: String,
+    pub port: u16,
+    pub protocol: String,
+}
+
+/// The class of waypoint Gateways.
+pub const WAYPOINT_CLASS: &str = "istio-waypoint";
+
+impl Gateway {
+    pub fn is_waypoint(&self) -> bool {
+        self.spec.gateway_class_name == WAYPOINT_CLASS
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
+    /// A waypoint needs its `mesh` listener: port 15008, protocol HBONE.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.is_waypoint()
+            && !self
+                .spec
+                .listeners
+                .iter()
+                .any(|l| l.port == 15008 && l.protocol == "HBONE")
+        {
+            return Err(
+                "spec.listeners: a waypoint needs a listener with port 15008 and protocol HBONE"
+                    .into(),
+            );
+        }
+        if self.is_waypoint() && self.metadata.name == "none" {
+            return Err(
+                "metadata.name: \"none\" is reserved (istio.io/use-waypoint: none opts out)".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Every resource read from the files, by kind.
 #[derive(Debug, Clone, Default)]
 pub struct Resources {
@@ -304,6 +362,7 @@ pub struct Resources {
     pub service_accounts: Vec<ServiceAccount>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub peer_authentications: Vec<PeerAuthentication>,
+    pub gateways: Vec<Gateway>,
     /// Kinds read but not (yet) translated, with their count, for `keelson status`.
     pub ignored: BTreeMap<String, usize>,
 }
@@ -340,6 +399,7 @@ impl Resources {
         self.authorization_policies
             .extend(other.authorization_policies);
         self.peer_authentications.extend(other.peer_authentications);
+        self.gateways.extend(other.gateways);
         for (k, n) in other.ignored {
             *self.ignored.entry(k).or_default() += n;
         }
@@ -394,6 +454,16 @@ impl Resources {
                     self.authorization_policies.push(p)
                 }
                 "PeerAuthentication" => self.peer_authentications.push(typed(value).map_err(bad)?),
+                "Gateway"
+                    if value
+                        .get("apiVersion")
+                        .and_then(|v| v.as_str())
+                        .is_some_and(|v| v.starts_with("gateway.networking.k8s.io/")) =>
+                {
+                    let g: Gateway = typed(value).map_err(bad)?;
+                    g.validate().map_err(bad)?;
+                    self.gateways.push(g)
+                }
                 "" => return Err(bad("no kind".into())),
                 other => *self.ignored.entry(other.to_string()).or_default() += 1,
             }

@@ -13,6 +13,76 @@ use crate::k8s::{IntOrString, Namespace, Pod, Resources, Service};
 pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
 pub const REDIRECTION: &str = "ambient.istio.io/redirection";
 pub const TUNNEL_LABEL: &str = "networking.istio.io/tunnel";
+pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
+pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
+pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
+/// On a waypoint's own pods and Service: the Gateway they implement.
+pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
+
+/// What a waypoint is asked for by: a Service (service-addressed traffic) or a Pod
+/// (workload-addressed traffic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaypointUse {
+    Service,
+    Workload,
+}
+
+/// The waypoint of a Service or Pod (istio-wire.md §7.1): its `istio.io/use-waypoint` label,
+/// else its namespace's (`none` opts out); the named Gateway must exist, be of class
+/// `istio-waypoint`, and be for that kind of traffic (`istio.io/waypoint-for`: `service` by
+/// default, `workload`, `all`, `none`). A waypoint's own pods and Service have none.
+pub fn waypoint(
+    meta: &crate::k8s::ObjectMeta,
+    use_: WaypointUse,
+    res: &Resources,
+    mesh: &MeshSettings,
+) -> Option<pb::GatewayAddress> {
+    if meta.labels.contains_key(GATEWAY_NAME) {
+        return None;
+    }
+    let own_ns = namespace_of(&meta.namespace);
+    let (name, wp_ns) = match meta.labels.get(USE_WAYPOINT) {
+        Some(name) => (name, meta.labels.get(USE_WAYPOINT_NAMESPACE)),
+        None => {
+            let ns = res.namespaces.iter().find(|n| n.metadata.name == own_ns)?;
+            (
+                ns.metadata.labels.get(USE_WAYPOINT)?,
+                ns.metadata.labels.get(USE_WAYPOINT_NAMESPACE),
+            )
+        }
+    };
+    if name == "none" {
+        return None;
+    }
+    let wp_ns = wp_ns.map(String::as_str).unwrap_or(own_ns);
+    let gw = res
+        .gateways
+        .iter()
+        .find(|g| g.is_waypoint() && g.metadata.name == *name && g.namespace() == wp_ns)?;
+    let for_ = gw
+        .metadata
+        .labels
+        .get(WAYPOINT_FOR)
+        .map(String::as_str)
+        .unwrap_or("service");
+    let applies = matches!(
+        (for_, use_),
+        ("all", _) | ("service", WaypointUse::Service) | ("workload", WaypointUse::Workload)
+    );
+    applies.then(|| pb::GatewayAddress {
+        destination: Some(pb::gateway_address::Destination::Hostname(
+            pb::NamespacedHostname {
+                namespace: wp_ns.to_string(),
+                hostname: format!("{name}.{wp_ns}.svc.{}", mesh.domain_suffix),
+            },
+        )),
+        hbone_mtls_port: u32::from(hbone_port()),
+    })
+}
+
+fn hbone_port() -> u16 {
+    15008
+}
 
 /// Mesh-wide settings the translation needs.
 #[derive(Debug, Clone)]
@@ -248,6 +318,7 @@ pub fn workload(
             pb::WorkloadStatus::Unhealthy
         } as i32,
         cluster_id: mesh.cluster_id.clone(),
+        waypoint: waypoint(&pod.metadata, WaypointUse::Workload, res, mesh),
         ..Default::default()
     };
     Some(NamedAddress {
@@ -258,7 +329,7 @@ pub fn workload(
     })
 }
 
-pub fn service(svc: &Service, mesh: &MeshSettings) -> NamedAddress {
+pub fn service(svc: &Service, res: &Resources, mesh: &MeshSettings) -> NamedAddress {
     let ns = namespace_of(&svc.metadata.namespace).to_string();
     let host = hostname(svc, mesh);
     let mut vips: Vec<String> = svc.spec.cluster_ips.clone();
@@ -293,6 +364,7 @@ pub fn service(svc: &Service, mesh: &MeshSettings) -> NamedAddress {
                 app_protocol: app_protocol(p) as i32,
             })
             .collect(),
+        waypoint: waypoint(&svc.metadata, WaypointUse::Service, res, mesh),
         ..Default::default()
     };
     NamedAddress {
@@ -319,7 +391,7 @@ pub fn addresses(res: &Resources, mesh: &MeshSettings) -> Vec<NamedAddress> {
             workload(p, res, mesh, policies)
         })
         .collect();
-    out.extend(res.services.iter().map(|s| service(s, mesh)));
+    out.extend(res.services.iter().map(|s| service(s, res, mesh)));
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }

@@ -10,6 +10,7 @@
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod io;
 mod keepalive;
 pub mod pool;
 pub mod server;

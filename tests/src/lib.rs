@@ -10,6 +10,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub use keelson::testbed::{self, Options, PodSpec, Source, Testbed};
 
+pub mod mesh;
+
 /// Deterministic pseudo-random payload byte `i` of stream `seed`.
 pub fn payload(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

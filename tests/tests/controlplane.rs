@@ -36,6 +36,11 @@ fn has_policy(d: &serde_json::Value, name: &str) -> bool {
 }
 
 /// The backends `n` connections to the VIP reached (`None` for a denied one).
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 async fn spread(tb: &Testbed, n: usize) -> std::collections::BTreeSet<Option<String>> {
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..n {
@@ -93,7 +98,13 @@ async fn resource_changes_reach_ztunnel_and_move_traffic() {
         took.is_some(),
         "label change not seen by ztunnel within {PROPAGATION:?}"
     );
-    assert_eq!(spread(&tb, 10).await, [Some("spare".to_string())].into());
+    let seen = spread(&tb, 10).await;
+    assert_eq!(
+        seen,
+        [Some("spare".to_string())].into(),
+        "client ztunnel:\n{}",
+        tail(&plain(&tb.log("client")), 40)
+    );
 
     // The other pod is deleted and the first rejoins.
     tb.write_resources("mesh.yaml", &mesh(&[], false)).unwrap();

@@ -33,7 +33,7 @@ fn a_vip_from_kubernetes_yaml_resolves_in_ztunnel() {
     for a in addresses(&res, &MeshSettings::default()) {
         match convert_address(&a.name, a.address).unwrap() {
             Converted::Workload(w) => update.workloads.push(*w),
-            Converted::Service(s) => update.services.push(s),
+            Converted::Service(s) => update.services.push(*s),
         }
     }
     let state = State::default();

@@ -20,7 +20,16 @@ use crate::xds_client::XdsClient;
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
+/// Serves the listeners of one workload (dedicated mode) in place of ztunnel's own: how the
+/// waypoint runs on ztunnel's state, certificates, pool, admin and drain.
+pub type Listeners = Box<dyn FnOnce(&Arc<ProxyInputs>, &Readiness) -> anyhow::Result<()> + Send>;
+
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    run_with(cfg, None).await
+}
+
+/// [`run`], with `listeners` serving the dedicated workload instead of ztunnel's proxies.
+pub async fn run_with(cfg: Config, listeners: Option<Listeners>) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     tracing::info!(config = %serde_json::to_string(cfg.as_ref()).unwrap_or_default(), "starting ztunnel");
 
@@ -100,7 +109,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let pi = match cfg.proxy_mode {
         ProxyMode::Dedicated => {
             let pi = ProxyInputs::new(cfg.clone(), state, certs, metrics, drain.clone());
-            serve_dedicated(&pi, &readiness, dns_metrics, upstreams)?;
+            match listeners {
+                Some(serve) => {
+                    serve(&pi, &readiness)?;
+                    wait_for_certificate(&pi, &readiness);
+                }
+                None => serve_dedicated(&pi, &readiness, dns_metrics, upstreams)?,
+            }
             pi
         }
         ProxyMode::Shared => {
@@ -200,6 +215,12 @@ fn serve_dedicated(
 ) -> anyhow::Result<()> {
     proxy::start(pi, dns_metrics, upstreams).map_err(anyhow::Error::msg)?;
     readiness.done("proxy");
+    wait_for_certificate(pi, readiness);
+    Ok(())
+}
+
+/// Readiness once the workload's certificate is held.
+fn wait_for_certificate(pi: &Arc<ProxyInputs>, readiness: &Readiness) {
     let pi = pi.clone();
     let r = readiness.clone();
     tokio::spawn(async move {
@@ -213,7 +234,6 @@ fn serve_dedicated(
             }
         }
     });
-    Ok(())
 }
 
 /// How often the local config file is checked for changes.

@@ -69,6 +69,23 @@ pub struct Workload {
     /// `namespace/name` of the selector-scoped policies that apply to this workload.
     #[serde(default)]
     pub authorization_policies: Vec<String>,
+    /// The waypoint for traffic addressed to this workload's IP.
+    #[serde(default)]
+    pub waypoint: Option<Waypoint>,
+}
+
+/// Where a waypoint is (WDS `GatewayAddress`): a Service by `namespace/hostname`, or an IP;
+/// reached with HBONE on `port` (15008).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Waypoint {
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub address: Option<IpAddr>,
+    pub port: u16,
 }
 
 impl Workload {
@@ -91,6 +108,13 @@ pub struct Service {
     pub ports: BTreeMap<u16, u16>,
     #[serde(default)]
     pub subject_alt_names: Vec<String>,
+    /// The waypoint for traffic addressed to this service.
+    #[serde(default)]
+    pub waypoint: Option<Waypoint>,
+    /// Service port → application protocol (`http`, `http2`, `grpc`, `tcp`, `tls`), for the
+    /// ports whose protocol is known.
+    #[serde(default)]
+    pub app_protocols: BTreeMap<u16, String>,
 }
 
 impl Service {
@@ -391,6 +415,17 @@ impl State {
                 })
                 .unwrap_or_default(),
         )
+    }
+
+    /// The waypoint workload to send to, and its HBONE port: a hostname names a Service,
+    /// whose endpoint serving `port` is picked; an address names a workload.
+    pub fn resolve_waypoint(&self, wp: &Waypoint) -> Option<(Arc<Workload>, u16)> {
+        if let Some(ip) = wp.address {
+            return self.workload_by_ip(ip).map(|w| (w, wp.port));
+        }
+        let svc = self.service_by_host(&wp.hostname, &wp.namespace)?;
+        self.pick_endpoint(&svc, wp.port)
+            .map(|e| (e.workload, e.port))
     }
 
     /// The target port of `service_port` on `w`: the endpoint's own mapping first, then the

@@ -119,7 +119,7 @@ pub fn apply_response(
             for c in converted {
                 match c {
                     Converted::Workload(w) => update.workloads.push(*w),
-                    Converted::Service(s) => update.services.push(s),
+                    Converted::Service(s) => update.services.push(*s),
                 }
             }
             update.removed = resp.removed_resources.clone();

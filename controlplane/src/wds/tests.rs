@@ -203,3 +203,123 @@ fn translated_addresses_convert_in_ztunnel_terms() {
         assert_eq!(pb::Address::decode(bytes.as_slice()).unwrap(), a.address);
     }
 }
+
+const WAYPOINTS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: shop-waypoint}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: shop-waypoint
+  namespace: shop
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: both
+  namespace: shop
+  labels: {istio.io/waypoint-for: all}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec: {clusterIP: 10.96.1.1, selector: {app: cart}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: legacy, namespace: shop, labels: {istio.io/use-waypoint: none}}
+spec: {clusterIP: 10.96.1.2, selector: {app: legacy}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: other, namespace: shop, labels: {istio.io/use-waypoint: both}}
+spec: {clusterIP: 10.96.1.3, selector: {app: other}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: shop-waypoint, namespace: shop, labels: {gateway.networking.k8s.io/gateway-name: shop-waypoint}}
+spec: {clusterIP: 10.96.1.4, selector: {gateway.networking.k8s.io/gateway-name: shop-waypoint}, ports: [{port: 15008}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ghost, namespace: shop, labels: {istio.io/use-waypoint: missing}}
+spec: {clusterIP: 10.96.1.5, selector: {app: ghost}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cart-0, namespace: shop, labels: {app: cart}}
+spec: {nodeName: n1}
+status: {podIP: 10.244.1.9, conditions: [{type: Ready, status: "True"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other-0, namespace: shop, labels: {app: other, istio.io/use-waypoint: both}}
+spec: {nodeName: n1}
+status: {podIP: 10.244.1.10, conditions: [{type: Ready, status: "True"}]}
+"#;
+
+#[test]
+fn waypoints_are_chosen_by_label_and_kind_of_traffic() {
+    let mut r = Resources::default();
+    r.add_text("shop.yaml", WAYPOINTS).unwrap();
+    let mesh = MeshSettings::default();
+    let all = addresses(&r, &mesh);
+    let svc = |name: &str| {
+        all.iter()
+            .find_map(|a| match &a.address.r#type {
+                Some(pb::address::Type::Service(s)) if s.name == name => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let host = |w: &Option<pb::GatewayAddress>| match w.as_ref().and_then(|w| w.destination.clone())
+    {
+        Some(pb::gateway_address::Destination::Hostname(h)) => {
+            assert_eq!(w.as_ref().unwrap().hbone_mtls_port, 15008);
+            Some(format!("{}/{}", h.namespace, h.hostname))
+        }
+        _ => None,
+    };
+    // The namespace label gives every service the waypoint (for services by default)...
+    assert_eq!(
+        host(&svc("cart").waypoint).as_deref(),
+        Some("shop/shop-waypoint.shop.svc.cluster.local")
+    );
+    // ...but not its workloads; `none` opts out; a service label picks another; the
+    // waypoint's own service has none; a missing Gateway gives none.
+    assert_eq!(host(&workload_named(&all, "cart-0").waypoint), None);
+    assert_eq!(host(&svc("legacy").waypoint), None);
+    assert_eq!(
+        host(&svc("other").waypoint).as_deref(),
+        Some("shop/both.shop.svc.cluster.local")
+    );
+    assert_eq!(host(&svc("shop-waypoint").waypoint), None);
+    assert_eq!(host(&svc("ghost").waypoint), None);
+    // A waypoint for `all` serves pod-addressed traffic too.
+    assert_eq!(
+        host(&workload_named(&all, "other-0").waypoint).as_deref(),
+        Some("shop/both.shop.svc.cluster.local")
+    );
+    // A waypoint Gateway without its HBONE listener is refused, named.
+    let e = Resources::default()
+        .add_text(
+            "gw.yaml",
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: w}\nspec: {gatewayClassName: istio-waypoint, listeners: [{name: http, port: 80, protocol: HTTP}]}\n",
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("gw.yaml") && e.contains("Gateway w") && e.contains("15008"),
+        "{e}"
+    );
+}

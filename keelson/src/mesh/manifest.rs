@@ -44,6 +44,8 @@ pub enum Program {
         port: u16,
     },
     Command(Vec<String>),
+    /// The `waypoint` binary, for a Gateway of class `istio-waypoint`.
+    Waypoint,
 }
 
 /// A resource handed to the control plane.
@@ -332,6 +334,25 @@ impl Manifest {
                         .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
                     self.workloads.push(w);
                 }
+                "Gateway"
+                    if value
+                        .get("spec")
+                        .and_then(|s| s.get("gatewayClassName"))
+                        .and_then(|c| c.as_str())
+                        == Some(controlplane::k8s::WAYPOINT_CLASS) =>
+                {
+                    let text = serde_yaml::to_string(&value)?;
+                    controlplane::k8s::Resources::default()
+                        .add_text(file, &text)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    self.add_waypoint(&name, namespace.as_deref().unwrap_or("default"))?;
+                    self.resources.push(Resource {
+                        kind,
+                        namespace,
+                        name,
+                        value,
+                    });
+                }
                 _ => {
                     // Checked now with the control plane's own reader, so a bad policy is
                     // reported before anything is built.
@@ -347,6 +368,56 @@ impl Manifest {
                     });
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl Manifest {
+    /// What a waypoint Gateway deploys (as istiod's deployment controller does): a pod
+    /// running the waypoint as the Gateway's own service account, outside the mesh's
+    /// capture, and a Service on 15008 that WDS names the waypoint by.
+    fn add_waypoint(&mut self, gateway: &str, namespace: &str) -> Result<()> {
+        let label = controlplane::wds::GATEWAY_NAME;
+        let labels: BTreeMap<String, String> = [
+            (label.to_string(), gateway.to_string()),
+            (
+                controlplane::wds::DATAPLANE_MODE.to_string(),
+                "none".to_string(),
+            ),
+        ]
+        .into();
+        self.workloads.push(Workload {
+            kind: "Gateway".into(),
+            namespace: namespace.into(),
+            name: gateway.into(),
+            replicas: 1,
+            labels,
+            annotations: BTreeMap::new(),
+            service_account: gateway.into(),
+            node_name: None,
+            containers: vec![ContainerPlan {
+                name: "istio-proxy".into(),
+                image: "keelson/waypoint".into(),
+                program: Program::Waypoint,
+                env: Vec::new(),
+                ports: vec![15008],
+            }],
+        });
+        for yaml in [
+            format!("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {gateway}\n  namespace: {namespace}\n"),
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: {gateway}\n  namespace: {namespace}\n  labels:\n    {label}: {gateway}\nspec:\n  selector:\n    {label}: {gateway}\n  ports:\n  - name: mesh\n    port: 15008\n"
+            ),
+        ] {
+            let value: serde_yaml::Value = serde_yaml::from_str(&yaml)?;
+            let kind = value["kind"].as_str().unwrap_or_default().to_string();
+            self.resources.push(Resource {
+                kind,
+                namespace: Some(namespace.into()),
+                name: gateway.into(),
+                value,
+            });
         }
         Ok(())
     }

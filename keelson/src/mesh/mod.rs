@@ -297,6 +297,13 @@ fn build(paths: &Paths, opts: &UpOptions, manifest: &Manifest) -> Result<MeshSta
         state.nodes.push(node);
         state.save(paths)?;
     }
+    // The control plane answers pods too (waypoints run in pods and talk to it).
+    for n in &state.nodes {
+        ip(
+            &cp_ns,
+            &["route", "add", &n.pod_cidr(), "via", &n.ip.to_string()],
+        )?;
+    }
     for a in &state.nodes {
         for b in &state.nodes {
             if a.name != b.name {
@@ -755,13 +762,40 @@ fn create_pod(
                 ],
             ),
             Program::Command(cmd) => (PathBuf::from(&cmd[0]), cmd[1..].to_vec()),
+            Program::Waypoint => (find_binary("waypoint")?, Vec::new()),
         };
-        let mut env: Vec<(&str, &str)> = c
-            .env
+        let mut owned: Vec<(String, String)> = c.env.clone();
+        owned.push(("HOSTNAME".into(), name.to_string()));
+        if c.program == Program::Waypoint {
+            // Its own identity (no impersonation): a token for the Gateway's service account.
+            let tokens = controlplane::token::TokenAuthority::load_or_create(&paths.cp_state())?;
+            let token = paths
+                .home
+                .join("tokens")
+                .join(format!("{}.{name}", w.namespace));
+            std::fs::create_dir_all(paths.home.join("tokens"))?;
+            identity::ca::write_private(
+                &token,
+                &tokens.mint(&w.namespace, &w.service_account, None),
+            )?;
+            owned.extend([
+                (
+                    "PROXY_WORKLOAD_INFO".to_string(),
+                    format!("{}/{name}/{}", w.namespace, w.service_account),
+                ),
+                ("XDS_ADDRESS".into(), format!("https://{CP_IP}:{CP_PORT}")),
+                (
+                    "XDS_ROOT_CA".into(),
+                    paths.cp_state().join("root-cert.pem").display().to_string(),
+                ),
+                ("AUTH_TOKEN".into(), token.display().to_string()),
+                ("RUST_LOG".into(), "info".into()),
+            ]);
+        }
+        let env: Vec<(&str, &str)> = owned
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        env.push(("HOSTNAME", name));
         let proc = spawn_in(
             &ns_name,
             &program,
@@ -972,7 +1006,12 @@ pub fn apply(paths: &Paths, file: &Path) -> Result<()> {
             .filter(|p| p.owner == owner && p.namespace == w.namespace)
             .cloned()
             .collect();
-        if !existing.is_empty() && existing.iter().all(|p| p.template == template) {
+        let running = |p: &PodState| p.procs.iter().all(ProcRecord::alive);
+        if !existing.is_empty()
+            && existing
+                .iter()
+                .all(|p| p.template == template && running(p))
+        {
             say(format!("{owner}: unchanged"));
             continue;
         }

@@ -28,6 +28,8 @@ use crate::state::{State, Workload};
 pub enum ProxyError {
     #[error("service {0} has no healthy endpoint for port {1}")]
     NoEndpoints(String, u16),
+    #[error("waypoint {0} has no healthy endpoint")]
+    NoWaypoint(String),
     #[error("destination port {0} is one of ztunnel's own ports")]
     OwnPort(u16),
     #[error("HBONE: {0}")]
@@ -176,6 +178,31 @@ impl ProxyInputs {
         }
     }
 
+    /// A CONNECT stream to `key.dst` (an HBONE port) as `key.src_identity`, on a pooled
+    /// connection or a new one that verifies the peer is one of `key.dst_identities`.
+    pub async fn hbone(
+        &self,
+        key: &hbone::pool::PoolKey,
+        req: &hbone::client::ConnectRequest,
+    ) -> Result<hbone::stream::H2Stream, ProxyError> {
+        let dst = key.dst;
+        self.pool
+            .connect(key, req, || async {
+                let cert = self.certs.get(&key.src_identity).await?;
+                let tls = hbone::tls::client_config(&cert, key.dst_identities.clone())?;
+                let tcp = self.connect(dst, None).await.map_err(|e| match e.kind() {
+                    std::io::ErrorKind::TimedOut => HboneError::ConnectTimeout(dst),
+                    _ => HboneError::Connect {
+                        addr: dst,
+                        source: e,
+                    },
+                })?;
+                hbone::client::handshake(tcp, dst, tls, &self.cfg.h2).await
+            })
+            .await
+            .map_err(ProxyError::from)
+    }
+
     /// Server TLS config for the local identity, rebuilt only when the certificate rotates.
     pub async fn server_tls(&self) -> Result<Arc<rustls::ServerConfig>, ProxyError> {
         let cert = self.certs.get(&self.local_identity()).await?;
@@ -258,7 +285,7 @@ pub fn start(
 /// Accepts on `listener` until draining starts; each connection runs `handle` as a task the
 /// drain tracks. Accept errors (EMFILE and friends) are logged and never end the loop
 /// (RUSTSEC-2024-0376).
-pub(crate) async fn accept_loop<F, Fut>(
+pub async fn accept_loop<F, Fut>(
     pi: Arc<ProxyInputs>,
     listener: TcpListener,
     what: &'static str,

@@ -56,11 +56,34 @@ enum Route {
         port: u16,
         service: Option<Arc<Service>>,
     },
+    /// To a waypoint (its workload and HBONE port), carrying the original destination.
+    Waypoint {
+        workload: Arc<Workload>,
+        port: u16,
+        service: Option<Arc<Service>>,
+    },
     Passthrough,
 }
 
-fn resolve(state: &State, orig: SocketAddr) -> Result<Route, ProxyError> {
+fn resolve(
+    state: &State,
+    orig: SocketAddr,
+    local: Option<&Workload>,
+    src: SocketAddr,
+) -> Result<Route, ProxyError> {
     if let Some(svc) = state.service_by_vip(orig.ip()) {
+        // Service-addressed traffic to a service with a waypoint goes to the waypoint, with
+        // the VIP:port as the authority (istio-wire.md §3.5, §7.2).
+        if let Some(wp) = &svc.waypoint {
+            let (workload, port) = state
+                .resolve_waypoint(wp)
+                .ok_or_else(|| ProxyError::NoWaypoint(wp.hostname.clone()))?;
+            return Ok(Route::Waypoint {
+                workload,
+                port,
+                service: Some(svc),
+            });
+        }
         let ep = state
             .pick_endpoint(&svc, orig.port())
             .ok_or_else(|| ProxyError::NoEndpoints(svc.hostname.clone(), orig.port()))?;
@@ -71,6 +94,24 @@ fn resolve(state: &State, orig: SocketAddr) -> Result<Route, ProxyError> {
         });
     }
     if let Some(w) = state.workload_by_ip(orig.ip()) {
+        // Pod-addressed traffic uses the workload's waypoint, unless it comes from that
+        // waypoint (same identity and one of its addresses): no loops.
+        if let Some(wp) = &w.waypoint {
+            if let Some((workload, port)) = state.resolve_waypoint(wp) {
+                let from_waypoint = local.is_some_and(|l| {
+                    l.identity() == workload.identity() && workload.addresses.contains(&src.ip())
+                });
+                if !from_waypoint {
+                    return Ok(Route::Waypoint {
+                        workload,
+                        port,
+                        service: None,
+                    });
+                }
+            } else {
+                return Err(ProxyError::NoWaypoint(wp.hostname.clone()));
+            }
+        }
         return Ok(Route::Workload {
             workload: w,
             port: orig.port(),
@@ -100,7 +141,7 @@ pub async fn establish(
         let r = ConnectionResult::new(pi.metrics.clone(), Direction::Outbound, src, labels, peers);
         return (r, Err(ProxyError::OwnPort(orig.port())));
     }
-    let route = match resolve(&pi.state, orig) {
+    let route = match resolve(&pi.state, orig, local.as_deref(), src) {
         Ok(r) => r,
         Err(e) => {
             let r =
@@ -108,19 +149,28 @@ pub async fn establish(
             return (r, Err(e));
         }
     };
-    let Route::Workload {
-        workload,
-        port,
-        service,
-    } = route
-    else {
-        let r = ConnectionResult::new(pi.metrics.clone(), Direction::Outbound, src, labels, peers);
-        let up = pi
-            .connect(orig, None)
-            .await
-            .map(Upstream::Tcp)
-            .map_err(|e| ProxyError::Connect(orig, e));
-        return (r, up);
+    // (workload to connect to, the HBONE target it is asked for, whether via a waypoint)
+    let (workload, port, service, via_waypoint) = match route {
+        Route::Workload {
+            workload,
+            port,
+            service,
+        } => (workload, port, service, false),
+        Route::Waypoint {
+            workload,
+            port,
+            service,
+        } => (workload, port, service, true),
+        Route::Passthrough => {
+            let r =
+                ConnectionResult::new(pi.metrics.clone(), Direction::Outbound, src, labels, peers);
+            let up = pi
+                .connect(orig, None)
+                .await
+                .map(Upstream::Tcp)
+                .map_err(|e| ProxyError::Connect(orig, e));
+            return (r, up);
+        }
     };
     let dst_ip = workload.addresses[0];
     labels = labels.with_destination(Some(&workload), cluster);
@@ -130,8 +180,14 @@ pub async fn establish(
     }
     peers.dst_workload = Some(workload.name.clone());
     peers.dst_namespace = Some(workload.namespace.clone());
-    let target = SocketAddr::new(dst_ip, port);
-    if workload.tunnel_protocol == TunnelProtocol::None {
+    // A waypoint is asked for the original destination; a workload for its own address and
+    // target port.
+    let target = if via_waypoint {
+        orig
+    } else {
+        SocketAddr::new(dst_ip, port)
+    };
+    if !via_waypoint && workload.tunnel_protocol == TunnelProtocol::None {
         peers.dst_addr = Some(target);
         let r = ConnectionResult::new(pi.metrics.clone(), Direction::Outbound, src, labels, peers);
         let up = pi
@@ -144,14 +200,21 @@ pub async fn establish(
     // HBONE to the workload's ztunnel.
     let src_id = pi.local_identity();
     let mut expected = vec![workload.identity()];
-    if let Some(s) = &service {
+    if let Some(s) = service.as_ref().filter(|_| !via_waypoint) {
         expected.extend(
             s.subject_alt_names
                 .iter()
                 .filter_map(|san| san.parse().ok()),
         );
     }
-    let hbone_addr = SocketAddr::new(dst_ip, hbone::HBONE_PORT);
+    let hbone_addr = SocketAddr::new(
+        dst_ip,
+        if via_waypoint {
+            port
+        } else {
+            hbone::HBONE_PORT
+        },
+    );
     labels.source_principal = src_id.to_string();
     labels.destination_principal = workload.identity().to_string();
     labels.connection_security_policy = "mutual_tls";
@@ -172,26 +235,7 @@ pub async fn establish(
         service.as_ref().map(|s| s.hostname.as_str()),
     );
     req.baggage = baggage(local.as_deref(), &pi.cfg.cluster_id);
-    let up = pi
-        .pool
-        .connect(&key, &req, || async {
-            let cert = pi.certs.get(&src_id).await?;
-            let tls = hbone::tls::client_config(&cert, expected)?;
-            let tcp = pi
-                .connect(hbone_addr, None)
-                .await
-                .map_err(|e| match e.kind() {
-                    std::io::ErrorKind::TimedOut => hbone::HboneError::ConnectTimeout(hbone_addr),
-                    _ => hbone::HboneError::Connect {
-                        addr: hbone_addr,
-                        source: e,
-                    },
-                })?;
-            hbone::client::handshake(tcp, hbone_addr, tls, &pi.cfg.h2).await
-        })
-        .await
-        .map(Upstream::Hbone)
-        .map_err(ProxyError::from);
+    let up = pi.hbone(&key, &req).await.map(Upstream::Hbone);
     (r, up)
 }
 

@@ -96,7 +96,9 @@ async fn handle(pi: Arc<ProxyInputs>, mut tcp: TcpStream, src: SocketAddr) {
         }
         Err(e) => {
             let reply = match e {
-                super::ProxyError::NoEndpoints(..) => Reply::HostUnreachable,
+                super::ProxyError::NoEndpoints(..) | super::ProxyError::NoWaypoint(_) => {
+                    Reply::HostUnreachable
+                }
                 _ => Reply::ConnectionRefused,
             };
             result.fail_early(e.response_flag(), &e);

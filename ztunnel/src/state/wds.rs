@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use xds::workload as pb;
 
-use super::{HealthStatus, Service, TunnelProtocol, Workload};
+use super::{HealthStatus, Service, TunnelProtocol, Waypoint, Workload};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{resource}: {field}: {reason}")]
@@ -21,7 +21,7 @@ pub struct ConvertError {
 #[derive(Debug)]
 pub enum Converted {
     Workload(Box<Workload>),
-    Service(Service),
+    Service(Box<Service>),
 }
 
 fn err(resource: &str, field: &str, reason: impl Into<String>) -> ConvertError {
@@ -55,12 +55,38 @@ fn port(resource: &str, field: &str, p: u32) -> Result<u16, ConvertError> {
     u16::try_from(p).map_err(|_| err(resource, field, format!("port {p} out of range")))
 }
 
+fn waypoint(
+    r: &str,
+    field: &str,
+    g: Option<pb::GatewayAddress>,
+) -> Result<Option<Waypoint>, ConvertError> {
+    let Some(g) = g else { return Ok(None) };
+    let port = port(r, &format!("{field}.hbone_mtls_port"), g.hbone_mtls_port)?;
+    match g.destination {
+        Some(pb::gateway_address::Destination::Hostname(h)) => Ok(Some(Waypoint {
+            namespace: h.namespace,
+            hostname: h.hostname,
+            address: None,
+            port,
+        })),
+        Some(pb::gateway_address::Destination::Address(a)) => Ok(Some(Waypoint {
+            namespace: String::new(),
+            hostname: String::new(),
+            address: Some(ip(r, &format!("{field}.address"), &a.address)?),
+            port,
+        })),
+        None => Err(err(r, field, "no destination")),
+    }
+}
+
 pub fn convert_address(name: &str, a: pb::Address) -> Result<Converted, ConvertError> {
     match a.r#type {
         Some(pb::address::Type::Workload(w)) => {
             convert_workload(w).map(|w| Converted::Workload(Box::new(w)))
         }
-        Some(pb::address::Type::Service(s)) => convert_service(s).map(Converted::Service),
+        Some(pb::address::Type::Service(s)) => {
+            convert_service(s).map(|s| Converted::Service(Box::new(s)))
+        }
         None => Err(err(name, "type", "neither workload nor service")),
     }
 }
@@ -135,6 +161,7 @@ pub fn convert_workload(w: pb::Workload) -> Result<Workload, ConvertError> {
         capacity: w.capacity,
         services,
         authorization_policies: w.authorization_policies,
+        waypoint: waypoint(&r, "waypoint", w.waypoint)?,
     })
 }
 
@@ -163,12 +190,22 @@ pub fn convert_service(s: pb::Service) -> Result<Service, ConvertError> {
         .map(|(i, a)| ip(&r, &format!("addresses[{i}]"), &a.address))
         .collect::<Result<Vec<_>, _>>()?;
     let mut ports = BTreeMap::new();
+    let mut app_protocols = BTreeMap::new();
     for p in &s.ports {
-        known::<pb::AppProtocol>(&r, "ports", p.app_protocol)?;
-        ports.insert(
-            port(&r, "ports", p.service_port)?,
-            port(&r, "ports", p.target_port)?,
-        );
+        let proto = known::<pb::AppProtocol>(&r, "ports", p.app_protocol)?;
+        let service_port = port(&r, "ports", p.service_port)?;
+        ports.insert(service_port, port(&r, "ports", p.target_port)?);
+        let name = match proto {
+            pb::AppProtocol::Unknown => None,
+            pb::AppProtocol::Http11 => Some("http"),
+            pb::AppProtocol::Http2 => Some("http2"),
+            pb::AppProtocol::Grpc => Some("grpc"),
+            pb::AppProtocol::Tcp => Some("tcp"),
+            pb::AppProtocol::Tls => Some("tls"),
+        };
+        if let Some(n) = name {
+            app_protocols.insert(service_port, n.to_string());
+        }
     }
     for (i, san) in s.subject_alt_names.iter().enumerate() {
         san.parse::<identity::Identity>()
@@ -181,6 +218,8 @@ pub fn convert_service(s: pb::Service) -> Result<Service, ConvertError> {
         addresses,
         ports,
         subject_alt_names: s.subject_alt_names,
+        waypoint: waypoint(&r, "waypoint", s.waypoint)?,
+        app_protocols,
     })
 }
 

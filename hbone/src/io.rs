@@ -1,0 +1,104 @@
+//! A CONNECT stream as a byte stream (`AsyncRead` + `AsyncWrite`), for protocols spoken
+//! inside the tunnel by a library that wants an IO object (the waypoint's HTTP server and
+//! client). Flow control: received data is released as it is read; writes wait for send
+//! capacity. Shutdown sends END_STREAM.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::stream::H2Stream;
+
+pub struct H2Io {
+    stream: H2Stream,
+    /// Received but not yet read.
+    pending: Bytes,
+    eof: bool,
+}
+
+impl H2Io {
+    pub fn new(stream: H2Stream) -> Self {
+        H2Io {
+            stream,
+            pending: Bytes::new(),
+            eof: false,
+        }
+    }
+}
+
+fn h2_to_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        return e.into_io().unwrap_or_else(|| io::ErrorKind::Other.into());
+    }
+    io::Error::new(io::ErrorKind::ConnectionReset, e)
+}
+
+impl AsyncRead for H2Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        while this.pending.is_empty() && !this.eof {
+            match ready!(this.stream.recv.poll_data(cx)) {
+                Some(Ok(chunk)) => {
+                    let _ = this
+                        .stream
+                        .recv
+                        .flow_control()
+                        .release_capacity(chunk.len());
+                    this.pending = chunk;
+                }
+                Some(Err(e)) if e.reason() == Some(h2::Reason::NO_ERROR) => this.eof = true,
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                None => this.eof = true,
+            }
+        }
+        let n = this.pending.len().min(buf.remaining());
+        buf.put_slice(&this.pending[..n]);
+        this.pending.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for H2Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let send = &mut self.get_mut().stream.send;
+        send.reserve_capacity(buf.len());
+        loop {
+            match ready!(send.poll_capacity(cx)) {
+                Some(Ok(0)) => continue,
+                Some(Ok(cap)) => {
+                    let n = cap.min(buf.len());
+                    send.send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                        .map_err(h2_to_io)?;
+                    return Poll::Ready(Ok(n));
+                }
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let send = &mut self.get_mut().stream.send;
+        // Already ended or reset: nothing more to say.
+        let _ = send.send_data(Bytes::new(), true);
+        Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,174 @@
+//! The local mesh driven through the `keelson` command, for the end-to-end suites: `keelson
+//! up` in a state directory and with namespace names of this test process only, `keelson
+//! down` when dropped.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use keelson::testbed::find_binary;
+
+/// Namespaces are named `ktm<pid>-…`: unique to this run, and caught by the test script's
+/// leak check (`kt*`).
+pub fn prefix() -> String {
+    format!("ktm{}", std::process::id())
+}
+
+pub struct Mesh {
+    pub home: PathBuf,
+    bin: PathBuf,
+}
+
+pub struct Out {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Default for Mesh {
+    fn default() -> Self {
+        Mesh::new()
+    }
+}
+
+impl Mesh {
+    pub fn new() -> Mesh {
+        let home = std::env::temp_dir().join(format!("keelson-mesh-test-{}", std::process::id()));
+        Mesh {
+            home,
+            bin: find_binary("keelson").unwrap(),
+        }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Out {
+        let out = Command::new(&self.bin)
+            .args(args)
+            .env("KEELSON_HOME", &self.home)
+            .env("KEELSON_PREFIX", prefix())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        Out {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs a command and fails the test, with its output, if it fails.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.ok,
+            "keelson {}:\n{}\n{}\n{}",
+            args.join(" "),
+            out.stdout,
+            out.stderr,
+            self.logs()
+        );
+        out.stdout
+    }
+
+    pub fn exec(&self, pod: &str, cmd: &[&str]) -> Out {
+        let mut args = vec!["exec", pod, "--"];
+        args.extend_from_slice(cmd);
+        self.run(&args)
+    }
+
+    /// `curl URL` from `pod` answers and the answer contains `expect`.
+    pub fn curl(&self, pod: &str, url: &str, expect: &str) -> String {
+        let out = self.exec(pod, &["curl", "-sS", "-m", "10", url]);
+        assert!(
+            out.ok && out.stdout.contains(expect),
+            "curl {url} from {pod}: {}{}\n{}",
+            out.stdout,
+            out.stderr,
+            self.logs()
+        );
+        out.stdout
+    }
+
+    pub fn write(&self, name: &str, yaml: &str) -> PathBuf {
+        let p =
+            std::env::temp_dir().join(format!("keelson-mesh-test-{}-{name}", std::process::id()));
+        std::fs::write(&p, yaml).unwrap();
+        p
+    }
+
+    pub fn logs(&self) -> String {
+        let dir = self.home.join("logs");
+        let mut out = String::new();
+        for f in [
+            "controlplane.log",
+            "node-1-ztunnel.log",
+            "node-2-ztunnel.log",
+        ] {
+            let text = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out += &format!(
+                "== {f}\n{}\n",
+                lines[lines.len().saturating_sub(30)..].join("\n")
+            );
+        }
+        out
+    }
+
+    pub fn netns_left(&self) -> Vec<String> {
+        netns::run("ip", &["netns", "list"])
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&format!("{}-", prefix())))
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub fn state(&self) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(self.home.join("mesh.json")).unwrap())
+            .unwrap()
+    }
+
+    pub fn pod(&self, name: &str) -> serde_json::Value {
+        self.state()["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    pub fn node_netns(&self, node: &str) -> PathBuf {
+        netns::netns_path(&format!("{}-{node}", prefix()))
+    }
+
+    pub fn config_dump(&self, node: &str) -> serde_json::Value {
+        let (_, body) = netns::http_get_at(
+            &self.node_netns(node),
+            "127.0.0.1:15000".parse().unwrap(),
+            "/config_dump",
+        )
+        .unwrap();
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
+
+/// Polls `f` for up to `secs` seconds (blocking).
+pub fn eventually_sync(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if f() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

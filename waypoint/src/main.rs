@@ -1,0 +1,58 @@
+//! `waypoint`: configured like ztunnel, from the environment (`PROXY_WORKLOAD_INFO` names the
+//! waypoint's own pod and service account, `XDS_ADDRESS`, `CA_ADDRESS`, `AUTH_TOKEN`, ...).
+
+use std::process::ExitCode;
+
+use tracing_subscriber::EnvFilter;
+use ztunnel::config::{Config, ProcessEnv, ProxyMode};
+
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+fn main() -> ExitCode {
+    if let Some(a) = std::env::args().nth(1) {
+        if a == "version" || a == "--version" {
+            println!("keelson-waypoint {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+    }
+    // A waypoint serves one workload, itself: ztunnel's dedicated mode.
+    if std::env::var_os("PROXY_MODE").is_none() {
+        std::env::set_var("PROXY_MODE", "dedicated");
+    }
+    let mut cfg = match Config::from_source(&ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("waypoint: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // One workload (the waypoint itself), no capture, no DNS proxy.
+    cfg.proxy_mode = ProxyMode::Dedicated;
+    cfg.dns_proxy = false;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.worker_threads)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("waypoint: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(waypoint::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "waypoint failed");
+            ExitCode::FAILURE
+        }
+    }
+}
