@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "proto/ca.proto",
     "proto/zds.proto",
     "proto/discovery.proto",
+    "proto/l7.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

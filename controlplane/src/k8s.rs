@@ -353,6 +353,14 @@ impl Gateway {
     }
 }
 
+/// A Gateway API `HTTPRoute`; the spec is l7's, validated at load.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpRoute {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: l7::httproute::HttpRouteSpec,
+}
+
 /// Every resource read from the files, by kind.
 #[derive(Debug, Clone, Default)]
 pub struct Resources {
@@ -363,6 +371,7 @@ pub struct Resources {
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub peer_authentications: Vec<PeerAuthentication>,
     pub gateways: Vec<Gateway>,
+    pub http_routes: Vec<HttpRoute>,
     /// Kinds read but not (yet) translated, with their count, for `keelson status`.
     pub ignored: BTreeMap<String, usize>,
 }
@@ -400,6 +409,7 @@ impl Resources {
             .extend(other.authorization_policies);
         self.peer_authentications.extend(other.peer_authentications);
         self.gateways.extend(other.gateways);
+        self.http_routes.extend(other.http_routes);
         for (k, n) in other.ignored {
             *self.ignored.entry(k).or_default() += n;
         }
@@ -463,6 +473,16 @@ impl Resources {
                     let g: Gateway = typed(value).map_err(bad)?;
                     g.validate().map_err(bad)?;
                     self.gateways.push(g)
+                }
+                "HTTPRoute"
+                    if value
+                        .get("apiVersion")
+                        .and_then(|v| v.as_str())
+                        .is_some_and(|v| v.starts_with("gateway.networking.k8s.io/")) =>
+                {
+                    let r: HttpRoute = typed(value).map_err(bad)?;
+                    r.spec.validate().map_err(bad)?;
+                    self.http_routes.push(r)
                 }
                 "" => return Err(bad("no kind".into())),
                 other => *self.ignored.entry(other.to_string()).or_default() += 1,

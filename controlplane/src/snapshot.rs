@@ -56,6 +56,24 @@ impl Snapshot {
                 p.authorization.encode_to_vec(),
             );
         }
+        // HTTPRoutes for waypoints, in file order (the creation-order tie-break).
+        for (i, r) in res.http_routes.iter().enumerate() {
+            let ns = r.metadata.namespace.as_deref().unwrap_or("default");
+            let route = xds::l7::HttpRoute {
+                namespace: ns.to_string(),
+                name: r.metadata.name.clone(),
+                created: i as u64,
+                spec_json: serde_json::to_string(&r.spec).unwrap_or_default(),
+            };
+            s.insert(
+                xds::type_url::HTTP_ROUTE,
+                &format!("{ns}/{}", r.metadata.name),
+                route.encode_to_vec(),
+            );
+        }
+        s.resources
+            .entry(xds::type_url::HTTP_ROUTE.to_string())
+            .or_default();
         s.resources
             .entry(xds::type_url::ADDRESS.to_string())
             .or_default();

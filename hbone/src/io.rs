@@ -13,18 +13,59 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::stream::H2Stream;
 
 pub struct H2Io {
-    stream: H2Stream,
+    /// `None` once dropped.
+    stream: Option<H2Stream>,
     /// Received but not yet read.
     pending: Bytes,
+    /// The peer ended its side (END_STREAM).
     eof: bool,
+    /// This side was shut down (END_STREAM sent).
+    shutdown: bool,
 }
+
+/// How long a shut-down stream is kept after it is dropped, waiting for the peer's
+/// END_STREAM, so that the data queued before it is still delivered.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl H2Io {
     pub fn new(stream: H2Stream) -> Self {
         H2Io {
-            stream,
+            stream: Some(stream),
             pending: Bytes::new(),
             eof: false,
+            shutdown: false,
+        }
+    }
+
+    fn stream(&mut self) -> &mut H2Stream {
+        self.stream.as_mut().expect("used after drop")
+    }
+}
+
+impl Drop for H2Io {
+    /// A stream dropped while one side is open would be reset, and a reset discards data
+    /// h2 has queued but not yet written (a response written just before a close). So: when
+    /// the peer has ended, end ours too (both closed, nothing reset); when we ended ours,
+    /// keep the stream until the peer ends (bounded); only an abandoned stream is reset.
+    fn drop(&mut self) {
+        let Some(mut stream) = self.stream.take() else {
+            return;
+        };
+        if self.eof {
+            let _ = stream.send.send_data(Bytes::new(), true);
+            return;
+        }
+        if self.shutdown {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = tokio::time::timeout(LINGER, async {
+                        while let Some(Ok(chunk)) = stream.recv.data().await {
+                            let _ = stream.recv.flow_control().release_capacity(chunk.len());
+                        }
+                    })
+                    .await;
+                });
+            }
         }
     }
 }
@@ -44,13 +85,10 @@ impl AsyncRead for H2Io {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         while this.pending.is_empty() && !this.eof {
-            match ready!(this.stream.recv.poll_data(cx)) {
+            let recv = &mut this.stream().recv;
+            match ready!(recv.poll_data(cx)) {
                 Some(Ok(chunk)) => {
-                    let _ = this
-                        .stream
-                        .recv
-                        .flow_control()
-                        .release_capacity(chunk.len());
+                    let _ = recv.flow_control().release_capacity(chunk.len());
                     this.pending = chunk;
                 }
                 Some(Err(e)) if e.reason() == Some(h2::Reason::NO_ERROR) => this.eof = true,
@@ -74,7 +112,7 @@ impl AsyncWrite for H2Io {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let send = &mut self.get_mut().stream.send;
+        let send = &mut self.get_mut().stream().send;
         send.reserve_capacity(buf.len());
         loop {
             match ready!(send.poll_capacity(cx)) {
@@ -96,9 +134,12 @@ impl AsyncWrite for H2Io {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let send = &mut self.get_mut().stream.send;
-        // Already ended or reset: nothing more to say.
-        let _ = send.send_data(Bytes::new(), true);
+        let this = self.get_mut();
+        if !this.shutdown {
+            this.shutdown = true;
+            // Already ended or reset: nothing more to say.
+            let _ = this.stream().send.send_data(Bytes::new(), true);
+        }
         Poll::Ready(Ok(()))
     }
 }

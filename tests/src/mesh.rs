@@ -14,9 +14,15 @@ pub fn prefix() -> String {
     format!("ktm{}", std::process::id())
 }
 
+/// Several meshes in one test process: `ktm<pid><tag>-…`.
+fn tagged_prefix(tag: &str) -> String {
+    format!("{}{tag}", prefix())
+}
+
 pub struct Mesh {
     pub home: PathBuf,
     bin: PathBuf,
+    prefix: String,
 }
 
 pub struct Out {
@@ -33,10 +39,17 @@ impl Default for Mesh {
 
 impl Mesh {
     pub fn new() -> Mesh {
-        let home = std::env::temp_dir().join(format!("keelson-mesh-test-{}", std::process::id()));
+        Mesh::tagged("")
+    }
+
+    /// A mesh of its own for one test of a process that runs several.
+    pub fn tagged(tag: &str) -> Mesh {
+        let home =
+            std::env::temp_dir().join(format!("keelson-mesh-test-{}{tag}", std::process::id()));
         Mesh {
             home,
             bin: find_binary("keelson").unwrap(),
+            prefix: tagged_prefix(tag),
         }
     }
 
@@ -44,7 +57,7 @@ impl Mesh {
         let out = Command::new(&self.bin)
             .args(args)
             .env("KEELSON_HOME", &self.home)
-            .env("KEELSON_PREFIX", prefix())
+            .env("KEELSON_PREFIX", &self.prefix)
             .stdin(Stdio::null())
             .output()
             .unwrap();
@@ -89,8 +102,7 @@ impl Mesh {
     }
 
     pub fn write(&self, name: &str, yaml: &str) -> PathBuf {
-        let p =
-            std::env::temp_dir().join(format!("keelson-mesh-test-{}-{name}", std::process::id()));
+        let p = std::env::temp_dir().join(format!("keelson-mesh-test-{}-{name}", self.prefix));
         std::fs::write(&p, yaml).unwrap();
         p
     }
@@ -118,7 +130,7 @@ impl Mesh {
             .unwrap()
             .lines()
             .filter_map(|l| l.split_whitespace().next())
-            .filter(|n| n.starts_with(&format!("{}-", prefix())))
+            .filter(|n| n.starts_with(&format!("{}-", self.prefix)))
             .map(str::to_string)
             .collect()
     }
@@ -139,7 +151,7 @@ impl Mesh {
     }
 
     pub fn node_netns(&self, node: &str) -> PathBuf {
-        netns::netns_path(&format!("{}-{node}", prefix()))
+        netns::netns_path(&format!("{}-{node}", self.prefix))
     }
 
     pub fn config_dump(&self, node: &str) -> serde_json::Value {

@@ -60,7 +60,7 @@ fn requests_from(log: &str, source_sa: &str, destination: &str) -> usize {
 
 #[test]
 fn a_namespace_waypoint_carries_its_service_traffic() {
-    let mesh = Mesh::new();
+    let mesh = Mesh::tagged("a");
     mesh.ok(&["up"]);
     let file = mesh.write("waypoint.yaml", WAYPOINT);
     let out = mesh.ok(&["apply", "-f", file.to_str().unwrap()]);
@@ -188,6 +188,189 @@ fn a_namespace_waypoint_carries_its_service_traffic() {
     );
     assert_eq!(requests_from(&waypoint_log(&mesh), "curl", productpage), 2);
     for f in [file, opt_out, gateway] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+const ROUTES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v1}
+spec: {selector: {app: reviews, version: v1}, ports: [{port: 9080, name: http}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v2}
+spec: {selector: {app: reviews, version: v2}, ports: [{port: 9080, name: http}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v3}
+spec: {selector: {app: reviews, version: v3}, ports: [{port: 9080, name: http}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-split}
+spec: {selector: {app: reviews}, ports: [{port: 9080, name: http}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  rules:
+  - matches: [{headers: [{name: end-user, value: jason}]}]
+    backendRefs: [{name: reviews-v2, port: 9080}]
+  - backendRefs: [{name: reviews-v3, port: 9080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: split}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews-split}]
+  rules:
+  - backendRefs:
+    - {name: reviews-v1, port: 9080, weight: 90}
+    - {name: reviews-v3, port: 9080, weight: 10}
+    - {name: reviews-v2, port: 9080, weight: 0}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: details}
+spec:
+  parentRefs: [{group: "", kind: Service, name: details, port: 9080}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {hostname: details.example, statusCode: 301, path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}
+  - matches: [{path: {type: PathPrefix, value: /demo}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: X-Test, value: rewritten}], remove: [X-Drop]}
+    backendRefs: [{name: details, port: 9080}]
+  - matches: [{path: {type: Exact, value: /details/0}}]
+    filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {add: [{name: X-Route, value: details}]}
+    backendRefs: [{name: details, port: 9080}]
+  - matches: [{path: {type: Exact, value: /broken}}]
+    backendRefs: [{name: no-such-service, port: 9080}]
+  - matches: [{path: {type: Exact, value: /nowhere}}]
+"#;
+
+/// One `curl -si` from the curl pod: (status, headers and body as text).
+fn curl_i(mesh: &Mesh, args: &[&str]) -> (u16, String) {
+    let mut cmd = vec!["curl", "-si", "-m", "10"];
+    cmd.extend_from_slice(args);
+    let out = mesh.exec("curl", &cmd);
+    let status = out
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, out.stdout)
+}
+
+#[test]
+fn httproutes_match_split_redirect_rewrite_and_modify_headers() {
+    let mesh = Mesh::tagged("b");
+    mesh.ok(&["up"]);
+    let file = mesh.write("waypoint.yaml", WAYPOINT);
+    mesh.ok(&["apply", "-f", file.to_str().unwrap()]);
+    let routes = mesh.write("routes.yaml", ROUTES);
+    mesh.ok(&["apply", "-f", routes.to_str().unwrap()]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    // By header: the end-user header productpage passes on picks reviews v2, else v3.
+    let reviews_of = |user: &str| -> String {
+        let out = mesh.exec(
+            "curl",
+            &[
+                "curl",
+                "-sS",
+                "-m",
+                "10",
+                "-H",
+                &format!("end-user: {user}"),
+                "http://productpage:9080/productpage",
+            ],
+        );
+        assert!(out.ok, "{}{}\n{}", out.stdout, out.stderr, mesh.logs());
+        let page: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        page["reviews"]["service"].as_str().unwrap().to_string()
+    };
+    for _ in 0..3 {
+        assert_eq!(reviews_of("jason"), "reviews-v2");
+        assert_eq!(reviews_of("someone"), "reviews-v3");
+    }
+
+    // A 90/10 split over 1000 requests (weight 0 gets nothing), from one Python client.
+    let py = "import urllib.request, json, collections\nc = collections.Counter()\nfor _ in range(1000):\n    c[json.load(urllib.request.urlopen('http://reviews-split:9080/reviews/0', timeout=10))['service']] += 1\nprint(json.dumps(c))";
+    let out = mesh.exec("curl", &["python3", "-c", py]);
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    let counts: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let v1 = counts["reviews-v1"].as_u64().unwrap_or(0);
+    let v3 = counts["reviews-v3"].as_u64().unwrap_or(0);
+    assert_eq!(v1 + v3, 1000, "{counts}");
+    // Binomial(1000, 0.9): σ ≈ 9.5; ±5σ.
+    assert!((852..=948).contains(&v1), "{counts}");
+    assert!(counts.get("reviews-v2").is_none(), "{counts}");
+
+    // Redirect: 301, new host, the Service port, the prefix replaced, the query kept.
+    let (status, text) = curl_i(&mesh, &["http://details:9080/old/page?x=1"]);
+    assert_eq!(status, 301, "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("location: http://details.example:9080/new/page?x=1"),
+        "{text}"
+    );
+    // Rewrite /demo/... to /..., with request headers set and removed on the way.
+    let (status, text) = curl_i(
+        &mesh,
+        &[
+            "-H",
+            "X-Drop: 1",
+            "-H",
+            "x-test: original",
+            "http://details:9080/demo/headers",
+        ],
+    );
+    assert_eq!(status, 200, "{text}");
+    let body: serde_json::Value =
+        serde_json::from_str(text.rsplit("\r\n\r\n").next().unwrap().trim()).unwrap();
+    assert_eq!(body["path"], "/headers", "{body}");
+    assert_eq!(body["headers"]["x-test"], "rewritten", "{body}");
+    assert!(body["headers"].get("x-drop").is_none(), "{body}");
+    // Response header added; no route matches: 404; invalid or missing backends: 500.
+    let (status, text) = curl_i(&mesh, &["http://details:9080/details/0"]);
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("x-route: details"),
+        "{text}"
+    );
+    assert_eq!(curl_i(&mesh, &["http://details:9080/elsewhere"]).0, 404);
+    assert_eq!(curl_i(&mesh, &["http://details:9080/broken"]).0, 500);
+    assert_eq!(curl_i(&mesh, &["http://details:9080/nowhere"]).0, 500);
+
+    // A bad route is refused with its file and field, and the others keep working.
+    let bad = mesh.write(
+        "bad-route.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: bad}\nspec:\n  rules:\n  - matches: [{path: {type: PathPrefix, value: nope}}]\n",
+    );
+    let out = mesh.run(&["apply", "-f", bad.to_str().unwrap()]);
+    assert!(
+        !out.ok
+            && out.stderr.contains("bad-route.yaml")
+            && out.stderr.contains("spec.rules[0].matches[0].path.value"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(reviews_of("jason"), "reviews-v2");
+    for f in [file, routes, bad] {
         let _ = std::fs::remove_file(f);
     }
 }

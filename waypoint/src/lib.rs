@@ -45,10 +45,22 @@ pub fn start(pi: &Arc<ProxyInputs>, readiness: &Readiness) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Runs a waypoint: what the `waypoint` binary does.
+/// Runs a waypoint: what the `waypoint` binary does. Besides WDS it subscribes to
+/// Keelson's HTTPRoute type; a route that does not decode or validate is NACKed by name.
 pub async fn run(cfg: ztunnel::config::Config) -> anyhow::Result<()> {
     let start: ztunnel::app::Listeners = Box::new(start);
-    ztunnel::app::run_with(cfg, Some(start)).await
+    let routes = ztunnel::xds_client::ExtraType {
+        type_url: xds::type_url::HTTP_ROUTE,
+        ready: "xds http routes",
+        validate: Arc::new(|b: &[u8]| decode_route(b).map(|_| ())),
+    };
+    ztunnel::app::run_with(cfg, Some(start), vec![routes]).await
+}
+
+/// The process-wide route cache.
+fn routes() -> Arc<Routes> {
+    static ROUTES: std::sync::OnceLock<Arc<Routes>> = std::sync::OnceLock::new();
+    ROUTES.get_or_init(Arc::default).clone()
 }
 
 async fn serve_connection(pi: Arc<ProxyInputs>, tcp: TcpStream, peer: SocketAddr) {
@@ -143,7 +155,9 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
             pi: pi.clone(),
             dst,
             source: source.to_string(),
+            source_namespace: source.namespace.to_string(),
             client,
+            routes: routes(),
         });
         let svc = hyper::service::service_fn(move |req| {
             let ctx = ctx.clone();
@@ -165,7 +179,10 @@ struct Context {
     pi: Arc<ProxyInputs>,
     dst: Destination,
     source: String,
+    /// The client's namespace (from its identity), for consumer routes.
+    source_namespace: String,
     client: SocketAddr,
+    routes: Arc<Routes>,
 }
 
 fn text(status: StatusCode, msg: &str) -> Response<Body> {
@@ -227,7 +244,7 @@ impl Context {
     async fn forward(&self, mut req: Request<hyper::body::Incoming>) -> Response<Body> {
         let started = Instant::now();
         let method = req.method().clone();
-        let path = req
+        let full_path = req
             .uri()
             .path_and_query()
             .map(|p| p.to_string())
@@ -239,34 +256,51 @@ impl Context {
             .map(str::to_string)
             .or_else(|| req.uri().authority().map(|a| a.to_string()))
             .unwrap_or_default();
-        let (resp, upstream, flag) = match tunnel_to(&self.pi, &self.dst, self.client).await {
-            Err((status, msg, flag)) => (text(status, &msg), None, flag),
-            Ok((stream, w)) => {
-                // To the endpoint in HTTP/1.1, origin-form, with a Host header.
-                *req.version_mut() = http::Version::HTTP_11;
-                *req.uri_mut() = path.parse().unwrap_or_default();
-                if let Ok(v) = http::HeaderValue::from_str(&host) {
-                    req.headers_mut().insert(http::header::HOST, v);
-                }
-                match send(stream, req).await {
-                    Ok(r) => (r, Some(w), "-"),
-                    Err(e) => (
-                        text(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            &format!(
-                                "upstream connect error or disconnect/reset before headers: {e}"
+        let plan = self.plan(&mut req, &host);
+        let route_name = plan.route.clone().unwrap_or_else(|| "-".into());
+        let (resp, upstream, flag) = match plan.action {
+            Action::Respond(resp, flag) => (resp, None, flag),
+            Action::Forward(dst, host) => {
+                match tunnel_to(&self.pi, &dst, self.client).await {
+                    Err((status, msg, flag)) => (text(status, &msg), None, flag),
+                    Ok((stream, w)) => {
+                        // To the endpoint in HTTP/1.1, origin-form, with a Host header.
+                        let path = req
+                            .uri()
+                            .path_and_query()
+                            .map(|p| p.to_string())
+                            .unwrap_or_else(|| "/".into());
+                        *req.version_mut() = http::Version::HTTP_11;
+                        *req.uri_mut() = path.parse().unwrap_or_default();
+                        if let Ok(v) = http::HeaderValue::from_str(&host) {
+                            req.headers_mut().insert(http::header::HOST, v);
+                        }
+                        match send(stream, req).await {
+                            Ok(r) => (r, Some(w), "-"),
+                            Err(e) => (
+                                text(
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    &format!(
+                                        "upstream connect error or disconnect/reset before headers: {e}"
+                                    ),
+                                ),
+                                Some(w),
+                                "UC",
                             ),
-                        ),
-                        Some(w),
-                        "UC",
-                    ),
+                        }
+                    }
                 }
             }
         };
+        let mut resp = resp;
+        for m in &plan.response_headers {
+            l7::table::modify_headers(resp.headers_mut(), m);
+        }
         tracing::event!(target: "access", tracing::Level::INFO,
             src.identity = %self.source,
             destination = %self.dst.name(),
-            %method, %path, authority = %host,
+            %method, path = %full_path, authority = %host,
+            route = %route_name,
             upstream = upstream.as_ref().map(|w| w.name.as_str()).unwrap_or("-"),
             status = resp.status().as_u16(),
             response_flags = flag,
@@ -274,6 +308,231 @@ impl Context {
             "request");
         resp
     }
+
+    /// What to do with a request: the HTTPRoutes attached to the service port it was
+    /// addressed to decide (l7-semantics.md §3, §5); without any, it goes to that service.
+    fn plan(&self, req: &mut Request<hyper::body::Incoming>, host: &str) -> Plan {
+        let Destination::Service { svc, port } = &self.dst else {
+            return Plan::forward(self.dst.clone(), host);
+        };
+        let routes = self.routes.current(&self.pi.state);
+        let client_ns = self.source_namespace.as_str();
+        let frontend = l7::table::Frontend {
+            namespace: &svc.namespace,
+            name: &svc.name,
+            port: *port,
+            port_name: None,
+            client_namespace: client_ns,
+        };
+        let Some(table) = l7::table::RouteTable::build(&routes, &frontend) else {
+            return Plan::forward(self.dst.clone(), host);
+        };
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().map(str::to_string);
+        let selected = table.select(&l7::table::RequestView {
+            method: req.method().as_str(),
+            path: &path,
+            query: query.as_deref(),
+            headers: req.headers(),
+        });
+        let Some(sel) = selected else {
+            return Plan::respond(text(StatusCode::NOT_FOUND, "no matching route"), "NR", None);
+        };
+        let route_name = format!("{}/{}", sel.route.namespace, sel.route.name);
+        let rule = sel.rule();
+        let mut plan = Plan::respond(
+            text(StatusCode::INTERNAL_SERVER_ERROR, "no valid backend"),
+            "NR",
+            Some(route_name.clone()),
+        );
+        let mut host = host.to_string();
+        let mut new_path = path.clone();
+        if let Some(r) = self.apply_filters(
+            &rule.filters,
+            req,
+            &mut host,
+            &mut new_path,
+            &sel,
+            &mut plan,
+            *port,
+        ) {
+            return r;
+        }
+        let Some(backend) = l7::table::pick_backend(rule) else {
+            return plan; // no backend, or all weights 0: 500
+        };
+        if let Some(r) = self.apply_filters(
+            &backend.filters,
+            req,
+            &mut host,
+            &mut new_path,
+            &sel,
+            &mut plan,
+            *port,
+        ) {
+            return r;
+        }
+        let backend_ns = backend
+            .namespace
+            .clone()
+            .unwrap_or_else(|| sel.route.namespace.clone());
+        let backend_host = format!("{}.{backend_ns}.svc.cluster.local", backend.name);
+        let backend_svc = backend
+            .is_service()
+            .then(|| self.pi.state.service_by_host(&backend_host, &backend_ns))
+            .flatten();
+        let Some(backend_svc) = backend_svc else {
+            return plan; // invalid backend: its share gets 500
+        };
+        if new_path != path {
+            let pq = match &query {
+                Some(q) => format!("{new_path}?{q}"),
+                None => new_path,
+            };
+            if let Ok(uri) = pq.parse() {
+                *req.uri_mut() = uri;
+            }
+        }
+        plan.action = Action::Forward(
+            Destination::Service {
+                svc: backend_svc,
+                port: backend.port.unwrap_or(*port),
+            },
+            host,
+        );
+        plan
+    }
+
+    /// Applies `filters` to the request; a redirect answers at once (returned).
+    #[allow(clippy::too_many_arguments)]
+    fn apply_filters(
+        &self,
+        filters: &[l7::httproute::Filter],
+        req: &mut Request<hyper::body::Incoming>,
+        host: &mut String,
+        path: &mut String,
+        sel: &l7::table::Selected,
+        plan: &mut Plan,
+        port: u16,
+    ) -> Option<Plan> {
+        use l7::httproute::FilterType as F;
+        for f in filters {
+            match f.kind {
+                F::RequestHeaderModifier => {
+                    if let Some(m) = &f.request_header_modifier {
+                        l7::table::modify_headers(req.headers_mut(), m);
+                    }
+                }
+                F::ResponseHeaderModifier => {
+                    if let Some(m) = &f.response_header_modifier {
+                        plan.response_headers.push(m.clone());
+                    }
+                }
+                F::RequestRedirect => {
+                    let r = f.request_redirect.as_ref()?;
+                    let (status, location) = l7::table::redirect(
+                        r,
+                        host,
+                        port,
+                        path,
+                        req.uri().query(),
+                        sel.matched_prefix.as_deref(),
+                    );
+                    let mut resp = text(
+                        StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND),
+                        "redirect",
+                    );
+                    if let Ok(v) = http::HeaderValue::from_str(&location) {
+                        resp.headers_mut().insert(http::header::LOCATION, v);
+                    }
+                    let mut out = Plan::respond(resp, "-", plan.route.clone());
+                    out.response_headers = plan.response_headers.clone();
+                    return Some(out);
+                }
+                F::URLRewrite => {
+                    if let Some(rw) = &f.url_rewrite {
+                        if let Some(h) = &rw.hostname {
+                            *host = h.clone();
+                        }
+                        if let Some(m) = &rw.path {
+                            *path = l7::table::modify_path(path, m, sel.matched_prefix.as_deref());
+                        }
+                    }
+                }
+                // Validated away at the control plane, or not applied yet (mirror).
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
+enum Action {
+    Respond(Response<Body>, &'static str),
+    /// To this destination, with this Host.
+    Forward(Destination, String),
+}
+
+struct Plan {
+    action: Action,
+    route: Option<String>,
+    response_headers: Vec<l7::httproute::HeaderModifier>,
+}
+
+impl Plan {
+    fn forward(dst: Destination, host: &str) -> Plan {
+        Plan {
+            action: Action::Forward(dst, host.to_string()),
+            route: None,
+            response_headers: Vec::new(),
+        }
+    }
+
+    fn respond(resp: Response<Body>, flag: &'static str, route: Option<String>) -> Plan {
+        Plan {
+            action: Action::Respond(resp, flag),
+            route,
+            response_headers: Vec::new(),
+        }
+    }
+}
+
+/// The HTTPRoutes from the control plane, decoded once per state change.
+#[derive(Default)]
+pub struct Routes {
+    cached: std::sync::Mutex<(u64, Vec<Arc<l7::table::Route>>)>,
+}
+
+impl Routes {
+    fn current(&self, state: &State) -> Vec<Arc<l7::table::Route>> {
+        let version = state.version();
+        let mut c = self.cached.lock().unwrap();
+        if c.0 != version || version == 0 {
+            let routes = state
+                .extras(xds::type_url::HTTP_ROUTE)
+                .values()
+                .filter_map(|b| decode_route(b).ok())
+                .map(Arc::new)
+                .collect();
+            *c = (version, routes);
+        }
+        c.1.clone()
+    }
+}
+
+/// An HTTPRoute resource from the control plane, checked.
+pub fn decode_route(bytes: &[u8]) -> Result<l7::table::Route, String> {
+    use prost::Message;
+    let r = xds::l7::HttpRoute::decode(bytes).map_err(|e| format!("decode: {e}"))?;
+    let spec: l7::httproute::HttpRouteSpec =
+        serde_json::from_str(&r.spec_json).map_err(|e| format!("spec_json: {e}"))?;
+    spec.validate()?;
+    Ok(l7::table::Route {
+        namespace: r.namespace,
+        name: r.name,
+        created: r.created,
+        spec,
+    })
 }
 
 async fn send(

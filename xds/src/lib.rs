@@ -29,7 +29,14 @@ pub mod discovery {
 }
 
 /// Type URLs (istio-wire.md §3.2).
+/// Keelson's L7 types for waypoints (not Istio's).
+pub mod l7 {
+    tonic::include_proto!("keelson.l7.v1");
+}
+
 pub mod type_url {
+    /// Keelson's HTTPRoute for waypoints.
+    pub const HTTP_ROUTE: &str = "type.googleapis.com/keelson.l7.v1.HTTPRoute";
     pub const ADDRESS: &str = "type.googleapis.com/istio.workload.Address";
     pub const AUTHORIZATION: &str = "type.googleapis.com/istio.security.Authorization";
     pub const WORKLOAD: &str = "type.googleapis.com/istio.workload.Workload";

@@ -25,11 +25,16 @@ const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 pub type Listeners = Box<dyn FnOnce(&Arc<ProxyInputs>, &Readiness) -> anyhow::Result<()> + Send>;
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    run_with(cfg, None).await
+    run_with(cfg, None, Vec::new()).await
 }
 
-/// [`run`], with `listeners` serving the dedicated workload instead of ztunnel's proxies.
-pub async fn run_with(cfg: Config, listeners: Option<Listeners>) -> anyhow::Result<()> {
+/// [`run`], with `listeners` serving the dedicated workload instead of ztunnel's proxies,
+/// and `extra` xDS types subscribed to after WDS and authorization.
+pub async fn run_with(
+    cfg: Config,
+    listeners: Option<Listeners>,
+    extra: Vec<crate::xds_client::ExtraType>,
+) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     tracing::info!(config = %serde_json::to_string(cfg.as_ref()).unwrap_or_default(), "starting ztunnel");
 
@@ -51,12 +56,15 @@ pub async fn run_with(cfg: Config, listeners: Option<Listeners>) -> anyhow::Resu
         }
         (None, Some(_)) => {
             let state = State::default();
-            let client = XdsClient::new(
+            let mut client = XdsClient::new(
                 cfg.clone(),
                 state.clone(),
                 readiness.clone(),
                 metrics.xds.clone(),
             );
+            for e in extra {
+                client = client.with_extra_type(e);
+            }
             tokio::spawn(client.run());
             state
         }

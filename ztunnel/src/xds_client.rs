@@ -67,6 +67,19 @@ pub fn node(cfg: &Config) -> Node {
     }
 }
 
+/// Checks one resource of an extra type (its encoded body); an error NACKs that resource.
+pub type Validator = Arc<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync>;
+
+/// A type ztunnel does not interpret but subscribes to for its user (the waypoint's L7
+/// types): validated, then kept raw in [`State::extras`].
+#[derive(Clone)]
+pub struct ExtraType {
+    pub type_url: &'static str,
+    /// Readiness task: done at the first response of this type.
+    pub ready: &'static str,
+    pub validate: Validator,
+}
+
 pub struct XdsClient {
     cfg: Arc<Config>,
     metrics: crate::metrics::XdsMetrics,
@@ -74,6 +87,54 @@ pub struct XdsClient {
     readiness: Readiness,
     /// name → version, per type: what this ztunnel holds, sent on reconnect.
     held: HashMap<&'static str, HashMap<String, String>>,
+    extras: Vec<ExtraType>,
+}
+
+/// Applies a response of an extra type: each resource validated (the bad ones NACKed by
+/// name), the others stored raw.
+pub fn apply_extra_response(
+    state: &State,
+    extra: &ExtraType,
+    held: &mut HashMap<String, String>,
+    resp: &DeltaDiscoveryResponse,
+) -> DeltaDiscoveryRequest {
+    let mut errors = Vec::new();
+    let mut upserts = Vec::new();
+    for r in &resp.resources {
+        let body = r.resource.as_ref().map(|a| a.value.clone());
+        match body
+            .ok_or_else(|| "no resource body".to_string())
+            .and_then(|b| (extra.validate)(&b).map(|()| b))
+        {
+            Ok(b) => {
+                held.insert(r.name.clone(), r.version.clone());
+                upserts.push((r.name.clone(), b));
+            }
+            Err(e) => errors.push(format!("{}: {e}", r.name)),
+        }
+    }
+    for name in &resp.removed_resources {
+        held.remove(name);
+    }
+    let added = upserts.len();
+    state.apply_extra(extra.type_url, upserts, &resp.removed_resources);
+    tracing::info!(type_url = %resp.type_url, added, removed = resp.removed_resources.len(),
+        rejected = errors.len(), "xds response applied");
+    let error_detail = (!errors.is_empty()).then(|| {
+        let message = errors.join("; ");
+        tracing::warn!(type_url = %resp.type_url, nonce = %resp.nonce, error = %message, "NACK: resources rejected");
+        RpcStatus {
+            code: INVALID_ARGUMENT,
+            message,
+            details: vec![],
+        }
+    });
+    DeltaDiscoveryRequest {
+        type_url: resp.type_url.clone(),
+        response_nonce: resp.nonce.clone(),
+        error_detail,
+        ..Default::default()
+    }
 }
 
 /// Decodes and converts every resource of `resp` as `M`; the ones that fail are listed in
@@ -179,7 +240,16 @@ impl XdsClient {
             state,
             readiness,
             held: WATCHED.iter().map(|t| (*t, HashMap::new())).collect(),
+            extras: Vec::new(),
         }
+    }
+
+    /// Also subscribes to `extra` (after WDS and authorization).
+    pub fn with_extra_type(mut self, extra: ExtraType) -> Self {
+        self.readiness.register(extra.ready);
+        self.held.insert(extra.type_url, HashMap::new());
+        self.extras.push(extra);
+        self
     }
 
     /// Runs forever: connect, stream, reconnect with backoff.
@@ -238,7 +308,12 @@ impl XdsClient {
             .max_decoding_message_size(MAX_MESSAGE);
         let (tx, rx) = mpsc::channel(8);
         let node = node(&self.cfg);
-        for t in WATCHED {
+        let types: Vec<&'static str> = WATCHED
+            .iter()
+            .copied()
+            .chain(self.extras.iter().map(|e| e.type_url))
+            .collect();
+        for t in &types {
             let held = &self.held[t];
             tx.send(DeltaDiscoveryRequest {
                 node: Some(node.clone()),
@@ -285,12 +360,17 @@ impl XdsClient {
                 let _ = tx.send(ack).await;
                 continue;
             };
-            let ack = apply_response(&self.state, held, &resp);
+            let extra = self.extras.iter().find(|e| e.type_url == t);
+            let ack = match extra {
+                Some(e) => apply_extra_response(&self.state, e, held, &resp),
+                None => apply_response(&self.state, held, &resp),
+            };
             if tx.send(ack).await.is_err() {
                 return Err((anyhow::anyhow!("request stream closed"), got));
             }
-            self.readiness.done(match t {
-                type_url::ADDRESS => READY_ADDRESS,
+            self.readiness.done(match (t, extra) {
+                (_, Some(e)) => e.ready,
+                (type_url::ADDRESS, None) => READY_ADDRESS,
                 _ => READY_AUTHORIZATION,
             });
         }

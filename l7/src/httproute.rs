@@ -1,0 +1,548 @@
+//! Gateway API `HTTPRoute` (gateway.networking.k8s.io/v1), the fields the waypoint applies,
+//! with validation that names the failing field (l7-semantics.md §3).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteSpec {
+    #[serde(default)]
+    pub parent_refs: Vec<ParentRef>,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentRef {
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub section_name: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+impl ParentRef {
+    /// A Service parent (GAMMA): kind `Service` with the core group given explicitly
+    /// (GW-01: a missing group means Gateway).
+    pub fn is_service(&self) -> bool {
+        self.kind.as_deref() == Some("Service")
+            && matches!(self.group.as_deref(), Some("" | "core"))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub matches: Vec<Match>,
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+    #[serde(default)]
+    pub backend_refs: Vec<BackendRef>,
+    #[serde(default)]
+    pub timeouts: Option<Timeouts>,
+    #[serde(default)]
+    pub retry: Option<Retry>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Match {
+    #[serde(default)]
+    pub path: Option<PathMatch>,
+    #[serde(default)]
+    pub headers: Vec<ValueMatch>,
+    #[serde(default)]
+    pub query_params: Vec<ValueMatch>,
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PathType {
+    Exact,
+    #[default]
+    PathPrefix,
+    RegularExpression,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PathMatch {
+    #[serde(rename = "type", default)]
+    pub kind: PathType,
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+impl PathMatch {
+    pub fn value(&self) -> &str {
+        self.value.as_deref().unwrap_or("/")
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MatchType {
+    #[default]
+    Exact,
+    RegularExpression,
+}
+
+/// A header or query parameter match.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ValueMatch {
+    #[serde(rename = "type", default)]
+    pub kind: MatchType,
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FilterType {
+    RequestHeaderModifier,
+    ResponseHeaderModifier,
+    RequestRedirect,
+    URLRewrite,
+    RequestMirror,
+    CORS,
+    ExtensionRef,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Filter {
+    #[serde(rename = "type")]
+    pub kind: FilterType,
+    #[serde(default)]
+    pub request_header_modifier: Option<HeaderModifier>,
+    #[serde(default)]
+    pub response_header_modifier: Option<HeaderModifier>,
+    #[serde(default)]
+    pub request_redirect: Option<Redirect>,
+    #[serde(default, rename = "urlRewrite")]
+    pub url_rewrite: Option<UrlRewrite>,
+    #[serde(default)]
+    pub request_mirror: Option<Mirror>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NameValue {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeaderModifier {
+    #[serde(default)]
+    pub set: Vec<NameValue>,
+    #[serde(default)]
+    pub add: Vec<NameValue>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PathModifierType {
+    ReplaceFullPath,
+    ReplacePrefixMatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PathModifier {
+    #[serde(rename = "type")]
+    pub kind: PathModifierType,
+    #[serde(default)]
+    pub replace_full_path: Option<String>,
+    #[serde(default)]
+    pub replace_prefix_match: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Redirect {
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub path: Option<PathModifier>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub status_code: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UrlRewrite {
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub path: Option<PathModifier>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mirror {
+    pub backend_ref: BackendRef,
+    #[serde(default)]
+    pub percent: Option<u32>,
+    #[serde(default)]
+    pub fraction: Option<Fraction>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fraction {
+    pub numerator: u32,
+    #[serde(default = "hundred")]
+    pub denominator: u32,
+}
+
+fn hundred() -> u32 {
+    100
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendRef {
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub weight: Option<u32>,
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+}
+
+impl BackendRef {
+    /// Default 1 (GW-43).
+    pub fn weight(&self) -> u32 {
+        self.weight.unwrap_or(1)
+    }
+
+    /// Only core Services are backends here; anything else is an invalid backend (500).
+    pub fn is_service(&self) -> bool {
+        matches!(self.group.as_deref(), None | Some("" | "core"))
+            && matches!(self.kind.as_deref(), None | Some("Service"))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timeouts {
+    #[serde(default)]
+    pub request: Option<String>,
+    #[serde(default)]
+    pub backend_request: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Retry {
+    #[serde(default)]
+    pub codes: Vec<u16>,
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    #[serde(default)]
+    pub backoff: Option<String>,
+}
+
+/// A Gateway API duration (GEP-2257): 1–4 groups of up to 5 digits, each followed by `h`,
+/// `m`, `s` or `ms`; no decimals. `0s` is zero (which disables a timeout).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration (e.g. 1m30s, 500ms)");
+    let mut rest = s;
+    let mut total = Duration::ZERO;
+    let mut groups = 0;
+    while !rest.is_empty() {
+        let digits = rest.chars().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 || digits > 5 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else if rest.starts_with('h') {
+            (Duration::from_secs(3600), 1)
+        } else if rest.starts_with('m') {
+            (Duration::from_secs(60), 1)
+        } else if rest.starts_with('s') {
+            (Duration::from_secs(1), 1)
+        } else {
+            return Err(bad());
+        };
+        rest = &rest[len..];
+        total += unit * n as u32;
+        groups += 1;
+    }
+    if groups == 0 || groups > 4 {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+fn check_path_value(v: &str, field: &str) -> Result<(), String> {
+    if !v.starts_with('/') {
+        return Err(format!("{field}: {v:?} must start with /"));
+    }
+    if v.contains("//") {
+        return Err(format!("{field}: {v:?} must not contain //"));
+    }
+    Ok(())
+}
+
+fn check_filter(f: &Filter, field: &str, rule: &Rule, on_backend: bool) -> Result<(), String> {
+    let missing = |what: &str| Err(format!("{field}: type {:?} needs {what}", f.kind));
+    match f.kind {
+        FilterType::RequestHeaderModifier if f.request_header_modifier.is_none() => {
+            return missing("requestHeaderModifier")
+        }
+        FilterType::ResponseHeaderModifier if f.response_header_modifier.is_none() => {
+            return missing("responseHeaderModifier")
+        }
+        FilterType::RequestRedirect => {
+            let Some(r) = &f.request_redirect else {
+                return missing("requestRedirect");
+            };
+            if let Some(code) = r.status_code {
+                if ![301, 302, 303, 307, 308].contains(&code) {
+                    return Err(format!(
+                        "{field}.requestRedirect.statusCode: {code} is not 301, 302, 303, 307 or 308"
+                    ));
+                }
+            }
+            if let Some(s) = &r.scheme {
+                if s != "http" && s != "https" {
+                    return Err(format!(
+                        "{field}.requestRedirect.scheme: {s:?} is not http or https"
+                    ));
+                }
+            }
+            if !on_backend && !rule.backend_refs.is_empty() {
+                return Err(format!(
+                    "{field}: RequestRedirect cannot be combined with backendRefs"
+                ));
+            }
+            if let Some(p) = &r.path {
+                check_path_modifier(p, &format!("{field}.requestRedirect.path"), rule)?;
+            }
+        }
+        FilterType::URLRewrite => {
+            let Some(r) = &f.url_rewrite else {
+                return missing("urlRewrite");
+            };
+            if let Some(p) = &r.path {
+                check_path_modifier(p, &format!("{field}.urlRewrite.path"), rule)?;
+            }
+        }
+        FilterType::RequestMirror => {
+            let Some(m) = &f.request_mirror else {
+                return missing("requestMirror");
+            };
+            if m.percent.is_some() && m.fraction.is_some() {
+                return Err(format!(
+                    "{field}.requestMirror: percent and fraction are mutually exclusive"
+                ));
+            }
+            if m.percent.is_some_and(|p| p > 100) {
+                return Err(format!("{field}.requestMirror.percent: at most 100"));
+            }
+            if let Some(fr) = &m.fraction {
+                if fr.denominator == 0 || fr.numerator > fr.denominator {
+                    return Err(format!(
+                        "{field}.requestMirror.fraction: needs 0 ≤ numerator ≤ denominator, denominator > 0"
+                    ));
+                }
+            }
+        }
+        FilterType::CORS | FilterType::ExtensionRef => {
+            return Err(format!("{field}: filter {:?} is not supported", f.kind));
+        }
+        _ => {}
+    }
+    for (m, what) in [
+        (&f.request_header_modifier, "requestHeaderModifier"),
+        (&f.response_header_modifier, "responseHeaderModifier"),
+    ] {
+        if let Some(m) = m {
+            let mut names: Vec<String> = m
+                .set
+                .iter()
+                .chain(&m.add)
+                .map(|nv| nv.name.to_ascii_lowercase())
+                .chain(m.remove.iter().map(|n| n.to_ascii_lowercase()))
+                .collect();
+            for n in &names {
+                http::HeaderName::from_bytes(n.as_bytes())
+                    .map_err(|_| format!("{field}.{what}: {n:?} is not a header name"))?;
+            }
+            names.sort();
+            if names.windows(2).any(|w| w[0] == w[1]) {
+                return Err(format!("{field}.{what}: one action per header name"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_path_modifier(p: &PathModifier, field: &str, rule: &Rule) -> Result<(), String> {
+    match p.kind {
+        PathModifierType::ReplaceFullPath => {
+            let v = p
+                .replace_full_path
+                .as_deref()
+                .ok_or_else(|| format!("{field}: ReplaceFullPath needs replaceFullPath"))?;
+            check_path_value(v, &format!("{field}.replaceFullPath"))
+        }
+        PathModifierType::ReplacePrefixMatch => {
+            let v = p
+                .replace_prefix_match
+                .as_deref()
+                .ok_or_else(|| format!("{field}: ReplacePrefixMatch needs replacePrefixMatch"))?;
+            if !v.is_empty() {
+                check_path_value(v, &format!("{field}.replacePrefixMatch"))?;
+            }
+            let prefixes = rule
+                .matches
+                .iter()
+                .filter(|m| {
+                    m.path
+                        .as_ref()
+                        .map(|p| p.kind == PathType::PathPrefix)
+                        .unwrap_or(true)
+                })
+                .count();
+            if rule.matches.len() > 1 || prefixes != rule.matches.len().max(1) {
+                return Err(format!(
+                    "{field}: ReplacePrefixMatch needs the rule to have exactly one PathPrefix match"
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+impl HttpRouteSpec {
+    /// Checks what the waypoint relies on; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.rules.len() > 16 {
+            return Err("spec.rules: at most 16 rules".into());
+        }
+        for (i, p) in self.parent_refs.iter().enumerate() {
+            if p.name.is_empty() {
+                return Err(format!("spec.parentRefs[{i}].name: required"));
+            }
+        }
+        for (ri, rule) in self.rules.iter().enumerate() {
+            let at = format!("spec.rules[{ri}]");
+            for (mi, m) in rule.matches.iter().enumerate() {
+                let at = format!("{at}.matches[{mi}]");
+                if let Some(p) = &m.path {
+                    match p.kind {
+                        PathType::Exact | PathType::PathPrefix => {
+                            check_path_value(p.value(), &format!("{at}.path.value"))?
+                        }
+                        PathType::RegularExpression => {
+                            regex::Regex::new(p.value()).map_err(|e| {
+                                format!("{at}.path.value: bad regular expression: {e}")
+                            })?;
+                        }
+                    }
+                }
+                for (what, list) in [("headers", &m.headers), ("queryParams", &m.query_params)] {
+                    for (hi, h) in list.iter().enumerate() {
+                        if h.name.is_empty() {
+                            return Err(format!("{at}.{what}[{hi}].name: required"));
+                        }
+                        if h.kind == MatchType::RegularExpression {
+                            regex::Regex::new(&h.value).map_err(|e| {
+                                format!("{at}.{what}[{hi}].value: bad regular expression: {e}")
+                            })?;
+                        }
+                    }
+                }
+                if let Some(method) = &m.method {
+                    if method.is_empty() || method.chars().any(|c| !c.is_ascii_uppercase()) {
+                        return Err(format!("{at}.method: {method:?} is not an HTTP method"));
+                    }
+                }
+            }
+            for (fi, f) in rule.filters.iter().enumerate() {
+                check_filter(f, &format!("{at}.filters[{fi}]"), rule, false)?;
+            }
+            if rule
+                .filters
+                .iter()
+                .any(|f| f.kind == FilterType::RequestRedirect)
+                && rule
+                    .filters
+                    .iter()
+                    .any(|f| f.kind == FilterType::URLRewrite)
+            {
+                return Err(format!(
+                    "{at}.filters: RequestRedirect and URLRewrite cannot be combined"
+                ));
+            }
+            for (bi, b) in rule.backend_refs.iter().enumerate() {
+                let at = format!("{at}.backendRefs[{bi}]");
+                if b.weight.is_some_and(|w| w > 1_000_000) {
+                    return Err(format!("{at}.weight: at most 1000000"));
+                }
+                for (fi, f) in b.filters.iter().enumerate() {
+                    check_filter(f, &format!("{at}.filters[{fi}]"), rule, true)?;
+                }
+            }
+            if let Some(t) = &rule.timeouts {
+                let request = t
+                    .request
+                    .as_deref()
+                    .map(parse_duration)
+                    .transpose()
+                    .map_err(|e| format!("{at}.timeouts.request: {e}"))?;
+                let backend = t
+                    .backend_request
+                    .as_deref()
+                    .map(parse_duration)
+                    .transpose()
+                    .map_err(|e| format!("{at}.timeouts.backendRequest: {e}"))?;
+                if let (Some(r), Some(b)) = (request, backend) {
+                    if !r.is_zero() && (b > r || b.is_zero()) {
+                        return Err(format!(
+                            "{at}.timeouts.backendRequest: must not exceed timeouts.request"
+                        ));
+                    }
+                }
+            }
+            if let Some(r) = &rule.retry {
+                if r.attempts == Some(0) {
+                    return Err(format!("{at}.retry.attempts: at least 1"));
+                }
+                if let Some(c) = r.codes.iter().find(|c| !(400..=599).contains(*c)) {
+                    return Err(format!("{at}.retry.codes: {c} is not in 400-599"));
+                }
+                if let Some(b) = &r.backoff {
+                    parse_duration(b).map_err(|e| format!("{at}.retry.backoff: {e}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
