@@ -4,5 +4,6 @@
 
 pub mod apps;
 pub mod bench;
+pub mod cni;
 pub mod mesh;
 pub mod testbed;

@@ -322,7 +322,6 @@ impl Testbed {
     /// environment, the network configuration with `prevResult` on stdin); its stdout, or an
     /// error holding its output when it fails.
     pub fn cni(&self, command: &str, pod: &str) -> Result<String> {
-        use std::io::Write as _;
         let bin = find_binary("keelson-cni")?;
         let conf = serde_json::json!({
             "cniVersion": "1.0.0",
@@ -335,39 +334,26 @@ impl Testbed {
                 "ips": [{"address": format!("{}/24", self.ip(pod)), "interface": 0}],
             },
         });
-        let mut child = std::process::Command::new(bin)
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", format!("sandbox-{pod}"))
-            .env(
-                "CNI_NETNS",
-                format!("/var/run/netns/{}", self.pod(pod).name()),
-            )
-            .env("CNI_IFNAME", "eth0")
-            .env(
-                "CNI_ARGS",
-                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={NAMESPACE};K8S_POD_NAME={pod}"),
-            )
-            .env("CNI_PATH", "/opt/cni/bin")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("running keelson-cni")?;
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(conf.to_string().as_bytes())?;
-        let out = child.wait_with_output()?;
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        if !out.status.success() {
+        let netns = self.pod(pod).path();
+        let out = crate::cni::call(
+            &bin,
+            &crate::cni::CniCall {
+                command,
+                container_id: &format!("sandbox-{pod}"),
+                netns: &netns,
+                namespace: NAMESPACE,
+                pod,
+                conf: &conf,
+            },
+        )?;
+        if !out.ok {
             bail!(
-                "keelson-cni {command} {pod} failed ({}): {stdout}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
+                "keelson-cni {command} {pod} failed: {}{}",
+                out.stdout,
+                out.stderr
             );
         }
-        Ok(stdout)
+        Ok(out.stdout)
     }
 
     /// Stops the shared ztunnel (SIGTERM, drain) and starts a new one, which gets the node

@@ -339,6 +339,32 @@ pub(crate) fn install_policy_routing(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The nat OUTPUT rule sending the pod's UDP DNS to the DNS proxy; `op` is `-A` or `-D`.
+pub(crate) fn udp_dns_rule(op: &str) -> [&str; 20] {
+    [
+        "-t",
+        "nat",
+        op,
+        "OUTPUT",
+        "-p",
+        "udp",
+        "--dport",
+        "53",
+        "!",
+        "-o",
+        "lo",
+        "-m",
+        "mark",
+        "!",
+        "--mark",
+        "0x539/0xfff",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "15053",
+    ]
+}
+
 fn install_iptables(path: &Path) -> Result<()> {
     let rules: &[&[&str]] = &[
         &["-t", "mangle", "-N", "KEELSON_PRERT"],
@@ -458,28 +484,7 @@ fn install_iptables(path: &Path) -> Result<()> {
             "15001",
         ],
         // DNS over UDP, except ztunnel's own (marked) queries and queries over loopback.
-        &[
-            "-t",
-            "nat",
-            "-A",
-            "OUTPUT",
-            "-p",
-            "udp",
-            "--dport",
-            "53",
-            "!",
-            "-o",
-            "lo",
-            "-m",
-            "mark",
-            "!",
-            "--mark",
-            "0x539/0xfff",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            "15053",
-        ],
+        &udp_dns_rule("-A"),
         &["-t", "nat", "-N", "KEELSON_PRERT"],
         &[
             "-t",

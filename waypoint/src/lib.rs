@@ -64,22 +64,7 @@ fn routes() -> Arc<Routes> {
 }
 
 async fn serve_connection(pi: Arc<ProxyInputs>, tcp: TcpStream, peer: SocketAddr) {
-    let local = match tcp.local_addr() {
-        Ok(a) => socket::canonical(a),
-        Err(_) => return,
-    };
-    let tls = match pi.server_tls().await {
-        Ok(t) => t,
-        Err(e) => return tracing::warn!(%peer, error = %e, "no certificate to serve HBONE with"),
-    };
-    let stop = pi.drain.started();
-    let handler = {
-        let pi = pi.clone();
-        move |inc: Incoming| handle_stream(pi.clone(), inc)
-    };
-    if let Err(e) = hbone::server::serve(tcp, peer, local, tls, &pi.cfg.h2, stop, handler).await {
-        tracing::info!(%peer, error = %e, "HBONE connection failed");
-    }
+    ztunnel::proxy::inbound::serve_hbone(pi, tcp, peer, handle_stream).await
 }
 
 /// What a tunnel was opened for: a service port, or a workload's port.

@@ -118,8 +118,18 @@ pub fn apply_extra_response(
     }
     let added = upserts.len();
     state.apply_extra(extra.type_url, upserts, &resp.removed_resources);
-    tracing::info!(type_url = %resp.type_url, added, removed = resp.removed_resources.len(),
-        rejected = errors.len(), "xds response applied");
+    ack_or_nack(resp, added, resp.removed_resources.len(), &errors)
+}
+
+/// Logs what a response did and answers it: an ACK, or a NACK listing the rejected
+/// resources ("<name>: <reason>; ...").
+fn ack_or_nack(
+    resp: &DeltaDiscoveryResponse,
+    added: usize,
+    removed: usize,
+    errors: &[String],
+) -> DeltaDiscoveryRequest {
+    tracing::info!(type_url = %resp.type_url, added, removed, rejected = errors.len(), "xds response applied");
     let error_detail = (!errors.is_empty()).then(|| {
         let message = errors.join("; ");
         tracing::warn!(type_url = %resp.type_url, nonce = %resp.nonce, error = %message, "NACK: resources rejected");
@@ -205,24 +215,7 @@ pub fn apply_response(
     if added + removed > 0 {
         state.apply(update);
     }
-    tracing::info!(type_url = %resp.type_url, added, removed, rejected = errors.len(), "xds response applied");
-    let error_detail = if errors.is_empty() {
-        None
-    } else {
-        let message = errors.join("; ");
-        tracing::warn!(type_url = %resp.type_url, nonce = %resp.nonce, error = %message, "NACK: resources rejected");
-        Some(RpcStatus {
-            code: INVALID_ARGUMENT,
-            message,
-            details: vec![],
-        })
-    };
-    DeltaDiscoveryRequest {
-        type_url: resp.type_url.clone(),
-        response_nonce: resp.nonce.clone(),
-        error_detail,
-        ..Default::default()
-    }
+    ack_or_nack(resp, added, removed, &errors)
 }
 
 impl XdsClient {

@@ -861,33 +861,19 @@ fn cni(paths: &Paths, command: &str, pod: &PodState, node: &NodeState) -> Result
             "routes": [{"dst": "0.0.0.0/0"}],
         },
     });
-    let mut child = Command::new(&bin)
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", format!("{}-{}", pod.namespace, pod.name))
-        .env("CNI_NETNS", &sandbox)
-        .env("CNI_IFNAME", "eth0")
-        .env(
-            "CNI_ARGS",
-            format!(
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
-                pod.namespace, pod.name
-            ),
-        )
-        .env("CNI_PATH", bin.parent().unwrap_or(Path::new("/")))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {}", bin.display()))?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(conf.to_string().as_bytes())?;
-    let out = child.wait_with_output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    if !out.status.success() {
-        let msg = serde_json::from_str::<serde_json::Value>(&stdout)
+    let out = crate::cni::call(
+        &bin,
+        &crate::cni::CniCall {
+            command,
+            container_id: &format!("{}-{}", pod.namespace, pod.name),
+            netns: &sandbox,
+            namespace: &pod.namespace,
+            pod: &pod.name,
+            conf: &conf,
+        },
+    )?;
+    if !out.ok {
+        let msg = serde_json::from_str::<serde_json::Value>(&out.stdout)
             .ok()
             .and_then(|v| {
                 Some(format!(
@@ -896,10 +882,10 @@ fn cni(paths: &Paths, command: &str, pod: &PodState, node: &NodeState) -> Result
                     v.get("code")?
                 ))
             })
-            .unwrap_or(stdout);
+            .unwrap_or(out.stdout);
         bail!("CNI {command} failed: {msg}");
     }
-    Ok(stdout)
+    Ok(out.stdout)
 }
 
 /// Waits until every pod's ports accept connections from its node (the kubelet's probe

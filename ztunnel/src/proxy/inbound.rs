@@ -18,6 +18,16 @@ pub async fn serve(pi: Arc<ProxyInputs>, listener: TcpListener) {
 }
 
 async fn serve_connection(pi: Arc<ProxyInputs>, tcp: TcpStream, peer: SocketAddr) {
+    serve_hbone(pi, tcp, peer, handle_stream).await
+}
+
+/// Serves one accepted HBONE connection as the local identity until drain, each CONNECT
+/// stream handed to `handle` (ztunnel's inbound, or the waypoint).
+pub async fn serve_hbone<F, Fut>(pi: Arc<ProxyInputs>, tcp: TcpStream, peer: SocketAddr, handle: F)
+where
+    F: Fn(Arc<ProxyInputs>, Incoming) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let local = match tcp.local_addr() {
         Ok(a) => socket::canonical(a),
         Err(_) => return,
@@ -29,7 +39,7 @@ async fn serve_connection(pi: Arc<ProxyInputs>, tcp: TcpStream, peer: SocketAddr
     let stop = pi.drain.started();
     let handler = {
         let pi = pi.clone();
-        move |inc: Incoming| handle_stream(pi.clone(), inc)
+        move |inc: Incoming| handle(pi.clone(), inc)
     };
     if let Err(e) = hbone::server::serve(tcp, peer, local, tls, &pi.cfg.h2, stop, handler).await {
         tracing::info!(%peer, error = %e, response_flags = e.response_flag(), "HBONE connection failed");
