@@ -256,6 +256,9 @@ spec:
     - type: ResponseHeaderModifier
       responseHeaderModifier: {add: [{name: X-Route, value: details}]}
     backendRefs: [{name: details, port: 9080}]
+  - matches: [{path: {type: PathPrefix, value: /delay}}]
+    timeouts: {request: 1s}
+    backendRefs: [{name: details, port: 9080}]
   - matches: [{path: {type: Exact, value: /broken}}]
     backendRefs: [{name: no-such-service, port: 9080}]
   - matches: [{path: {type: Exact, value: /nowhere}}]
@@ -353,6 +356,11 @@ fn httproutes_match_split_redirect_rewrite_and_modify_headers() {
         "{text}"
     );
     assert_eq!(curl_i(&mesh, &["http://details:9080/elsewhere"]).0, 404);
+    // A 1 s request timeout: a 3 s answer gets 504, a quick one gets through.
+    let (status, text) = curl_i(&mesh, &["http://details:9080/delay/3000"]);
+    assert_eq!(status, 504, "{text}");
+    assert!(text.contains("upstream request timeout"), "{text}");
+    assert_eq!(curl_i(&mesh, &["http://details:9080/delay/10"]).0, 200);
     assert_eq!(curl_i(&mesh, &["http://details:9080/broken"]).0, 500);
     assert_eq!(curl_i(&mesh, &["http://details:9080/nowhere"]).0, 500);
 

@@ -246,21 +246,22 @@ impl Context {
         let (resp, upstream, flag) = match plan.action {
             Action::Respond(resp, flag) => (resp, None, flag),
             Action::Forward(dst, host) => {
-                match tunnel_to(&self.pi, &dst, self.client).await {
-                    Err((status, msg, flag)) => (text(status, &msg), None, flag),
-                    Ok((stream, w)) => {
-                        // To the endpoint in HTTP/1.1, origin-form, with a Host header.
-                        let path = req
-                            .uri()
-                            .path_and_query()
-                            .map(|p| p.to_string())
-                            .unwrap_or_else(|| "/".into());
-                        *req.version_mut() = http::Version::HTTP_11;
-                        *req.uri_mut() = path.parse().unwrap_or_default();
-                        if let Ok(v) = http::HeaderValue::from_str(&host) {
-                            req.headers_mut().insert(http::header::HOST, v);
-                        }
-                        match send(stream, req).await {
+                let attempt = async {
+                    match tunnel_to(&self.pi, &dst, self.client).await {
+                        Err((status, msg, flag)) => (text(status, &msg), None, flag),
+                        Ok((stream, w)) => {
+                            // To the endpoint in HTTP/1.1, origin-form, with a Host header.
+                            let path = req
+                                .uri()
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_else(|| "/".into());
+                            *req.version_mut() = http::Version::HTTP_11;
+                            *req.uri_mut() = path.parse().unwrap_or_default();
+                            if let Ok(v) = http::HeaderValue::from_str(&host) {
+                                req.headers_mut().insert(http::header::HOST, v);
+                            }
+                            match send(stream, req).await {
                             Ok(r) => (r, Some(w), "-"),
                             Err(e) => (
                                 text(
@@ -273,7 +274,20 @@ impl Context {
                                 "UC",
                             ),
                         }
+                        }
                     }
+                };
+                match plan.timeout {
+                    None => attempt.await,
+                    Some(limit) => match tokio::time::timeout(limit, attempt).await {
+                        Ok(r) => r,
+                        // The route's timeout: 504 (l7-semantics.md ERR-07).
+                        Err(_) => (
+                            text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+                            None,
+                            "UT",
+                        ),
+                    },
                 }
             }
         };
@@ -385,6 +399,7 @@ impl Context {
             },
             host,
         );
+        plan.timeout = rule_timeout(rule);
         plan
     }
 
@@ -452,6 +467,17 @@ impl Context {
     }
 }
 
+/// The shorter of `timeouts.request` and `timeouts.backendRequest`; `0s` disables one.
+fn rule_timeout(rule: &l7::httproute::Rule) -> Option<std::time::Duration> {
+    let t = rule.timeouts.as_ref()?;
+    [&t.request, &t.backend_request]
+        .into_iter()
+        .flatten()
+        .filter_map(|d| l7::httproute::parse_duration(d).ok())
+        .filter(|d| !d.is_zero())
+        .min()
+}
+
 enum Action {
     Respond(Response<Body>, &'static str),
     /// To this destination, with this Host.
@@ -462,6 +488,9 @@ struct Plan {
     action: Action,
     route: Option<String>,
     response_headers: Vec<l7::httproute::HeaderModifier>,
+    /// Until the response headers: the rule's `timeouts.request`, or `backendRequest`
+    /// (per try; with no retries it bounds the whole request, as Istio maps it).
+    timeout: Option<std::time::Duration>,
 }
 
 impl Plan {
@@ -470,6 +499,7 @@ impl Plan {
             action: Action::Forward(dst, host.to_string()),
             route: None,
             response_headers: Vec::new(),
+            timeout: None,
         }
     }
 
@@ -478,6 +508,7 @@ impl Plan {
             action: Action::Respond(resp, flag),
             route,
             response_headers: Vec::new(),
+            timeout: None,
         }
     }
 }
