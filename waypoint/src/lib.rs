@@ -314,16 +314,15 @@ impl Context {
         let Destination::Service { svc, port } = &self.dst else {
             return Plan::forward(self.dst.clone(), host);
         };
-        let routes = self.routes.current(&self.pi.state);
-        let client_ns = self.source_namespace.as_str();
         let frontend = l7::table::Frontend {
             namespace: &svc.namespace,
             name: &svc.name,
             port: *port,
             port_name: None,
-            client_namespace: client_ns,
+            client_namespace: &self.source_namespace,
         };
-        let Some(table) = l7::table::RouteTable::build(&routes, &frontend) else {
+        let table = self.routes.table(&self.pi.state, &frontend);
+        let Some(table) = table.as_ref() else {
             return Plan::forward(self.dst.clone(), host);
         };
         let path = req.uri().path().to_string();
@@ -513,26 +512,58 @@ impl Plan {
     }
 }
 
-/// The HTTPRoutes from the control plane, decoded once per state change.
+/// The HTTPRoutes from the control plane, decoded once per state change, and the route
+/// table of each frontend (service, port, client namespace), built (regexes compiled,
+/// precedence sorted) once per state change instead of per request.
 #[derive(Default)]
 pub struct Routes {
-    cached: std::sync::Mutex<(u64, Vec<Arc<l7::table::Route>>)>,
+    cached: std::sync::Mutex<RouteCache>,
+}
+
+type FrontendKey = (String, String, u16, String);
+
+#[derive(Default)]
+struct RouteCache {
+    /// The state version the rest was built from; `None` before the first build.
+    version: Option<u64>,
+    routes: Vec<Arc<l7::table::Route>>,
+    tables: std::collections::HashMap<FrontendKey, Arc<Option<l7::table::RouteTable>>>,
 }
 
 impl Routes {
-    fn current(&self, state: &State) -> Vec<Arc<l7::table::Route>> {
+    /// The table for `frontend`; `None` inside when no route attaches to it.
+    fn table(
+        &self,
+        state: &State,
+        frontend: &l7::table::Frontend<'_>,
+    ) -> Arc<Option<l7::table::RouteTable>> {
         let version = state.version();
         let mut c = self.cached.lock().unwrap();
-        if c.0 != version || version == 0 {
+        if c.version != Some(version) {
             let routes = state
                 .extras(xds::type_url::HTTP_ROUTE)
                 .values()
                 .filter_map(|b| decode_route(b).ok())
                 .map(Arc::new)
                 .collect();
-            *c = (version, routes);
+            *c = RouteCache {
+                version: Some(version),
+                routes,
+                tables: Default::default(),
+            };
         }
-        c.1.clone()
+        let key = (
+            frontend.namespace.to_string(),
+            frontend.name.to_string(),
+            frontend.port,
+            frontend.client_namespace.to_string(),
+        );
+        if let Some(t) = c.tables.get(&key) {
+            return t.clone();
+        }
+        let t = Arc::new(l7::table::RouteTable::build(&c.routes, frontend));
+        c.tables.insert(key, t.clone());
+        t
     }
 }
 
