@@ -282,6 +282,10 @@ pub struct Update {
 }
 
 /// The live store. Readers take a short read lock, never across an await.
+///
+/// Lock order: `resources` before `index`, everywhere. [`State::apply`] holds `resources`
+/// while it swaps in the new index; a reader holding `index` that then waited for
+/// `resources` would deadlock against it (a config dump did, and hung the whole process).
 #[derive(Clone)]
 pub struct State {
     resources: Arc<std::sync::Mutex<Resources>>,
@@ -527,11 +531,13 @@ impl State {
     }
 
     pub fn dump(&self) -> serde_json::Value {
+        // Lock order: resources, then index (see [`State`]).
+        let res = self.resources.lock().unwrap();
         let idx = self.index.read().unwrap();
         serde_json::json!({
             "workloads": idx.workloads.iter().map(|w| w.as_ref()).collect::<Vec<_>>(),
             "services": idx.services.iter().map(|s| s.as_ref()).collect::<Vec<_>>(),
-            "policies": self.resources.lock().unwrap().policies.values().map(|p| p.as_ref().clone()).collect::<Vec<_>>(),
+            "policies": res.policies.values().map(|p| p.as_ref()).collect::<Vec<_>>(),
         })
     }
 }

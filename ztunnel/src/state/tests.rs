@@ -154,3 +154,42 @@ policies:
         "namespace policies stay in their namespace"
     );
 }
+
+/// Config dumps taken while deltas are applied, from two threads: the two used to take the
+/// store's two locks in opposite orders and could deadlock (a hung ztunnel that stopped
+/// reading xDS). Bounded: fails after 20 s instead of hanging.
+#[test]
+fn dumps_and_updates_concurrently_do_not_deadlock() {
+    let s = state();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let writer = {
+        let (s, done) = (s.clone(), done_tx.clone());
+        std::thread::spawn(move || {
+            for i in 0..20_000 {
+                let mut w = s.workload_by_name("default", "a").unwrap().as_ref().clone();
+                w.capacity = Some(1 + i % 5);
+                s.apply(Update {
+                    workloads: vec![w],
+                    ..Update::default()
+                });
+            }
+            let _ = done.send(());
+        })
+    };
+    let reader = {
+        let (s, done) = (s.clone(), done_tx);
+        std::thread::spawn(move || {
+            for _ in 0..20_000 {
+                assert_eq!(s.dump()["workloads"].as_array().unwrap().len(), 3);
+            }
+            let _ = done.send(());
+        })
+    };
+    for _ in 0..2 {
+        done_rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("apply and dump deadlocked");
+    }
+    writer.join().unwrap();
+    reader.join().unwrap();
+}
