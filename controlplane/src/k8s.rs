@@ -361,6 +361,22 @@ pub struct HttpRoute {
     pub spec: l7::httproute::HttpRouteSpec,
 }
 
+/// An Istio `VirtualService`; the spec is l7's, validated at load.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VirtualService {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: l7::istio::VirtualServiceSpec,
+}
+
+/// An Istio `DestinationRule`; the spec is l7's, validated at load.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DestinationRule {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: l7::istio::DestinationRuleSpec,
+}
+
 /// Every resource read from the files, by kind.
 #[derive(Debug, Clone, Default)]
 pub struct Resources {
@@ -372,6 +388,8 @@ pub struct Resources {
     pub peer_authentications: Vec<PeerAuthentication>,
     pub gateways: Vec<Gateway>,
     pub http_routes: Vec<HttpRoute>,
+    pub virtual_services: Vec<VirtualService>,
+    pub destination_rules: Vec<DestinationRule>,
     /// Kinds read but not (yet) translated, with their count, for `keelson status`.
     pub ignored: BTreeMap<String, usize>,
 }
@@ -410,6 +428,8 @@ impl Resources {
         self.peer_authentications.extend(other.peer_authentications);
         self.gateways.extend(other.gateways);
         self.http_routes.extend(other.http_routes);
+        self.virtual_services.extend(other.virtual_services);
+        self.destination_rules.extend(other.destination_rules);
         for (k, n) in other.ignored {
             *self.ignored.entry(k).or_default() += n;
         }
@@ -484,12 +504,28 @@ impl Resources {
                     r.spec.validate().map_err(bad)?;
                     self.http_routes.push(r)
                 }
+                "VirtualService" if is_istio_networking(&value) => {
+                    let r: VirtualService = typed(value).map_err(bad)?;
+                    r.spec.validate().map_err(bad)?;
+                    self.virtual_services.push(r)
+                }
+                "DestinationRule" if is_istio_networking(&value) => {
+                    let r: DestinationRule = typed(value).map_err(bad)?;
+                    r.spec.validate().map_err(bad)?;
+                    self.destination_rules.push(r)
+                }
                 "" => return Err(bad("no kind".into())),
                 other => *self.ignored.entry(other.to_string()).or_default() += 1,
             }
         }
         Ok(())
     }
+}
+
+fn is_istio_networking(v: &serde_yaml::Value) -> bool {
+    v.get("apiVersion")
+        .and_then(|v| v.as_str())
+        .is_some_and(|v| v.starts_with("networking.istio.io/"))
 }
 
 /// Deserializes one resource; the error names the path of the bad field (`spec.ports[0].port`).

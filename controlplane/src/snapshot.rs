@@ -71,9 +71,42 @@ impl Snapshot {
                 route.encode_to_vec(),
             );
         }
-        s.resources
-            .entry(xds::type_url::HTTP_ROUTE.to_string())
-            .or_default();
+        for (i, v) in res.virtual_services.iter().enumerate() {
+            let ns = v.metadata.namespace.as_deref().unwrap_or("default");
+            let vs = xds::l7::VirtualService {
+                namespace: ns.to_string(),
+                name: v.metadata.name.clone(),
+                created: i as u64,
+                spec_json: serde_json::to_string(&v.spec).unwrap_or_default(),
+            };
+            s.insert(
+                xds::type_url::VIRTUAL_SERVICE,
+                &format!("{ns}/{}", v.metadata.name),
+                vs.encode_to_vec(),
+            );
+        }
+        for (i, d) in res.destination_rules.iter().enumerate() {
+            let ns = d.metadata.namespace.as_deref().unwrap_or("default");
+            let dr = xds::l7::DestinationRule {
+                namespace: ns.to_string(),
+                name: d.metadata.name.clone(),
+                created: i as u64,
+                spec_json: serde_json::to_string(&d.spec).unwrap_or_default(),
+                subsets: crate::wds::subset_members(d, res, mesh),
+            };
+            s.insert(
+                xds::type_url::DESTINATION_RULE,
+                &format!("{ns}/{}", d.metadata.name),
+                dr.encode_to_vec(),
+            );
+        }
+        for t in [
+            xds::type_url::HTTP_ROUTE,
+            xds::type_url::VIRTUAL_SERVICE,
+            xds::type_url::DESTINATION_RULE,
+        ] {
+            s.resources.entry(t.to_string()).or_default();
+        }
         s.resources
             .entry(xds::type_url::ADDRESS.to_string())
             .or_default();

@@ -192,7 +192,48 @@ fn canonical(pod: &Pod, workload_name: &str) -> (String, String) {
     (name, rev)
 }
 
-fn selects(svc: &Service, pod: &Pod) -> bool {
+/// The workloads of each subset of a DestinationRule: the endpoints of its host's service
+/// whose labels include the subset's (DR-04: empty labels select every endpoint).
+pub fn subset_members(
+    dr: &crate::k8s::DestinationRule,
+    res: &Resources,
+    mesh: &MeshSettings,
+) -> Vec<xds::l7::SubsetMembers> {
+    let ns = namespace_of(&dr.metadata.namespace);
+    let host = l7::vsroute::fqdn(&dr.spec.host, ns);
+    let svc = res.services.iter().find(|s| hostname(s, mesh) == host);
+    dr.spec
+        .subsets
+        .iter()
+        .map(|subset| xds::l7::SubsetMembers {
+            name: subset.name.clone(),
+            workload_uids: svc
+                .map(|svc| {
+                    res.pods
+                        .iter()
+                        .filter(|p| selects(svc, p))
+                        .filter(|p| {
+                            subset
+                                .labels
+                                .iter()
+                                .all(|(k, v)| p.metadata.labels.get(k) == Some(v))
+                        })
+                        .map(|p| {
+                            format!(
+                                "{}//Pod/{}/{}",
+                                mesh.cluster_id,
+                                namespace_of(&p.metadata.namespace),
+                                p.metadata.name
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+pub(crate) fn selects(svc: &Service, pod: &Pod) -> bool {
     namespace_of(&svc.metadata.namespace) == namespace_of(&pod.metadata.namespace)
         && !svc.spec.selector.is_empty()
         && svc

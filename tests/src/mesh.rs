@@ -19,6 +19,29 @@ fn tagged_prefix(tag: &str) -> String {
     format!("{}{tag}", prefix())
 }
 
+/// The default namespace in ambient mode with a namespace waypoint (a Gateway of class
+/// `istio-waypoint`) that its services use.
+pub const WAYPOINT: &str = "apiVersion: v1
+kind: Namespace
+metadata:
+  name: default
+  labels:
+    istio.io/dataplane-mode: ambient
+    istio.io/use-waypoint: waypoint
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: waypoint
+  namespace: default
+spec:
+  gatewayClassName: istio-waypoint
+  listeners:
+  - name: mesh
+    port: 15008
+    protocol: HBONE
+";
+
 pub struct Mesh {
     pub home: PathBuf,
     bin: PathBuf,
@@ -99,6 +122,20 @@ impl Mesh {
             self.logs()
         );
         out.stdout
+    }
+
+    /// `curl -si` from the `curl` pod: the status and the whole response (headers too).
+    pub fn curl_i(&self, args: &[&str]) -> (u16, String) {
+        let mut cmd = vec!["curl", "-si", "-m", "15"];
+        cmd.extend_from_slice(args);
+        let out = self.exec("curl", &cmd);
+        let status = out
+            .stdout
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, out.stdout)
     }
 
     pub fn write(&self, name: &str, yaml: &str) -> PathBuf {

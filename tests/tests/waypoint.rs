@@ -2,28 +2,7 @@
 //! label sends that namespace's service traffic through it, and it forwards each HTTP request
 //! to an endpoint with its own identity.
 
-use keelson_tests::mesh::{eventually_sync as eventually, Mesh};
-
-const WAYPOINT: &str = "apiVersion: v1
-kind: Namespace
-metadata:
-  name: default
-  labels:
-    istio.io/dataplane-mode: ambient
-    istio.io/use-waypoint: waypoint
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: waypoint
-  namespace: default
-spec:
-  gatewayClassName: istio-waypoint
-  listeners:
-  - name: mesh
-    port: 15008
-    protocol: HBONE
-";
+use keelson_tests::mesh::{eventually_sync as eventually, Mesh, WAYPOINT};
 
 const RATINGS_OPTS_OUT: &str = "apiVersion: v1
 kind: Service
@@ -265,18 +244,6 @@ spec:
 "#;
 
 /// One `curl -si` from the curl pod: (status, headers and body as text).
-fn curl_i(mesh: &Mesh, args: &[&str]) -> (u16, String) {
-    let mut cmd = vec!["curl", "-si", "-m", "10"];
-    cmd.extend_from_slice(args);
-    let out = mesh.exec("curl", &cmd);
-    let status = out
-        .stdout
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, out.stdout)
-}
 
 #[test]
 fn httproutes_match_split_redirect_rewrite_and_modify_headers() {
@@ -324,7 +291,7 @@ fn httproutes_match_split_redirect_rewrite_and_modify_headers() {
     assert!(counts.get("reviews-v2").is_none(), "{counts}");
 
     // Redirect: 301, new host, the Service port, the prefix replaced, the query kept.
-    let (status, text) = curl_i(&mesh, &["http://details:9080/old/page?x=1"]);
+    let (status, text) = mesh.curl_i(&["http://details:9080/old/page?x=1"]);
     assert_eq!(status, 301, "{text}");
     assert!(
         text.to_ascii_lowercase()
@@ -332,16 +299,13 @@ fn httproutes_match_split_redirect_rewrite_and_modify_headers() {
         "{text}"
     );
     // Rewrite /demo/... to /..., with request headers set and removed on the way.
-    let (status, text) = curl_i(
-        &mesh,
-        &[
-            "-H",
-            "X-Drop: 1",
-            "-H",
-            "x-test: original",
-            "http://details:9080/demo/headers",
-        ],
-    );
+    let (status, text) = mesh.curl_i(&[
+        "-H",
+        "X-Drop: 1",
+        "-H",
+        "x-test: original",
+        "http://details:9080/demo/headers",
+    ]);
     assert_eq!(status, 200, "{text}");
     let body: serde_json::Value =
         serde_json::from_str(text.rsplit("\r\n\r\n").next().unwrap().trim()).unwrap();
@@ -349,20 +313,20 @@ fn httproutes_match_split_redirect_rewrite_and_modify_headers() {
     assert_eq!(body["headers"]["x-test"], "rewritten", "{body}");
     assert!(body["headers"].get("x-drop").is_none(), "{body}");
     // Response header added; no route matches: 404; invalid or missing backends: 500.
-    let (status, text) = curl_i(&mesh, &["http://details:9080/details/0"]);
+    let (status, text) = mesh.curl_i(&["http://details:9080/details/0"]);
     assert_eq!(status, 200, "{text}");
     assert!(
         text.to_ascii_lowercase().contains("x-route: details"),
         "{text}"
     );
-    assert_eq!(curl_i(&mesh, &["http://details:9080/elsewhere"]).0, 404);
+    assert_eq!(mesh.curl_i(&["http://details:9080/elsewhere"]).0, 404);
     // A 1 s request timeout: a 3 s answer gets 504, a quick one gets through.
-    let (status, text) = curl_i(&mesh, &["http://details:9080/delay/3000"]);
+    let (status, text) = mesh.curl_i(&["http://details:9080/delay/3000"]);
     assert_eq!(status, 504, "{text}");
     assert!(text.contains("upstream request timeout"), "{text}");
-    assert_eq!(curl_i(&mesh, &["http://details:9080/delay/10"]).0, 200);
-    assert_eq!(curl_i(&mesh, &["http://details:9080/broken"]).0, 500);
-    assert_eq!(curl_i(&mesh, &["http://details:9080/nowhere"]).0, 500);
+    assert_eq!(mesh.curl_i(&["http://details:9080/delay/10"]).0, 200);
+    assert_eq!(mesh.curl_i(&["http://details:9080/broken"]).0, 500);
+    assert_eq!(mesh.curl_i(&["http://details:9080/nowhere"]).0, 500);
 
     // A bad route is refused with its file and field, and the others keep working.
     let bad = mesh.write(

@@ -3,14 +3,17 @@
 //! destination, and:
 //!
 //! - for a service port whose protocol is HTTP (`http`, `http2`, `grpc`), serves HTTP/1.1 and
-//!   HTTP/2 (prior knowledge) inside the tunnel, picks an endpoint per request and forwards
-//!   it over a new HBONE tunnel to the endpoint's ztunnel (`:authority` podIP:targetPort),
-//!   presenting the waypoint's identity;
-//! - for any other port, forwards the bytes (L4) the same way.
+//!   HTTP/2 (prior knowledge) inside the tunnel, applies the service's HTTPRoutes or
+//!   VirtualServices to each request ([`plan`]), and forwards it ([`forward`]) over a new
+//!   HBONE tunnel to an endpoint's ztunnel (`:authority` podIP:targetPort), presenting the
+//!   waypoint's identity;
+//! - for any other port, forwards the bytes (L4) the same way, split by VirtualService
+//!   `tcp` rules when there are any.
 //!
 //! It runs on ztunnel's machinery (`ztunnel::app::run_with`): state and certificates from the
 //! control plane, the HBONE pool, admin, readiness, metrics and drain.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,7 +23,7 @@ use hbone::client::ConnectRequest;
 use hbone::io::H2Io;
 use hbone::pool::PoolKey;
 use hbone::server::Incoming;
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -28,6 +31,12 @@ use tokio::net::TcpStream;
 use ztunnel::admin::Readiness;
 use ztunnel::proxy::{socket, ProxyError, ProxyInputs};
 use ztunnel::state::{Service, State, Workload};
+
+pub mod config;
+mod forward;
+mod plan;
+
+pub use config::{decode_destination_rule, decode_route, decode_virtual_service, L7Config};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -46,21 +55,16 @@ pub fn start(pi: &Arc<ProxyInputs>, readiness: &Readiness) -> anyhow::Result<()>
 }
 
 /// Runs a waypoint: what the `waypoint` binary does. Besides WDS it subscribes to
-/// Keelson's HTTPRoute type; a route that does not decode or validate is NACKed by name.
+/// Keelson's HTTPRoute, VirtualService and DestinationRule types.
 pub async fn run(cfg: ztunnel::config::Config) -> anyhow::Result<()> {
     let start: ztunnel::app::Listeners = Box::new(start);
-    let routes = ztunnel::xds_client::ExtraType {
-        type_url: xds::type_url::HTTP_ROUTE,
-        ready: "xds http routes",
-        validate: Arc::new(|b: &[u8]| decode_route(b).map(|_| ())),
-    };
-    ztunnel::app::run_with(cfg, Some(start), vec![routes]).await
+    ztunnel::app::run_with(cfg, Some(start), config::extra_types()).await
 }
 
-/// The process-wide route cache.
-fn routes() -> Arc<Routes> {
-    static ROUTES: std::sync::OnceLock<Arc<Routes>> = std::sync::OnceLock::new();
-    ROUTES.get_or_init(Arc::default).clone()
+/// The process-wide L7 configuration cache.
+fn l7_config() -> Arc<L7Config> {
+    static CONFIG: std::sync::OnceLock<Arc<L7Config>> = std::sync::OnceLock::new();
+    CONFIG.get_or_init(Arc::default).clone()
 }
 
 async fn serve_connection(pi: Arc<ProxyInputs>, tcp: TcpStream, peer: SocketAddr) {
@@ -90,6 +94,20 @@ impl Destination {
             ),
             Destination::Workload { .. } => false,
         }
+    }
+}
+
+/// Where a request or connection goes: a destination, optionally only to the workloads of
+/// a subset.
+#[derive(Clone)]
+struct Backend {
+    dst: Destination,
+    subset: Option<Arc<BTreeSet<String>>>,
+}
+
+impl Backend {
+    fn of(dst: Destination) -> Backend {
+        Backend { dst, subset: None }
     }
 }
 
@@ -136,17 +154,17 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
     };
     let io = TokioIo::new(H2Io::new(stream));
     if dst.is_http() {
-        let ctx = Arc::new(Context {
+        let ctx = Arc::new(forward::Context {
             pi: pi.clone(),
             dst,
             source: source.to_string(),
             source_namespace: source.namespace.to_string(),
             client,
-            routes: routes(),
+            config: l7_config(),
         });
         let svc = hyper::service::service_fn(move |req| {
             let ctx = ctx.clone();
-            async move { Ok::<_, std::convert::Infallible>(ctx.forward(req).await) }
+            async move { Ok::<_, std::convert::Infallible>(ctx.handle(req).await) }
         });
         let result = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
             .serve_connection_with_upgrades(io, svc)
@@ -155,46 +173,47 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
             tracing::debug!(%authority, error = %e, "HTTP connection in the tunnel ended");
         }
     } else {
-        l4(&pi, &dst, io.into_inner(), client, &source.to_string()).await;
+        let backend = plan::tcp_backend(&pi, &l7_config(), &dst);
+        l4(&pi, backend, io.into_inner(), client, &source.to_string()).await;
     }
-}
-
-/// Per tunnel: what the requests inside it are for and who sent them.
-struct Context {
-    pi: Arc<ProxyInputs>,
-    dst: Destination,
-    source: String,
-    /// The client's namespace (from its identity), for consumer routes.
-    source_namespace: String,
-    client: SocketAddr,
-    routes: Arc<Routes>,
 }
 
 fn text(status: StatusCode, msg: &str) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "text/plain")
-        .body(
-            Full::new(Bytes::from(format!("{msg}\n")))
-                .map_err(|never| match never {})
-                .boxed(),
-        )
+        .body(full(Bytes::from(format!("{msg}\n"))))
         .unwrap()
 }
 
-/// An endpoint of the destination and a tunnel to it, as the waypoint.
+fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|never| match never {}).boxed()
+}
+
+/// Why a backend could not be reached: status, message, response flag.
+type Unreachable = (StatusCode, String, &'static str);
+
+/// An endpoint of the backend (not in `avoid` when another is left) and a tunnel to it, as
+/// the waypoint.
 async fn tunnel_to(
     pi: &ProxyInputs,
-    dst: &Destination,
+    backend: &Backend,
     client: SocketAddr,
-) -> Result<(hbone::stream::H2Stream, Arc<Workload>), (StatusCode, String, &'static str)> {
-    let (w, target, host) = match dst {
+    avoid: &[String],
+) -> Result<(hbone::stream::H2Stream, Arc<Workload>), Unreachable> {
+    let (w, target, host) = match &backend.dst {
         Destination::Service { svc, port } => {
-            let ep = pi.state.pick_endpoint(svc, *port).ok_or((
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("no healthy upstream for {}:{port}", svc.hostname),
-                "UH",
-            ))?;
+            let in_subset =
+                |w: &Workload| backend.subset.as_ref().is_none_or(|s| s.contains(&w.uid));
+            let ep = pi
+                .state
+                .pick_endpoint_in(svc, *port, |w| in_subset(w) && !avoid.contains(&w.uid))
+                .or_else(|| pi.state.pick_endpoint_in(svc, *port, in_subset))
+                .ok_or((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("no healthy upstream for {}:{port}", svc.hostname),
+                    "UH",
+                ))?;
             (ep.workload, ep.port, Some(svc.hostname.clone()))
         }
         Destination::Workload { w, port } => (w.clone(), *port, None),
@@ -225,390 +244,30 @@ async fn tunnel_to(
     Ok((stream, w))
 }
 
-impl Context {
-    async fn forward(&self, mut req: Request<hyper::body::Incoming>) -> Response<Body> {
-        let started = Instant::now();
-        let method = req.method().clone();
-        let full_path = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "/".into());
-        let host = req
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()))
-            .unwrap_or_default();
-        let plan = self.plan(&mut req, &host);
-        let route_name = plan.route.clone().unwrap_or_else(|| "-".into());
-        let (resp, upstream, flag) = match plan.action {
-            Action::Respond(resp, flag) => (resp, None, flag),
-            Action::Forward(dst, host) => {
-                let attempt = async {
-                    match tunnel_to(&self.pi, &dst, self.client).await {
-                        Err((status, msg, flag)) => (text(status, &msg), None, flag),
-                        Ok((stream, w)) => {
-                            // To the endpoint in HTTP/1.1, origin-form, with a Host header.
-                            let path = req
-                                .uri()
-                                .path_and_query()
-                                .map(|p| p.to_string())
-                                .unwrap_or_else(|| "/".into());
-                            *req.version_mut() = http::Version::HTTP_11;
-                            *req.uri_mut() = path.parse().unwrap_or_default();
-                            if let Ok(v) = http::HeaderValue::from_str(&host) {
-                                req.headers_mut().insert(http::header::HOST, v);
-                            }
-                            match send(stream, req).await {
-                            Ok(r) => (r, Some(w), "-"),
-                            Err(e) => (
-                                text(
-                                    StatusCode::SERVICE_UNAVAILABLE,
-                                    &format!(
-                                        "upstream connect error or disconnect/reset before headers: {e}"
-                                    ),
-                                ),
-                                Some(w),
-                                "UC",
-                            ),
-                        }
-                        }
-                    }
-                };
-                match plan.timeout {
-                    None => attempt.await,
-                    Some(limit) => match tokio::time::timeout(limit, attempt).await {
-                        Ok(r) => r,
-                        // The route's timeout: 504 (l7-semantics.md ERR-07).
-                        Err(_) => (
-                            text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
-                            None,
-                            "UT",
-                        ),
-                    },
-                }
-            }
-        };
-        let mut resp = resp;
-        for m in &plan.response_headers {
-            l7::table::modify_headers(resp.headers_mut(), m);
-        }
-        tracing::event!(target: "access", tracing::Level::INFO,
-            src.identity = %self.source,
-            destination = %self.dst.name(),
-            %method, path = %full_path, authority = %host,
-            route = %route_name,
-            upstream = upstream.as_ref().map(|w| w.name.as_str()).unwrap_or("-"),
-            status = resp.status().as_u16(),
-            response_flags = flag,
-            duration_ms = started.elapsed().as_millis() as u64,
-            "request");
-        resp
-    }
-
-    /// What to do with a request: the HTTPRoutes attached to the service port it was
-    /// addressed to decide (l7-semantics.md §3, §5); without any, it goes to that service.
-    fn plan(&self, req: &mut Request<hyper::body::Incoming>, host: &str) -> Plan {
-        let Destination::Service { svc, port } = &self.dst else {
-            return Plan::forward(self.dst.clone(), host);
-        };
-        let frontend = l7::table::Frontend {
-            namespace: &svc.namespace,
-            name: &svc.name,
-            port: *port,
-            port_name: None,
-            client_namespace: &self.source_namespace,
-        };
-        let table = self.routes.table(&self.pi.state, &frontend);
-        let Some(table) = table.as_ref() else {
-            return Plan::forward(self.dst.clone(), host);
-        };
-        let path = req.uri().path().to_string();
-        let query = req.uri().query().map(str::to_string);
-        let selected = table.select(&l7::table::RequestView {
-            method: req.method().as_str(),
-            path: &path,
-            query: query.as_deref(),
-            headers: req.headers(),
-        });
-        let Some(sel) = selected else {
-            return Plan::respond(text(StatusCode::NOT_FOUND, "no matching route"), "NR", None);
-        };
-        let route_name = format!("{}/{}", sel.route.namespace, sel.route.name);
-        let rule = sel.rule();
-        let mut plan = Plan::respond(
-            text(StatusCode::INTERNAL_SERVER_ERROR, "no valid backend"),
-            "NR",
-            Some(route_name.clone()),
-        );
-        let mut host = host.to_string();
-        let mut new_path = path.clone();
-        if let Some(r) = self.apply_filters(
-            &rule.filters,
-            req,
-            &mut host,
-            &mut new_path,
-            &sel,
-            &mut plan,
-            *port,
-        ) {
-            return r;
-        }
-        let Some(backend) = l7::table::pick_backend(rule) else {
-            return plan; // no backend, or all weights 0: 500
-        };
-        if let Some(r) = self.apply_filters(
-            &backend.filters,
-            req,
-            &mut host,
-            &mut new_path,
-            &sel,
-            &mut plan,
-            *port,
-        ) {
-            return r;
-        }
-        let backend_ns = backend
-            .namespace
-            .clone()
-            .unwrap_or_else(|| sel.route.namespace.clone());
-        let backend_host = format!("{}.{backend_ns}.svc.cluster.local", backend.name);
-        let backend_svc = backend
-            .is_service()
-            .then(|| self.pi.state.service_by_host(&backend_host, &backend_ns))
-            .flatten();
-        let Some(backend_svc) = backend_svc else {
-            return plan; // invalid backend: its share gets 500
-        };
-        if new_path != path {
-            let pq = match &query {
-                Some(q) => format!("{new_path}?{q}"),
-                None => new_path,
-            };
-            if let Ok(uri) = pq.parse() {
-                *req.uri_mut() = uri;
-            }
-        }
-        plan.action = Action::Forward(
-            Destination::Service {
-                svc: backend_svc,
-                port: backend.port.unwrap_or(*port),
-            },
-            host,
-        );
-        plan.timeout = rule_timeout(rule);
-        plan
-    }
-
-    /// Applies `filters` to the request; a redirect answers at once (returned).
-    #[allow(clippy::too_many_arguments)]
-    fn apply_filters(
-        &self,
-        filters: &[l7::httproute::Filter],
-        req: &mut Request<hyper::body::Incoming>,
-        host: &mut String,
-        path: &mut String,
-        sel: &l7::table::Selected,
-        plan: &mut Plan,
-        port: u16,
-    ) -> Option<Plan> {
-        use l7::httproute::FilterType as F;
-        for f in filters {
-            match f.kind {
-                F::RequestHeaderModifier => {
-                    if let Some(m) = &f.request_header_modifier {
-                        l7::table::modify_headers(req.headers_mut(), m);
-                    }
-                }
-                F::ResponseHeaderModifier => {
-                    if let Some(m) = &f.response_header_modifier {
-                        plan.response_headers.push(m.clone());
-                    }
-                }
-                F::RequestRedirect => {
-                    let r = f.request_redirect.as_ref()?;
-                    let (status, location) = l7::table::redirect(
-                        r,
-                        host,
-                        port,
-                        path,
-                        req.uri().query(),
-                        sel.matched_prefix.as_deref(),
-                    );
-                    let mut resp = text(
-                        StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND),
-                        "redirect",
-                    );
-                    if let Ok(v) = http::HeaderValue::from_str(&location) {
-                        resp.headers_mut().insert(http::header::LOCATION, v);
-                    }
-                    let mut out = Plan::respond(resp, "-", plan.route.clone());
-                    out.response_headers = plan.response_headers.clone();
-                    return Some(out);
-                }
-                F::URLRewrite => {
-                    if let Some(rw) = &f.url_rewrite {
-                        if let Some(h) = &rw.hostname {
-                            *host = h.clone();
-                        }
-                        if let Some(m) = &rw.path {
-                            *path = l7::table::modify_path(path, m, sel.matched_prefix.as_deref());
-                        }
-                    }
-                }
-                // Validated away at the control plane, or not applied yet (mirror).
-                _ => {}
-            }
-        }
-        None
-    }
-}
-
-/// The shorter of `timeouts.request` and `timeouts.backendRequest`; `0s` disables one.
-fn rule_timeout(rule: &l7::httproute::Rule) -> Option<std::time::Duration> {
-    let t = rule.timeouts.as_ref()?;
-    [&t.request, &t.backend_request]
-        .into_iter()
-        .flatten()
-        .filter_map(|d| l7::httproute::parse_duration(d).ok())
-        .filter(|d| !d.is_zero())
-        .min()
-}
-
-enum Action {
-    Respond(Response<Body>, &'static str),
-    /// To this destination, with this Host.
-    Forward(Destination, String),
-}
-
-struct Plan {
-    action: Action,
-    route: Option<String>,
-    response_headers: Vec<l7::httproute::HeaderModifier>,
-    /// Until the response headers: the rule's `timeouts.request`, or `backendRequest`
-    /// (per try; with no retries it bounds the whole request, as Istio maps it).
-    timeout: Option<std::time::Duration>,
-}
-
-impl Plan {
-    fn forward(dst: Destination, host: &str) -> Plan {
-        Plan {
-            action: Action::Forward(dst, host.to_string()),
-            route: None,
-            response_headers: Vec::new(),
-            timeout: None,
-        }
-    }
-
-    fn respond(resp: Response<Body>, flag: &'static str, route: Option<String>) -> Plan {
-        Plan {
-            action: Action::Respond(resp, flag),
-            route,
-            response_headers: Vec::new(),
-            timeout: None,
-        }
-    }
-}
-
-/// The HTTPRoutes from the control plane, decoded once per state change, and the route
-/// table of each frontend (service, port, client namespace), built (regexes compiled,
-/// precedence sorted) once per state change instead of per request.
-#[derive(Default)]
-pub struct Routes {
-    cached: std::sync::Mutex<RouteCache>,
-}
-
-type FrontendKey = (String, String, u16, String);
-
-#[derive(Default)]
-struct RouteCache {
-    /// The state version the rest was built from; `None` before the first build.
-    version: Option<u64>,
-    routes: Vec<Arc<l7::table::Route>>,
-    tables: std::collections::HashMap<FrontendKey, Arc<Option<l7::table::RouteTable>>>,
-}
-
-impl Routes {
-    /// The table for `frontend`; `None` inside when no route attaches to it.
-    fn table(
-        &self,
-        state: &State,
-        frontend: &l7::table::Frontend<'_>,
-    ) -> Arc<Option<l7::table::RouteTable>> {
-        let version = state.version();
-        let mut c = self.cached.lock().unwrap();
-        if c.version != Some(version) {
-            let routes = state
-                .extras(xds::type_url::HTTP_ROUTE)
-                .values()
-                .filter_map(|b| decode_route(b).ok())
-                .map(Arc::new)
-                .collect();
-            *c = RouteCache {
-                version: Some(version),
-                routes,
-                tables: Default::default(),
-            };
-        }
-        let key = (
-            frontend.namespace.to_string(),
-            frontend.name.to_string(),
-            frontend.port,
-            frontend.client_namespace.to_string(),
-        );
-        if let Some(t) = c.tables.get(&key) {
-            return t.clone();
-        }
-        let t = Arc::new(l7::table::RouteTable::build(&c.routes, frontend));
-        c.tables.insert(key, t.clone());
-        t
-    }
-}
-
-/// An HTTPRoute resource from the control plane, checked.
-pub fn decode_route(bytes: &[u8]) -> Result<l7::table::Route, String> {
-    use prost::Message;
-    let r = xds::l7::HttpRoute::decode(bytes).map_err(|e| format!("decode: {e}"))?;
-    let spec: l7::httproute::HttpRouteSpec =
-        serde_json::from_str(&r.spec_json).map_err(|e| format!("spec_json: {e}"))?;
-    spec.validate()?;
-    Ok(l7::table::Route {
-        namespace: r.namespace,
-        name: r.name,
-        created: r.created,
-        spec,
-    })
-}
-
-async fn send(
-    stream: hbone::stream::H2Stream,
-    req: Request<hyper::body::Incoming>,
-) -> Result<Response<Body>, hyper::Error> {
-    let io = TokioIo::new(H2Io::new(stream));
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
-    let resp = sender.send_request(req).await?;
-    Ok(resp.map(|b| b.boxed()))
-}
-
 /// L4: the tunnel's bytes to an endpoint, both ways.
-async fn l4(pi: &ProxyInputs, dst: &Destination, down: H2Io, client: SocketAddr, source: &str) {
+async fn l4(
+    pi: &ProxyInputs,
+    backend: Result<Backend, Unreachable>,
+    down: H2Io,
+    client: SocketAddr,
+    source: &str,
+) {
     let started = Instant::now();
-    match tunnel_to(pi, dst, client).await {
+    let result = match backend {
+        Ok(b) => tunnel_to(pi, &b, client, &[]).await.map(|r| (r, b)),
+        Err(e) => Err(e),
+    };
+    match result {
         Err((_, msg, flag)) => {
-            tracing::event!(target: "access", tracing::Level::INFO, src.identity = %source, destination = %dst.name(),
+            tracing::event!(target: "access", tracing::Level::INFO, src.identity = %source,
                 response_flags = flag, error = %msg, "tcp connection failed");
         }
-        Ok((up, w)) => {
+        Ok(((up, w), b)) => {
             let mut down = down;
             let mut up = H2Io::new(up);
             let r = tokio::io::copy_bidirectional(&mut down, &mut up).await;
             let (sent, received) = r.unwrap_or_default();
-            tracing::event!(target: "access", tracing::Level::INFO, src.identity = %source, destination = %dst.name(),
+            tracing::event!(target: "access", tracing::Level::INFO, src.identity = %source, destination = %b.dst.name(),
                 upstream = %w.name, bytes_sent = sent, bytes_recv = received,
                 duration_ms = started.elapsed().as_millis() as u64, "tcp connection complete");
         }

@@ -28,15 +28,19 @@ pub mod discovery {
     tonic::include_proto!("envoy.service.discovery.v3");
 }
 
-/// Type URLs (istio-wire.md §3.2).
 /// Keelson's L7 types for waypoints (not Istio's).
 pub mod l7 {
     tonic::include_proto!("keelson.l7.v1");
 }
 
+/// Type URLs (istio-wire.md §3.2), and Keelson's own L7 types for waypoints.
 pub mod type_url {
     /// Keelson's HTTPRoute for waypoints.
     pub const HTTP_ROUTE: &str = "type.googleapis.com/keelson.l7.v1.HTTPRoute";
+    /// Keelson's VirtualService for waypoints.
+    pub const VIRTUAL_SERVICE: &str = "type.googleapis.com/keelson.l7.v1.VirtualService";
+    /// Keelson's DestinationRule (subsets resolved) for waypoints.
+    pub const DESTINATION_RULE: &str = "type.googleapis.com/keelson.l7.v1.DestinationRule";
     pub const ADDRESS: &str = "type.googleapis.com/istio.workload.Address";
     pub const AUTHORIZATION: &str = "type.googleapis.com/istio.security.Authorization";
     pub const WORKLOAD: &str = "type.googleapis.com/istio.workload.Workload";

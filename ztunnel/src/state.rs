@@ -485,12 +485,23 @@ impl State {
 
     /// Picks one healthy endpoint of `svc` serving `port`: weighted random by capacity.
     pub fn pick_endpoint(&self, svc: &Service, port: u16) -> Option<Endpoint> {
+        self.pick_endpoint_in(svc, port, |_| true)
+    }
+
+    /// [`State::pick_endpoint`] among the endpoints `keep` accepts (a subset, untried ones).
+    pub fn pick_endpoint_in(
+        &self,
+        svc: &Service,
+        port: u16,
+        keep: impl Fn(&Workload) -> bool,
+    ) -> Option<Endpoint> {
         let idx = self.index.read().unwrap();
         let candidates: Vec<Endpoint> = idx
             .members
             .get(&svc.key())?
             .iter()
             .filter(|w| w.status == HealthStatus::Healthy && !w.addresses.is_empty())
+            .filter(|w| keep(w))
             .filter_map(|w| {
                 Self::target_port(svc, w, port).map(|p| Endpoint {
                     workload: w.clone(),

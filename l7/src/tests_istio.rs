@@ -1,0 +1,321 @@
+//! VirtualService, DestinationRule and retry semantics (l7-semantics.md §1, §2, §8).
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+use crate::istio::*;
+use crate::retry::{Outcome, RetryPolicy};
+use crate::vsroute::*;
+
+fn vs(yaml: &str) -> Arc<VirtualService> {
+    let spec: VirtualServiceSpec = serde_yaml::from_str(yaml).unwrap();
+    spec.validate().unwrap();
+    Arc::new(VirtualService {
+        namespace: "default".into(),
+        name: "vs".into(),
+        created: 0,
+        spec,
+    })
+}
+
+fn frontend() -> Frontend<'static> {
+    Frontend {
+        service_namespace: "default",
+        hostname: "reviews.default.svc.cluster.local",
+        waypoint_namespace: "default",
+    }
+}
+
+fn select(t: &VsTable, method: &str, path: &str, headers: &[(&str, &str)]) -> Option<usize> {
+    let mut h = HeaderMap::new();
+    for (k, v) in headers {
+        h.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    t.select(&RequestView {
+        method,
+        scheme: "http",
+        authority: "reviews:9080",
+        path,
+        query,
+        headers: &h,
+        port: 9080,
+    })
+    .map(|s| s.rule)
+}
+
+#[test]
+fn first_match_order_and_string_prefix() {
+    let t = VsTable::build(
+        &[vs(r#"
+hosts: [reviews]
+http:
+- match: [{uri: {prefix: /v2}}]
+  route: [{destination: {host: reviews, subset: v2}}]
+- match: [{uri: {exact: /x}, ignoreUriCase: true}]
+  route: [{destination: {host: reviews}}]
+- match: [{uri: {regex: "/a"}}]
+  route: [{destination: {host: reviews}}]
+- route: [{destination: {host: reviews, subset: v1}}]
+"#)],
+        &frontend(),
+    )
+    .unwrap();
+    // A plain string prefix (VS-24), unlike Gateway API.
+    assert_eq!(select(&t, "GET", "/v2example", &[]), Some(0));
+    assert_eq!(select(&t, "GET", "/X", &[]), Some(1));
+    // Regex is a full match (VS-25): /a/b falls to the catch-all.
+    assert_eq!(select(&t, "GET", "/a", &[]), Some(2));
+    assert_eq!(select(&t, "GET", "/a/b", &[]), Some(3));
+}
+
+#[test]
+fn headers_without_headers_query_and_source_labels() {
+    let t = VsTable::build(
+        &[vs(r#"
+hosts: [reviews.default.svc.cluster.local]
+http:
+- match: [{sourceLabels: {app: productpage}}]
+  route: [{destination: {host: reviews}}]
+- match: [{headers: {end-user: {exact: jason}}}]
+  route: [{destination: {host: reviews}}]
+- match: [{headers: {cookie: {regex: "^(.*?;)?(user=tester)(;.*)?$"}}}]
+  route: [{destination: {host: reviews}}]
+- match: [{withoutHeaders: {x-skip: {regex: "*"}}, queryParams: {q: {exact: ""}}}]
+  route: [{destination: {host: reviews}}]
+- match: [{withoutHeaders: {end-user: {regex: ".*"}}}]
+  route: [{destination: {host: reviews}}]
+- match: [{method: {exact: POST}}]
+  route: [{destination: {host: reviews}}]
+"#)],
+        &frontend(),
+    )
+    .unwrap();
+    // sourceLabels never match at a waypoint (VS-33).
+    assert_eq!(select(&t, "GET", "/", &[("end-user", "jason")]), Some(1));
+    assert_eq!(
+        select(&t, "GET", "/", &[("cookie", "user=tester; theme=dark")]),
+        Some(2)
+    );
+    assert_eq!(select(&t, "GET", "/?q", &[]), Some(3));
+    assert_eq!(select(&t, "GET", "/?q", &[("x-skip", "1")]), None);
+    // withoutHeaders regex .* matches nothing: a missing header is "" (VS-30).
+    assert_eq!(select(&t, "get", "/", &[]), None);
+    assert_eq!(select(&t, "POST", "/", &[]), Some(5));
+}
+
+#[test]
+fn host_selection_by_namespace_and_gateways() {
+    let mut other = vs("hosts: [reviews]\nhttp: [{route: [{destination: {host: reviews}}]}]");
+    Arc::make_mut(&mut other).namespace = "elsewhere".into();
+    assert!(!applies(&other, &frontend()));
+    let gw = vs(
+        "hosts: [reviews]\ngateways: [my-gw]\nhttp: [{route: [{destination: {host: reviews}}]}]",
+    );
+    assert!(!applies(&gw, &frontend()));
+    let wildcard =
+        vs("hosts: ['*.svc.cluster.local']\nhttp: [{route: [{destination: {host: reviews}}]}]");
+    assert!(applies(&wildcard, &frontend()));
+    assert_eq!(
+        fqdn("ratings.other", "default"),
+        "ratings.other.svc.cluster.local"
+    );
+}
+
+#[test]
+fn redirects_default_301_and_keep_the_query() {
+    let r: HttpRedirect = serde_yaml::from_str("{uri: /new, authority: b.example}").unwrap();
+    assert_eq!(
+        redirect(
+            &r,
+            "http",
+            "a:9080",
+            9080,
+            "/old",
+            Some("x=1"),
+            &UriMatched::Exact
+        ),
+        (301, "http://b.example/new?x=1".to_string())
+    );
+    let r: HttpRedirect =
+        serde_yaml::from_str("{scheme: https, derivePort: FROM_REQUEST_PORT, redirectCode: 308}")
+            .unwrap();
+    assert_eq!(
+        redirect(&r, "http", "b:80", 80, "/p", None, &UriMatched::None),
+        (308, "https://b:80/p".to_string())
+    );
+    let r: HttpRedirect = serde_yaml::from_str("{prefixRewrite: /v2/}").unwrap();
+    assert_eq!(
+        redirect(
+            &r,
+            "http",
+            "b:80",
+            80,
+            "/v1/x",
+            None,
+            &UriMatched::Prefix(4)
+        ),
+        (301, "http://b:80/v2/x".to_string())
+    );
+}
+
+#[test]
+fn rewrites_are_raw_substitutions() {
+    assert_eq!(rewrite_uri("/demo/x", &UriMatched::Prefix(6), "/"), "/x");
+    assert_eq!(
+        rewrite_uri("/foo/bar", &UriMatched::Prefix(4), "/"),
+        "//bar"
+    );
+    assert_eq!(rewrite_uri("/a", &UriMatched::Exact, "/b"), "/b");
+    assert_eq!(
+        regex_rewrite("/v1/items/7", r"^/v1/(.*)$", r"/api/\1"),
+        "/api/items/7"
+    );
+}
+
+#[test]
+fn cors_preflight_actual_and_unmatched() {
+    let p: CorsPolicy = serde_yaml::from_str(
+        "{allowOrigins: [{exact: 'https://a.example'}], allowMethods: [GET, POST], allowHeaders: [x-a], exposeHeaders: [x-b], maxAge: 24h, allowCredentials: true}",
+    )
+    .unwrap();
+    let mut h = HeaderMap::new();
+    h.insert("origin", "https://a.example".parse().unwrap());
+    h.insert("access-control-request-method", "POST".parse().unwrap());
+    let Cors::Preflight(out) = cors(&p, &http::Method::OPTIONS, &h) else {
+        panic!("preflight")
+    };
+    let get = |n: &str| out.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    assert_eq!(
+        get("access-control-allow-origin"),
+        Some("https://a.example")
+    );
+    assert_eq!(get("access-control-max-age"), Some("86400"));
+    assert_eq!(get("access-control-allow-methods"), Some("GET,POST"));
+    assert!(matches!(cors(&p, &http::Method::GET, &h), Cors::Actual(_)));
+    h.insert("origin", "https://evil.example".parse().unwrap());
+    assert_eq!(cors(&p, &http::Method::GET, &h), Cors::Forward);
+    assert_eq!(cors(&p, &http::Method::OPTIONS, &h), Cors::Forward);
+}
+
+#[test]
+fn validation_names_the_field() {
+    let bad = |yaml: &str| {
+        serde_yaml::from_str::<VirtualServiceSpec>(yaml)
+            .map_err(|e| e.to_string())
+            .and_then(|s| s.validate())
+            .unwrap_err()
+    };
+    assert!(
+        bad("hosts: [r]\nhttp: [{route: [{destination: {host: r}}], redirect: {uri: /}}]")
+            .contains("spec.http[0]: only one of route")
+    );
+    assert!(bad(
+        "hosts: [r]\nhttp: [{match: [{uri: {regex: '('}}], route: [{destination: {host: r}}]}]"
+    )
+    .contains("spec.http[0].match[0].uri.regex"));
+    assert!(bad("hosts: [r]\nhttp: [{route: [{destination: {host: r}}], fault: {abort: {grpcStatus: '14'}}}]")
+        .contains("grpcStatus"));
+    assert!(bad("hosts: [r]\nhttp: [{route: [{destination: {host: r}}], retries: {attempts: 2, retryOn: 'sometimes'}}]")
+        .contains("spec.http[0].retries.retryOn"));
+    assert!(
+        bad("hosts: [r]\nhttp: [{route: [{destination: {host: r}}], timout: 1s}]")
+            .contains("timout")
+    );
+    assert!(bad("hosts: [r]\nhttp: [{route: [{destination: {host: a}, weight: 0}, {destination: {host: b}}]}]")
+        .contains("weights are all 0"));
+    assert_eq!(
+        parse_duration("0.5s").unwrap(),
+        std::time::Duration::from_millis(500)
+    );
+    assert_eq!(
+        parse_duration("1m30s").unwrap(),
+        std::time::Duration::from_secs(90)
+    );
+}
+
+#[test]
+fn retry_counting_defaults_and_triggers() {
+    // Omitted: the mesh default, 2 retries on connect failures, not on 503 responses.
+    let d = RetryPolicy::from_virtual_service(None);
+    assert_eq!(d.retries, 2);
+    assert!(d.again(1, Outcome::ConnectFailure));
+    assert!(!d.again(
+        1,
+        Outcome::Response {
+            status: 503,
+            grpc: None
+        }
+    ));
+    assert!(!d.again(3, Outcome::ConnectFailure));
+    // Given without attempts: none.
+    let r: Retries = serde_yaml::from_str("{retryOn: 5xx}").unwrap();
+    assert_eq!(RetryPolicy::from_virtual_service(Some(&r)).retries, 0);
+    let r: Retries = serde_yaml::from_str("{attempts: 5, retryOn: '5xx'}").unwrap();
+    let p = RetryPolicy::from_virtual_service(Some(&r));
+    assert!(p.again(
+        5,
+        Outcome::Response {
+            status: 500,
+            grpc: None
+        }
+    ));
+    assert!(!p.again(
+        6,
+        Outcome::Response {
+            status: 500,
+            grpc: None
+        }
+    ));
+    assert!(!p.again(
+        1,
+        Outcome::Response {
+            status: 404,
+            grpc: None
+        }
+    ));
+    assert!(p.again(1, Outcome::Timeout));
+    // Bare codes: only real responses with that code (VS-55).
+    let r: Retries = serde_yaml::from_str("{attempts: 1, retryOn: '503'}").unwrap();
+    let p = RetryPolicy::from_virtual_service(Some(&r));
+    assert!(p.again(
+        1,
+        Outcome::Response {
+            status: 503,
+            grpc: None
+        }
+    ));
+    assert!(!p.again(
+        1,
+        Outcome::Response {
+            status: 500,
+            grpc: None
+        }
+    ));
+    assert!(!p.again(1, Outcome::Reset));
+    // Gateway API: listed codes, plus connection errors and timeouts (GW-50, GW-53).
+    let g: crate::httproute::Retry = serde_yaml::from_str("{codes: [503], attempts: 2}").unwrap();
+    let p = RetryPolicy::from_http_route(Some(&g), None);
+    assert!(p.again(
+        2,
+        Outcome::Response {
+            status: 503,
+            grpc: None
+        }
+    ));
+    assert!(!p.again(
+        1,
+        Outcome::Response {
+            status: 500,
+            grpc: None
+        }
+    ));
+    assert!(p.again(1, Outcome::Timeout) && p.again(1, Outcome::Reset));
+}

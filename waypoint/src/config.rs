@@ -1,0 +1,219 @@
+//! The waypoint's L7 configuration: Keelson's HTTPRoute, VirtualService and DestinationRule
+//! xDS types (xds/proto/l7.proto), decoded and checked once per state change, and the route
+//! tables of each frontend, built (regexes compiled, precedence sorted) once per state
+//! change instead of per request.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use l7::table::{Route, RouteTable};
+use l7::vsroute::{DestinationRule, VirtualService, VsTable};
+use prost::Message;
+use ztunnel::state::State;
+
+/// An HTTPRoute resource from the control plane, checked.
+pub fn decode_route(bytes: &[u8]) -> Result<Route, String> {
+    let r = xds::l7::HttpRoute::decode(bytes).map_err(|e| format!("decode: {e}"))?;
+    let spec: l7::httproute::HttpRouteSpec =
+        serde_json::from_str(&r.spec_json).map_err(|e| format!("spec_json: {e}"))?;
+    spec.validate()?;
+    Ok(Route {
+        namespace: r.namespace,
+        name: r.name,
+        created: r.created,
+        spec,
+    })
+}
+
+/// A VirtualService resource from the control plane, checked.
+pub fn decode_virtual_service(bytes: &[u8]) -> Result<VirtualService, String> {
+    let r = xds::l7::VirtualService::decode(bytes).map_err(|e| format!("decode: {e}"))?;
+    let spec: l7::istio::VirtualServiceSpec =
+        serde_json::from_str(&r.spec_json).map_err(|e| format!("spec_json: {e}"))?;
+    spec.validate()?;
+    Ok(VirtualService {
+        namespace: r.namespace,
+        name: r.name,
+        created: r.created,
+        spec,
+    })
+}
+
+/// A DestinationRule resource from the control plane, checked.
+pub fn decode_destination_rule(bytes: &[u8]) -> Result<DestinationRule, String> {
+    let r = xds::l7::DestinationRule::decode(bytes).map_err(|e| format!("decode: {e}"))?;
+    let spec: l7::istio::DestinationRuleSpec =
+        serde_json::from_str(&r.spec_json).map_err(|e| format!("spec_json: {e}"))?;
+    spec.validate()?;
+    Ok(DestinationRule {
+        namespace: r.namespace,
+        name: r.name,
+        created: r.created,
+        spec,
+        subsets: r
+            .subsets
+            .into_iter()
+            .map(|s| {
+                (
+                    s.name,
+                    Arc::new(s.workload_uids.into_iter().collect::<BTreeSet<_>>()),
+                )
+            })
+            .collect(),
+    })
+}
+
+/// The extra xDS types a waypoint subscribes to; a resource that does not decode or
+/// validate is NACKed by name.
+pub fn extra_types() -> Vec<ztunnel::xds_client::ExtraType> {
+    vec![
+        ztunnel::xds_client::ExtraType {
+            type_url: xds::type_url::HTTP_ROUTE,
+            ready: "xds http routes",
+            validate: Arc::new(|b: &[u8]| decode_route(b).map(|_| ())),
+        },
+        ztunnel::xds_client::ExtraType {
+            type_url: xds::type_url::VIRTUAL_SERVICE,
+            ready: "xds virtual services",
+            validate: Arc::new(|b: &[u8]| decode_virtual_service(b).map(|_| ())),
+        },
+        ztunnel::xds_client::ExtraType {
+            type_url: xds::type_url::DESTINATION_RULE,
+            ready: "xds destination rules",
+            validate: Arc::new(|b: &[u8]| decode_destination_rule(b).map(|_| ())),
+        },
+    ]
+}
+
+/// HTTPRoute frontend: (service namespace, service name, port, client namespace).
+type RouteKey = (String, String, u16, String);
+
+#[derive(Default)]
+struct Cache {
+    /// The state version the rest was built from; `None` before the first build.
+    version: Option<u64>,
+    routes: Vec<Arc<Route>>,
+    virtual_services: Vec<Arc<VirtualService>>,
+    destination_rules: Vec<Arc<DestinationRule>>,
+    route_tables: HashMap<RouteKey, Arc<Option<RouteTable>>>,
+    /// By service hostname.
+    vs_tables: HashMap<String, Arc<Option<VsTable>>>,
+}
+
+/// The process-wide L7 configuration.
+#[derive(Default)]
+pub struct L7Config {
+    cached: Mutex<Cache>,
+}
+
+fn decoded<T>(
+    state: &State,
+    type_url: &str,
+    decode: fn(&[u8]) -> Result<T, String>,
+) -> Vec<Arc<T>> {
+    state
+        .extras(type_url)
+        .values()
+        .filter_map(|b| decode(b).ok())
+        .map(Arc::new)
+        .collect()
+}
+
+impl L7Config {
+    /// Runs `f` on the cache, rebuilt first when the state changed since.
+    fn with<R>(&self, state: &State, f: impl FnOnce(&mut Cache) -> R) -> R {
+        let version = state.version();
+        let mut c = self.cached.lock().unwrap();
+        if c.version != Some(version) {
+            *c = Cache {
+                version: Some(version),
+                routes: decoded(state, xds::type_url::HTTP_ROUTE, decode_route),
+                virtual_services: decoded(
+                    state,
+                    xds::type_url::VIRTUAL_SERVICE,
+                    decode_virtual_service,
+                ),
+                destination_rules: decoded(
+                    state,
+                    xds::type_url::DESTINATION_RULE,
+                    decode_destination_rule,
+                ),
+                ..Cache::default()
+            };
+        }
+        f(&mut c)
+    }
+
+    /// The HTTPRoute table for `frontend`; `None` inside when no route attaches to it.
+    pub fn route_table(
+        &self,
+        state: &State,
+        frontend: &l7::table::Frontend<'_>,
+    ) -> Arc<Option<RouteTable>> {
+        let key = (
+            frontend.namespace.to_string(),
+            frontend.name.to_string(),
+            frontend.port,
+            frontend.client_namespace.to_string(),
+        );
+        self.with(state, |c| {
+            if let Some(t) = c.route_tables.get(&key) {
+                return t.clone();
+            }
+            let t = Arc::new(RouteTable::build(&c.routes, frontend));
+            c.route_tables.insert(key, t.clone());
+            t
+        })
+    }
+
+    /// The VirtualService table for a service; `None` inside when none applies.
+    pub fn vs_table(
+        &self,
+        state: &State,
+        frontend: &l7::vsroute::Frontend<'_>,
+    ) -> Arc<Option<VsTable>> {
+        self.with(state, |c| {
+            if let Some(t) = c.vs_tables.get(frontend.hostname) {
+                return t.clone();
+            }
+            let t = Arc::new(VsTable::build(&c.virtual_services, frontend));
+            c.vs_tables.insert(frontend.hostname.to_string(), t.clone());
+            t
+        })
+    }
+
+    /// The VirtualServices (for TCP rules).
+    pub fn virtual_services(&self, state: &State) -> Vec<Arc<VirtualService>> {
+        self.with(state, |c| c.virtual_services.clone())
+    }
+
+    /// The workloads of `subset` of the service `hostname`: from the DestinationRule for it
+    /// in the service's namespace, else the waypoint's, else the root namespace (DR-01,
+    /// DR-03: the first with that subset wins). `None`: no such subset.
+    pub fn subset(
+        &self,
+        state: &State,
+        hostname: &str,
+        namespaces: [&str; 3],
+        subset: &str,
+    ) -> Option<Arc<BTreeSet<String>>> {
+        self.with(state, |c| {
+            let mut candidates: Vec<&Arc<DestinationRule>> = c
+                .destination_rules
+                .iter()
+                .filter(|d| l7::vsroute::fqdn(&d.spec.host, &d.namespace) == hostname)
+                .collect();
+            let rank = |d: &DestinationRule| {
+                namespaces
+                    .iter()
+                    .position(|n| *n == d.namespace)
+                    .unwrap_or(usize::MAX)
+            };
+            candidates.retain(|d| rank(d) != usize::MAX);
+            candidates.sort_by_key(|d| (rank(d), d.created));
+            candidates
+                .into_iter()
+                .find_map(|d| d.subsets.get(subset).cloned())
+        })
+    }
+}

@@ -1,0 +1,345 @@
+//! Carrying out a plan: the fault delay, then (within the route timeout) tries to upstream
+//! endpoints with the retry policy, copies to mirrors that never hold up the answer, and
+//! the response changes and access log line.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use l7::retry::Outcome;
+use ztunnel::proxy::ProxyInputs;
+use ztunnel::state::Workload;
+
+use crate::plan::{Action, Facts, Plan};
+use crate::{full, text, tunnel_to, Backend, Body, Destination, L7Config};
+
+/// Bodies up to this size are held so a request can be retried or mirrored; larger (or
+/// unsized) ones stream through, with one try and no mirror.
+const REPLAY_LIMIT: u64 = 64 * 1024;
+/// A mirrored request gets at most this long.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Per tunnel: what the requests inside it are for and who sent them.
+pub struct Context {
+    pub pi: Arc<ProxyInputs>,
+    pub dst: Destination,
+    pub source: String,
+    /// The client's namespace (from its identity), for consumer routes.
+    pub source_namespace: String,
+    pub client: SocketAddr,
+    pub config: Arc<L7Config>,
+}
+
+/// A request body: held (replayable) or streaming (one use).
+enum ReqBody {
+    Held(Bytes),
+    Stream(hyper::body::Incoming),
+}
+
+/// What the forwarding came to.
+struct Result {
+    resp: Response<Body>,
+    upstream: Option<Arc<Workload>>,
+    flag: &'static str,
+    tries: u32,
+}
+
+impl Context {
+    pub async fn handle(&self, mut req: Request<hyper::body::Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let full_path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "/".into());
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        let facts = Facts {
+            pi: &self.pi,
+            config: &self.config,
+            source_namespace: &self.source_namespace,
+        };
+        let plan = crate::plan::plan(&facts, &self.dst, &mut req, &host);
+        let mut delayed = false;
+        if let Some(d) = plan.delay {
+            tokio::time::sleep(d).await;
+            delayed = true;
+        }
+        let route_name = plan.route.clone().unwrap_or_else(|| "-".into());
+        let Plan {
+            action,
+            host: up_host,
+            response_ops,
+            timeout,
+            retry,
+            mirrors,
+            ..
+        } = plan;
+        let mut out = match action {
+            Action::Respond(resp, flag) => Result {
+                resp,
+                upstream: None,
+                flag,
+                tries: 0,
+            },
+            Action::Forward(backend) => {
+                let work = self.forward(req, backend, &up_host, &retry, mirrors);
+                match timeout {
+                    None => work.await,
+                    Some(limit) => match tokio::time::timeout(limit, work).await {
+                        Ok(r) => r,
+                        // The route's timeout, retries included: 504 (ERR-07).
+                        Err(_) => Result {
+                            resp: text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+                            upstream: None,
+                            flag: "UT",
+                            tries: 0,
+                        },
+                    },
+                }
+            }
+        };
+        for op in &response_ops {
+            op.apply(out.resp.headers_mut());
+        }
+        let flag = match (delayed, out.flag) {
+            (false, f) => f,
+            (true, "-") => "DI",
+            (true, "FI") => "DI,FI",
+            (true, f) => f,
+        };
+        tracing::event!(target: "access", tracing::Level::INFO,
+            src.identity = %self.source,
+            destination = %self.dst.name(),
+            %method, path = %full_path, authority = %host,
+            route = %route_name,
+            upstream = out.upstream.as_ref().map(|w| w.name.as_str()).unwrap_or("-"),
+            status = out.resp.status().as_u16(),
+            response_flags = flag,
+            attempts = out.tries,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "request");
+        out.resp
+    }
+
+    /// Tries `backend` until a try's outcome is not to be retried, or the retries run out;
+    /// the last outcome is the answer (ERR-10).
+    async fn forward(
+        &self,
+        req: Request<hyper::body::Incoming>,
+        backend: Backend,
+        host: &str,
+        retry: &l7::retry::RetryPolicy,
+        mirrors: Vec<Backend>,
+    ) -> Result {
+        let (mut parts, body) = req.into_parts();
+        // To the endpoint in HTTP/1.1, origin-form, with a Host header.
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "/".into());
+        parts.version = http::Version::HTTP_11;
+        parts.uri = path.parse().unwrap_or_default();
+        if let Ok(v) = http::HeaderValue::from_str(host) {
+            parts.headers.insert(http::header::HOST, v);
+        }
+        let replayable = hyper::body::Body::is_end_stream(&body)
+            || hyper::body::Body::size_hint(&body)
+                .exact()
+                .is_some_and(|n| n <= REPLAY_LIMIT);
+        let mut body = if replayable {
+            match body.collect().await {
+                Ok(b) => ReqBody::Held(b.to_bytes()),
+                Err(e) => {
+                    return Result {
+                        resp: text(
+                            StatusCode::BAD_REQUEST,
+                            &format!("reading the request: {e}"),
+                        ),
+                        upstream: None,
+                        flag: "DPE",
+                        tries: 0,
+                    }
+                }
+            }
+        } else {
+            ReqBody::Stream(body)
+        };
+        match &body {
+            ReqBody::Held(b) => {
+                for m in mirrors {
+                    self.mirror(&parts, b.clone(), m, host);
+                }
+            }
+            ReqBody::Stream(_) if !mirrors.is_empty() => {
+                tracing::debug!("request body too large to mirror");
+            }
+            ReqBody::Stream(_) => {}
+        }
+        let mut tried: Vec<String> = Vec::new();
+        let mut n = 0;
+        loop {
+            n += 1;
+            let this_body = match &mut body {
+                ReqBody::Held(b) => full(b.clone()),
+                ReqBody::Stream(_) => {
+                    let ReqBody::Stream(s) =
+                        std::mem::replace(&mut body, ReqBody::Held(Bytes::new()))
+                    else {
+                        unreachable!("matched above")
+                    };
+                    s.boxed()
+                }
+            };
+            let streaming_used = n == 1 && !replayable;
+            let req = rebuild(&parts, this_body);
+            let (outcome, resp, upstream, flag) = self
+                .try_once(&backend, req, retry.per_try_timeout, &tried)
+                .await;
+            if let Some(w) = &upstream {
+                tried.push(w.uid.clone());
+            }
+            let again = !streaming_used && retry.again(n, outcome);
+            if !again {
+                return Result {
+                    resp,
+                    upstream,
+                    flag,
+                    tries: n,
+                };
+            }
+            drop(resp);
+            tokio::time::sleep(retry.wait(n)).await;
+        }
+    }
+
+    /// One try: an endpoint, a tunnel, the request; the outcome for the retry policy.
+    async fn try_once(
+        &self,
+        backend: &Backend,
+        req: Request<Body>,
+        per_try: Option<Duration>,
+        tried: &[String],
+    ) -> (Outcome, Response<Body>, Option<Arc<Workload>>, &'static str) {
+        let attempt = async {
+            match tunnel_to(&self.pi, backend, self.client, tried).await {
+                Err((status, msg, flag)) => {
+                    let o = if flag == "UH" {
+                        Outcome::Response {
+                            status: 503,
+                            grpc: None,
+                        }
+                    } else {
+                        Outcome::ConnectFailure
+                    };
+                    (o, text(status, &msg), None, flag)
+                }
+                Ok((stream, w)) => match send(stream, req).await {
+                    Ok(r) => {
+                        let grpc = r
+                            .headers()
+                            .get("grpc-status")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse().ok());
+                        (
+                            Outcome::Response {
+                                status: r.status().as_u16(),
+                                grpc,
+                            },
+                            r,
+                            Some(w),
+                            "-",
+                        )
+                    }
+                    Err(e) => (
+                        Outcome::Reset,
+                        text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &format!(
+                                "upstream connect error or disconnect/reset before headers: {e}"
+                            ),
+                        ),
+                        Some(w),
+                        "UC",
+                    ),
+                },
+            }
+        };
+        match per_try {
+            None => attempt.await,
+            Some(limit) => match tokio::time::timeout(limit, attempt).await {
+                Ok(r) => r,
+                Err(_) => (
+                    Outcome::Timeout,
+                    text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+                    None,
+                    "UT",
+                ),
+            },
+        }
+    }
+
+    /// A copy of the request to `to`, Host suffixed `-shadow` (VS-19); fire and forget.
+    fn mirror(&self, parts: &http::request::Parts, body: Bytes, to: Backend, host: &str) {
+        let mut req = rebuild(parts, full(body));
+        if let Ok(v) = http::HeaderValue::from_str(&shadow_host(host)) {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+        let (pi, client) = (self.pi.clone(), self.client);
+        tokio::spawn(async move {
+            let copy = async {
+                let (stream, w) = tunnel_to(&pi, &to, client, &[]).await.map_err(|e| e.1)?;
+                let resp = send(stream, req).await.map_err(|e| e.to_string())?;
+                let status = resp.status();
+                let _ = resp.into_body().collect().await;
+                Ok::<_, String>((w, status))
+            };
+            match tokio::time::timeout(MIRROR_TIMEOUT, copy).await {
+                Ok(Ok((w, status))) => tracing::debug!(upstream = %w.name, %status, "mirrored"),
+                Ok(Err(e)) => tracing::debug!(error = %e, "mirror failed"),
+                Err(_) => tracing::debug!("mirror timed out"),
+            }
+        });
+    }
+}
+
+/// `host[:port]` → `host-shadow[:port]`.
+fn shadow_host(host: &str) -> String {
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => format!("{h}-shadow:{p}"),
+        _ => format!("{host}-shadow"),
+    }
+}
+
+fn rebuild(parts: &http::request::Parts, body: Body) -> Request<Body> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req
+}
+
+async fn send(
+    stream: hbone::stream::H2Stream,
+    req: Request<Body>,
+) -> std::result::Result<Response<Body>, hyper::Error> {
+    let io = TokioIo::new(hbone::io::H2Io::new(stream));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let resp = sender.send_request(req).await?;
+    Ok(resp.map(|b| b.boxed()))
+}

@@ -1,0 +1,596 @@
+//! What to do with one request: the HTTPRoutes attached to the service port it was
+//! addressed to decide (Gateway API precedence, l7-semantics.md §3, §5); else the
+//! VirtualServices for the service (first match, §1); else it goes to that service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Request, Response, StatusCode};
+use l7::istio::{HeaderOps, HttpRule};
+use l7::retry::RetryPolicy;
+use l7::vsroute::Cors;
+use rand::Rng;
+use ztunnel::proxy::ProxyInputs;
+use ztunnel::state::Service;
+
+use crate::{full, text, Backend, Body, Destination, L7Config, Unreachable};
+
+pub enum Action {
+    /// Answered here, with a response flag.
+    Respond(Response<Body>, &'static str),
+    Forward(Backend),
+}
+
+/// A change to the response, in order.
+pub enum ResponseOp {
+    Gateway(l7::httproute::HeaderModifier),
+    Istio(HeaderOps),
+    Add(Vec<(HeaderName, String)>),
+}
+
+impl ResponseOp {
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        match self {
+            ResponseOp::Gateway(m) => l7::table::modify_headers(headers, m),
+            ResponseOp::Istio(ops) => l7::vsroute::apply_header_ops(headers, ops),
+            ResponseOp::Add(list) => {
+                for (n, v) in list {
+                    if let Ok(v) = http::HeaderValue::from_str(v) {
+                        headers.insert(n.clone(), v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub struct Plan {
+    pub action: Action,
+    /// `namespace/name` of the route or VirtualService, for the access log.
+    pub route: Option<String>,
+    /// The Host sent upstream.
+    pub host: String,
+    pub response_ops: Vec<ResponseOp>,
+    /// The whole request, retries included.
+    pub timeout: Option<Duration>,
+    pub retry: RetryPolicy,
+    /// Where copies go (already drawn against their percentages).
+    pub mirrors: Vec<Backend>,
+    /// An injected delay (fault), before anything else and outside the timeout.
+    pub delay: Option<Duration>,
+}
+
+impl Plan {
+    fn new(action: Action, route: Option<String>, host: &str) -> Plan {
+        Plan {
+            action,
+            route,
+            host: host.to_string(),
+            response_ops: Vec::new(),
+            timeout: None,
+            retry: RetryPolicy::mesh_default(),
+            mirrors: Vec::new(),
+            delay: None,
+        }
+    }
+
+    fn respond(
+        resp: Response<Body>,
+        flag: &'static str,
+        route: Option<String>,
+        host: &str,
+    ) -> Plan {
+        Plan::new(Action::Respond(resp, flag), route, host)
+    }
+}
+
+/// True with probability `percent`/100.
+fn chance(percent: f64) -> bool {
+    percent >= 100.0 || (percent > 0.0 && rand::thread_rng().gen_range(0.0..100.0) < percent)
+}
+
+/// The request facts the planners look at.
+pub struct Facts<'a> {
+    pub pi: &'a ProxyInputs,
+    pub config: &'a L7Config,
+    pub source_namespace: &'a str,
+}
+
+pub fn plan<B>(f: &Facts<'_>, dst: &Destination, req: &mut Request<B>, host: &str) -> Plan {
+    let Destination::Service { svc, port } = dst else {
+        return Plan::new(Action::Forward(Backend::of(dst.clone())), None, host);
+    };
+    let frontend = l7::table::Frontend {
+        namespace: &svc.namespace,
+        name: &svc.name,
+        port: *port,
+        port_name: None,
+        client_namespace: f.source_namespace,
+    };
+    let table = f.config.route_table(&f.pi.state, &frontend);
+    if let Some(table) = table.as_ref() {
+        return http_route(f, table, *port, req, host);
+    }
+    let vs_frontend = l7::vsroute::Frontend {
+        service_namespace: &svc.namespace,
+        hostname: &svc.hostname,
+        waypoint_namespace: f.pi.cfg.pod_namespace.as_deref().unwrap_or(""),
+    };
+    let table = f.config.vs_table(&f.pi.state, &vs_frontend);
+    if let Some(table) = table.as_ref() {
+        return virtual_service(f, table, *port, req, host);
+    }
+    Plan::new(Action::Forward(Backend::of(dst.clone())), None, host)
+}
+
+// ---- Gateway API HTTPRoute ----
+
+fn http_route<B>(
+    f: &Facts<'_>,
+    table: &l7::table::RouteTable,
+    port: u16,
+    req: &mut Request<B>,
+    host: &str,
+) -> Plan {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let selected = table.select(&l7::table::RequestView {
+        method: req.method().as_str(),
+        path: &path,
+        query: query.as_deref(),
+        headers: req.headers(),
+    });
+    let Some(sel) = selected else {
+        return Plan::respond(
+            text(StatusCode::NOT_FOUND, "no matching route"),
+            "NR",
+            None,
+            host,
+        );
+    };
+    let route_name = format!("{}/{}", sel.route.namespace, sel.route.name);
+    let rule = sel.rule();
+    let mut plan = Plan::respond(
+        text(StatusCode::INTERNAL_SERVER_ERROR, "no valid backend"),
+        "NR",
+        Some(route_name),
+        host,
+    );
+    let mut new_path = path.clone();
+    if let Some(r) = gateway_filters(f, &rule.filters, req, &mut new_path, &sel, &mut plan, port) {
+        return r;
+    }
+    let Some(backend) = l7::table::pick_backend(rule) else {
+        return plan; // no backend, or all weights 0: 500
+    };
+    if let Some(r) = gateway_filters(
+        f,
+        &backend.filters,
+        req,
+        &mut new_path,
+        &sel,
+        &mut plan,
+        port,
+    ) {
+        return r;
+    }
+    let Some(backend_svc) = gateway_backend(f, backend, &sel.route.namespace) else {
+        return plan; // invalid backend: its share gets 500
+    };
+    if new_path != path {
+        set_path(req, &new_path, query.as_deref());
+    }
+    plan.action = Action::Forward(Backend::of(Destination::Service {
+        svc: backend_svc,
+        port: backend.port.unwrap_or(port),
+    }));
+    let t = rule.timeouts.as_ref();
+    let parse = |d: Option<&String>| {
+        d.and_then(|d| l7::httproute::parse_duration(d).ok())
+            .filter(|d| !d.is_zero())
+    };
+    let request = parse(t.and_then(|t| t.request.as_ref()));
+    let backend_request = parse(t.and_then(|t| t.backend_request.as_ref()));
+    if rule.retry.is_some() {
+        // backendRequest bounds each try, request the whole (GW-48, GW-49).
+        plan.timeout = request;
+        plan.retry = RetryPolicy::from_http_route(rule.retry.as_ref(), backend_request);
+    } else {
+        // Without a retry stanza Istio makes backendRequest the route timeout too.
+        plan.timeout = [request, backend_request].into_iter().flatten().min();
+        plan.retry = RetryPolicy::mesh_default();
+    }
+    plan
+}
+
+fn gateway_backend(
+    f: &Facts<'_>,
+    b: &l7::httproute::BackendRef,
+    route_ns: &str,
+) -> Option<Arc<Service>> {
+    let ns = b.namespace.as_deref().unwrap_or(route_ns);
+    let host = format!("{}.{ns}.{}", b.name, l7::vsroute::CLUSTER_SUFFIX);
+    b.is_service()
+        .then(|| f.pi.state.service_by_host(&host, ns))
+        .flatten()
+}
+
+fn set_path<B>(req: &mut Request<B>, path: &str, query: Option<&str>) {
+    let pq = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    if let Ok(uri) = pq.parse() {
+        *req.uri_mut() = uri;
+    }
+}
+
+/// Applies `filters` to the request; a redirect answers at once (returned).
+fn gateway_filters<B>(
+    f: &Facts<'_>,
+    filters: &[l7::httproute::Filter],
+    req: &mut Request<B>,
+    path: &mut String,
+    sel: &l7::table::Selected,
+    plan: &mut Plan,
+    port: u16,
+) -> Option<Plan> {
+    use l7::httproute::FilterType as F;
+    for filter in filters {
+        match filter.kind {
+            F::RequestHeaderModifier => {
+                if let Some(m) = &filter.request_header_modifier {
+                    l7::table::modify_headers(req.headers_mut(), m);
+                }
+            }
+            F::ResponseHeaderModifier => {
+                if let Some(m) = &filter.response_header_modifier {
+                    plan.response_ops.push(ResponseOp::Gateway(m.clone()));
+                }
+            }
+            F::RequestRedirect => {
+                let r = filter.request_redirect.as_ref()?;
+                let (status, location) = l7::table::redirect(
+                    r,
+                    &plan.host,
+                    port,
+                    path,
+                    req.uri().query(),
+                    sel.matched_prefix.as_deref(),
+                );
+                let mut out = Plan::respond(
+                    redirect_response(status, &location, 302),
+                    "-",
+                    plan.route.clone(),
+                    &plan.host,
+                );
+                out.response_ops = std::mem::take(&mut plan.response_ops);
+                return Some(out);
+            }
+            F::URLRewrite => {
+                if let Some(rw) = &filter.url_rewrite {
+                    if let Some(h) = &rw.hostname {
+                        plan.host = h.clone();
+                    }
+                    if let Some(m) = &rw.path {
+                        *path = l7::table::modify_path(path, m, sel.matched_prefix.as_deref());
+                    }
+                }
+            }
+            F::RequestMirror => {
+                let Some(m) = &filter.request_mirror else {
+                    continue;
+                };
+                let percent = match (&m.percent, &m.fraction) {
+                    (Some(p), _) => f64::from(*p),
+                    (None, Some(fr)) => {
+                        100.0 * f64::from(fr.numerator) / f64::from(fr.denominator.max(1))
+                    }
+                    (None, None) => 100.0,
+                };
+                match gateway_backend(f, &m.backend_ref, &sel.route.namespace) {
+                    Some(svc) if chance(percent) => {
+                        let port = m.backend_ref.port.unwrap_or(port);
+                        plan.mirrors
+                            .push(Backend::of(Destination::Service { svc, port }));
+                    }
+                    Some(_) => {}
+                    // GW-30: an unresolvable mirror is dropped; the request is still served.
+                    None => {
+                        tracing::debug!(backend = %m.backend_ref.name, "mirror backend not found; not mirrored")
+                    }
+                }
+            }
+            // Validated away at the control plane.
+            F::CORS | F::ExtensionRef => {}
+        }
+    }
+    None
+}
+
+fn redirect_response(status: u16, location: &str, default: u16) -> Response<Body> {
+    let mut resp = text(
+        StatusCode::from_u16(status)
+            .unwrap_or(StatusCode::from_u16(default).unwrap_or(StatusCode::FOUND)),
+        "redirect",
+    );
+    if let Ok(v) = http::HeaderValue::from_str(location) {
+        resp.headers_mut().insert(http::header::LOCATION, v);
+    }
+    resp
+}
+
+// ---- Istio VirtualService ----
+
+/// A VirtualService destination as a backend: the host relative to the VirtualService's
+/// namespace, the port (given, the service's only one, or the one addressed) and the
+/// subset's workloads. `Err`: Envoy's "cluster not found" (503 NC, VS-38).
+fn vs_backend(
+    f: &Facts<'_>,
+    d: &l7::istio::Destination,
+    vs_ns: &str,
+    addressed_port: u16,
+) -> Result<Backend, Unreachable> {
+    let host = l7::vsroute::fqdn(&d.host, vs_ns);
+    let not_found = |what: String| (StatusCode::SERVICE_UNAVAILABLE, what, "NC");
+    let svc =
+        f.pi.state
+            .service_by_host(&host, vs_ns)
+            .ok_or_else(|| not_found(format!("no service {host}")))?;
+    let port = match &d.port {
+        Some(p) => p.number,
+        None if svc.ports.len() == 1 => *svc.ports.keys().next().unwrap_or(&addressed_port),
+        None => addressed_port,
+    };
+    let subset = match &d.subset {
+        None => None,
+        Some(name) => Some(
+            f.config
+                .subset(
+                    &f.pi.state,
+                    &svc.hostname,
+                    [
+                        &svc.namespace,
+                        f.pi.cfg.pod_namespace.as_deref().unwrap_or(""),
+                        "istio-system",
+                    ],
+                    name,
+                )
+                .ok_or_else(|| not_found(format!("no subset {name} of {host}")))?,
+        ),
+    };
+    Ok(Backend {
+        dst: Destination::Service { svc, port },
+        subset,
+    })
+}
+
+fn percent(p: &Option<l7::istio::Percent>, int: Option<u32>, default: f64) -> f64 {
+    match (p, int) {
+        (Some(p), _) => p.value,
+        (None, Some(i)) => f64::from(i),
+        (None, None) => default,
+    }
+}
+
+fn virtual_service<B>(
+    f: &Facts<'_>,
+    table: &l7::vsroute::VsTable,
+    port: u16,
+    req: &mut Request<B>,
+    host: &str,
+) -> Plan {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let scheme = req.uri().scheme_str().unwrap_or("http").to_string();
+    let selected = table.select(&l7::vsroute::RequestView {
+        method: req.method().as_str(),
+        scheme: &scheme,
+        authority: host,
+        path: &path,
+        query: query.as_deref(),
+        headers: req.headers(),
+        port,
+    });
+    let Some(sel) = selected else {
+        // VS-03: once a VirtualService applies, nothing matching is a 404.
+        return Plan::respond(
+            text(StatusCode::NOT_FOUND, "no matching route"),
+            "NR",
+            None,
+            host,
+        );
+    };
+    let rule: &HttpRule = sel.rule();
+    let mut plan = Plan::new(
+        Action::Respond(text(StatusCode::INTERNAL_SERVER_ERROR, "no route"), "NR"),
+        Some(sel.name()),
+        host,
+    );
+    let rule_headers = rule.headers.as_ref();
+    if let Some(ops) = rule_headers.and_then(|h| h.response.as_ref()) {
+        plan.response_ops.push(ResponseOp::Istio(ops.clone()));
+    }
+    // Fault: delay, then abort, independent draws (VS-62..67); unset percentage is 0.
+    if let Some(fault) = &rule.fault {
+        if let Some(d) = &fault.delay {
+            if chance(percent(&d.percentage, d.percent, 0.0)) {
+                plan.delay = d
+                    .fixed_delay
+                    .as_deref()
+                    .and_then(|d| l7::istio::parse_duration(d).ok());
+            }
+        }
+        if let Some(a) = &fault.abort {
+            if chance(percent(&a.percentage, None, 0.0)) {
+                plan.action = Action::Respond(abort_response(a), "FI");
+                return plan;
+            }
+        }
+    }
+    if let Some(cors) = &rule.cors_policy {
+        match l7::vsroute::cors(cors, req.method(), req.headers()) {
+            Cors::Forward => {}
+            Cors::Preflight(headers) => {
+                let mut resp = text(StatusCode::OK, "");
+                ResponseOp::Add(headers).apply(resp.headers_mut());
+                plan.action = Action::Respond(resp, "-");
+                return plan;
+            }
+            Cors::Actual(headers) => plan.response_ops.push(ResponseOp::Add(headers)),
+        }
+    }
+    if let Some(r) = &rule.redirect {
+        let (status, location) =
+            l7::vsroute::redirect(r, &scheme, host, port, &path, query.as_deref(), &sel.uri);
+        plan.action = Action::Respond(redirect_response(status, &location, 301), "-");
+        return plan;
+    }
+    if let Some(d) = &rule.direct_response {
+        let body = d
+            .body
+            .as_ref()
+            .map(|b| match (&b.string, &b.bytes) {
+                (Some(s), _) => bytes::Bytes::from(s.clone()),
+                (None, Some(b64)) => l7::istio::base64_decode(b64).unwrap_or_default().into(),
+                _ => bytes::Bytes::new(),
+            })
+            .unwrap_or_default();
+        let resp = Response::builder()
+            .status(StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK))
+            .body(full(body))
+            .unwrap();
+        plan.action = Action::Respond(resp, "-");
+        return plan;
+    }
+    let Some(dest) = l7::vsroute::pick_weighted(&rule.route) else {
+        return plan;
+    };
+    if let Some(ops) = rule_headers.and_then(|h| h.request.as_ref()) {
+        l7::vsroute::apply_header_ops(req.headers_mut(), ops);
+        if let Some(a) = l7::vsroute::authority_set(ops) {
+            plan.host = a.to_string();
+        }
+    }
+    if let Some(h) = &dest.headers {
+        if let Some(ops) = &h.request {
+            l7::vsroute::apply_header_ops(req.headers_mut(), ops);
+            // A rule-level authority rewrite wins over a destination's Host (VS-40).
+            let rule_sets = rule_headers
+                .and_then(|h| h.request.as_ref())
+                .and_then(l7::vsroute::authority_set)
+                .is_some();
+            if let (Some(a), false) = (l7::vsroute::authority_set(ops), rule_sets) {
+                plan.host = a.to_string();
+            }
+        }
+        if let Some(ops) = &h.response {
+            plan.response_ops.push(ResponseOp::Istio(ops.clone()));
+        }
+    }
+    if let Some(rw) = &rule.rewrite {
+        if let Some(a) = &rw.authority {
+            plan.host = a.clone();
+        }
+        let new_path = match (&rw.uri, &rw.uri_regex_rewrite) {
+            (Some(u), _) => Some(l7::vsroute::rewrite_uri(&path, &sel.uri, u)),
+            (None, Some(rr)) => Some(l7::vsroute::regex_rewrite(&path, &rr.pattern, &rr.rewrite)),
+            _ => None,
+        };
+        if let Some(p) = new_path {
+            set_path(req, &p, query.as_deref());
+        }
+    }
+    match vs_backend(f, &dest.destination, &sel.vs.namespace, port) {
+        Ok(b) => plan.action = Action::Forward(b),
+        Err((status, msg, flag)) => {
+            plan.action = Action::Respond(text(status, &msg), flag);
+            return plan;
+        }
+    }
+    plan.timeout = rule
+        .timeout
+        .as_deref()
+        .and_then(|t| l7::istio::parse_duration(t).ok())
+        .filter(|t| !t.is_zero());
+    plan.retry = RetryPolicy::from_virtual_service(rule.retries.as_ref());
+    let mut mirrors: Vec<(&l7::istio::Destination, f64)> = rule
+        .mirrors
+        .iter()
+        .map(|m| (&m.destination, percent(&m.percentage, None, 100.0)))
+        .collect();
+    if let Some(m) = &rule.mirror {
+        mirrors.push((
+            m,
+            percent(&rule.mirror_percentage, rule.mirror_percent, 100.0),
+        ));
+    }
+    for (d, pct) in mirrors {
+        if !chance(pct) {
+            continue;
+        }
+        match vs_backend(f, d, &sel.vs.namespace, port) {
+            Ok(b) => plan.mirrors.push(b),
+            Err((_, msg, _)) => {
+                tracing::debug!(error = %msg, "mirror destination not found; not mirrored")
+            }
+        }
+    }
+    plan
+}
+
+/// A fault abort (VS-64, VS-65): the HTTP status, or HTTP 200 with the gRPC status.
+fn abort_response(a: &l7::istio::FaultAbort) -> Response<Body> {
+    match (&a.grpc_status, a.http_status) {
+        (Some(g), _) => Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/grpc")
+            .header(
+                "grpc-status",
+                l7::istio::grpc_code(g).unwrap_or(2).to_string(),
+            )
+            .header("grpc-message", "fault filter abort")
+            .body(full(bytes::Bytes::new()))
+            .unwrap(),
+        (None, status) => text(
+            StatusCode::from_u16(status.unwrap_or(500))
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "fault filter abort",
+        ),
+    }
+}
+
+/// The backend of a TCP connection to `dst`: the first VirtualService `tcp` rule that
+/// matches picks one destination per connection (VS-81..84); without one, `dst` itself.
+pub fn tcp_backend(
+    pi: &ProxyInputs,
+    config: &L7Config,
+    dst: &Destination,
+) -> Result<Backend, Unreachable> {
+    let Destination::Service { svc, port } = dst else {
+        return Ok(Backend::of(dst.clone()));
+    };
+    let all = config.virtual_services(&pi.state);
+    let frontend = l7::vsroute::Frontend {
+        service_namespace: &svc.namespace,
+        hostname: &svc.hostname,
+        waypoint_namespace: pi.cfg.pod_namespace.as_deref().unwrap_or(""),
+    };
+    let Some(vip) = svc.addresses.first() else {
+        return Ok(Backend::of(dst.clone()));
+    };
+    let Some((vs, rule)) = l7::vsroute::tcp_route(&all, &frontend, *vip, *port) else {
+        return Ok(Backend::of(dst.clone()));
+    };
+    let dest = l7::vsroute::pick_weighted(&rule.route).ok_or((
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no destination".to_string(),
+        "NR",
+    ))?;
+    let facts = Facts {
+        pi,
+        config,
+        source_namespace: "",
+    };
+    vs_backend(&facts, &dest.destination, &vs.namespace, *port)
+}
