@@ -138,6 +138,24 @@ impl Mesh {
         (status, out.stdout)
     }
 
+    /// How many requests a bundled app's pod has served (its own `/requests` count, read
+    /// over the pod IP, which passes no service waypoint); the read itself counts once.
+    pub fn served(&self, pod: &str) -> u64 {
+        let ip = self.pod(pod)["ip"].as_str().unwrap().to_string();
+        let out = self.curl("curl", &format!("http://{ip}:9080/requests"), "");
+        out.trim().parse().unwrap()
+    }
+
+    /// Whether `pod` comes to have served exactly `n` requests more than a `served` reading
+    /// of `before`, the readings themselves not counted; false after `secs`.
+    pub fn served_more(&self, pod: &str, before: u64, n: u64, secs: u64) -> bool {
+        let mut reads = 0;
+        eventually_sync(secs, || {
+            reads += 1;
+            self.served(pod) == before + reads + n
+        })
+    }
+
     pub fn write(&self, name: &str, yaml: &str) -> PathBuf {
         let p = std::env::temp_dir().join(format!("keelson-mesh-test-{}-{name}", self.prefix));
         std::fs::write(&p, yaml).unwrap();

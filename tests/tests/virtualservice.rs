@@ -148,14 +148,6 @@ fn python(mesh: &Mesh, code: &str) -> serde_json::Value {
     serde_json::from_str(out.stdout.trim()).unwrap()
 }
 
-/// How many requests the pod's app has served (its own count, read over pod IP, which
-/// does not pass the service waypoint); the read itself counts once.
-fn served(mesh: &Mesh, pod: &str) -> u64 {
-    let ip = mesh.pod(pod)["ip"].as_str().unwrap().to_string();
-    let out = mesh.curl("curl", &format!("http://{ip}:9080/requests"), "");
-    out.trim().parse().unwrap()
-}
-
 #[test]
 fn virtual_services_and_destination_rules_at_the_waypoint() {
     let mesh = Mesh::new();
@@ -230,11 +222,11 @@ fn virtual_services_and_destination_rules_at_the_waypoint() {
         t.elapsed()
     );
     // A 500 abort at 100%: the backend never sees the request.
-    let before = served(&mesh, "details-v1-0");
+    let before = mesh.served("details-v1-0");
     let (status, text) = mesh.curl_i(&["http://details:9080/fault/abort"]);
     assert_eq!(status, 500, "{text}");
     assert!(text.contains("fault filter abort"), "{text}");
-    assert_eq!(served(&mesh, "details-v1-0"), before + 1);
+    assert_eq!(mesh.served("details-v1-0"), before + 1);
     // At 50%: aborts and delays both within Binomial(100, 0.5) ± 5σ.
     let half = python(
         &mesh,
@@ -252,14 +244,14 @@ fn virtual_services_and_destination_rules_at_the_waypoint() {
     assert_eq!(mesh.curl_i(&["http://details:9080/slow/10"]).0, 200);
 
     // 5 retries on 5xx: six tries in the backend's own count, the last answer returned.
-    let before = served(&mesh, "ratings-v1-0");
+    let before = mesh.served("ratings-v1-0");
     let (status, text) = mesh.curl_i(&["http://ratings:9080/status/500"]);
     assert_eq!(status, 500, "{text}");
-    assert_eq!(served(&mesh, "ratings-v1-0"), before + 1 + 6);
+    assert_eq!(mesh.served("ratings-v1-0"), before + 1 + 6);
     // Istio's default policy (no `retries`) does not retry a 503 response.
-    let before = served(&mesh, "ratings-v1-0");
+    let before = mesh.served("ratings-v1-0");
     assert_eq!(mesh.curl_i(&["http://ratings:9080/status/503"]).0, 503);
-    assert_eq!(served(&mesh, "ratings-v1-0"), before + 1 + 1);
+    assert_eq!(mesh.served("ratings-v1-0"), before + 1 + 1);
 
     // Redirect: 301 by default, the new authority and path, the query kept.
     let (status, text) = mesh.curl_i(&["http://details:9080/old/page?x=1"]);
@@ -352,16 +344,15 @@ fn virtual_services_and_destination_rules_at_the_waypoint() {
     );
 
     // Mirroring: v1 answers, v2 sees a copy of each request.
-    let (v1_before, v2_before) = (served(&mesh, "reviews-v1-0"), served(&mesh, "reviews-v2-0"));
+    let (v1_before, v2_before) = (mesh.served("reviews-v1-0"), mesh.served("reviews-v2-0"));
     for _ in 0..5 {
         mesh.curl("curl", "http://reviews:9080/mirror/0", "reviews-v1");
     }
     assert!(
-        eventually(5, || served(&mesh, "reviews-v2-0") >= v2_before + 5),
-        "v2 saw {} of 5 copies",
-        served(&mesh, "reviews-v2-0") - v2_before
+        mesh.served_more("reviews-v2-0", v2_before, 5, 5),
+        "v2 did not see exactly 5 copies"
     );
-    assert!(served(&mesh, "reviews-v1-0") >= v1_before + 5);
+    assert_eq!(mesh.served("reviews-v1-0"), v1_before + 1 + 5);
 
     // TCP rules: a non-HTTP port split per connection to another service's subset.
     mesh.curl("curl", "http://details-tcp:9081/reviews/0", "reviews-v3");

@@ -204,6 +204,20 @@ spec:
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
+metadata: {name: ratings}
+spec:
+  parentRefs: [{group: "", kind: Service, name: ratings, port: 9080}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /status}}]
+    retry: {codes: [500], attempts: 2, backoff: 10ms}
+    backendRefs: [{name: ratings, port: 9080}]
+  - filters:
+    - type: RequestMirror
+      requestMirror: {backendRef: {name: details, port: 9080}}
+    backendRefs: [{name: ratings, port: 9080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
 metadata: {name: split}
 spec:
   parentRefs: [{group: "", kind: Service, name: reviews-split}]
@@ -327,6 +341,24 @@ fn httproutes_match_split_redirect_rewrite_and_modify_headers() {
     assert_eq!(mesh.curl_i(&["http://details:9080/delay/10"]).0, 200);
     assert_eq!(mesh.curl_i(&["http://details:9080/broken"]).0, 500);
     assert_eq!(mesh.curl_i(&["http://details:9080/nowhere"]).0, 500);
+
+    // Retry: 2 retries on the listed code, 3 tries in the backend's count; another code
+    // is not retried.
+    let before = mesh.served("ratings-v1-0");
+    assert_eq!(mesh.curl_i(&["http://ratings:9080/status/500"]).0, 500);
+    assert_eq!(mesh.served("ratings-v1-0"), before + 1 + 3);
+    let before = mesh.served("ratings-v1-0");
+    assert_eq!(mesh.curl_i(&["http://ratings:9080/status/503"]).0, 503);
+    assert_eq!(mesh.served("ratings-v1-0"), before + 1 + 1);
+    // RequestMirror: ratings answers, details gets a copy of each request.
+    let before = mesh.served("details-v1-0");
+    for _ in 0..4 {
+        mesh.curl("curl", "http://ratings:9080/ratings/0", "ratings-v1");
+    }
+    assert!(
+        mesh.served_more("details-v1-0", before, 4, 5),
+        "details did not see exactly 4 copies"
+    );
 
     // A bad route is refused with its file and field, and the others keep working.
     let bad = mesh.write(
