@@ -10,7 +10,8 @@
 //! proxy) and forward the headers routing rules look at (`end-user`, `cookie`,
 //! `user-agent`, `x-request-id`, trace context). Every app also serves the test endpoints
 //! `/status/<code>` (answers that code), `/delay/<ms>` (answers after that long), `/headers`
-//! (echoes the request headers) and `/requests` (how many requests it has served).
+//! (echoes the request headers), `/bytes/<n>` (n bytes, for benchmarks) and `/requests` (how
+//! many requests it has served).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,6 +131,16 @@ async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 .and_then(|c| StatusCode::from_u16(c).ok())
                 .unwrap_or(StatusCode::BAD_REQUEST);
             return reply(status, app, format!("{{\"service\":\"{id}\"}}\n"));
+        }
+        ["bytes", n] => {
+            // `n` bytes (at most 1 MiB), for benchmarks; a request body is read and dropped.
+            let n = n.parse::<usize>().unwrap_or(0).min(1 << 20);
+            let _ = req.into_body().collect().await;
+            return Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "application/octet-stream")
+                .body(Full::new(Bytes::from(vec![b'x'; n])))
+                .unwrap();
         }
         ["delay", ms] => {
             let ms = ms.parse::<u64>().unwrap_or(0).min(60_000);

@@ -19,6 +19,7 @@ const USAGE: &str = "usage:
   keelson app NAME [--version V] [--port P]
       run a bundled demo app (productpage, details, reviews, ratings, echo)
   keelson bench l4 [--json] [--runs N] [--seconds N] [--idle-connections N]
+  keelson bench l7 [--json] [--runs N] [--seconds N] [--rate R]
       two pods in network namespaces, measured direct and through two ztunnels;
       each figure is the median of N runs (default 3)
   keelson controlplane --resources DIR --state-dir DIR [--listen ADDR] [--san NAME]...
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
         ["bench", "l4", rest @ ..] => bench_l4(rest),
+        ["bench", "l7", rest @ ..] => bench_l7(rest),
         ["up", rest @ ..] => up(rest),
         ["down"] => mesh::down(&Paths::default()),
         ["status"] => mesh::status(&Paths::default()).map(|s| print!("{s}")),
@@ -102,6 +104,34 @@ fn bench_l4(args: &[&str]) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print!("{}", bench::table(&report));
+    }
+    Ok(())
+}
+
+fn bench_l7(args: &[&str]) -> anyhow::Result<()> {
+    let mut opts = keelson::bench_l7::L7Options::default();
+    let mut json = false;
+    let mut it = args.iter();
+    let value = |name: &str, it: &mut std::slice::Iter<'_, &str>| -> anyhow::Result<f64> {
+        Ok(it
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("{name} needs a value"))?
+            .parse()?)
+    };
+    while let Some(a) = it.next() {
+        match *a {
+            "--json" => json = true,
+            "--seconds" => opts.seconds = value("--seconds", &mut it)?,
+            "--runs" => opts.runs = value("--runs", &mut it)? as usize,
+            "--rate" => opts.rate = value("--rate", &mut it)?,
+            other => anyhow::bail!("unknown option {other}\n{USAGE}"),
+        }
+    }
+    let report = keelson::bench_l7::run(&opts)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", keelson::bench_l7::table(&report));
     }
     Ok(())
 }

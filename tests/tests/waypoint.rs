@@ -90,27 +90,28 @@ fn a_namespace_waypoint_carries_its_service_traffic() {
         "{line}"
     );
 
-    // The destination's ztunnel sees the waypoint as the client (its identity, by mTLS).
+    // The destination's ztunnel sees the waypoint as the client (its identity, by mTLS):
+    // its metrics count a connection opened from the waypoint's principal to productpage
+    // (the waypoint keeps the connection for later requests, so it is not logged closed).
     let node = mesh.pod("productpage-v1-0")["node"]
         .as_str()
         .unwrap()
         .to_string();
-    assert!(
-        eventually(5, || {
-            std::fs::read_to_string(mesh.home.join(format!("logs/{node}-ztunnel.log")))
-                .unwrap_or_default()
-                .lines()
-                .any(|l| {
-                    l.contains("direction=inbound")
-                        && l.contains(
-                            "src.identity=\"spiffe://cluster.local/ns/default/sa/waypoint\"",
-                        )
-                        && l.contains("dst.workload=\"productpage-v1-0\"")
-                })
-        }),
-        "{}",
-        mesh.logs()
-    );
+    let from_waypoint = || {
+        let (_, metrics) = netns::http_get_at(
+            &mesh.node_netns(&node),
+            "127.0.0.1:15020".parse().unwrap(),
+            "/metrics",
+        )
+        .unwrap();
+        metrics.lines().any(|l| {
+            l.starts_with("istio_tcp_connections_opened_total")
+                && l.contains("reporter=\"destination\"")
+                && l.contains("source_principal=\"spiffe://cluster.local/ns/default/sa/waypoint\"")
+                && l.contains("destination_service=\"productpage.default.svc.cluster.local\"")
+        })
+    };
+    assert!(eventually(5, from_waypoint), "{}", mesh.logs());
 
     // HTTP/2 with prior knowledge inside the tunnel, forwarded to an HTTP/1.1 app.
     let out = mesh.exec(

@@ -2,6 +2,7 @@
 //! endpoints with the retry policy, copies to mirrors that never hold up the answer, and
 //! the response changes and access log line.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +16,9 @@ use ztunnel::proxy::ProxyInputs;
 use ztunnel::state::Workload;
 
 use crate::plan::{Action, Facts, Plan};
-use crate::{full, text, tunnel_to, Backend, Body, Destination, L7Config};
+use crate::{
+    full, open_tunnel, pick, text, Backend, Body, Destination, L7Config, Picked, Unreachable,
+};
 
 /// Bodies up to this size are held so a request can be retried or mirrored; larger (or
 /// unsized) ones stream through, with one try and no mirror.
@@ -224,7 +227,8 @@ impl Context {
         }
     }
 
-    /// One try: an endpoint, a tunnel, the request; the outcome for the retry policy.
+    /// One try: an endpoint, a connection to it, the request; the outcome for the retry
+    /// policy.
     async fn try_once(
         &self,
         backend: &Backend,
@@ -233,47 +237,44 @@ impl Context {
         tried: &[String],
     ) -> (Outcome, Response<Body>, Option<Arc<Workload>>, &'static str) {
         let attempt = async {
-            match tunnel_to(&self.pi, backend, self.client, tried).await {
+            let picked = match pick(&self.pi, backend, tried) {
+                Ok(p) => p,
                 Err((status, msg, flag)) => {
-                    let o = if flag == "UH" {
-                        Outcome::Response {
-                            status: 503,
-                            grpc: None,
-                        }
-                    } else {
-                        Outcome::ConnectFailure
+                    let o = Outcome::Response {
+                        status: 503,
+                        grpc: None,
                     };
-                    (o, text(status, &msg), None, flag)
+                    return (o, text(status, &msg), None, flag);
                 }
-                Ok((stream, w)) => match send(stream, req).await {
-                    Ok(r) => {
-                        let grpc = r
-                            .headers()
-                            .get("grpc-status")
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.parse().ok());
-                        (
-                            Outcome::Response {
-                                status: r.status().as_u16(),
-                                grpc,
-                            },
-                            r,
-                            Some(w),
-                            "-",
-                        )
-                    }
-                    Err(e) => (
-                        Outcome::Reset,
-                        text(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            &format!(
-                                "upstream connect error or disconnect/reset before headers: {e}"
-                            ),
-                        ),
-                        Some(w),
-                        "UC",
+            };
+            match exchange(&self.pi, &picked, self.client, req).await {
+                Ok(r) => {
+                    let grpc = r
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok());
+                    let o = Outcome::Response {
+                        status: r.status().as_u16(),
+                        grpc,
+                    };
+                    (o, r, Some(picked.w), "-")
+                }
+                Err(Failure::Connect((status, msg, flag))) => (
+                    Outcome::ConnectFailure,
+                    text(status, &msg),
+                    Some(picked.w),
+                    flag,
+                ),
+                Err(Failure::Reset(e)) => (
+                    Outcome::Reset,
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("upstream connect error or disconnect/reset before headers: {e}"),
                     ),
-                },
+                    Some(picked.w),
+                    "UC",
+                ),
             }
         };
         match per_try {
@@ -299,11 +300,16 @@ impl Context {
         let (pi, client) = (self.pi.clone(), self.client);
         tokio::spawn(async move {
             let copy = async {
-                let (stream, w) = tunnel_to(&pi, &to, client, &[]).await.map_err(|e| e.1)?;
-                let resp = send(stream, req).await.map_err(|e| e.to_string())?;
+                let picked = pick(&pi, &to, &[]).map_err(|e| e.1)?;
+                let resp = exchange(&pi, &picked, client, req)
+                    .await
+                    .map_err(|e| match e {
+                        Failure::Connect(u) => u.1,
+                        Failure::Reset(e) => e.to_string(),
+                    })?;
                 let status = resp.status();
                 let _ = resp.into_body().collect().await;
-                Ok::<_, String>((w, status))
+                Ok::<_, String>((picked.w, status))
             };
             match tokio::time::timeout(MIRROR_TIMEOUT, copy).await {
                 Ok(Ok((w, status))) => tracing::debug!(upstream = %w.name, %status, "mirrored"),
@@ -312,6 +318,98 @@ impl Context {
             }
         });
     }
+}
+
+enum Failure {
+    /// No connection to the endpoint.
+    Connect(Unreachable),
+    /// Connected; no response.
+    Reset(hyper::Error),
+}
+
+/// Idle upstream HTTP/1.1 connections (each inside its own HBONE stream) are kept this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// At most this many kept per endpoint and client.
+const IDLE_PER_KEY: usize = 64;
+
+/// (endpoint workload uid, target port, client IP): the client's address travels in the
+/// tunnel's `Forwarded` header, so connections are not shared between clients.
+type UpstreamKey = (String, u16, std::net::IpAddr);
+
+type Sender = hyper::client::conn::http1::SendRequest<Body>;
+
+/// Keep-alive HTTP/1.1 connections to endpoints, reused by later requests: no HBONE stream,
+/// upstream TCP connection and HTTP handshake per request. A connection goes back in the
+/// list once its response headers are in, and is taken again only once it is ready (its
+/// previous response read to the end).
+#[derive(Default)]
+struct Upstreams {
+    idle: std::sync::Mutex<HashMap<UpstreamKey, Vec<(Instant, Sender)>>>,
+}
+
+impl Upstreams {
+    fn get() -> &'static Upstreams {
+        static U: std::sync::OnceLock<Upstreams> = std::sync::OnceLock::new();
+        U.get_or_init(Upstreams::default)
+    }
+
+    fn take(&self, key: &UpstreamKey) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap();
+        let list = idle.get_mut(key)?;
+        list.retain(|(since, s)| !s.is_closed() && since.elapsed() < IDLE_TIMEOUT);
+        let i = list.iter().position(|(_, s)| s.is_ready())?;
+        Some(list.swap_remove(i).1)
+    }
+
+    fn put(&self, key: UpstreamKey, s: Sender) {
+        let mut idle = self.idle.lock().unwrap();
+        let list = idle.entry(key).or_default();
+        if list.len() < IDLE_PER_KEY {
+            list.push((Instant::now(), s));
+        }
+    }
+}
+
+/// The request to `p` on a kept connection when one is ready, else on a new one; a kept
+/// connection that turns out closed before the request went out is replaced, not failed.
+/// Upgrade requests get a connection of their own, never kept.
+async fn exchange(
+    pi: &ProxyInputs,
+    p: &Picked,
+    client: SocketAddr,
+    req: Request<Body>,
+) -> std::result::Result<Response<Body>, Failure> {
+    let key: UpstreamKey = (p.w.uid.clone(), p.port, client.ip());
+    let pool = Upstreams::get();
+    let upgrade = req.headers().contains_key(http::header::UPGRADE);
+    let mut req = req;
+    if !upgrade {
+        if let Some(mut s) = pool.take(&key) {
+            match s.try_send_request(req).await {
+                Ok(resp) => {
+                    pool.put(key, s);
+                    return Ok(resp.map(|b| b.boxed()));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => return Err(Failure::Reset(e.into_error())),
+                },
+            }
+        }
+    }
+    let stream = open_tunnel(pi, p, client).await.map_err(Failure::Connect)?;
+    let io = TokioIo::new(hbone::io::H2Io::new(stream));
+    let (mut s, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(Failure::Reset)?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let resp = s.send_request(req).await.map_err(Failure::Reset)?;
+    if !upgrade {
+        pool.put(key, s);
+    }
+    Ok(resp.map(|b| b.boxed()))
 }
 
 /// `host[:port]` → `host-shadow[:port]`.
@@ -329,17 +427,4 @@ fn rebuild(parts: &http::request::Parts, body: Body) -> Request<Body> {
     *req.version_mut() = parts.version;
     *req.headers_mut() = parts.headers.clone();
     req
-}
-
-async fn send(
-    stream: hbone::stream::H2Stream,
-    req: Request<Body>,
-) -> std::result::Result<Response<Body>, hyper::Error> {
-    let io = TokioIo::new(hbone::io::H2Io::new(stream));
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
-    let resp = sender.send_request(req).await?;
-    Ok(resp.map(|b| b.boxed()))
 }

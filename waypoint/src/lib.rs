@@ -193,15 +193,17 @@ fn full(b: Bytes) -> Body {
 /// Why a backend could not be reached: status, message, response flag.
 type Unreachable = (StatusCode, String, &'static str);
 
-/// An endpoint of the backend (not in `avoid` when another is left) and a tunnel to it, as
-/// the waypoint.
-async fn tunnel_to(
-    pi: &ProxyInputs,
-    backend: &Backend,
-    client: SocketAddr,
-    avoid: &[String],
-) -> Result<(hbone::stream::H2Stream, Arc<Workload>), Unreachable> {
-    let (w, target, host) = match &backend.dst {
+/// An endpoint of a backend, and the port to reach it on.
+struct Picked {
+    w: Arc<Workload>,
+    port: u16,
+    /// The service hostname, for the tunnel's `Forwarded` header.
+    host: Option<String>,
+}
+
+/// An endpoint of the backend, not one in `avoid` while another is left.
+fn pick(pi: &ProxyInputs, backend: &Backend, avoid: &[String]) -> Result<Picked, Unreachable> {
+    match &backend.dst {
         Destination::Service { svc, port } => {
             let in_subset =
                 |w: &Workload| backend.subset.as_ref().is_none_or(|s| s.contains(&w.uid));
@@ -214,34 +216,49 @@ async fn tunnel_to(
                     format!("no healthy upstream for {}:{port}", svc.hostname),
                     "UH",
                 ))?;
-            (ep.workload, ep.port, Some(svc.hostname.clone()))
+            Ok(Picked {
+                w: ep.workload,
+                port: ep.port,
+                host: Some(svc.hostname.clone()),
+            })
         }
-        Destination::Workload { w, port } => (w.clone(), *port, None),
-    };
-    let ip = *w.addresses.first().ok_or((
+        Destination::Workload { w, port } => Ok(Picked {
+            w: w.clone(),
+            port: *port,
+            host: None,
+        }),
+    }
+}
+
+/// A tunnel to a picked endpoint, as the waypoint.
+async fn open_tunnel(
+    pi: &ProxyInputs,
+    p: &Picked,
+    client: SocketAddr,
+) -> Result<hbone::stream::H2Stream, Unreachable> {
+    let ip = *p.w.addresses.first().ok_or((
         StatusCode::SERVICE_UNAVAILABLE,
-        format!("workload {} has no address", w.name),
+        format!("workload {} has no address", p.w.name),
         "UH",
     ))?;
     let key = PoolKey {
         src_identity: pi.local_identity(),
-        dst_identities: vec![w.identity()],
+        dst_identities: vec![p.w.identity()],
         dst: SocketAddr::new(ip, hbone::HBONE_PORT),
         src_ip: None,
     };
     let req = ConnectRequest::new(
-        SocketAddr::new(ip, target).to_string(),
+        SocketAddr::new(ip, p.port).to_string(),
         client,
-        host.as_deref(),
+        p.host.as_deref(),
     );
-    let stream = pi.hbone(&key, &req).await.map_err(|e| {
+    pi.hbone(&key, &req).await.map_err(|e| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("upstream connect error: {e}"),
             "UF",
         )
-    })?;
-    Ok((stream, w))
+    })
 }
 
 /// L4: the tunnel's bytes to an endpoint, both ways.
@@ -253,10 +270,13 @@ async fn l4(
     source: &str,
 ) {
     let started = Instant::now();
-    let result = match backend {
-        Ok(b) => tunnel_to(pi, &b, client, &[]).await.map(|r| (r, b)),
-        Err(e) => Err(e),
-    };
+    let result = async {
+        let b = backend?;
+        let p = pick(pi, &b, &[])?;
+        let up = open_tunnel(pi, &p, client).await?;
+        Ok::<_, Unreachable>(((up, p.w), b))
+    }
+    .await;
     match result {
         Err((_, msg, flag)) => {
             tracing::event!(target: "access", tracing::Level::INFO, src.identity = %source,
