@@ -340,8 +340,7 @@ type Sender = hyper::client::conn::http1::SendRequest<Body>;
 
 /// Keep-alive HTTP/1.1 connections to endpoints, reused by later requests: no HBONE stream,
 /// upstream TCP connection and HTTP handshake per request. A connection goes back in the
-/// list once its response headers are in, and is taken again only once it is ready (its
-/// previous response read to the end).
+/// list when its response has been read to the end ([`PooledBody`]).
 #[derive(Default)]
 struct Upstreams {
     idle: std::sync::Mutex<HashMap<UpstreamKey, Vec<(Instant, Sender)>>>,
@@ -353,21 +352,84 @@ impl Upstreams {
         U.get_or_init(Upstreams::default)
     }
 
+    /// The most recently returned connection that is still open.
     fn take(&self, key: &UpstreamKey) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap();
         let list = idle.get_mut(key)?;
-        list.retain(|(since, s)| !s.is_closed() && since.elapsed() < IDLE_TIMEOUT);
-        let i = list.iter().position(|(_, s)| s.is_ready())?;
-        Some(list.swap_remove(i).1)
+        while let Some((since, s)) = list.pop() {
+            if !s.is_closed() && since.elapsed() < IDLE_TIMEOUT {
+                return Some(s);
+            }
+        }
+        None
     }
 
     fn put(&self, key: UpstreamKey, s: Sender) {
+        if s.is_closed() {
+            return;
+        }
         let mut idle = self.idle.lock().unwrap();
         let list = idle.entry(key).or_default();
         if list.len() < IDLE_PER_KEY {
             list.push((Instant::now(), s));
         }
     }
+}
+
+/// A response body that hands its connection back to [`Upstreams`] once read to the end
+/// (dropped early, the connection goes with it).
+struct PooledBody {
+    inner: hyper::body::Incoming,
+    back: Option<(UpstreamKey, Sender)>,
+}
+
+impl PooledBody {
+    fn give_back(&mut self) {
+        if let Some((key, s)) = self.back.take() {
+            Upstreams::get().put(key, s);
+        }
+    }
+}
+
+impl hyper::body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            std::task::Poll::Ready(None) => this.give_back(),
+            std::task::Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.give_back(),
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response whose connection goes back to the pool once its body is read.
+fn pooled(resp: Response<hyper::body::Incoming>, key: UpstreamKey, s: Sender) -> Response<Body> {
+    resp.map(|inner| {
+        let mut b = PooledBody {
+            inner,
+            back: Some((key, s)),
+        };
+        if hyper::body::Body::is_end_stream(&b) {
+            b.give_back();
+        }
+        b.boxed()
+    })
 }
 
 /// The request to `p` on a kept connection when one is ready, else on a new one; a kept
@@ -380,16 +442,16 @@ async fn exchange(
     req: Request<Body>,
 ) -> std::result::Result<Response<Body>, Failure> {
     let key: UpstreamKey = (p.w.uid.clone(), p.port, client.ip());
-    let pool = Upstreams::get();
     let upgrade = req.headers().contains_key(http::header::UPGRADE);
     let mut req = req;
     if !upgrade {
-        if let Some(mut s) = pool.take(&key) {
+        while let Some(mut s) = Upstreams::get().take(&key) {
+            // Read to the end before it came back: ready at once, or closed.
+            if s.ready().await.is_err() {
+                continue;
+            }
             match s.try_send_request(req).await {
-                Ok(resp) => {
-                    pool.put(key, s);
-                    return Ok(resp.map(|b| b.boxed()));
-                }
+                Ok(resp) => return Ok(pooled(resp, key, s)),
                 Err(mut e) => match e.take_message() {
                     Some(r) => req = r,
                     None => return Err(Failure::Reset(e.into_error())),
@@ -406,10 +468,10 @@ async fn exchange(
         let _ = conn.with_upgrades().await;
     });
     let resp = s.send_request(req).await.map_err(Failure::Reset)?;
-    if !upgrade {
-        pool.put(key, s);
+    if upgrade {
+        return Ok(resp.map(|b| b.boxed()));
     }
-    Ok(resp.map(|b| b.boxed()))
+    Ok(pooled(resp, key, s))
 }
 
 /// `host[:port]` → `host-shadow[:port]`.
