@@ -93,16 +93,62 @@ async fn serve(app: Arc<App>) -> Result<()> {
         };
         let app = app.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let app = app.clone();
-                async move { Ok::<_, Infallible>(handle(&app, req).await) }
+                async move {
+                    if req.uri().path().starts_with(GRPC_ECHO) {
+                        app.served.fetch_add(1, Ordering::Relaxed);
+                        return Ok::<_, Infallible>(grpc_echo(&app, req).await);
+                    }
+                    Ok(handle(&app, req).await.map(|b| b.boxed()))
+                }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                .with_upgrades()
-                .await;
+            // HTTP/1.1, and HTTP/2 with prior knowledge (h2c), on the same port.
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
         });
     }
+}
+
+/// The gRPC test service: `/keelson.test.Echo/Echo` answers the request's message with
+/// `grpc-status: 0` in trailers; `/keelson.test.Echo/Fail` is a trailers-only
+/// `grpc-status: 14` (UNAVAILABLE).
+const GRPC_ECHO: &str = "/keelson.test.Echo/";
+
+type AppBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn grpc_echo(app: &App, req: Request<Incoming>) -> Response<AppBody> {
+    let fail = req.uri().path().ends_with("/Fail");
+    let version = format!("{:?}", req.version());
+    let message = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let builder = Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/grpc")
+        .header("x-keelson-app", app.id())
+        .header("x-keelson-protocol", version);
+    if fail {
+        return builder
+            .header("grpc-status", "14")
+            .header("grpc-message", "unavailable on purpose")
+            .body(Full::new(Bytes::new()).boxed())
+            .unwrap();
+    }
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let frames = vec![
+        Ok::<_, Infallible>(hyper::body::Frame::data(message)),
+        Ok(hyper::body::Frame::trailers(trailers)),
+    ];
+    builder
+        .body(http_body_util::StreamBody::new(futures::stream::iter(frames)).boxed())
+        .unwrap()
 }
 
 fn reply(status: StatusCode, app: &App, body: String) -> Response<Full<Bytes>> {
@@ -158,7 +204,8 @@ async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
                     )
                 })
                 .collect();
-            let body = serde_json::json!({"service": id, "path": req.uri().to_string(), "headers": headers});
+            let body = serde_json::json!({"service": id, "path": req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+                "version": format!("{:?}", req.version()), "headers": headers});
             return reply(StatusCode::OK, app, format!("{body}\n"));
         }
         _ => {}

@@ -130,6 +130,25 @@ spec:
   - match: [{port: 9081}]
     route: [{destination: {host: reviews, subset: v3, port: {number: 9080}}}]
 ---
+apiVersion: v1
+kind: Service
+metadata: {name: ratings-grpc}
+spec: {selector: {app: ratings}, ports: [{port: 9090, name: grpc, targetPort: 9080}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings-grpc}
+spec:
+  hosts: [ratings-grpc]
+  http:
+  - match: [{uri: {exact: /keelson.test.Echo/Aborted}}]
+    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}
+    route: [{destination: {host: ratings-grpc}}]
+  - match: [{uri: {exact: /keelson.test.Echo/Fail}}]
+    retries: {attempts: 2, retryOn: unavailable}
+    route: [{destination: {host: ratings-grpc}}]
+  - route: [{destination: {host: ratings-grpc}}]
+---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: ratings}
@@ -356,6 +375,37 @@ fn virtual_services_and_destination_rules_at_the_waypoint() {
 
     // TCP rules: a non-HTTP port split per connection to another service's subset.
     mesh.curl("curl", "http://details-tcp:9081/reviews/0", "reviews-v3");
+
+    // gRPC: a port declared `grpc` is spoken to in HTTP/2 even for an HTTP/1.1 client;
+    // a gRPC call keeps its trailers; a gRPC fault abort; retries on grpc-status 14.
+    let out = mesh.curl("curl", "http://ratings-grpc:9090/headers", "ratings-v1");
+    assert!(out.contains("\"version\":\"HTTP/2.0\""), "{out}");
+    let frame = mesh.write("grpc-frame", "\0\0\0\0\x05hello");
+    let grpc = |method: &str| {
+        mesh.curl_i(&[
+            "--http2-prior-knowledge",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "--data-binary",
+            &format!("@{}", frame.display()),
+            &format!("http://ratings-grpc:9090/keelson.test.Echo/{method}"),
+        ])
+    };
+    let (status, text) = grpc("Echo");
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("hello") && text.contains("grpc-status: 0"),
+        "{text}"
+    );
+    let (status, text) = grpc("Aborted");
+    assert!(status == 200 && text.contains("grpc-status: 14"), "{text}");
+    let before = mesh.served("ratings-v1-0");
+    let (_, text) = grpc("Fail");
+    assert!(text.contains("grpc-status: 14"), "{text}");
+    assert_eq!(mesh.served("ratings-v1-0"), before + 1 + 3);
+    let _ = std::fs::remove_file(frame);
 
     // A route change while a long request is in flight: the request completes.
     std::thread::scope(|s| {

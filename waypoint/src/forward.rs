@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use l7::retry::Outcome;
 use ztunnel::proxy::ProxyInputs;
 use ztunnel::state::Workload;
@@ -146,16 +146,43 @@ impl Context {
         mirrors: Vec<Backend>,
     ) -> Result {
         let (mut parts, body) = req.into_parts();
-        // To the endpoint in HTTP/1.1, origin-form, with a Host header.
         let path = parts
             .uri
             .path_and_query()
             .map(|p| p.to_string())
             .unwrap_or_else(|| "/".into());
-        parts.version = http::Version::HTTP_11;
-        parts.uri = path.parse().unwrap_or_default();
-        if let Ok(v) = http::HeaderValue::from_str(host) {
-            parts.headers.insert(http::header::HOST, v);
+        if parts.version == http::Version::HTTP_2 || speaks_h2(&backend.dst) {
+            // HTTP/2 to the endpoint when the client spoke it or the port is declared
+            // `http2`/`grpc` (gRPC needs trailers): `:authority` carries the host, and the
+            // connection-specific headers HTTP/2 forbids are dropped.
+            parts.version = http::Version::HTTP_2;
+            parts.uri = format!("http://{host}{path}")
+                .parse()
+                .unwrap_or_else(|_| path.parse().unwrap_or_default());
+            for h in [
+                "host",
+                "connection",
+                "keep-alive",
+                "proxy-connection",
+                "transfer-encoding",
+                "upgrade",
+            ] {
+                parts.headers.remove(h);
+            }
+            if parts
+                .headers
+                .get(http::header::TE)
+                .is_some_and(|v| v != "trailers")
+            {
+                parts.headers.remove(http::header::TE);
+            }
+        } else {
+            // HTTP/1.1, origin-form, with a Host header.
+            parts.version = http::Version::HTTP_11;
+            parts.uri = path.parse().unwrap_or_default();
+            if let Ok(v) = http::HeaderValue::from_str(host) {
+                parts.headers.insert(http::header::HOST, v);
+            }
         }
         let replayable = hyper::body::Body::is_end_stream(&body)
             || hyper::body::Body::size_hint(&body)
@@ -442,6 +469,9 @@ async fn exchange(
     req: Request<Body>,
 ) -> std::result::Result<Response<Body>, Failure> {
     let key: UpstreamKey = (p.w.uid.clone(), p.port, client.ip());
+    if req.version() == http::Version::HTTP_2 {
+        return exchange_h2(pi, p, client, key, req).await;
+    }
     let upgrade = req.headers().contains_key(http::header::UPGRADE);
     let mut req = req;
     if !upgrade {
@@ -472,6 +502,76 @@ async fn exchange(
         return Ok(resp.map(|b| b.boxed()));
     }
     Ok(pooled(resp, key, s))
+}
+
+/// Whether the destination port is declared HTTP/2 (`http2`, `grpc`).
+fn speaks_h2(dst: &Destination) -> bool {
+    match dst {
+        Destination::Service { svc, port } => matches!(
+            svc.app_protocols.get(port).map(String::as_str),
+            Some("http2" | "grpc")
+        ),
+        Destination::Workload { .. } => false,
+    }
+}
+
+/// HTTP/2 connections to endpoints, one per endpoint and client, shared by concurrent
+/// requests.
+#[derive(Default)]
+struct H2Upstreams {
+    conns: std::sync::Mutex<HashMap<UpstreamKey, H2Sender>>,
+}
+
+type H2Sender = hyper::client::conn::http2::SendRequest<Body>;
+
+impl H2Upstreams {
+    fn get() -> &'static H2Upstreams {
+        static U: std::sync::OnceLock<H2Upstreams> = std::sync::OnceLock::new();
+        U.get_or_init(H2Upstreams::default)
+    }
+}
+
+/// The request over HTTP/2 to `p`: on the shared connection, opened when there is none.
+async fn exchange_h2(
+    pi: &ProxyInputs,
+    p: &Picked,
+    client: SocketAddr,
+    key: UpstreamKey,
+    req: Request<Body>,
+) -> std::result::Result<Response<Body>, Failure> {
+    let shared = {
+        let mut conns = H2Upstreams::get().conns.lock().unwrap();
+        match conns.get(&key) {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(_) => {
+                conns.remove(&key);
+                None
+            }
+            None => None,
+        }
+    };
+    let mut s = match shared {
+        Some(s) => s,
+        None => {
+            let stream = open_tunnel(pi, p, client).await.map_err(Failure::Connect)?;
+            let io = TokioIo::new(hbone::io::H2Io::new(stream));
+            let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(Failure::Reset)?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            H2Upstreams::get()
+                .conns
+                .lock()
+                .unwrap()
+                .insert(key, s.clone());
+            s
+        }
+    };
+    s.ready().await.map_err(Failure::Reset)?;
+    let resp = s.send_request(req).await.map_err(Failure::Reset)?;
+    Ok(resp.map(|b| b.boxed()))
 }
 
 /// `host[:port]` → `host-shadow[:port]`.
