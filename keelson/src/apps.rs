@@ -10,8 +10,8 @@
 //! proxy) and forward the headers routing rules look at (`end-user`, `cookie`,
 //! `user-agent`, `x-request-id`, trace context). Every app also serves the test endpoints
 //! `/status/<code>` (answers that code), `/delay/<ms>` (answers after that long), `/headers`
-//! (echoes the request headers), `/bytes/<n>` (n bytes, for benchmarks) and `/requests` (how
-//! many requests it has served).
+//! (echoes the request headers), `/bytes/<n>` (n bytes, for benchmarks), `/upgrade` (an
+//! HTTP/1.1 Upgrade that echoes bytes) and `/requests` (how many requests it has served).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -160,7 +160,7 @@ fn reply(status: StatusCode, app: &App, body: String) -> Response<Full<Bytes>> {
         .unwrap()
 }
 
-async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(app: &App, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
     app.served.fetch_add(1, Ordering::Relaxed);
     let path = req.uri().path().to_string();
     let id = app.id();
@@ -177,6 +177,23 @@ async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 .and_then(|c| StatusCode::from_u16(c).ok())
                 .unwrap_or(StatusCode::BAD_REQUEST);
             return reply(status, app, format!("{{\"service\":\"{id}\"}}\n"));
+        }
+        ["upgrade"] if req.headers().contains_key(hyper::header::UPGRADE) => {
+            // 101, then every byte echoed back on the upgraded connection.
+            let proto = req.headers()[hyper::header::UPGRADE].clone();
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(up) = on.await {
+                    let (mut r, mut w) = tokio::io::split(hyper_util::rt::TokioIo::new(up));
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+            return Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header(hyper::header::CONNECTION, "upgrade")
+                .header(hyper::header::UPGRADE, proto)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
         }
         ["bytes", n] => {
             // `n` bytes (at most 1 MiB), for benchmarks; a request body is read and dropped.

@@ -407,6 +407,27 @@ fn virtual_services_and_destination_rules_at_the_waypoint() {
     assert_eq!(mesh.served("ratings-v1-0"), before + 1 + 3);
     let _ = std::fs::remove_file(frame);
 
+    // An HTTP/1.1 Upgrade passes through the waypoint: 101, then bytes both ways.
+    let out = python(
+        &mesh,
+        "import socket, json\ns = socket.create_connection(('productpage', 9080), timeout=10)\ns.sendall(b'GET /upgrade HTTP/1.1\\r\\nHost: productpage:9080\\r\\nConnection: Upgrade\\r\\nUpgrade: keelson-echo\\r\\n\\r\\n')\nhead = b''\nwhile b'\\r\\n\\r\\n' not in head:\n    head += s.recv(1)\ns.sendall(b'ping through the waypoint')\nback = b''\nwhile len(back) < 25:\n    back += s.recv(64)\nprint(json.dumps({'head': head.decode(), 'back': back.decode()}))",
+    );
+    assert!(
+        out["head"].as_str().unwrap().starts_with("HTTP/1.1 101"),
+        "{out}"
+    );
+    assert_eq!(out["back"], "ping through the waypoint", "{out}");
+    let log = std::fs::read_to_string(
+        mesh.home
+            .join("logs/pod-default-waypoint-0-istio-proxy.log"),
+    )
+    .unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("path=/upgrade") && l.contains("status=101")),
+        "the upgrade did not pass the waypoint"
+    );
+
     // A route change while a long request is in flight: the request completes.
     std::thread::scope(|s| {
         let long = s.spawn(|| mesh.curl_i(&["http://details:9080/long/2500"]));

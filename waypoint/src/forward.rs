@@ -151,7 +151,16 @@ impl Context {
             .path_and_query()
             .map(|p| p.to_string())
             .unwrap_or_else(|| "/".into());
-        if parts.version == http::Version::HTTP_2 || speaks_h2(&backend.dst) {
+        // An HTTP/1.1 Upgrade (WebSocket and others): the client's side of the upgrade,
+        // joined to the endpoint's once it answers 101.
+        let upgrade = parts.version == http::Version::HTTP_11
+            && parts.headers.contains_key(http::header::UPGRADE);
+        let on_down = if upgrade {
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        } else {
+            None
+        };
+        if !upgrade && (parts.version == http::Version::HTTP_2 || speaks_h2(&backend.dst)) {
             // HTTP/2 to the endpoint when the client spoke it or the port is declared
             // `http2`/`grpc` (gRPC needs trailers): `:authority` carries the host, and the
             // connection-specific headers HTTP/2 forbids are dropped.
@@ -242,6 +251,12 @@ impl Context {
             }
             let again = !streaming_used && retry.again(n, outcome);
             if !again {
+                let mut resp = resp;
+                if let Some(down) = on_down {
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        join_upgrade(down, &mut resp);
+                    }
+                }
                 return Result {
                     resp,
                     upstream,
@@ -502,6 +517,23 @@ async fn exchange(
         return Ok(resp.map(|b| b.boxed()));
     }
     Ok(pooled(resp, key, s))
+}
+
+/// After a 101, the bytes of the two upgraded connections, both ways, until either ends.
+fn join_upgrade(down: hyper::upgrade::OnUpgrade, resp: &mut Response<Body>) {
+    let Some(up) = resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return;
+    };
+    tokio::spawn(async move {
+        match tokio::try_join!(down, up) {
+            Ok((down, up)) => {
+                let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+                let r = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                tracing::debug!(result = ?r, "upgraded connection ended");
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
 }
 
 /// Whether the destination port is declared HTTP/2 (`http2`, `grpc`).
