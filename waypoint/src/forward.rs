@@ -146,53 +146,7 @@ impl Context {
         mirrors: Vec<Backend>,
     ) -> Result {
         let (mut parts, body) = req.into_parts();
-        let path = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "/".into());
-        // An HTTP/1.1 Upgrade (WebSocket and others): the client's side of the upgrade,
-        // joined to the endpoint's once it answers 101.
-        let upgrade = parts.version == http::Version::HTTP_11
-            && parts.headers.contains_key(http::header::UPGRADE);
-        let on_down = if upgrade {
-            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
-        } else {
-            None
-        };
-        if !upgrade && (parts.version == http::Version::HTTP_2 || speaks_h2(&backend.dst)) {
-            // HTTP/2 to the endpoint when the client spoke it or the port is declared
-            // `http2`/`grpc` (gRPC needs trailers): `:authority` carries the host, and the
-            // connection-specific headers HTTP/2 forbids are dropped.
-            parts.version = http::Version::HTTP_2;
-            parts.uri = format!("http://{host}{path}")
-                .parse()
-                .unwrap_or_else(|_| path.parse().unwrap_or_default());
-            for h in [
-                "host",
-                "connection",
-                "keep-alive",
-                "proxy-connection",
-                "transfer-encoding",
-                "upgrade",
-            ] {
-                parts.headers.remove(h);
-            }
-            if parts
-                .headers
-                .get(http::header::TE)
-                .is_some_and(|v| v != "trailers")
-            {
-                parts.headers.remove(http::header::TE);
-            }
-        } else {
-            // HTTP/1.1, origin-form, with a Host header.
-            parts.version = http::Version::HTTP_11;
-            parts.uri = path.parse().unwrap_or_default();
-            if let Ok(v) = http::HeaderValue::from_str(host) {
-                parts.headers.insert(http::header::HOST, v);
-            }
-        }
+        let on_down = upstream_form(&mut parts, &backend, host);
         let replayable = hyper::body::Body::is_end_stream(&body)
             || hyper::body::Body::size_hint(&body)
                 .exact()
@@ -230,28 +184,23 @@ impl Context {
         let mut n = 0;
         loop {
             n += 1;
-            let this_body = match &mut body {
-                ReqBody::Held(b) => full(b.clone()),
-                ReqBody::Stream(_) => {
-                    let ReqBody::Stream(s) =
-                        std::mem::replace(&mut body, ReqBody::Held(Bytes::new()))
-                    else {
-                        unreachable!("matched above")
-                    };
-                    s.boxed()
+            let this_body = match std::mem::replace(&mut body, ReqBody::Held(Bytes::new())) {
+                ReqBody::Held(b) => {
+                    body = ReqBody::Held(b.clone());
+                    full(b)
                 }
+                // One use: its try is the only one.
+                ReqBody::Stream(s) => s.boxed(),
             };
             let streaming_used = n == 1 && !replayable;
             let req = rebuild(&parts, this_body);
-            let (outcome, resp, upstream, flag) = self
+            let (outcome, mut resp, upstream, flag) = self
                 .try_once(&backend, req, retry.per_try_timeout, &tried)
                 .await;
             if let Some(w) = &upstream {
                 tried.push(w.uid.clone());
             }
-            let again = !streaming_used && retry.again(n, outcome);
-            if !again {
-                let mut resp = resp;
+            if streaming_used || !retry.again(n, outcome) {
                 if let Some(down) = on_down {
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                         join_upgrade(down, &mut resp);
@@ -517,6 +466,58 @@ async fn exchange(
         return Ok(resp.map(|b| b.boxed()));
     }
     Ok(pooled(resp, key, s))
+}
+
+/// Puts the request in the form it goes to the endpoint in: HTTP/2 when the client spoke it
+/// or the port is declared `http2`/`grpc` (gRPC needs trailers), with `:authority` carrying
+/// the host and the connection-specific headers HTTP/2 forbids dropped; else HTTP/1.1,
+/// origin-form, with a Host header. An HTTP/1.1 Upgrade (WebSocket and others) stays
+/// HTTP/1.1: the client's side of the upgrade is returned, to be joined to the endpoint's
+/// once it answers 101.
+fn upstream_form(
+    parts: &mut http::request::Parts,
+    backend: &Backend,
+    host: &str,
+) -> Option<hyper::upgrade::OnUpgrade> {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "/".into());
+    let upgrade = parts.version == http::Version::HTTP_11
+        && parts.headers.contains_key(http::header::UPGRADE);
+    if !upgrade && (parts.version == http::Version::HTTP_2 || speaks_h2(&backend.dst)) {
+        parts.version = http::Version::HTTP_2;
+        parts.uri = format!("http://{host}{path}")
+            .parse()
+            .unwrap_or_else(|_| path.parse().unwrap_or_default());
+        for h in [
+            "host",
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            parts.headers.remove(h);
+        }
+        if parts
+            .headers
+            .get(http::header::TE)
+            .is_some_and(|v| v != "trailers")
+        {
+            parts.headers.remove(http::header::TE);
+        }
+        return None;
+    }
+    parts.version = http::Version::HTTP_11;
+    parts.uri = path.parse().unwrap_or_default();
+    if let Ok(v) = http::HeaderValue::from_str(host) {
+        parts.headers.insert(http::header::HOST, v);
+    }
+    upgrade
+        .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+        .flatten()
 }
 
 /// After a 101, the bytes of the two upgraded connections, both ways, until either ends.

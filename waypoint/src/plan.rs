@@ -407,100 +407,17 @@ fn virtual_service<B>(
         Some(sel.name()),
         host,
     );
-    let rule_headers = rule.headers.as_ref();
-    if let Some(ops) = rule_headers.and_then(|h| h.response.as_ref()) {
+    if let Some(ops) = rule.headers.as_ref().and_then(|h| h.response.as_ref()) {
         plan.response_ops.push(ResponseOp::Istio(ops.clone()));
     }
-    // Fault: delay, then abort, independent draws (VS-62..67); unset percentage is 0.
-    if let Some(fault) = &rule.fault {
-        if let Some(d) = &fault.delay {
-            if chance(percent(&d.percentage, d.percent, 0.0)) {
-                plan.delay = d
-                    .fixed_delay
-                    .as_deref()
-                    .and_then(|d| l7::istio::parse_duration(d).ok());
-            }
-        }
-        if let Some(a) = &fault.abort {
-            if chance(percent(&a.percentage, None, 0.0)) {
-                plan.action = Action::Respond(abort_response(a), "FI");
-                return plan;
-            }
-        }
-    }
-    if let Some(cors) = &rule.cors_policy {
-        match l7::vsroute::cors(cors, req.method(), req.headers()) {
-            Cors::Forward => {}
-            Cors::Preflight(headers) => {
-                let mut resp = text(StatusCode::OK, "");
-                ResponseOp::Add(headers).apply(resp.headers_mut());
-                plan.action = Action::Respond(resp, "-");
-                return plan;
-            }
-            Cors::Actual(headers) => plan.response_ops.push(ResponseOp::Add(headers)),
-        }
-    }
-    if let Some(r) = &rule.redirect {
-        let (status, location) =
-            l7::vsroute::redirect(r, &scheme, host, port, &path, query.as_deref(), &sel.uri);
-        plan.action = Action::Respond(redirect_response(status, &location, 301), "-");
-        return plan;
-    }
-    if let Some(d) = &rule.direct_response {
-        let body = d
-            .body
-            .as_ref()
-            .map(|b| match (&b.string, &b.bytes) {
-                (Some(s), _) => bytes::Bytes::from(s.clone()),
-                (None, Some(b64)) => l7::istio::base64_decode(b64).unwrap_or_default().into(),
-                _ => bytes::Bytes::new(),
-            })
-            .unwrap_or_default();
-        let resp = Response::builder()
-            .status(StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK))
-            .body(full(body))
-            .unwrap();
-        plan.action = Action::Respond(resp, "-");
+    if let Some(answer) = vs_local_answer(rule, &mut plan, req, &sel, port) {
+        plan.action = answer;
         return plan;
     }
     let Some(dest) = l7::vsroute::pick_weighted(&rule.route) else {
         return plan;
     };
-    if let Some(ops) = rule_headers.and_then(|h| h.request.as_ref()) {
-        l7::vsroute::apply_header_ops(req.headers_mut(), ops);
-        if let Some(a) = l7::vsroute::authority_set(ops) {
-            plan.host = a.to_string();
-        }
-    }
-    if let Some(h) = &dest.headers {
-        if let Some(ops) = &h.request {
-            l7::vsroute::apply_header_ops(req.headers_mut(), ops);
-            // A rule-level authority rewrite wins over a destination's Host (VS-40).
-            let rule_sets = rule_headers
-                .and_then(|h| h.request.as_ref())
-                .and_then(l7::vsroute::authority_set)
-                .is_some();
-            if let (Some(a), false) = (l7::vsroute::authority_set(ops), rule_sets) {
-                plan.host = a.to_string();
-            }
-        }
-        if let Some(ops) = &h.response {
-            plan.response_ops.push(ResponseOp::Istio(ops.clone()));
-        }
-    }
-    if let Some(rw) = &rule.rewrite {
-        if let Some(a) = &rw.authority {
-            plan.host = a.clone();
-        }
-        let new_path = match (&rw.uri, &rw.uri_regex_rewrite) {
-            (Some(u), _) => Some(l7::vsroute::rewrite_uri(&path, &sel.uri, u)),
-            (None, Some(rr)) => Some(l7::vsroute::regex_rewrite(&path, &rr.pattern, &rr.rewrite)),
-            _ => None,
-        };
-        if let Some(p) = new_path {
-            set_path(req, &p, query.as_deref());
-        }
-    }
+    vs_request_changes(rule, dest, &mut plan, req, &sel);
     match vs_backend(f, &dest.destination, &sel.vs.namespace, port) {
         Ok(b) => plan.action = Action::Forward(b),
         Err((status, msg, flag)) => {
@@ -514,6 +431,129 @@ fn virtual_service<B>(
         .and_then(|t| l7::istio::parse_duration(t).ok())
         .filter(|t| !t.is_zero());
     plan.retry = RetryPolicy::from_virtual_service(rule.retries.as_ref());
+    plan.mirrors = vs_mirrors(f, rule, &sel.vs.namespace, port);
+    plan
+}
+
+/// What answers a request at the waypoint itself, in the filter order (fault, CORS, then
+/// the route's action): a fault abort, a CORS preflight, a redirect or a direct response.
+/// Draws the fault delay into the plan on the way; CORS headers for an actual request go to
+/// the response changes.
+fn vs_local_answer<B>(
+    rule: &HttpRule,
+    plan: &mut Plan,
+    req: &Request<B>,
+    sel: &l7::vsroute::Selected,
+    port: u16,
+) -> Option<Action> {
+    // Fault: delay, then abort, independent draws (VS-62..67); unset percentage is 0.
+    if let Some(fault) = &rule.fault {
+        if let Some(d) = &fault.delay {
+            if chance(percent(&d.percentage, d.percent, 0.0)) {
+                plan.delay = d
+                    .fixed_delay
+                    .as_deref()
+                    .and_then(|d| l7::istio::parse_duration(d).ok());
+            }
+        }
+        if let Some(a) = &fault.abort {
+            if chance(percent(&a.percentage, None, 0.0)) {
+                return Some(Action::Respond(abort_response(a), "FI"));
+            }
+        }
+    }
+    if let Some(cors) = &rule.cors_policy {
+        match l7::vsroute::cors(cors, req.method(), req.headers()) {
+            Cors::Forward => {}
+            Cors::Preflight(headers) => {
+                let mut resp = text(StatusCode::OK, "");
+                ResponseOp::Add(headers).apply(resp.headers_mut());
+                return Some(Action::Respond(resp, "-"));
+            }
+            Cors::Actual(headers) => plan.response_ops.push(ResponseOp::Add(headers)),
+        }
+    }
+    if let Some(r) = &rule.redirect {
+        let scheme = req.uri().scheme_str().unwrap_or("http");
+        let (status, location) = l7::vsroute::redirect(
+            r,
+            scheme,
+            &plan.host,
+            port,
+            req.uri().path(),
+            req.uri().query(),
+            &sel.uri,
+        );
+        return Some(Action::Respond(
+            redirect_response(status, &location, 301),
+            "-",
+        ));
+    }
+    let d = rule.direct_response.as_ref()?;
+    let body = d
+        .body
+        .as_ref()
+        .map(|b| match (&b.string, &b.bytes) {
+            (Some(s), _) => bytes::Bytes::from(s.clone()),
+            (None, Some(b64)) => l7::istio::base64_decode(b64).unwrap_or_default().into(),
+            _ => bytes::Bytes::new(),
+        })
+        .unwrap_or_default();
+    let resp = Response::builder()
+        .status(StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK))
+        .body(full(body))
+        .unwrap();
+    Some(Action::Respond(resp, "-"))
+}
+
+/// The request changes of a routed rule: header operations, rule level then destination
+/// level (a `host`/`:authority` set is an authority rewrite, the rule's winning, VS-40), then
+/// `rewrite` (authority, URI).
+fn vs_request_changes<B>(
+    rule: &HttpRule,
+    dest: &l7::istio::RouteDestination,
+    plan: &mut Plan,
+    req: &mut Request<B>,
+    sel: &l7::vsroute::Selected,
+) {
+    let rule_ops = rule.headers.as_ref().and_then(|h| h.request.as_ref());
+    if let Some(ops) = rule_ops {
+        l7::vsroute::apply_header_ops(req.headers_mut(), ops);
+        if let Some(a) = l7::vsroute::authority_set(ops) {
+            plan.host = a.to_string();
+        }
+    }
+    if let Some(h) = &dest.headers {
+        if let Some(ops) = &h.request {
+            l7::vsroute::apply_header_ops(req.headers_mut(), ops);
+            let rule_sets = rule_ops.and_then(l7::vsroute::authority_set).is_some();
+            if let (Some(a), false) = (l7::vsroute::authority_set(ops), rule_sets) {
+                plan.host = a.to_string();
+            }
+        }
+        if let Some(ops) = &h.response {
+            plan.response_ops.push(ResponseOp::Istio(ops.clone()));
+        }
+    }
+    let Some(rw) = &rule.rewrite else { return };
+    if let Some(a) = &rw.authority {
+        plan.host = a.clone();
+    }
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let new_path = match (&rw.uri, &rw.uri_regex_rewrite) {
+        (Some(u), _) => Some(l7::vsroute::rewrite_uri(&path, &sel.uri, u)),
+        (None, Some(rr)) => Some(l7::vsroute::regex_rewrite(&path, &rr.pattern, &rr.rewrite)),
+        _ => None,
+    };
+    if let Some(p) = new_path {
+        set_path(req, &p, query.as_deref());
+    }
+}
+
+/// The mirrors of a rule that this request is copied to: `mirrors[]` and `mirror` with
+/// `mirrorPercentage` (default 100, explicit 0 none), each drawn on its own (VS-17..19).
+fn vs_mirrors(f: &Facts<'_>, rule: &HttpRule, vs_ns: &str, port: u16) -> Vec<Backend> {
     let mut mirrors: Vec<(&l7::istio::Destination, f64)> = rule
         .mirrors
         .iter()
@@ -525,18 +565,17 @@ fn virtual_service<B>(
             percent(&rule.mirror_percentage, rule.mirror_percent, 100.0),
         ));
     }
-    for (d, pct) in mirrors {
-        if !chance(pct) {
-            continue;
-        }
-        match vs_backend(f, d, &sel.vs.namespace, port) {
-            Ok(b) => plan.mirrors.push(b),
+    mirrors
+        .into_iter()
+        .filter(|(_, pct)| chance(*pct))
+        .filter_map(|(d, _)| match vs_backend(f, d, vs_ns, port) {
+            Ok(b) => Some(b),
             Err((_, msg, _)) => {
-                tracing::debug!(error = %msg, "mirror destination not found; not mirrored")
+                tracing::debug!(error = %msg, "mirror destination not found; not mirrored");
+                None
             }
-        }
-    }
-    plan
+        })
+        .collect()
 }
 
 /// A fault abort (VS-64, VS-65): the HTTP status, or HTTP 200 with the gRPC status.
