@@ -104,7 +104,7 @@ fn median_figures(runs: &[Figures]) -> Figures {
 }
 
 /// CPU seconds (user + system) of a process so far.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = stat.rsplit_once(')').context("bad /proc stat")?.1;
     let f: Vec<&str> = after.split_whitespace().collect();
@@ -112,7 +112,8 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks / 100.0)
 }
 
-fn rss_kib(pid: u32) -> Result<f64> {
+/// Resident set size of a process, in KiB.
+pub(crate) fn rss_kib(pid: u32) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()

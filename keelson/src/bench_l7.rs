@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 
-use crate::bench::percentile;
+use crate::bench::{cpu_seconds, percentile, rss_kib};
 use crate::mesh::{self, MeshState, Paths, UpOptions};
 
 const BODY: usize = 1024;
@@ -212,32 +212,12 @@ fn measure_all(state: &MeshState, opts: &L7Options) -> Result<L7Report> {
     })
 }
 
-fn cpu_seconds(pid: i32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').context("bad /proc stat")?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    Ok((f[11].parse::<f64>()? + f[12].parse::<f64>()?) / 100.0)
-}
-
-fn rss_kib(pid: i32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("no VmRSS")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("bad VmRSS")?
-        .parse()?)
-}
-
 fn measure(t: &Target, opts: &L7Options) -> Result<L7Figures> {
     let (addr, secs, rate) = (t.addr, opts.seconds, opts.rate);
     // Warm up: certificates, pooled tunnels, the waypoint's route tables.
     netns::run_at(&t.client_netns, move || closed_loop(addr, 4, 0.5))??;
     let max_rps = netns::run_at(&t.client_netns, move || closed_loop(addr, 8, secs))??;
-    let cpu = |pids: &[i32]| -> Result<f64> { pids.iter().map(|p| cpu_seconds(*p)).sum() };
+    let cpu = |pids: &[i32]| -> Result<f64> { pids.iter().map(|p| cpu_seconds(*p as u32)).sum() };
     let wp: Vec<i32> = t.waypoint.into_iter().collect();
     let (w0, z0) = (cpu(&wp)?, cpu(&t.ztunnels)?);
     let (lat, done) = netns::run_at(&t.client_netns, move || fixed_rate(addr, 4, rate, secs))??;
@@ -249,7 +229,7 @@ fn measure(t: &Target, opts: &L7Options) -> Result<L7Figures> {
         p99_us: percentile(&lat, 99.0),
         waypoint_cpu_s_per_1k: t.waypoint.map(|_| per_1k(w1 - w0)),
         ztunnels_cpu_s_per_1k: (!t.ztunnels.is_empty()).then(|| per_1k(z1 - z0)),
-        waypoint_rss_kib: t.waypoint.map(rss_kib).transpose()?,
+        waypoint_rss_kib: t.waypoint.map(|p| rss_kib(p as u32)).transpose()?,
     })
 }
 
