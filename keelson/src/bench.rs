@@ -105,11 +105,19 @@ fn median_figures(runs: &[Figures]) -> Figures {
 
 /// CPU seconds (user + system) of a process so far.
 pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
+    let (user, system) = cpu_split(pid)?;
+    Ok(user + system)
+}
+
+/// User and system CPU seconds a process has used so far.
+pub(crate) fn cpu_split(pid: u32) -> Result<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = stat.rsplit_once(')').context("bad /proc stat")?.1;
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    Ok(ticks / 100.0)
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(f.get(i).context("short /proc stat")?.parse::<f64>()? / 100.0)
+    };
+    Ok((ticks(11)?, ticks(12)?))
 }
 
 /// Resident set size of a process, in KiB.

@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 
-use crate::bench::{cpu_seconds, percentile, rss_kib};
+use crate::bench::{cpu_seconds, cpu_split, percentile, rss_kib};
 use crate::mesh::{self, MeshState, Paths, UpOptions};
 
 const BODY: usize = 1024;
 const PORT: u16 = 9080;
-const SETUPS: [&str; 3] = ["direct", "ztunnel", "waypoint"];
+pub const SETUPS: [&str; 3] = ["direct", "ztunnel", "waypoint"];
 
 #[derive(Debug, Clone)]
 pub struct L7Options {
@@ -34,6 +34,8 @@ pub struct L7Options {
     pub runs: usize,
     /// Requests per second of the latency phase.
     pub rate: f64,
+    /// The setups to measure (all of [`SETUPS`] by default); the others are reported empty.
+    pub setups: Vec<String>,
 }
 
 impl Default for L7Options {
@@ -42,6 +44,7 @@ impl Default for L7Options {
             seconds: 4.0,
             runs: 3,
             rate: 1000.0,
+            setups: SETUPS.iter().map(|s| s.to_string()).collect(),
         }
     }
 }
@@ -54,6 +57,13 @@ pub struct L7Figures {
     /// CPU seconds per 1,000 requests in the fixed-rate phase (= vCPU per 1,000 req/s).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waypoint_cpu_s_per_1k: Option<f64>,
+    /// Of which in user space (the rest is kernel time: its sockets, and on this one machine
+    /// also the receiving side's network stack, which runs in the sender's system call).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waypoint_user_s_per_1k: Option<f64>,
+    /// The waypoint's CPU seconds per 1,000 requests in the closed-loop phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waypoint_cpu_s_per_1k_max: Option<f64>,
     /// The same for both ztunnels together.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ztunnels_cpu_s_per_1k: Option<f64>,
@@ -185,6 +195,10 @@ fn measure_all(state: &MeshState, opts: &L7Options) -> Result<L7Report> {
     let mut figures: Vec<Vec<L7Figures>> = vec![Vec::new(); SETUPS.len()];
     for run in 1..=opts.runs.max(1) {
         for (i, setup) in SETUPS.iter().enumerate() {
+            if !opts.setups.iter().any(|s| s == setup) {
+                figures[i].push(L7Figures::default());
+                continue;
+            }
             eprintln!("bench l7 run {run}: {setup}");
             figures[i].push(measure(&targets[i], opts)?);
         }
@@ -201,6 +215,8 @@ fn measure_all(state: &MeshState, opts: &L7Options) -> Result<L7Report> {
             p50_us: m(|f| f.p50_us),
             p99_us: m(|f| f.p99_us),
             waypoint_cpu_s_per_1k: mo(|f| f.waypoint_cpu_s_per_1k),
+            waypoint_user_s_per_1k: mo(|f| f.waypoint_user_s_per_1k),
+            waypoint_cpu_s_per_1k_max: mo(|f| f.waypoint_cpu_s_per_1k_max),
             ztunnels_cpu_s_per_1k: mo(|f| f.ztunnels_cpu_s_per_1k),
             waypoint_rss_kib: mo(|f| f.waypoint_rss_kib),
         }
@@ -216,18 +232,27 @@ fn measure(t: &Target, opts: &L7Options) -> Result<L7Figures> {
     let (addr, secs, rate) = (t.addr, opts.seconds, opts.rate);
     // Warm up: certificates, pooled tunnels, the waypoint's route tables.
     netns::run_at(&t.client_netns, move || closed_loop(addr, 4, 0.5))??;
-    let max_rps = netns::run_at(&t.client_netns, move || closed_loop(addr, 8, secs))??;
     let cpu = |pids: &[i32]| -> Result<f64> { pids.iter().map(|p| cpu_seconds(*p as u32)).sum() };
     let wp: Vec<i32> = t.waypoint.into_iter().collect();
-    let (w0, z0) = (cpu(&wp)?, cpu(&t.ztunnels)?);
+    let wm0 = cpu(&wp)?;
+    let max_rps = netns::run_at(&t.client_netns, move || closed_loop(addr, 8, secs))??;
+    let wm1 = cpu(&wp)?;
+    let user = |pids: &[i32]| -> Result<f64> {
+        pids.iter()
+            .map(|p| cpu_split(*p as u32).map(|(u, _)| u))
+            .sum()
+    };
+    let (w0, z0, u0) = (cpu(&wp)?, cpu(&t.ztunnels)?, user(&wp)?);
     let (lat, done) = netns::run_at(&t.client_netns, move || fixed_rate(addr, 4, rate, secs))??;
-    let (w1, z1) = (cpu(&wp)?, cpu(&t.ztunnels)?);
+    let (w1, z1, u1) = (cpu(&wp)?, cpu(&t.ztunnels)?, user(&wp)?);
     let per_1k = |d: f64| d / (done as f64 / 1000.0);
     Ok(L7Figures {
         max_rps,
         p50_us: percentile(&lat, 50.0),
         p99_us: percentile(&lat, 99.0),
         waypoint_cpu_s_per_1k: t.waypoint.map(|_| per_1k(w1 - w0)),
+        waypoint_user_s_per_1k: t.waypoint.map(|_| per_1k(u1 - u0)),
+        waypoint_cpu_s_per_1k_max: t.waypoint.map(|_| (wm1 - wm0) / (max_rps * secs / 1000.0)),
         ztunnels_cpu_s_per_1k: (!t.ztunnels.is_empty()).then(|| per_1k(z1 - z0)),
         waypoint_rss_kib: t.waypoint.map(|p| rss_kib(p as u32)).transpose()?,
     })
@@ -371,12 +396,20 @@ pub fn table(r: &L7Report) -> String {
         "{:<38} {:>10} {:>10} {:>10}\n",
         "figure", "direct", "ztunnel", "waypoint"
     );
+    // A setup that was not measured shows "-".
+    let cell = |fig: &L7Figures, f: fn(&L7Figures) -> f64| {
+        if fig.max_rps > 0.0 {
+            format!("{:>10.0}", f(fig))
+        } else {
+            format!("{:>10}", "-")
+        }
+    };
     let row = |name: &str, f: fn(&L7Figures) -> f64| {
         format!(
-            "{name:<38} {:>10.0} {:>10.0} {:>10.0}\n",
-            f(&r.direct),
-            f(&r.ztunnel),
-            f(&r.waypoint)
+            "{name:<38} {} {} {}\n",
+            cell(&r.direct, f),
+            cell(&r.ztunnel, f),
+            cell(&r.waypoint, f)
         )
     };
     out += &row("requests/s, 8 connections", |f| f.max_rps);
@@ -391,6 +424,11 @@ pub fn table(r: &L7Report) -> String {
     out += &format!(
         "waypoint CPU s per 1,000 requests (= vCPU per 1,000 req/s): {}\n",
         opt(r.waypoint.waypoint_cpu_s_per_1k)
+    );
+    out += &format!(
+        "  of which user space: {}; at the closed-loop rate: {}\n",
+        opt(r.waypoint.waypoint_user_s_per_1k),
+        opt(r.waypoint.waypoint_cpu_s_per_1k_max)
     );
     out += &format!(
         "ztunnels (both) CPU s per 1,000 requests: ztunnel only {}, with waypoint {}\n",

@@ -19,7 +19,7 @@ const USAGE: &str = "usage:
   keelson app NAME [--version V] [--port P]
       run a bundled demo app (productpage, details, reviews, ratings, echo)
   keelson bench l4 [--json] [--runs N] [--seconds N] [--idle-connections N]
-  keelson bench l7 [--json] [--runs N] [--seconds N] [--rate R]
+  keelson bench l7 [--json] [--runs N] [--seconds N] [--rate R] [--setups direct,ztunnel,waypoint]
       two pods in network namespaces, measured direct and through two ztunnels;
       each figure is the median of N runs (default 3)
   keelson controlplane --resources DIR --state-dir DIR [--listen ADDR] [--san NAME]...
@@ -124,6 +124,19 @@ fn bench_l7(args: &[&str]) -> anyhow::Result<()> {
             "--seconds" => opts.seconds = value("--seconds", &mut it)?,
             "--runs" => opts.runs = value("--runs", &mut it)? as usize,
             "--rate" => opts.rate = value("--rate", &mut it)?,
+            "--setups" => {
+                let list = it
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("--setups needs a value"))?;
+                opts.setups = list.split(',').map(str::to_string).collect();
+                if let Some(bad) = opts
+                    .setups
+                    .iter()
+                    .find(|s| !keelson::bench_l7::SETUPS.contains(&s.as_str()))
+                {
+                    anyhow::bail!("--setups: unknown setup {bad} (direct, ztunnel, waypoint)");
+                }
+            }
             other => anyhow::bail!("unknown option {other}\n{USAGE}"),
         }
     }

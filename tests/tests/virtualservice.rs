@@ -417,14 +417,18 @@ fn virtual_services_and_destination_rules_at_the_waypoint() {
         "{out}"
     );
     assert_eq!(out["back"], "ping through the waypoint", "{out}");
-    let log = std::fs::read_to_string(
-        mesh.home
-            .join("logs/pod-default-waypoint-0-istio-proxy.log"),
-    )
-    .unwrap();
+    // The access log goes out in batches (within 100 ms).
+    let logged = || {
+        std::fs::read_to_string(
+            mesh.home
+                .join("logs/pod-default-waypoint-0-istio-proxy.log"),
+        )
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains("path=/upgrade") && l.contains("status=101"))
+    };
     assert!(
-        log.lines()
-            .any(|l| l.contains("path=/upgrade") && l.contains("status=101")),
+        eventually(5, logged),
         "the upgrade did not pass the waypoint"
     );
 

@@ -30,6 +30,8 @@ const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Context {
     pub pi: Arc<ProxyInputs>,
     pub dst: Destination,
+    /// `dst`'s name, for the access log.
+    pub dst_name: String,
     pub source: String,
     /// The client's namespace (from its identity), for consumer routes.
     pub source_namespace: String,
@@ -123,7 +125,7 @@ impl Context {
         };
         tracing::event!(target: "access", tracing::Level::INFO,
             src.identity = %self.source,
-            destination = %self.dst.name(),
+            destination = %self.dst_name,
             %method, path = %full_path, authority = %host,
             route = %route_name,
             upstream = out.upstream.as_ref().map(|w| w.name.as_str()).unwrap_or("-"),

@@ -156,6 +156,7 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
     if dst.is_http() {
         let ctx = Arc::new(forward::Context {
             pi: pi.clone(),
+            dst_name: dst.name(),
             dst,
             source: source.to_string(),
             source_namespace: source.namespace.to_string(),

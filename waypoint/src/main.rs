@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     // One workload (the waypoint itself), no capture, no DNS proxy.
     cfg.proxy_mode = ProxyMode::Dedicated;
     cfg.dns_proxy = false;
-    // One worker thread unless set: fewer cross-thread wake-ups per request. Measured with
+    // One thread unless set: fewer cross-thread wake-ups per request. Measured with
     // `keelson bench l7`: 0.187 against 0.225 CPU s per 1,000 requests, and +0.34 against
     // +1.16 ms at p50 (docs/BENCHMARKS.md). More threads for more than ~5,000 requests/s.
     if std::env::var_os(ztunnel::config::ZTUNNEL_WORKER_THREADS).is_none() {
@@ -40,25 +40,37 @@ fn main() -> ExitCode {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        // A line per request: written in batches (ztunnel::logbuf).
+        .with_writer(ztunnel::logbuf::Batched)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.worker_threads)
-        .enable_all()
-        .build()
-    {
+    ztunnel::logbuf::flush_on_panic();
+    // One worker: the current-thread scheduler, whose wake-ups need no cross-thread
+    // synchronisation.
+    let built = if cfg.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cfg.worker_threads)
+            .enable_all()
+            .build()
+    };
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("waypoint: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(waypoint::run(cfg)) {
+    let code = match rt.block_on(waypoint::run(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "waypoint failed");
             ExitCode::FAILURE
         }
-    }
+    };
+    ztunnel::logbuf::flush();
+    code
 }

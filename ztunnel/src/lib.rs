@@ -11,6 +11,7 @@ pub mod dns;
 pub mod drain;
 pub mod grpc;
 pub mod inpod;
+pub mod logbuf;
 pub mod metrics;
 pub mod proxy;
 pub mod rbac;

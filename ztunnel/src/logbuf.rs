@@ -1,0 +1,168 @@
+//! Log output in batches: lines collect in memory and go to stderr together at most
+//! [`FLUSH_DELAY`] after the first of them (as Envoy flushes its access log files), so a
+//! proxy logging a line per request makes one `write` per batch instead of one per line.
+//! Warnings and errors go out at once, with everything before them, in order; so does a
+//! batch that has grown past [`FLUSH_BYTES`]. [`flush`] empties the buffer (at exit, and
+//! from the panic hook).
+
+use std::io::Write;
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use tracing::{Level, Metadata};
+use tracing_subscriber::fmt::MakeWriter;
+
+/// The longest a line waits in the buffer.
+pub const FLUSH_DELAY: Duration = Duration::from_millis(100);
+/// A batch this large is written at once.
+pub const FLUSH_BYTES: usize = 32 * 1024;
+
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    /// The flusher thread has been told to write this batch.
+    armed: bool,
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        // The thread that writes batches out; it sleeps until one is started.
+        let spawned = std::thread::Builder::new()
+            .name("log-flush".into())
+            .spawn(flusher);
+        if let Err(e) = spawned {
+            eprintln!("logging: no flusher thread ({e}); lines go out one by one");
+        }
+        Shared {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+        }
+    })
+}
+
+fn lock() -> MutexGuard<'static, Pending> {
+    // A panic while holding the lock leaves bytes, not broken invariants: keep going.
+    shared()
+        .pending
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn flusher() {
+    loop {
+        {
+            let mut p = lock();
+            while !p.armed {
+                p = shared()
+                    .wake
+                    .wait(p)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+        }
+        std::thread::sleep(FLUSH_DELAY);
+        let mut p = lock();
+        write_out(&mut p);
+    }
+}
+
+/// Writes the batch to stderr (under the lock, so batches stay in order).
+fn write_out(p: &mut Pending) {
+    if !p.buf.is_empty() {
+        let _ = std::io::stderr().write_all(&p.buf);
+        p.buf.clear();
+    }
+    p.armed = false;
+}
+
+/// Writes out whatever is buffered now.
+pub fn flush() {
+    write_out(&mut lock());
+}
+
+/// Installs a panic hook that flushes the buffer before the default hook reports the panic.
+pub fn flush_on_panic() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        flush();
+        previous(info);
+    }));
+}
+
+/// A `tracing_subscriber` writer that batches lines to stderr.
+#[derive(Clone, Copy, Default)]
+pub struct Batched;
+
+/// One event's output: appended to the batch as it is written; written out when dropped if
+/// the event is urgent or the batch is full, else handed to the flusher.
+pub struct Line {
+    urgent: bool,
+}
+
+impl Write for Line {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        lock().buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        let mut p = lock();
+        if self.urgent || p.buf.len() >= FLUSH_BYTES {
+            write_out(&mut p);
+        } else if !p.armed && !p.buf.is_empty() {
+            p.armed = true;
+            shared().wake.notify_one();
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for Batched {
+    type Writer = Line;
+
+    fn make_writer(&'a self) -> Line {
+        Line { urgent: true }
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Line {
+        // Levels order by verbosity: WARN and ERROR are the ones at or below WARN.
+        Line {
+            urgent: *meta.level() <= Level::WARN,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_wait_for_the_batch_and_urgent_ones_flush_it() {
+        flush();
+        let mut info = Line { urgent: false };
+        info.write_all(b"one\n").unwrap();
+        drop(info);
+        assert_eq!(lock().buf, b"one\n");
+        assert!(lock().armed);
+        // The flusher writes it out within the delay.
+        std::thread::sleep(FLUSH_DELAY * 3);
+        assert!(lock().buf.is_empty() && !lock().armed);
+        let mut info = Line { urgent: false };
+        info.write_all(b"two\n").unwrap();
+        drop(info);
+        let mut warn = Batched.make_writer();
+        warn.write_all(b"three\n").unwrap();
+        drop(warn);
+        assert!(lock().buf.is_empty());
+    }
+}
