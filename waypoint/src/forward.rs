@@ -260,7 +260,11 @@ impl Context {
                     flag,
                 ),
                 Err(Failure::Reset(e)) => (
-                    Outcome::Reset,
+                    if refused_stream(&e) {
+                        Outcome::RefusedStream
+                    } else {
+                        Outcome::Reset
+                    },
                     text(
                         StatusCode::SERVICE_UNAVAILABLE,
                         &format!("upstream connect error or disconnect/reset before headers: {e}"),
@@ -311,6 +315,19 @@ impl Context {
             }
         });
     }
+}
+
+/// Whether an HTTP/2 endpoint refused the request's stream (REFUSED_STREAM: nothing of it
+/// was processed), which `retryOn: refused-stream` retries.
+fn refused_stream(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = s.source();
+    }
+    false
 }
 
 enum Failure {

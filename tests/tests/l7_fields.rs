@@ -1,0 +1,290 @@
+//! The HTTPRoute and VirtualService fields the scenario tests (waypoint.rs,
+//! virtualservice.rs) leave out, each driven once through the waypoint on the local mesh
+//! with curl: regex, query and method matches, redirects with scheme, port and code, full
+//! path and hostname rewrites, per-backend filters, per-try timeouts, mirror shares,
+//! `sourceLabels` (never matches at a waypoint), `ignoreUriCase`, `uriRegexRewrite`,
+//! authority rewrite, response header removal, `mirrors`, and retries on connect failure
+//! and on bare status codes, counted in the backend's own request count or the access log.
+
+use keelson_tests::mesh::{eventually_sync as eventually, Mesh, WAYPOINT};
+
+const ROUTES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: gw-details}
+spec: {selector: {app: details}, ports: [{port: 9080, name: http}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: gw-ratings}
+spec: {selector: {app: ratings}, ports: [{port: 9080, name: http}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: vs-details}
+spec: {selector: {app: details}, ports: [{port: 9080, name: http}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: vs-refused}
+spec: {selector: {app: details}, ports: [{port: 9080, name: http, targetPort: 9999}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: gw-details}
+spec:
+  parentRefs: [{group: "", kind: Service, name: gw-details, port: 9080}]
+  rules:
+  - matches: [{path: {type: RegularExpression, value: "/re/[0-9]+"}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {hostname: rewritten.example, path: {type: ReplaceFullPath, replaceFullPath: /headers}}
+    backendRefs: [{name: gw-details, port: 9080}]
+  - matches: [{path: {type: Exact, value: /headers}, method: POST, queryParams: [{name: v, value: "2"}]}]
+    backendRefs:
+    - name: gw-details
+      port: 9080
+      filters:
+      - type: RequestHeaderModifier
+        requestHeaderModifier: {add: [{name: x-backend, value: per-backend}]}
+  - matches: [{headers: [{type: RegularExpression, name: x-version, value: "v[0-9]"}]}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {scheme: https, port: 8443, path: {type: ReplaceFullPath, replaceFullPath: /moved}}
+  - matches: [{path: {type: PathPrefix, value: /headers}}]
+    backendRefs: [{name: gw-details, port: 9080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: gw-ratings}
+spec:
+  parentRefs: [{group: "", kind: Service, name: gw-ratings, port: 9080}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /delay}}]
+    timeouts: {request: 5s, backendRequest: 500ms}
+    backendRefs: [{name: gw-ratings, port: 9080}]
+  - matches: [{path: {type: PathPrefix, value: /ratings}}]
+    filters:
+    - type: RequestMirror
+      requestMirror: {backendRef: {name: gw-details, port: 9080}, fraction: {numerator: 1, denominator: 1}}
+    backendRefs: [{name: gw-ratings, port: 9080}]
+  - matches: [{path: {type: PathPrefix, value: /status}}]
+    filters:
+    - type: RequestMirror
+      requestMirror: {backendRef: {name: gw-details, port: 9080}, percent: 0}
+    backendRefs: [{name: gw-ratings, port: 9080}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs-details}
+spec:
+  hosts: [vs-details]
+  http:
+  - match: [{sourceLabels: {app: curl}}]
+    directResponse: {status: 403}
+  - match: [{uri: {exact: /CASE/Headers}, ignoreUriCase: true}]
+    rewrite: {uri: /headers, authority: rewritten.example}
+    headers:
+      response: {set: {x-set: one}, remove: [x-keelson-app]}
+    route: [{destination: {host: vs-details}}]
+  - match: [{uri: {prefix: /re/}}]
+    rewrite: {uriRegexRewrite: {match: "^/re/(.*)$", rewrite: "/\\1"}}
+    route: [{destination: {host: vs-details}}]
+  - match: [{queryParams: {mode: {exact: moved}}, scheme: {exact: http}, authority: {prefix: vs-details}, port: 9080}]
+    redirect: {scheme: https, port: 8443, redirectCode: 308, uri: /elsewhere}
+  - match: [{uri: {prefix: /per-try}}]
+    rewrite: {uri: /delay/3000}
+    retries: {attempts: 2, perTryTimeout: 300ms, retryOn: gateway-error}
+    route: [{destination: {host: vs-details}}]
+  - match: [{uri: {prefix: /status/418}}]
+    retries: {attempts: 2, retryOn: "418"}
+    route: [{destination: {host: vs-details}}]
+  - match: [{uri: {prefix: /mirrors}}]
+    rewrite: {uri: /details/0}
+    route: [{destination: {host: vs-details}}]
+    mirrors:
+    - {destination: {host: ratings}, percentage: {value: 100}}
+    - {destination: {host: reviews}, percentage: {value: 0}}
+  - route: [{destination: {host: vs-details}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs-refused}
+spec:
+  hosts: [vs-refused]
+  http:
+  - retries: {attempts: 1, retryOn: connect-failure}
+    route: [{destination: {host: vs-refused}}]
+"#;
+
+fn waypoint_log(mesh: &Mesh) -> String {
+    std::fs::read_to_string(
+        mesh.home
+            .join("logs/pod-default-waypoint-0-istio-proxy.log"),
+    )
+    .unwrap_or_default()
+}
+
+/// The JSON body of a `curl -si` answer.
+fn json_body(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.rsplit("\r\n\r\n").next().unwrap().trim())
+        .unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn header<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.split("\r\n\r\n").next()?.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[test]
+fn every_route_field_once() {
+    let mesh = Mesh::tagged("f");
+    mesh.ok(&["up"]);
+    let waypoint = mesh.write("waypoint.yaml", WAYPOINT);
+    mesh.ok(&["apply", "-f", waypoint.to_str().unwrap()]);
+    let routes = mesh.write("routes.yaml", ROUTES);
+    mesh.ok(&["apply", "-f", routes.to_str().unwrap()]);
+    assert!(
+        eventually(10, || mesh
+            .curl_i(&["http://gw-details:9080/re/42"])
+            .1
+            .contains("rewritten.example")),
+        "{}",
+        mesh.logs()
+    );
+
+    // HTTPRoute: a RegularExpression path, rewritten to a full path and a new Host.
+    let (status, text) = mesh.curl_i(&["http://gw-details:9080/re/7"]);
+    assert_eq!(status, 200, "{text}");
+    let body = json_body(&text);
+    assert_eq!(body["path"], "/headers", "{body}");
+    assert_eq!(body["headers"]["host"], "rewritten.example", "{body}");
+    // The regex is anchored: /re/7x is not matched, and the last rule (/headers) is not
+    // a prefix of it either: 404.
+    assert_eq!(mesh.curl_i(&["http://gw-details:9080/re/7x"]).0, 404);
+    // Method and query parameter: POST /headers?v=2 gets the per-backend filter; a GET,
+    // or another value, goes to the plain rule.
+    let (status, text) = mesh.curl_i(&["-X", "POST", "http://gw-details:9080/headers?v=2"]);
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(json_body(&text)["headers"]["x-backend"], "per-backend");
+    for args in [
+        vec!["http://gw-details:9080/headers?v=2"],
+        vec!["-X", "POST", "http://gw-details:9080/headers?v=3"],
+    ] {
+        let (status, text) = mesh.curl_i(&args);
+        assert_eq!(status, 200, "{text}");
+        assert!(
+            json_body(&text)["headers"].get("x-backend").is_none(),
+            "{text}"
+        );
+    }
+    // A header RegularExpression match; RequestRedirect with scheme, port and a full path,
+    // 302 by default.
+    let (status, text) = mesh.curl_i(&["-H", "x-version: v2", "http://gw-details:9080/any"]);
+    assert_eq!(status, 302, "{text}");
+    assert_eq!(
+        header(&text, "location"),
+        Some("https://gw-details:8443/moved"),
+        "{text}"
+    );
+    // timeouts.backendRequest bounds each try: 504 after 500 ms, not the request's 5 s.
+    let t = std::time::Instant::now();
+    let (status, text) = mesh.curl_i(&["http://gw-ratings:9080/delay/3000"]);
+    assert_eq!(status, 504, "{text}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_millis(2500),
+        "{:?}",
+        t.elapsed()
+    );
+    // RequestMirror with fraction 1/1: each request copied; with percent 0: none.
+    let details = mesh.served("details-v1-0");
+    for _ in 0..3 {
+        mesh.curl("curl", "http://gw-ratings:9080/ratings/0", "ratings-v1");
+    }
+    assert!(
+        mesh.served_more("details-v1-0", details, 3, 5),
+        "details did not see exactly 3 copies"
+    );
+    let details = mesh.served("details-v1-0");
+    for _ in 0..3 {
+        assert_eq!(mesh.curl_i(&["http://gw-ratings:9080/status/200"]).0, 200);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Only the count request itself.
+    assert_eq!(mesh.served("details-v1-0"), details + 1);
+
+    // VirtualService: a match block with sourceLabels never matches at a waypoint; an
+    // ignoreUriCase exact match; an authority rewrite; response headers set and removed.
+    let (status, text) = mesh.curl_i(&["http://vs-details:9080/case/HEADERS"]);
+    assert_eq!(status, 200, "{text}");
+    let body = json_body(&text);
+    assert_eq!(body["path"], "/headers", "{body}");
+    assert_eq!(body["headers"]["host"], "rewritten.example", "{body}");
+    assert_eq!(header(&text, "x-set"), Some("one"), "{text}");
+    assert_eq!(header(&text, "x-keelson-app"), None, "{text}");
+    // uriRegexRewrite with a capture reference.
+    let (status, text) = mesh.curl_i(&["http://vs-details:9080/re/headers?q=1"]);
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(json_body(&text)["path"], "/headers?q=1", "{text}");
+    // queryParams, scheme, authority and port together; redirect with scheme, port, uri
+    // and redirectCode.
+    let (status, text) = mesh.curl_i(&["http://vs-details:9080/x?mode=moved"]);
+    assert_eq!(status, 308, "{text}");
+    assert_eq!(
+        header(&text, "location"),
+        Some("https://vs-details:8443/elsewhere?mode=moved"),
+        "{text}"
+    );
+    assert_eq!(
+        mesh.curl_i(&["http://vs-details:9080/details/0?mode=stay"])
+            .0,
+        200
+    );
+    // perTryTimeout with gateway-error: three tries of 300 ms each, then 504.
+    let before = mesh.served("details-v1-0");
+    let t = std::time::Instant::now();
+    let (status, text) = mesh.curl_i(&["http://vs-details:9080/per-try"]);
+    assert_eq!(status, 504, "{text}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_millis(2500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(mesh.served("details-v1-0"), before + 3 + 1);
+    // A bare status code in retryOn retries that status.
+    let before = mesh.served("details-v1-0");
+    assert_eq!(mesh.curl_i(&["http://vs-details:9080/status/418"]).0, 418);
+    assert_eq!(mesh.served("details-v1-0"), before + 3 + 1);
+    // mirrors: ratings at 100% sees each request, reviews at 0% none.
+    let (ratings, reviews) = (mesh.served("ratings-v1-0"), mesh.served("reviews-v1-0"));
+    for _ in 0..3 {
+        mesh.curl("curl", "http://vs-details:9080/mirrors", "details-v1");
+    }
+    assert!(
+        mesh.served_more("ratings-v1-0", ratings, 3, 5),
+        "ratings did not see exactly 3 copies"
+    );
+    assert_eq!(mesh.served("reviews-v1-0"), reviews + 1);
+    // retryOn connect-failure: the endpoint refuses (nothing listens on 9999), the
+    // waypoint tries twice and answers 503 UF.
+    let (status, text) = mesh.curl_i(&["http://vs-refused:9080/refused"]);
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        eventually(5, || waypoint_log(&mesh)
+            .lines()
+            .any(|l| l.contains("path=/refused")
+                && l.contains("attempts=2")
+                && l.contains("response_flags=\"UF\""))),
+        "{}",
+        waypoint_log(&mesh)
+            .lines()
+            .filter(|l| l.contains("refused"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for f in [waypoint, routes] {
+        let _ = std::fs::remove_file(f);
+    }
+}
