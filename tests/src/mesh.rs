@@ -61,6 +61,16 @@ impl Default for Mesh {
 }
 
 impl Mesh {
+    /// The log of the `default` namespace's waypoint (`WAYPOINT`); its access log lines go
+    /// out in batches, so poll for a line a request should have left.
+    pub fn waypoint_log(&self) -> String {
+        std::fs::read_to_string(
+            self.home
+                .join("logs/pod-default-waypoint-0-istio-proxy.log"),
+        )
+        .unwrap_or_default()
+    }
+
     pub fn new() -> Mesh {
         Mesh::tagged("")
     }

@@ -117,14 +117,6 @@ spec:
     route: [{destination: {host: vs-refused}}]
 "#;
 
-fn waypoint_log(mesh: &Mesh) -> String {
-    std::fs::read_to_string(
-        mesh.home
-            .join("logs/pod-default-waypoint-0-istio-proxy.log"),
-    )
-    .unwrap_or_default()
-}
-
 /// The JSON body of a `curl -si` answer.
 fn json_body(text: &str) -> serde_json::Value {
     serde_json::from_str(text.rsplit("\r\n\r\n").next().unwrap().trim())
@@ -272,13 +264,14 @@ fn every_route_field_once() {
     let (status, text) = mesh.curl_i(&["http://vs-refused:9080/refused"]);
     assert_eq!(status, 503, "{text}");
     assert!(
-        eventually(5, || waypoint_log(&mesh)
+        eventually(5, || mesh
+            .waypoint_log()
             .lines()
             .any(|l| l.contains("path=/refused")
                 && l.contains("attempts=2")
                 && l.contains("response_flags=\"UF\""))),
         "{}",
-        waypoint_log(&mesh)
+        mesh.waypoint_log()
             .lines()
             .filter(|l| l.contains("refused"))
             .collect::<Vec<_>>()

@@ -419,13 +419,9 @@ fn virtual_services_and_destination_rules_at_the_waypoint() {
     assert_eq!(out["back"], "ping through the waypoint", "{out}");
     // The access log goes out in batches (within 100 ms).
     let logged = || {
-        std::fs::read_to_string(
-            mesh.home
-                .join("logs/pod-default-waypoint-0-istio-proxy.log"),
-        )
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.contains("path=/upgrade") && l.contains("status=101"))
+        mesh.waypoint_log()
+            .lines()
+            .any(|l| l.contains("path=/upgrade") && l.contains("status=101"))
     };
     assert!(
         eventually(5, logged),

@@ -19,14 +19,6 @@ spec:
     app: ratings
 ";
 
-fn waypoint_log(mesh: &Mesh) -> String {
-    std::fs::read_to_string(
-        mesh.home
-            .join("logs/pod-default-waypoint-0-istio-proxy.log"),
-    )
-    .unwrap_or_default()
-}
-
 fn requests_from(log: &str, source_sa: &str, destination: &str) -> usize {
     log.lines()
         .filter(|l| {
@@ -64,7 +56,7 @@ fn a_namespace_waypoint_carries_its_service_traffic() {
     let productpage = "productpage.default.svc.cluster.local:9080";
     assert!(
         eventually(5, || {
-            let log = waypoint_log(&mesh);
+            let log = mesh.waypoint_log();
             requests_from(&log, "curl", productpage) == 1
                 && requests_from(
                     &log,
@@ -78,9 +70,9 @@ fn a_namespace_waypoint_carries_its_service_traffic() {
                 ) == 1
         }),
         "{}",
-        waypoint_log(&mesh)
+        mesh.waypoint_log()
     );
-    let log = waypoint_log(&mesh);
+    let log = mesh.waypoint_log();
     let line = log
         .lines()
         .find(|l| l.contains("destination=productpage") && l.contains("path=/productpage"))
@@ -132,7 +124,7 @@ fn a_namespace_waypoint_carries_its_service_traffic() {
         out.stderr
     );
     assert!(eventually(5, || requests_from(
-        &waypoint_log(&mesh),
+        &mesh.waypoint_log(),
         "curl",
         productpage
     ) == 2));
@@ -141,11 +133,11 @@ fn a_namespace_waypoint_carries_its_service_traffic() {
     let opt_out = mesh.write("ratings.yaml", RATINGS_OPTS_OUT);
     mesh.ok(&["apply", "-f", opt_out.to_str().unwrap()]);
     let ratings = "ratings.default.svc.cluster.local:9080";
-    let before = requests_from(&waypoint_log(&mesh), "curl", ratings);
+    let before = requests_from(&mesh.waypoint_log(), "curl", ratings);
     std::thread::sleep(std::time::Duration::from_millis(500));
     mesh.curl("curl", "http://ratings:9080/ratings/0", "ratings-v1");
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert_eq!(requests_from(&waypoint_log(&mesh), "curl", ratings), before);
+    assert_eq!(requests_from(&mesh.waypoint_log(), "curl", ratings), before);
     // Pod-addressed traffic does not use a waypoint that is for services only.
     let details_ip = mesh.pod("details-v1-0")["ip"].as_str().unwrap().to_string();
     mesh.curl(
@@ -154,7 +146,9 @@ fn a_namespace_waypoint_carries_its_service_traffic() {
         "details-v1",
     );
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(!waypoint_log(&mesh).contains(&format!("authority={details_ip}")));
+    assert!(!mesh
+        .waypoint_log()
+        .contains(&format!("authority={details_ip}")));
 
     // The Gateway deleted (the namespace label stays): traffic goes direct again.
     let gateway = mesh.write("gateway.yaml", WAYPOINT.split("---\n").nth(1).unwrap());
@@ -166,7 +160,7 @@ fn a_namespace_waypoint_carries_its_service_traffic() {
         "http://productpage:9080/productpage",
         "productpage-v1",
     );
-    assert_eq!(requests_from(&waypoint_log(&mesh), "curl", productpage), 2);
+    assert_eq!(requests_from(&mesh.waypoint_log(), "curl", productpage), 2);
     for f in [file, opt_out, gateway] {
         let _ = std::fs::remove_file(f);
     }
