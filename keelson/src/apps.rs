@@ -12,6 +12,9 @@
 //! `/status/<code>` (answers that code), `/delay/<ms>` (answers after that long), `/headers`
 //! (echoes the request headers), `/bytes/<n>` (n bytes, for benchmarks), `/upgrade` (an
 //! HTTP/1.1 Upgrade that echoes bytes) and `/requests` (how many requests it has served).
+//! `raw` is not bookinfo: a hand-written HTTP/1.1 server whose answers hyper's server would
+//! never produce (chunk extensions and trailers, close-delimited bodies, conflicting
+//! lengths), for testing the waypoint's upstream client.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +29,14 @@ use hyper::{Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The bundled apps.
-pub const APPS: &[&str] = &["productpage", "details", "reviews", "ratings", "echo"];
+pub const APPS: &[&str] = &[
+    "productpage",
+    "details",
+    "reviews",
+    "ratings",
+    "echo",
+    "raw",
+];
 
 /// Headers an app passes on to the services it calls.
 const PROPAGATED: &[&str] = &[
@@ -71,6 +81,9 @@ pub fn run(opts: AppOptions) -> Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
+    if opts.name == "raw" {
+        return rt.block_on(raw::serve(opts.port));
+    }
     rt.block_on(serve(Arc::new(App {
         opts,
         served: AtomicU64::new(0),
@@ -321,4 +334,136 @@ async fn get(
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await?.to_bytes();
     Ok((status, body))
+}
+
+/// `raw`: an HTTP/1.1 server written by hand, for what hyper's server never sends: the
+/// framings and faults a proxy's HTTP/1.1 client must cope with. By path (request bodies
+/// with `content-length` are read and dropped):
+///
+/// - `/conn`: 200, `content-length`, the body is this connection's number (counted from 1),
+///   so a client can see whether its requests share a connection;
+/// - `/chunked`: 200, chunked in three writes, with a chunk extension and a trailer;
+/// - `/close`: 200 without a length: the body ends when the connection closes;
+/// - `/nocontent`: 204;
+/// - `/continue`: 100 Continue, then 200;
+/// - `/conflict`: 200 with two different `content-length`s (malformed), then close;
+/// - any `HEAD`: 200 with `content-length: 10` and no body.
+mod raw {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use anyhow::{Context, Result};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    pub async fn serve(port: u16) -> Result<()> {
+        let listener = TcpListener::bind(("0.0.0.0", port))
+            .await
+            .with_context(|| format!("binding port {port}"))?;
+        eprintln!("raw listening on :{port}");
+        static CONNS: AtomicU64 = AtomicU64::new(0);
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let n = CONNS.fetch_add(1, Ordering::Relaxed) + 1;
+            tokio::spawn(async move {
+                if let Err(e) = connection(tcp, n).await {
+                    eprintln!("connection {n}: {e}");
+                }
+            });
+        }
+    }
+
+    async fn connection(mut tcp: TcpStream, conn: u64) -> std::io::Result<()> {
+        let _ = tcp.set_nodelay(true);
+        let mut buf = Vec::new();
+        loop {
+            // One request head, then its body by content-length.
+            let end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                if buf.len() > 64 * 1024 {
+                    return Ok(());
+                }
+                let mut chunk = [0u8; 4096];
+                let n = tcp.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            };
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let length: usize = head
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < end + length {
+                let mut chunk = [0u8; 4096];
+                let n = tcp.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            buf.drain(..end + length);
+            let mut line = head.split_whitespace();
+            let (method, path) = (line.next().unwrap_or(""), line.next().unwrap_or(""));
+            if method == "HEAD" {
+                tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n")
+                    .await?;
+                continue;
+            }
+            match path {
+                "/conn" => {
+                    let body = format!("{conn}\n");
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    tcp.write_all(resp.as_bytes()).await?;
+                }
+                "/chunked" => {
+                    let parts: [&[u8]; 3] = [
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n",
+                        b"7\r\n, chunk\r\n",
+                        b"3\r\ned\n\r\n0\r\nx-trailer: t\r\n\r\n",
+                    ];
+                    for p in parts {
+                        tcp.write_all(p).await?;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                "/close" => {
+                    tcp.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil close\n",
+                    )
+                    .await?;
+                    return tcp.shutdown().await;
+                }
+                "/nocontent" => tcp.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await?,
+                "/continue" => {
+                    tcp.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\ncontinued")
+                        .await?;
+                }
+                "/conflict" => {
+                    tcp.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
+                    )
+                    .await?;
+                    return tcp.shutdown().await;
+                }
+                _ => {
+                    tcp.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                        .await?
+                }
+            }
+        }
+    }
 }

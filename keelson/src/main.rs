@@ -17,7 +17,8 @@ const USAGE: &str = "usage:
   keelson status              nodes, processes, pods, services, rejected resources
   keelson down                remove everything the local mesh made
   keelson app NAME [--version V] [--port P]
-      run a bundled demo app (productpage, details, reviews, ratings, echo)
+      run a bundled demo app (productpage, details, reviews, ratings, echo; raw: a
+      hand-written HTTP/1.1 server for framing tests)
   keelson bench l4 [--json] [--runs N] [--seconds N] [--idle-connections N]
   keelson bench l7 [--json] [--runs N] [--seconds N] [--rate R] [--setups direct,ztunnel,waypoint]
       two pods in network namespaces, measured direct and through two ztunnels;

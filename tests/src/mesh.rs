@@ -75,6 +75,11 @@ impl Mesh {
         Mesh::tagged("")
     }
 
+    /// The `keelson` binary the mesh runs, for pods that run one of its commands.
+    pub fn bin(&self) -> &std::path::Path {
+        &self.bin
+    }
+
     /// A mesh of its own for one test of a process that runs several.
     pub fn tagged(tag: &str) -> Mesh {
         let home =

@@ -5,6 +5,9 @@
 //! `sourceLabels` (never matches at a waypoint), `ignoreUriCase`, `uriRegexRewrite`,
 //! authority rewrite, response header removal, `mirrors`, and retries on connect failure
 //! and on bare status codes, counted in the backend's own request count or the access log.
+//! Then the waypoint's own HTTP/1.1 client against a hand-written upstream (`keelson app
+//! raw`): chunked bodies with extensions and trailers, HEAD, 204, 100 Continue, bodies
+//! delimited by close, conflicting lengths, and which of them keep the connection.
 
 use keelson_tests::mesh::{eventually_sync as eventually, Mesh, WAYPOINT};
 
@@ -277,7 +280,80 @@ fn every_route_field_once() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    for f in [waypoint, routes] {
+    let raw = mesh.write("raw.yaml", &raw_yaml(&mesh));
+    mesh.ok(&["apply", "-f", raw.to_str().unwrap()]);
+    upstream_framings(&mesh);
+    for f in [waypoint, routes, raw] {
         let _ = std::fs::remove_file(f);
     }
+}
+
+/// A Service and a pod on node-2 running `keelson app raw`.
+fn raw_yaml(mesh: &Mesh) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: raw}}\n\
+         spec: {{selector: {{app: raw}}, ports: [{{port: 9080, name: http}}]}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: raw, labels: {{app: raw}}}}\nspec:\n  \
+         nodeName: node-2\n  containers:\n  - name: raw\n    image: keelson/raw\n    \
+         command: [{:?}, app, raw, --port, \"9080\"]\n",
+        mesh.bin().display().to_string()
+    )
+}
+
+/// The waypoint's HTTP/1.1 client: each upstream framing arrives whole at the client, and
+/// the upstream connection (numbered by `/conn`) is kept after every response read to its
+/// end, and replaced after one delimited by close or a malformed one.
+fn upstream_framings(mesh: &Mesh) {
+    let conn = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.push("http://raw:9080/conn");
+        let (status, text) = mesh.curl_i(&a);
+        assert_eq!(status, 200, "{text}");
+        text.rsplit("\r\n\r\n")
+            .next()
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert!(
+        eventually(10, || mesh.curl_i(&["http://raw:9080/conn"]).0 == 200),
+        "{}",
+        mesh.logs()
+    );
+    // A request body goes out with its length: the server reads it and answers the next.
+    let first = conn(&["-d", "hello"]);
+    assert_eq!(conn(&[]), first, "the connection was not kept");
+    // Chunked, in three writes, with an extension and a trailer: whole, and kept.
+    let (status, text) = mesh.curl_i(&["http://raw:9080/chunked"]);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with("hello, chunked\n"), "{text}");
+    assert_eq!(conn(&[]), first);
+    // HEAD: the length, no body; 204; 100 Continue then the answer: all kept.
+    let (status, text) = mesh.curl_i(&["-I", "http://raw:9080/head"]);
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(header(&text, "content-length"), Some("10"), "{text}");
+    assert_eq!(mesh.curl_i(&["http://raw:9080/nocontent"]).0, 204);
+    let (status, text) = mesh.curl_i(&["http://raw:9080/continue"]);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with("continued"), "{text}");
+    assert_eq!(conn(&[]), first);
+    // Delimited by close: whole, and the next request needs a new connection.
+    let (status, text) = mesh.curl_i(&["http://raw:9080/close"]);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("until close"), "{text}");
+    let second = conn(&[]);
+    assert!(second > first, "{second} after {first}");
+    // Two different lengths: 503 with Envoy's upstream protocol error flag, then a new
+    // connection.
+    let (status, text) = mesh.curl_i(&["http://raw:9080/conflict"]);
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        eventually(5, || mesh.waypoint_log().lines().any(|l| l
+            .contains("path=/conflict")
+            && l.contains("response_flags=\"UPE\""))),
+        "{}",
+        mesh.waypoint_log()
+    );
+    assert!(conn(&[]) > second);
 }

@@ -15,6 +15,7 @@ use l7::retry::Outcome;
 use ztunnel::proxy::ProxyInputs;
 use ztunnel::state::Workload;
 
+use crate::h1::{self, BoxError};
 use crate::plan::{Action, Facts, Plan};
 use crate::{
     full, open_tunnel, pick, text, Backend, Body, Destination, L7Config, Picked, Unreachable,
@@ -186,16 +187,17 @@ impl Context {
         let mut n = 0;
         loop {
             n += 1;
-            let this_body = match std::mem::replace(&mut body, ReqBody::Held(Bytes::new())) {
+            let req = match std::mem::replace(&mut body, ReqBody::Held(Bytes::new())) {
                 ReqBody::Held(b) => {
                     body = ReqBody::Held(b.clone());
-                    full(b)
+                    Upstream::Whole(&parts, b)
                 }
                 // One use: its try is the only one.
-                ReqBody::Stream(s) => s.boxed(),
+                ReqBody::Stream(s) => {
+                    Upstream::Built(rebuild(&parts, s.map_err(Into::into).boxed()))
+                }
             };
             let streaming_used = n == 1 && !replayable;
-            let req = rebuild(&parts, this_body);
             let (outcome, mut resp, upstream, flag) = self
                 .try_once(&backend, req, retry.per_try_timeout, &tried)
                 .await;
@@ -225,7 +227,7 @@ impl Context {
     async fn try_once(
         &self,
         backend: &Backend,
-        req: Request<Body>,
+        req: Upstream<'_>,
         per_try: Option<Duration>,
         tried: &[String],
     ) -> (Outcome, Response<Body>, Option<Arc<Workload>>, &'static str) {
@@ -270,7 +272,12 @@ impl Context {
                         &format!("upstream connect error or disconnect/reset before headers: {e}"),
                     ),
                     Some(picked.w),
-                    "UC",
+                    // A response that is not HTTP: Envoy's upstream protocol error.
+                    if matches!(e.downcast_ref(), Some(h1::Error::Malformed(_))) {
+                        "UPE"
+                    } else {
+                        "UC"
+                    },
                 ),
             }
         };
@@ -290,15 +297,15 @@ impl Context {
 
     /// A copy of the request to `to`, Host suffixed `-shadow` (VS-19); fire and forget.
     fn mirror(&self, parts: &http::request::Parts, body: Bytes, to: Backend, host: &str) {
-        let mut req = rebuild(parts, full(body));
+        let mut parts = clone_parts(parts);
         if let Ok(v) = http::HeaderValue::from_str(&shadow_host(host)) {
-            req.headers_mut().insert(http::header::HOST, v);
+            parts.headers.insert(http::header::HOST, v);
         }
         let (pi, client) = (self.pi.clone(), self.client);
         tokio::spawn(async move {
             let copy = async {
                 let picked = pick(&pi, &to, &[]).map_err(|e| e.1)?;
-                let resp = exchange(&pi, &picked, client, req)
+                let resp = exchange(&pi, &picked, client, Upstream::Whole(&parts, body))
                     .await
                     .map_err(|e| match e {
                         Failure::Connect(u) => u.1,
@@ -319,8 +326,8 @@ impl Context {
 
 /// Whether an HTTP/2 endpoint refused the request's stream (REFUSED_STREAM: nothing of it
 /// was processed), which `retryOn: refused-stream` retries.
-fn refused_stream(e: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(e);
+fn refused_stream(e: &BoxError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
     while let Some(s) = source {
         if let Some(h2) = s.downcast_ref::<h2::Error>() {
             return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
@@ -334,157 +341,61 @@ enum Failure {
     /// No connection to the endpoint.
     Connect(Unreachable),
     /// Connected; no response.
-    Reset(hyper::Error),
+    Reset(BoxError),
 }
 
-/// Idle upstream HTTP/1.1 connections (each inside its own HBONE stream) are kept this long.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// At most this many kept per endpoint and client.
-const IDLE_PER_KEY: usize = 64;
-
-/// (endpoint workload uid, target port, client IP): the client's address travels in the
-/// tunnel's `Forwarded` header, so connections are not shared between clients.
-type UpstreamKey = (String, u16, std::net::IpAddr);
-
-type Sender = hyper::client::conn::http1::SendRequest<Body>;
-
-/// Keep-alive HTTP/1.1 connections to endpoints, reused by later requests: no HBONE stream,
-/// upstream TCP connection and HTTP handshake per request. A connection goes back in the
-/// list when its response has been read to the end ([`PooledBody`]).
-#[derive(Default)]
-struct Upstreams {
-    idle: std::sync::Mutex<HashMap<UpstreamKey, Vec<(Instant, Sender)>>>,
+/// A request as it goes to an endpoint.
+enum Upstream<'a> {
+    /// Its head and whole body: spoken by [`h1`] on a kept or new connection (HTTP/1.1), or
+    /// built into a request for hyper's HTTP/2 client.
+    Whole(&'a http::request::Parts, Bytes),
+    /// A request with a streaming body, for hyper's clients.
+    Built(Request<Body>),
 }
 
-impl Upstreams {
-    fn get() -> &'static Upstreams {
-        static U: std::sync::OnceLock<Upstreams> = std::sync::OnceLock::new();
-        U.get_or_init(Upstreams::default)
-    }
-
-    /// The most recently returned connection that is still open.
-    fn take(&self, key: &UpstreamKey) -> Option<Sender> {
-        let mut idle = self.idle.lock().unwrap();
-        let list = idle.get_mut(key)?;
-        while let Some((since, s)) = list.pop() {
-            if !s.is_closed() && since.elapsed() < IDLE_TIMEOUT {
-                return Some(s);
-            }
-        }
-        None
-    }
-
-    fn put(&self, key: UpstreamKey, s: Sender) {
-        if s.is_closed() {
-            return;
-        }
-        let mut idle = self.idle.lock().unwrap();
-        let list = idle.entry(key).or_default();
-        if list.len() < IDLE_PER_KEY {
-            list.push((Instant::now(), s));
-        }
-    }
-}
-
-/// A response body that hands its connection back to [`Upstreams`] once read to the end
-/// (dropped early, the connection goes with it).
-struct PooledBody {
-    inner: hyper::body::Incoming,
-    back: Option<(UpstreamKey, Sender)>,
-}
-
-impl PooledBody {
-    fn give_back(&mut self) {
-        if let Some((key, s)) = self.back.take() {
-            Upstreams::get().put(key, s);
-        }
-    }
-}
-
-impl hyper::body::Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let r = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
-        match &r {
-            std::task::Poll::Ready(None) => this.give_back(),
-            std::task::Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.give_back(),
-            _ => {}
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A response whose connection goes back to the pool once its body is read.
-fn pooled(resp: Response<hyper::body::Incoming>, key: UpstreamKey, s: Sender) -> Response<Body> {
-    resp.map(|inner| {
-        let mut b = PooledBody {
-            inner,
-            back: Some((key, s)),
-        };
-        if hyper::body::Body::is_end_stream(&b) {
-            b.give_back();
-        }
-        b.boxed()
-    })
-}
-
-/// The request to `p` on a kept connection when one is ready, else on a new one; a kept
-/// connection that turns out closed before the request went out is replaced, not failed.
-/// Upgrade requests get a connection of their own, never kept.
+/// The request to `p`. HTTP/1.1 with a whole body (nearly all requests) goes on a kept
+/// connection when one is ready, else on a new one that is kept afterwards ([`h1`]). HTTP/2
+/// goes on the connection shared per endpoint and client. A streaming body or an Upgrade
+/// gets hyper's HTTP/1.1 client on a connection of its own, not kept.
 async fn exchange(
     pi: &ProxyInputs,
     p: &Picked,
     client: SocketAddr,
-    req: Request<Body>,
+    req: Upstream<'_>,
 ) -> std::result::Result<Response<Body>, Failure> {
-    let key: UpstreamKey = (p.w.uid.clone(), p.port, client.ip());
+    let key: h1::Key = (p.w.uid.clone(), p.port, client.ip());
+    let req = match req {
+        Upstream::Whole(parts, body)
+            if parts.version != http::Version::HTTP_2
+                && !parts.headers.contains_key(http::header::UPGRADE) =>
+        {
+            let conn = match h1::Kept::get().take(&key) {
+                Some(c) => c,
+                None => h1::Conn::new(open_tunnel(pi, p, client).await.map_err(Failure::Connect)?),
+            };
+            return h1::send(conn, key, parts, &body)
+                .await
+                .map_err(|e| Failure::Reset(e.into()));
+        }
+        Upstream::Whole(parts, body) => rebuild(parts, full(body)),
+        Upstream::Built(req) => req,
+    };
     if req.version() == http::Version::HTTP_2 {
         return exchange_h2(pi, p, client, key, req).await;
-    }
-    let upgrade = req.headers().contains_key(http::header::UPGRADE);
-    let mut req = req;
-    if !upgrade {
-        while let Some(mut s) = Upstreams::get().take(&key) {
-            // Read to the end before it came back: ready at once, or closed.
-            if s.ready().await.is_err() {
-                continue;
-            }
-            match s.try_send_request(req).await {
-                Ok(resp) => return Ok(pooled(resp, key, s)),
-                Err(mut e) => match e.take_message() {
-                    Some(r) => req = r,
-                    None => return Err(Failure::Reset(e.into_error())),
-                },
-            }
-        }
     }
     let stream = open_tunnel(pi, p, client).await.map_err(Failure::Connect)?;
     let io = TokioIo::new(hbone::io::H2Io::new(stream));
     let (mut s, conn) = hyper::client::conn::http1::handshake(io)
         .await
-        .map_err(Failure::Reset)?;
+        .map_err(|e| Failure::Reset(e.into()))?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
-    let resp = s.send_request(req).await.map_err(Failure::Reset)?;
-    if upgrade {
-        return Ok(resp.map(|b| b.boxed()));
-    }
-    Ok(pooled(resp, key, s))
+    let resp = s
+        .send_request(req)
+        .await
+        .map_err(|e| Failure::Reset(e.into()))?;
+    Ok(resp.map(|b| b.map_err(Into::into).boxed()))
 }
 
 /// Puts the request in the form it goes to the endpoint in: HTTP/2 when the client spoke it
@@ -571,7 +482,7 @@ fn speaks_h2(dst: &Destination) -> bool {
 /// requests.
 #[derive(Default)]
 struct H2Upstreams {
-    conns: std::sync::Mutex<HashMap<UpstreamKey, H2Sender>>,
+    conns: std::sync::Mutex<HashMap<h1::Key, H2Sender>>,
 }
 
 type H2Sender = hyper::client::conn::http2::SendRequest<Body>;
@@ -588,7 +499,7 @@ async fn exchange_h2(
     pi: &ProxyInputs,
     p: &Picked,
     client: SocketAddr,
-    key: UpstreamKey,
+    key: h1::Key,
     req: Request<Body>,
 ) -> std::result::Result<Response<Body>, Failure> {
     let shared = {
@@ -609,7 +520,7 @@ async fn exchange_h2(
             let io = TokioIo::new(hbone::io::H2Io::new(stream));
             let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                 .await
-                .map_err(Failure::Reset)?;
+                .map_err(|e| Failure::Reset(e.into()))?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
@@ -621,9 +532,12 @@ async fn exchange_h2(
             s
         }
     };
-    s.ready().await.map_err(Failure::Reset)?;
-    let resp = s.send_request(req).await.map_err(Failure::Reset)?;
-    Ok(resp.map(|b| b.boxed()))
+    s.ready().await.map_err(|e| Failure::Reset(e.into()))?;
+    let resp = s
+        .send_request(req)
+        .await
+        .map_err(|e| Failure::Reset(e.into()))?;
+    Ok(resp.map(|b| b.map_err(Into::into).boxed()))
 }
 
 /// `host[:port]` → `host-shadow[:port]`.
@@ -635,10 +549,15 @@ fn shadow_host(host: &str) -> String {
 }
 
 fn rebuild(parts: &http::request::Parts, body: Body) -> Request<Body> {
-    let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = parts.uri.clone();
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = parts.headers.clone();
-    req
+    Request::from_parts(clone_parts(parts), body)
+}
+
+/// The head of a request without its extensions (`Parts` is not `Clone`).
+fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
+    let (mut p, ()) = Request::new(()).into_parts();
+    p.method = parts.method.clone();
+    p.uri = parts.uri.clone();
+    p.version = parts.version;
+    p.headers = parts.headers.clone();
+    p
 }

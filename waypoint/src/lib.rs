@@ -34,11 +34,12 @@ use ztunnel::state::{Service, State, Workload};
 
 pub mod config;
 mod forward;
+mod h1;
 mod plan;
 
 pub use config::{decode_destination_rule, decode_route, decode_virtual_service, L7Config};
 
-type Body = BoxBody<Bytes, hyper::Error>;
+type Body = BoxBody<Bytes, h1::BoxError>;
 
 /// Binds 15008 and serves it until drain; readiness also waits for the certificate.
 pub fn start(pi: &Arc<ProxyInputs>, readiness: &Readiness) -> anyhow::Result<()> {

@@ -1,0 +1,671 @@
+//! HTTP/1.1 to endpoints, spoken by the request's own task straight on the HBONE stream: the
+//! request head and its (held) body go out as one DATA frame, the response head is parsed
+//! from the stream's DATA, and the response body is read from it as the client takes it. No
+//! client connection task, no byte-stream adapter in between (docs/BENCHMARKS.md: those were
+//! about a tenth of the waypoint's user-space time).
+//!
+//! A connection whose response was read to the end, framed by `content-length` or chunked
+//! encoding and without `connection: close`, goes back to [`Kept`] for the next request from
+//! the same client to the same endpoint.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use hbone::stream::H2Stream;
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use hyper::body::{Frame, SizeHint};
+
+use crate::Body;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A response head larger than this is refused (hyper's default read buffer limit is
+/// about 400 KiB; Envoy's header limit is 60 KiB).
+const MAX_HEAD: usize = 64 * 1024;
+/// At most this many response header fields (hyper's default).
+const MAX_HEADERS: usize = 100;
+
+/// Idle connections are kept this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// At most this many kept per key.
+const IDLE_PER_KEY: usize = 64;
+
+/// (endpoint workload uid, target port, client IP): the client's address travels in the
+/// tunnel's `Forwarded` header, so connections are not shared between clients.
+pub type Key = (String, u16, std::net::IpAddr);
+
+/// Why an exchange failed after the connection was there.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("upstream stream failed: {0}")]
+    Stream(#[from] h2::Error),
+    #[error("upstream closed the connection before the response was complete")]
+    Closed,
+    #[error("malformed upstream response: {0}")]
+    Malformed(String),
+}
+
+/// An HTTP/1.1 connection inside one HBONE stream.
+pub struct Conn {
+    stream: H2Stream,
+    /// Received and not yet consumed.
+    buf: BytesMut,
+}
+
+impl Conn {
+    pub fn new(stream: H2Stream) -> Conn {
+        Conn {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether a kept connection can take another request: nothing arrived on it since its
+    /// last response (no end, reset or stray bytes).
+    fn usable(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if !self.buf.is_empty() || self.stream.recv.is_end_stream() {
+            return false;
+        }
+        if self.stream.send.poll_reset(&mut cx).is_ready() {
+            return false;
+        }
+        self.stream.recv.poll_data(&mut cx).is_pending()
+    }
+
+    /// Reads one more DATA frame into the buffer; `Ok(false)` at the stream's end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, Error>> {
+        match ready!(self.stream.recv.poll_data(cx)) {
+            Some(Ok(chunk)) => {
+                let _ = self
+                    .stream
+                    .recv
+                    .flow_control()
+                    .release_capacity(chunk.len());
+                if self.buf.is_empty() {
+                    self.buf = BytesMut::from(chunk);
+                } else {
+                    self.buf.extend_from_slice(&chunk);
+                }
+                Poll::Ready(Ok(true))
+            }
+            Some(Err(e)) if e.reason() == Some(h2::Reason::NO_ERROR) => Poll::Ready(Ok(false)),
+            Some(Err(e)) => Poll::Ready(Err(Error::Stream(e))),
+            None => Poll::Ready(Ok(false)),
+        }
+    }
+}
+
+/// Kept connections, by [`Key`].
+#[derive(Default)]
+pub struct Kept {
+    idle: Mutex<HashMap<Key, Vec<(Instant, Conn)>>>,
+}
+
+impl Kept {
+    pub fn get() -> &'static Kept {
+        static K: std::sync::OnceLock<Kept> = std::sync::OnceLock::new();
+        K.get_or_init(Kept::default)
+    }
+
+    /// The most recently returned connection that can still be used.
+    pub fn take(&self, key: &Key) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap();
+        let list = idle.get_mut(key)?;
+        while let Some((since, mut c)) = list.pop() {
+            if since.elapsed() < IDLE_TIMEOUT && c.usable() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn put(&self, key: Key, c: Conn) {
+        let mut idle = self.idle.lock().unwrap();
+        let list = idle.entry(key).or_default();
+        list.retain(|(since, _)| since.elapsed() < IDLE_TIMEOUT);
+        if list.len() < IDLE_PER_KEY {
+            list.push((Instant::now(), c));
+        }
+    }
+}
+
+/// Methods whose requests carry `content-length: 0` when empty, as hyper's client does.
+fn body_expected(m: &Method) -> bool {
+    !matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// The request as bytes: the head in origin form with the headers as given (but
+/// `content-length`, set from the body, and `transfer-encoding`, dropped since the body is
+/// whole), then the body.
+fn encode(parts: &http::request::Parts, body: &[u8]) -> Bytes {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut out = BytesMut::with_capacity(256 + body.len());
+    out.put_slice(parts.method.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(path.as_bytes());
+    out.put_slice(b" HTTP/1.1\r\n");
+    let mut had_length = false;
+    for (name, value) in &parts.headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            had_length = true;
+            continue;
+        }
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    if had_length || !body.is_empty() || body_expected(&parts.method) {
+        out.put_slice(b"content-length: ");
+        out.put_slice(body.len().to_string().as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"\r\n");
+    out.put_slice(body);
+    out.freeze()
+}
+
+/// How the response body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the upstream closes: the connection is not kept.
+    Close,
+    Done,
+}
+
+/// Where the chunked decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// In a chunk's data, this much left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+}
+
+/// Sends the request on `conn` and reads the response head. The response body reads from
+/// `conn`, which goes back to [`Kept`] under `key` once the body has been read to the end
+/// (when the response allows keeping it).
+pub async fn send(
+    mut conn: Conn,
+    key: Key,
+    parts: &http::request::Parts,
+    body: &Bytes,
+) -> Result<Response<Body>, Error> {
+    let keep_request = !has_token(&parts.headers, "close");
+    conn.stream.send.send_data(encode(parts, body), false)?;
+    let (mut head, framing, keep) = loop {
+        if let Some(h) = parse_head(&mut conn.buf, parts.method == Method::HEAD)? {
+            break h;
+        }
+        if conn.buf.len() > MAX_HEAD {
+            return Err(Error::Malformed("response head too large".into()));
+        }
+        if !std::future::poll_fn(|cx| conn.poll_fill(cx)).await? {
+            return Err(Error::Closed);
+        }
+    };
+    let mut b = UpBody {
+        conn: Some(conn),
+        framing,
+        back: (keep && keep_request).then_some(key),
+        ready: None,
+    };
+    b.take_buffered();
+    let boxed = http_body_util::BodyExt::boxed(b);
+    *head.body_mut() = boxed;
+    Ok(head)
+}
+
+/// Whether a `connection` header lists `token`.
+fn has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(CONNECTION).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// A final response head from the front of `buf` (informational ones are skipped), its body
+/// framing and whether the connection may be kept; `None` while incomplete.
+#[allow(clippy::type_complexity)]
+fn parse_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<Option<(Response<Body>, Framing, bool)>, Error> {
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut r = httparse::Response::new(&mut fields);
+        let n = match r.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(Error::Malformed(e.to_string())),
+        };
+        let code = r.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| Error::Malformed(format!("status code {code}")))?;
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(Error::Malformed("101 to a request without Upgrade".into()));
+            }
+            buf.advance(n);
+            continue;
+        }
+        let version = if r.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        let mut headers = HeaderMap::with_capacity(r.headers.len());
+        for f in r.headers.iter() {
+            let name = HeaderName::from_bytes(f.name.as_bytes())
+                .map_err(|_| Error::Malformed(format!("header name {:?}", f.name)))?;
+            let value = HeaderValue::from_bytes(f.value)
+                .map_err(|_| Error::Malformed(format!("value of header {name}")))?;
+            headers.append(name, value);
+        }
+        buf.advance(n);
+        let (framing, mut keep) = framing(&mut headers, status, head_request)?;
+        keep &= version == Version::HTTP_11 && !has_token(&headers, "close");
+        let mut resp = Response::new(crate::full(Bytes::new()));
+        *resp.status_mut() = status;
+        *resp.version_mut() = version;
+        *resp.headers_mut() = headers;
+        return Ok(Some((resp, framing, keep)));
+    }
+}
+
+/// The body framing of a response (RFC 9112 §6.3), and whether it allows keeping the
+/// connection.
+fn framing(
+    headers: &mut HeaderMap,
+    status: StatusCode,
+    head_request: bool,
+) -> Result<(Framing, bool), Error> {
+    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok((Framing::Done, true));
+    }
+    if headers.contains_key(TRANSFER_ENCODING) {
+        let chunked_last = headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
+        if !chunked_last {
+            return Ok((Framing::Close, false));
+        }
+        // Transfer-Encoding overrides Content-Length, which must not be passed on; such a
+        // message may be an attempt at smuggling, so the connection is not kept.
+        let both = headers.remove(CONTENT_LENGTH).is_some();
+        return Ok((Framing::Chunked(Chunk::Size), !both));
+    }
+    let mut length = None;
+    for v in headers.get_all(CONTENT_LENGTH) {
+        for part in v.to_str().unwrap_or("x").split(',') {
+            let n: u64 = part
+                .trim()
+                .parse()
+                .map_err(|_| Error::Malformed("content-length".into()))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Error::Malformed("conflicting content-length".into()));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => (Framing::Done, true),
+        Some(n) => (Framing::Length(n), true),
+        None => (Framing::Close, false),
+    })
+}
+
+/// A response body read from its connection.
+struct UpBody {
+    /// `None` once given back or dropped.
+    conn: Option<Conn>,
+    framing: Framing,
+    /// Where the connection goes when the body is done; `None`: it is not kept.
+    back: Option<Key>,
+    /// Data already taken from the buffer, handed out next.
+    ready: Option<Bytes>,
+}
+
+impl UpBody {
+    /// Takes what the buffer holds of a `content-length` body, so that a body that came with
+    /// its head gives its connection back at once.
+    fn take_buffered(&mut self) {
+        if let (Framing::Length(n), Some(c)) = (self.framing, self.conn.as_mut()) {
+            if !c.buf.is_empty() {
+                let k = (c.buf.len() as u64).min(n) as usize;
+                self.ready = Some(c.buf.split_to(k).freeze());
+                self.framing = if k as u64 == n {
+                    Framing::Done
+                } else {
+                    Framing::Length(n - k as u64)
+                };
+            }
+        }
+        if self.framing == Framing::Done {
+            self.finish();
+        }
+    }
+
+    /// The body is complete: the connection goes back when it may and nothing extra came.
+    fn finish(&mut self) {
+        self.framing = Framing::Done;
+        if let (Some(key), Some(c)) = (self.back.take(), self.conn.take()) {
+            if c.buf.is_empty() {
+                Kept::get().put(key, c);
+            }
+        }
+        self.conn = None;
+    }
+}
+
+/// The next piece of a chunked body from `buf`, `None` when more must be read; `framing`
+/// becomes [`Framing::Done`] after the last chunk and the trailers (which are dropped, as
+/// hyper's HTTP/1 client does).
+fn decode_chunked(framing: &mut Framing, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
+    loop {
+        let Framing::Chunked(state) = *framing else {
+            return Ok(None);
+        };
+        match state {
+            Chunk::Size => {
+                let Some(line) = take_line(buf)? else {
+                    return Ok(None);
+                };
+                let size = line.split(|b| *b == b';').next().unwrap_or_default();
+                let size = std::str::from_utf8(size)
+                    .ok()
+                    .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
+                    .ok_or_else(|| Error::Malformed("chunk size".into()))?;
+                *framing = Framing::Chunked(if size == 0 {
+                    Chunk::Trailers
+                } else {
+                    Chunk::Data(size)
+                });
+            }
+            Chunk::Data(n) => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let k = (buf.len() as u64).min(n) as usize;
+                let data = buf.split_to(k).freeze();
+                *framing = Framing::Chunked(if k as u64 == n {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(n - k as u64)
+                });
+                return Ok(Some(data));
+            }
+            Chunk::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(None);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(Error::Malformed("chunk data end".into()));
+                }
+                buf.advance(2);
+                *framing = Framing::Chunked(Chunk::Size);
+            }
+            Chunk::Trailers => {
+                let Some(line) = take_line(buf)? else {
+                    return Ok(None);
+                };
+                if line.is_empty() {
+                    *framing = Framing::Done;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// One CRLF-terminated line from the front of `buf`, without the CRLF.
+fn take_line(buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
+    match buf.iter().position(|b| *b == b'\n') {
+        Some(i) => {
+            let mut line = buf.split_to(i + 1).freeze();
+            line.truncate(i);
+            if line.last() == Some(&b'\r') {
+                line.truncate(i - 1);
+            }
+            Ok(Some(line))
+        }
+        None if buf.len() > 4096 => Err(Error::Malformed("chunk line too long".into())),
+        None => Ok(None),
+    }
+}
+
+impl hyper::body::Body for UpBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(data) = this.ready.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        loop {
+            match this.framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(n) => {
+                    let Some(c) = this.conn.as_mut() else {
+                        return Poll::Ready(Some(Err(Error::Closed.into())));
+                    };
+                    if !c.buf.is_empty() {
+                        let k = (c.buf.len() as u64).min(n) as usize;
+                        let data = c.buf.split_to(k).freeze();
+                        if k as u64 == n {
+                            this.finish();
+                        } else {
+                            this.framing = Framing::Length(n - k as u64);
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                Framing::Close => {
+                    let Some(c) = this.conn.as_mut() else {
+                        return Poll::Ready(None);
+                    };
+                    if !c.buf.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(c.buf.split().freeze()))));
+                    }
+                }
+                Framing::Chunked(_) => {
+                    let Some(c) = this.conn.as_mut() else {
+                        return Poll::Ready(Some(Err(Error::Closed.into())));
+                    };
+                    match decode_chunked(&mut this.framing, &mut c.buf) {
+                        Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                        Ok(None) if this.framing == Framing::Done => {
+                            this.finish();
+                            return Poll::Ready(None);
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                    }
+                }
+            }
+            let Some(c) = this.conn.as_mut() else {
+                return Poll::Ready(Some(Err(Error::Closed.into())));
+            };
+            match ready!(c.poll_fill(cx)) {
+                Ok(true) => {}
+                Ok(false) if this.framing == Framing::Close => {
+                    this.framing = Framing::Done;
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(false) => return Poll::Ready(Some(Err(Error::Closed.into()))),
+                Err(e) => return Poll::Ready(Some(Err(e.into()))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ready.is_none() && self.framing == Framing::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let ready = self.ready.as_ref().map_or(0, |b| b.len() as u64);
+        match self.framing {
+            Framing::Done => SizeHint::with_exact(ready),
+            Framing::Length(n) => SizeHint::with_exact(ready + n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(
+        raw: &str,
+        head_request: bool,
+    ) -> Result<Option<(Response<Body>, Framing, bool)>, Error> {
+        parse_head(&mut BytesMut::from(raw), head_request)
+    }
+
+    #[test]
+    fn framings() {
+        let (r, f, keep) = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (r.status(), f, keep),
+            (StatusCode::OK, Framing::Length(5), true)
+        );
+        let (_, f, keep) = head(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((f, keep), (Framing::Chunked(Chunk::Size), true));
+        // Both: chunked wins, content-length is dropped, the connection is not kept.
+        let (r, f, keep) = head(
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!r.headers().contains_key(CONTENT_LENGTH));
+        assert_eq!((f, keep), (Framing::Chunked(Chunk::Size), false));
+        let (_, f, keep) = head("HTTP/1.1 200 OK\r\n\r\n", false).unwrap().unwrap();
+        assert_eq!((f, keep), (Framing::Close, false));
+        let (_, f, keep) = head("HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!((f, keep), (Framing::Done, true));
+        let (_, f, _) = head(
+            "HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(f, Framing::Done);
+        let (_, _, keep) = head(
+            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!keep);
+        let (_, _, keep) = head("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert!(!keep);
+    }
+
+    #[test]
+    fn informational_skipped_and_partial() {
+        let (r, _, _) = head(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        assert!(head("HTTP/1.1 200 OK\r\ncontent-le", false)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn bad_heads() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "NOT HTTP\r\n\r\n",
+        ] {
+            assert!(head(raw, false).is_err(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn encodes_origin_form_with_length() {
+        let (mut parts, ()) = http::Request::post("/p?q=1").body(()).unwrap().into_parts();
+        parts
+            .headers
+            .insert("host", HeaderValue::from_static("svc"));
+        parts
+            .headers
+            .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        let out = encode(&parts, b"abc");
+        assert_eq!(
+            &out[..],
+            b"POST /p?q=1 HTTP/1.1\r\nhost: svc\r\ncontent-length: 3\r\n\r\nabc"
+        );
+        let (parts, ()) = http::Request::get("/").body(()).unwrap().into_parts();
+        assert_eq!(&encode(&parts, b"")[..], b"GET / HTTP/1.1\r\n\r\n");
+    }
+
+    #[test]
+    fn chunked_decoding() {
+        let mut f = Framing::Chunked(Chunk::Size);
+        let mut buf = BytesMut::from("3;ext=1\r\nabc\r\n5");
+        assert_eq!(decode_chunked(&mut f, &mut buf).unwrap().unwrap(), "abc");
+        // A size line not complete yet.
+        assert_eq!(decode_chunked(&mut f, &mut buf).unwrap(), None);
+        assert_eq!(f, Framing::Chunked(Chunk::Size));
+        // The rest arrives in pieces.
+        buf.extend_from_slice(b"\r\nxy");
+        assert_eq!(decode_chunked(&mut f, &mut buf).unwrap().unwrap(), "xy");
+        assert_eq!(f, Framing::Chunked(Chunk::Data(3)));
+        buf.extend_from_slice(b"zzz\r\n0\r\ntrailer: t\r\n\r\n");
+        assert_eq!(decode_chunked(&mut f, &mut buf).unwrap().unwrap(), "zzz");
+        assert_eq!(decode_chunked(&mut f, &mut buf).unwrap(), None);
+        assert_eq!(f, Framing::Done);
+        assert!(buf.is_empty());
+        for bad in ["zz\r\n", "2\r\nabXY"] {
+            let mut f = Framing::Chunked(Chunk::Size);
+            let mut buf = BytesMut::from(bad);
+            let r = decode_chunked(&mut f, &mut buf).and_then(|_| decode_chunked(&mut f, &mut buf));
+            assert!(r.is_err(), "{bad}");
+        }
+        let mut long = BytesMut::from(&[b'1'; 5000][..]);
+        assert!(take_line(&mut long).is_err());
+    }
+}
