@@ -3,7 +3,7 @@
 # the local mesh and the benchmarks use. Idempotent; safe to run repeatedly.
 set -euo pipefail
 
-PACKAGES=(iproute2 iptables nftables procps tcpdump curl python3 ca-certificates)
+PACKAGES=(iproute2 iptables nftables procps tcpdump curl python3 ca-certificates ethtool)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -10,7 +10,8 @@
 //! Per setup: the most requests per second 8 keep-alive connections get, and p50/p99 latency
 //! at a fixed 1,000 requests/s over 4 connections, with the CPU seconds the waypoint (and the
 //! ztunnels) used for them. Every response is checked (status 200, 1,024 body bytes). Setups
-//! alternate `runs` times; each figure is the median.
+//! alternate `runs` times; each figure is the median. The node links behave like NICs
+//! between machines unless `--node-links inline` ([`mesh::thread_node_links`]).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -36,6 +37,10 @@ pub struct L7Options {
     pub rate: f64,
     /// The setups to measure (all of [`SETUPS`] by default); the others are reported empty.
     pub setups: Vec<String>,
+    /// Node links like NICs between machines ([`mesh::thread_node_links`]), so that each
+    /// process's CPU is its own node's share; `false`: plain veths, where a sender's `write`
+    /// also runs the receiving node's packet path.
+    pub threaded_links: bool,
 }
 
 impl Default for L7Options {
@@ -45,6 +50,7 @@ impl Default for L7Options {
             runs: 3,
             rate: 1000.0,
             setups: SETUPS.iter().map(|s| s.to_string()).collect(),
+            threaded_links: true,
         }
     }
 }
@@ -73,6 +79,8 @@ pub struct L7Figures {
 
 #[derive(Debug, Serialize)]
 pub struct L7Report {
+    /// `threaded` (node links like NICs between machines) or `inline` (plain veths).
+    pub node_links: &'static str,
     pub direct: L7Figures,
     pub ztunnel: L7Figures,
     pub waypoint: L7Figures,
@@ -126,7 +134,12 @@ pub fn run(opts: &L7Options) -> Result<L7Report> {
             ..UpOptions::default()
         },
     )
-    .and_then(|state| measure_all(&state, opts));
+    .and_then(|state| {
+        if opts.threaded_links {
+            mesh::thread_node_links(&paths, &state)?;
+        }
+        measure_all(&state, opts)
+    });
     if let Err(e) = mesh::down(&paths) {
         eprintln!("bench l7: tearing the mesh down: {e:#}");
     }
@@ -222,6 +235,11 @@ fn measure_all(state: &MeshState, opts: &L7Options) -> Result<L7Report> {
         }
     };
     Ok(L7Report {
+        node_links: if opts.threaded_links {
+            "threaded"
+        } else {
+            "inline"
+        },
         direct: med(&figures[0]),
         ztunnel: med(&figures[1]),
         waypoint: med(&figures[2]),
@@ -436,5 +454,14 @@ pub fn table(r: &L7Report) -> String {
         opt(r.waypoint.ztunnels_cpu_s_per_1k)
     );
     out += &format!("waypoint RSS: {} KiB\n", opt(r.waypoint.waypoint_rss_kib));
+    out += &format!(
+        "node links: {} ({})\n",
+        r.node_links,
+        if r.node_links == "threaded" {
+            "the receiving node's packet path runs in its own kernel thread, as on another machine"
+        } else {
+            "plain veths: a sender's write also runs the receiving node's packet path"
+        }
+    );
     out
 }

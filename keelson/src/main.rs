@@ -21,6 +21,7 @@ const USAGE: &str = "usage:
       hand-written HTTP/1.1 server for framing tests)
   keelson bench l4 [--json] [--runs N] [--seconds N] [--idle-connections N]
   keelson bench l7 [--json] [--runs N] [--seconds N] [--rate R] [--setups direct,ztunnel,waypoint]
+                   [--node-links threaded|inline]
       two pods in network namespaces, measured direct and through two ztunnels;
       each figure is the median of N runs (default 3)
   keelson controlplane --resources DIR --state-dir DIR [--listen ADDR] [--san NAME]...
@@ -125,6 +126,13 @@ fn bench_l7(args: &[&str]) -> anyhow::Result<()> {
             "--seconds" => opts.seconds = value("--seconds", &mut it)?,
             "--runs" => opts.runs = value("--runs", &mut it)? as usize,
             "--rate" => opts.rate = value("--rate", &mut it)?,
+            "--node-links" => {
+                opts.threaded_links = match it.next().copied() {
+                    Some("threaded") => true,
+                    Some("inline") => false,
+                    _ => anyhow::bail!("--node-links: threaded or inline"),
+                }
+            }
             "--setups" => {
                 let list = it
                     .next()

@@ -30,9 +30,9 @@ pub struct RetryOn {
     /// `retriable-status-codes` (with bare codes added to `codes`).
     pub status_codes: bool,
     pub codes: Vec<u16>,
-    /// gRPC status codes (cancelled 1, deadline-exceeded 4, resource-exhausted 8,
-    /// internal 13, unavailable 14).
-    pub grpc: Vec<u32>,
+    /// gRPC status codes, one bit each (cancelled 1, deadline-exceeded 4,
+    /// resource-exhausted 8, internal 13, unavailable 14): no allocation per policy.
+    pub grpc: u32,
     /// Per-try timeouts retried without `5xx`/`gateway-error` (Gateway API's retry, GW-53).
     pub timeouts: bool,
 }
@@ -52,11 +52,11 @@ impl RetryOn {
                 "refused-stream" => on.refused_stream = true,
                 "retriable-4xx" => on.retriable_4xx = true,
                 "retriable-status-codes" => on.status_codes = true,
-                "cancelled" => on.grpc.push(1),
-                "deadline-exceeded" => on.grpc.push(4),
-                "resource-exhausted" => on.grpc.push(8),
-                "internal" => on.grpc.push(13),
-                "unavailable" => on.grpc.push(14),
+                "cancelled" => on.grpc |= 1 << 1,
+                "deadline-exceeded" => on.grpc |= 1 << 4,
+                "resource-exhausted" => on.grpc |= 1 << 8,
+                "internal" => on.grpc |= 1 << 13,
+                "unavailable" => on.grpc |= 1 << 14,
                 other => {
                     if let Ok(code) = other.parse::<u16>() {
                         on.codes.push(code);
@@ -87,7 +87,7 @@ impl RetryOn {
                     || (self.gateway_error && matches!(status, 502..=504))
                     || (self.retriable_4xx && status == 409)
                     || (self.status_codes && self.codes.contains(&status))
-                    || grpc.is_some_and(|g| self.grpc.contains(&g))
+                    || grpc.is_some_and(|g| g < 32 && self.grpc & (1 << g) != 0)
             }
         }
     }
@@ -120,13 +120,20 @@ impl RetryPolicy {
     /// Istio's mesh default when a route says nothing (VS-15): 2 retries on
     /// `connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes`.
     pub fn mesh_default() -> RetryPolicy {
+        // RetryOn::parse("connect-failure,refused-stream,unavailable,cancelled,
+        // retriable-status-codes"), built without parsing: every request without a route
+        // policy gets one.
         RetryPolicy {
             retries: 2,
             per_try_timeout: None,
             backoff: DEFAULT_BACKOFF,
-            on: RetryOn::parse(
-                "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
-            ),
+            on: RetryOn {
+                connect_failure: true,
+                refused_stream: true,
+                status_codes: true,
+                grpc: 1 << 14 | 1 << 1,
+                ..RetryOn::default()
+            },
         }
     }
 
@@ -196,5 +203,27 @@ impl RetryPolicy {
             .min(cap);
         let ms = upper.as_millis().max(1) as u64;
         Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mesh_default_is_istios_list() {
+        assert_eq!(
+            RetryPolicy::mesh_default().on,
+            RetryOn::parse(
+                "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+            )
+        );
+        let on = RetryOn::parse("deadline-exceeded,internal");
+        let grpc = |g| Outcome::Response {
+            status: 200,
+            grpc: Some(g),
+        };
+        assert!(on.matches(grpc(4)) && on.matches(grpc(13)));
+        assert!(!on.matches(grpc(14)) && !on.matches(grpc(40)));
     }
 }

@@ -124,17 +124,19 @@ impl Context {
             (true, "FI") => "DI,FI",
             (true, f) => f,
         };
-        tracing::event!(target: "access", tracing::Level::INFO,
-            src.identity = %self.source,
-            destination = %self.dst_name,
-            %method, path = %full_path, authority = %host,
-            route = %route_name,
-            upstream = out.upstream.as_ref().map(|w| w.name.as_str()).unwrap_or("-"),
-            status = out.resp.status().as_u16(),
-            response_flags = flag,
-            attempts = out.tries,
-            duration_ms = started.elapsed().as_millis() as u64,
-            "request");
+        crate::accesslog::request(&crate::accesslog::Request {
+            source: &self.source,
+            destination: &self.dst_name,
+            method: method.as_str(),
+            path: &full_path,
+            authority: &host,
+            route: &route_name,
+            upstream: out.upstream.as_ref().map_or("-", |w| w.name.as_str()),
+            status: out.resp.status().as_u16(),
+            flags: flag,
+            attempts: out.tries,
+            duration_ms: started.elapsed().as_millis() as u64,
+        });
         out.resp
     }
 
@@ -201,9 +203,6 @@ impl Context {
             let (outcome, mut resp, upstream, flag) = self
                 .try_once(&backend, req, retry.per_try_timeout, &tried)
                 .await;
-            if let Some(w) = &upstream {
-                tried.push(w.uid.clone());
-            }
             if streaming_used || !retry.again(n, outcome) {
                 if let Some(down) = on_down {
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -218,6 +217,9 @@ impl Context {
                 };
             }
             drop(resp);
+            if let Some(w) = &upstream {
+                tried.push(w.uid.clone());
+            }
             tokio::time::sleep(retry.wait(n)).await;
         }
     }
@@ -363,7 +365,11 @@ async fn exchange(
     client: SocketAddr,
     req: Upstream<'_>,
 ) -> std::result::Result<Response<Body>, Failure> {
-    let key: h1::Key = (p.w.uid.clone(), p.port, client.ip());
+    let ip = p.w.addresses.first().copied();
+    let key: h1::Key = (
+        SocketAddr::new(ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()), p.port),
+        client.ip(),
+    );
     let req = match req {
         Upstream::Whole(parts, body)
             if parts.version != http::Version::HTTP_2

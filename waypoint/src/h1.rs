@@ -35,9 +35,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// At most this many kept per key.
 const IDLE_PER_KEY: usize = 64;
 
-/// (endpoint workload uid, target port, client IP): the client's address travels in the
+/// (endpoint address and target port, client IP): the client's address travels in the
 /// tunnel's `Forwarded` header, so connections are not shared between clients.
-pub type Key = (String, u16, std::net::IpAddr);
+pub type Key = (std::net::SocketAddr, std::net::IpAddr);
 
 /// Why an exchange failed after the connection was there.
 #[derive(Debug, thiserror::Error)]

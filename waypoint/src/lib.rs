@@ -32,6 +32,7 @@ use ztunnel::admin::Readiness;
 use ztunnel::proxy::{socket, ProxyError, ProxyInputs};
 use ztunnel::state::{Service, State, Workload};
 
+mod accesslog;
 pub mod config;
 mod forward;
 mod h1;

@@ -117,14 +117,25 @@ impl Write for Line {
 
 impl Drop for Line {
     fn drop(&mut self) {
-        let mut p = lock();
-        if self.urgent || p.buf.len() >= FLUSH_BYTES {
-            write_out(&mut p);
-        } else if !p.armed && !p.buf.is_empty() {
-            p.armed = true;
-            shared().wake.notify_one();
-        }
+        written(&mut lock(), self.urgent);
     }
+}
+
+/// After a line: out at once when urgent or the batch is full, else within [`FLUSH_DELAY`].
+fn written(p: &mut Pending, urgent: bool) {
+    if urgent || p.buf.len() >= FLUSH_BYTES {
+        write_out(p);
+    } else if !p.armed && !p.buf.is_empty() {
+        p.armed = true;
+        shared().wake.notify_one();
+    }
+}
+
+/// Adds lines formatted elsewhere (the waypoint's access log) to the batch, as INFO lines.
+pub fn append(lines: &[u8]) {
+    let mut p = lock();
+    p.buf.extend_from_slice(lines);
+    written(&mut p, false);
 }
 
 impl<'a> MakeWriter<'a> for Batched {

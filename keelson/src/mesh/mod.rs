@@ -1182,6 +1182,31 @@ pub fn status(paths: &Paths) -> Result<String> {
 
 /// Removes everything the mesh made: processes inside its namespaces, the namespaces (and
 /// with them every link, route and rule in them), their resolv.conf, the state directory.
+/// Makes each node's link into the fabric behave like a NIC between machines: what a node
+/// sends is received by the fabric in a NAPI kernel thread of its own (GRO on, `threaded`),
+/// so the fabric bridge and the receiving node's whole path (its bridges, netfilter, the
+/// destination pod's TCP receive) no longer run inside the sender's `write`, charged to the
+/// sending process, as they do on one machine with plain veths. Used by `keelson bench l7`
+/// so that a proxy's CPU is its own node's share, as a multi-node cluster would measure it.
+/// The node side of each link stops doing TSO (veth hands only unsegmented TCP to NAPI),
+/// which makes bulk transfers dearer: not for throughput benchmarks.
+pub fn thread_node_links(paths: &Paths, state: &MeshState) -> Result<()> {
+    let fabric = paths.netns("fabric");
+    for node in &state.nodes {
+        let port = format!("n{}", node.index);
+        in_netns(&node.netns, "ethtool", &["-K", "eth0", "tso", "off"])?;
+        in_netns(&fabric, "ethtool", &["-K", &port, "gro", "on"])?;
+        // sysfs shows the devices of the namespace it was mounted in: `ip netns exec`
+        // mounts the fabric's.
+        in_netns(
+            &fabric,
+            "sh",
+            &["-c", &format!("echo 1 > /sys/class/net/{port}/threaded")],
+        )?;
+    }
+    Ok(())
+}
+
 pub fn down(paths: &Paths) -> Result<()> {
     let state = MeshState::load(paths).ok();
     let mut names = leftover_netns(paths);
