@@ -323,11 +323,7 @@ fn check_filter(f: &Filter, field: &str, rule: &Rule, on_backend: bool) -> Resul
                 return missing("requestRedirect");
             };
             if let Some(code) = r.status_code {
-                if ![301, 302, 303, 307, 308].contains(&code) {
-                    return Err(format!(
-                        "{field}.requestRedirect.statusCode: {code} is not 301, 302, 303, 307 or 308"
-                    ));
-                }
+                crate::check_redirect_code(&format!("{field}.requestRedirect.statusCode"), code)?;
             }
             if let Some(s) = &r.scheme {
                 if s != "http" && s != "https" {

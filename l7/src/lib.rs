@@ -9,6 +9,16 @@ pub mod retry;
 pub mod table;
 pub mod vsroute;
 
+/// A redirect's status code, as both APIs allow it (GW-26, VS-47; each has its own
+/// default): `Err` names `field`.
+pub fn check_redirect_code(field: &str, code: u16) -> Result<(), String> {
+    if [301, 302, 303, 307, 308].contains(&code) {
+        Ok(())
+    } else {
+        Err(format!("{field}: {code} is not 301, 302, 303, 307 or 308"))
+    }
+}
+
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

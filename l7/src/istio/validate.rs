@@ -205,11 +205,7 @@ fn check_redirect(r: &HttpRule, field: &str) -> Result<(), String> {
             return Err(format!("{f}: only one of uri, prefixRewrite"));
         }
         if let Some(c) = rd.redirect_code {
-            if ![301, 302, 303, 307, 308].contains(&c) {
-                return Err(format!(
-                    "{f}.redirectCode: {c} is not 301, 302, 303, 307 or 308"
-                ));
-            }
+            crate::check_redirect_code(&format!("{f}.redirectCode"), c)?;
         }
         if let Some(d) = &rd.derive_port {
             if d != "FROM_PROTOCOL_DEFAULT" && d != "FROM_REQUEST_PORT" {
