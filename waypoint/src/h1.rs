@@ -104,7 +104,7 @@ impl Conn {
 /// Kept connections, by [`Key`].
 #[derive(Default)]
 pub struct Kept {
-    idle: Mutex<HashMap<Key, Vec<(Instant, Conn)>>>,
+    idle: Mutex<Idle<Conn>>,
 }
 
 impl Kept {
@@ -115,22 +115,70 @@ impl Kept {
 
     /// The most recently returned connection that can still be used.
     pub fn take(&self, key: &Key) -> Option<Conn> {
-        let mut idle = self.idle.lock().unwrap();
-        let list = idle.get_mut(key)?;
-        while let Some((since, mut c)) = list.pop() {
-            if since.elapsed() < IDLE_TIMEOUT && c.usable() {
-                return Some(c);
-            }
-        }
-        None
+        self.idle
+            .lock()
+            .unwrap()
+            .take(key, Instant::now(), Conn::usable)
     }
 
     fn put(&self, key: Key, c: Conn) {
-        let mut idle = self.idle.lock().unwrap();
-        let list = idle.entry(key).or_default();
-        list.retain(|(since, _)| since.elapsed() < IDLE_TIMEOUT);
+        self.idle.lock().unwrap().put(key, c, Instant::now());
+    }
+}
+
+/// Idle things by key, newest last, each kept [`IDLE_TIMEOUT`], at most [`IDLE_PER_KEY`] per
+/// key. Expired ones go when their key is used, and all of them once per [`IDLE_TIMEOUT`]
+/// (so that keys of endpoints that went away do not pile up, nor their HBONE streams).
+struct Idle<T> {
+    by_key: HashMap<Key, Vec<(Instant, T)>>,
+    swept: Option<Instant>,
+}
+
+impl<T> Default for Idle<T> {
+    fn default() -> Self {
+        Idle {
+            by_key: HashMap::new(),
+            swept: None,
+        }
+    }
+}
+
+impl<T> Idle<T> {
+    fn take(
+        &mut self,
+        key: &Key,
+        now: Instant,
+        mut usable: impl FnMut(&mut T) -> bool,
+    ) -> Option<T> {
+        let list = self.by_key.get_mut(key)?;
+        let mut found = None;
+        while let Some((since, mut t)) = list.pop() {
+            if now.duration_since(since) < IDLE_TIMEOUT && usable(&mut t) {
+                found = Some(t);
+                break;
+            }
+        }
+        if list.is_empty() {
+            self.by_key.remove(key);
+        }
+        found
+    }
+
+    fn put(&mut self, key: Key, t: T, now: Instant) {
+        if self
+            .swept
+            .is_none_or(|at| now.duration_since(at) >= IDLE_TIMEOUT)
+        {
+            self.swept = Some(now);
+            self.by_key.retain(|_, list| {
+                list.retain(|(since, _)| now.duration_since(*since) < IDLE_TIMEOUT);
+                !list.is_empty()
+            });
+        }
+        let list = self.by_key.entry(key).or_default();
+        list.retain(|(since, _)| now.duration_since(*since) < IDLE_TIMEOUT);
         if list.len() < IDLE_PER_KEY {
-            list.push((Instant::now(), c));
+            list.push((now, t));
         }
     }
 }
@@ -640,6 +688,35 @@ mod tests {
         );
         let (parts, ()) = http::Request::get("/").body(()).unwrap().into_parts();
         assert_eq!(&encode(&parts, b"")[..], b"GET / HTTP/1.1\r\n\r\n");
+    }
+
+    #[test]
+    fn idle_connections_expire_and_keys_go() {
+        let key = |n: u8| -> Key {
+            (
+                std::net::SocketAddr::from(([10, 0, 0, n], 80)),
+                std::net::IpAddr::from([10, 1, 0, 1]),
+            )
+        };
+        let t0 = Instant::now();
+        let mut idle: Idle<u32> = Idle::default();
+        idle.put(key(1), 1, t0);
+        idle.put(key(1), 2, t0);
+        // Newest first; one found unusable is dropped on the way.
+        assert_eq!(idle.take(&key(1), t0, |t| *t != 2), Some(1));
+        assert!(idle.by_key.is_empty(), "an emptied key is removed");
+        for i in 0..(IDLE_PER_KEY as u32 + 5) {
+            idle.put(key(2), i, t0);
+        }
+        assert_eq!(idle.by_key[&key(2)].len(), IDLE_PER_KEY);
+        // Expired: not handed out.
+        let later = t0 + IDLE_TIMEOUT;
+        assert_eq!(idle.take(&key(2), later, |_| true), None);
+        idle.put(key(3), 3, t0);
+        // A put a timeout later sweeps every key: key(3)'s entry has expired too.
+        idle.put(key(4), 4, later + IDLE_TIMEOUT);
+        assert_eq!(idle.by_key.len(), 1);
+        assert_eq!(idle.take(&key(4), later + IDLE_TIMEOUT, |_| true), Some(4));
     }
 
     #[test]
