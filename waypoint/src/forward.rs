@@ -38,6 +38,7 @@ pub struct Context {
     pub source_namespace: String,
     pub client: SocketAddr,
     pub config: Arc<L7Config>,
+    pub tables: crate::plan::Tables,
 }
 
 /// A request body: held (replayable) or streaming (one use).
@@ -74,6 +75,7 @@ impl Context {
             pi: &self.pi,
             config: &self.config,
             source_namespace: &self.source_namespace,
+            tables: Some(&self.tables),
         };
         let plan = crate::plan::plan(&facts, &self.dst, &mut req, &host);
         let mut delayed = false;
@@ -530,11 +532,10 @@ async fn exchange_h2(
             tokio::spawn(async move {
                 let _ = conn.await;
             });
-            H2Upstreams::get()
-                .conns
-                .lock()
-                .unwrap()
-                .insert(key, s.clone());
+            let mut conns = H2Upstreams::get().conns.lock().unwrap();
+            // Connections that closed since (endpoints that went away) go now.
+            conns.retain(|_, s| !s.is_closed());
+            conns.insert(key, s.clone());
             s
         }
     };

@@ -164,6 +164,7 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
             source_namespace: source.namespace.to_string(),
             client,
             config: l7_config(),
+            tables: Default::default(),
         });
         let svc = hyper::service::service_fn(move |req| {
             let ctx = ctx.clone();

@@ -94,7 +94,20 @@ pub struct Facts<'a> {
     pub pi: &'a ProxyInputs,
     pub config: &'a L7Config,
     pub source_namespace: &'a str,
+    /// The tunnel's tables, when it keeps them ([`Tables`]).
+    pub tables: Option<&'a Tables>,
 }
+
+type Found = (
+    Arc<Option<l7::table::RouteTable>>,
+    Option<Arc<Option<l7::vsroute::VsTable>>>,
+);
+
+/// The HTTPRoute and VirtualService tables of one tunnel's destination and client, kept for
+/// the state version they were looked up in: the requests of a tunnel do not look them up
+/// (three key strings, two locks) each time.
+#[derive(Default)]
+pub struct Tables(std::sync::Mutex<Option<(u64, Found)>>);
 
 pub fn plan<B>(f: &Facts<'_>, dst: &Destination, req: &mut Request<B>, host: &str) -> Plan {
     let Destination::Service { svc, port } = dst else {
@@ -107,17 +120,37 @@ pub fn plan<B>(f: &Facts<'_>, dst: &Destination, req: &mut Request<B>, host: &st
         port_name: None,
         client_namespace: f.source_namespace,
     };
-    let table = f.config.route_table(&f.pi.state, &frontend);
-    if let Some(table) = table.as_ref() {
+    let look_up = || {
+        let routes = f.config.route_table(&f.pi.state, &frontend);
+        if routes.is_some() {
+            return (routes, None);
+        }
+        let vs_frontend = l7::vsroute::Frontend {
+            service_namespace: &svc.namespace,
+            hostname: &svc.hostname,
+            waypoint_namespace: f.pi.cfg.pod_namespace.as_deref().unwrap_or(""),
+        };
+        (routes, Some(f.config.vs_table(&f.pi.state, &vs_frontend)))
+    };
+    let (routes, vss) = match f.tables {
+        None => look_up(),
+        Some(Tables(kept)) => {
+            let version = f.pi.state.version();
+            let mut kept = kept.lock().unwrap();
+            match kept.as_ref() {
+                Some((v, found)) if *v == version => found.clone(),
+                _ => {
+                    let found = look_up();
+                    *kept = Some((version, found.clone()));
+                    found
+                }
+            }
+        }
+    };
+    if let Some(table) = routes.as_ref().as_ref() {
         return http_route(f, table, *port, req, host);
     }
-    let vs_frontend = l7::vsroute::Frontend {
-        service_namespace: &svc.namespace,
-        hostname: &svc.hostname,
-        waypoint_namespace: f.pi.cfg.pod_namespace.as_deref().unwrap_or(""),
-    };
-    let table = f.config.vs_table(&f.pi.state, &vs_frontend);
-    if let Some(table) = table.as_ref() {
+    if let Some(table) = vss.as_ref().and_then(|t| t.as_ref().as_ref()) {
         return virtual_service(f, table, *port, req, host);
     }
     Plan::new(Action::Forward(Backend::of(dst.clone())), None, host)
@@ -630,6 +663,7 @@ pub fn tcp_backend(
         pi,
         config,
         source_namespace: "",
+        tables: None,
     };
     vs_backend(&facts, &dest.destination, &vs.namespace, *port)
 }
