@@ -115,12 +115,16 @@ pub struct Service {
     /// ports whose protocol is known.
     #[serde(default)]
     pub app_protocols: BTreeMap<u16, String>,
+    /// [`Service::key`], made once: endpoints are looked up by it per connection.
+    #[serde(skip)]
+    pub key_text: std::sync::OnceLock<String>,
 }
 
 impl Service {
     /// The resource key used in `Workload.services`: `namespace/hostname`.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.hostname)
+    pub fn key(&self) -> &str {
+        self.key_text
+            .get_or_init(|| format!("{}/{}", self.namespace, self.hostname))
     }
 }
 
@@ -243,7 +247,7 @@ impl Index {
             idx.workloads.push(w.clone());
         }
         let mut ss: Vec<&Arc<Service>> = services.values().collect();
-        ss.sort_by_key(|s| s.key());
+        ss.sort_by(|a, b| a.key().cmp(b.key()));
         for s in ss {
             for ip in &s.addresses {
                 idx.by_vip.insert(*ip, s.clone());
@@ -335,7 +339,7 @@ impl State {
             res.workloads.insert(w.uid.clone(), Arc::new(w));
         }
         for s in update.services {
-            res.services.insert(s.key(), Arc::new(s));
+            res.services.insert(s.key().to_string(), Arc::new(s));
         }
         for name in &update.removed_policies {
             res.policies.remove(name);
@@ -443,7 +447,7 @@ impl State {
         let idx = self.index.read().unwrap();
         Some(
             idx.members
-                .get(&svc.key())
+                .get(svc.key())
                 .map(|ws| {
                     ws.iter()
                         .filter(|w| w.status == HealthStatus::Healthy)
@@ -470,7 +474,7 @@ impl State {
     pub fn target_port(svc: &Service, w: &Workload, service_port: u16) -> Option<u16> {
         if let Some(p) = w
             .services
-            .get(&svc.key())
+            .get(svc.key())
             .and_then(|m| m.get(&service_port))
         {
             if *p != 0 {
@@ -498,7 +502,7 @@ impl State {
         let idx = self.index.read().unwrap();
         let candidates: Vec<Endpoint> = idx
             .members
-            .get(&svc.key())?
+            .get(svc.key())?
             .iter()
             .filter(|w| w.status == HealthStatus::Healthy && !w.addresses.is_empty())
             .filter(|w| keep(w))
@@ -533,7 +537,7 @@ impl State {
         idx.services
             .iter()
             .find(|s| {
-                w.services.contains_key(&s.key())
+                w.services.contains_key(s.key())
                     && s.ports
                         .keys()
                         .any(|sp| Self::target_port(s, w, *sp) == Some(port))

@@ -105,7 +105,7 @@ fn delta_updates_add_replace_and_remove() {
     assert_eq!(names, ["b".to_string(), "c".to_string()].into());
     // Removing the service by its resource name.
     s.apply(Update {
-        removed: vec![svc.key()],
+        removed: vec![svc.key().to_string()],
         ..Default::default()
     });
     assert!(s.service_by_vip(vip).is_none());

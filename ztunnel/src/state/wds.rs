@@ -220,6 +220,7 @@ pub fn convert_service(s: pb::Service) -> Result<Service, ConvertError> {
         subject_alt_names: s.subject_alt_names,
         waypoint: waypoint(&r, "waypoint", s.waypoint)?,
         app_protocols,
+        key_text: Default::default(),
     })
 }
 
