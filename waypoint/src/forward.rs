@@ -59,17 +59,16 @@ impl Context {
     pub async fn handle(&self, mut req: Request<hyper::body::Incoming>) -> Response<Body> {
         let started = Instant::now();
         let method = req.method().clone();
-        let full_path = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "/".into());
-        let host = req
-            .headers()
-            .get(http::header::HOST)
+        // Both shared with the request's own buffers (no copies): the request may be
+        // rewritten, the access log shows it as it came.
+        let path_and_query = req.uri().path_and_query().cloned();
+        let full_path = path_and_query.as_ref().map_or("/", |p| p.as_str());
+        let host_header = req.headers().get(http::header::HOST).cloned();
+        let authority = req.uri().authority().cloned();
+        let host = host_header
+            .as_ref()
             .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+            .or(authority.as_ref().map(|a| a.as_str()))
             .unwrap_or_default();
         let facts = Facts {
             pi: &self.pi,
@@ -77,15 +76,15 @@ impl Context {
             source_namespace: &self.source_namespace,
             tables: Some(&self.tables),
         };
-        let plan = crate::plan::plan(&facts, &self.dst, &mut req, &host);
+        let plan = crate::plan::plan(&facts, &self.dst, &mut req, host);
         let mut delayed = false;
         if let Some(d) = plan.delay {
             tokio::time::sleep(d).await;
             delayed = true;
         }
-        let route_name = plan.route.clone().unwrap_or_else(|| "-".into());
         let Plan {
             action,
+            route,
             host: up_host,
             response_ops,
             timeout,
@@ -130,9 +129,9 @@ impl Context {
             source: &self.source,
             destination: &self.dst_name,
             method: method.as_str(),
-            path: &full_path,
-            authority: &host,
-            route: &route_name,
+            path: full_path,
+            authority: host,
+            route: route.as_deref().unwrap_or("-"),
             upstream: out.upstream.as_ref().map_or("-", |w| w.name.as_str()),
             status: out.resp.status().as_u16(),
             flags: flag,
@@ -417,14 +416,10 @@ fn upstream_form(
     backend: &Backend,
     host: &str,
 ) -> Option<hyper::upgrade::OnUpgrade> {
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.to_string())
-        .unwrap_or_else(|| "/".into());
     let upgrade = parts.version == http::Version::HTTP_11
         && parts.headers.contains_key(http::header::UPGRADE);
     if !upgrade && (parts.version == http::Version::HTTP_2 || speaks_h2(&backend.dst)) {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         parts.version = http::Version::HTTP_2;
         parts.uri = format!("http://{host}{path}")
             .parse()
@@ -449,9 +444,19 @@ fn upstream_form(
         return None;
     }
     parts.version = http::Version::HTTP_11;
-    parts.uri = path.parse().unwrap_or_default();
-    if let Ok(v) = http::HeaderValue::from_str(host) {
-        parts.headers.insert(http::header::HOST, v);
+    // Origin form; a request in origin form already is (nearly all) is left as it is.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = path.parse().unwrap_or_default();
+    }
+    if parts
+        .headers
+        .get(http::header::HOST)
+        .is_none_or(|h| h != host)
+    {
+        if let Ok(v) = http::HeaderValue::from_str(host) {
+            parts.headers.insert(http::header::HOST, v);
+        }
     }
     upgrade
         .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())

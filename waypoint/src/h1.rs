@@ -9,6 +9,7 @@
 //! the same client to the same endpoint.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{ready, Context, Poll};
@@ -213,9 +214,7 @@ fn encode(parts: &http::request::Parts, body: &[u8]) -> Bytes {
         out.put_slice(b"\r\n");
     }
     if had_length || !body.is_empty() || body_expected(&parts.method) {
-        out.put_slice(b"content-length: ");
-        out.put_slice(body.len().to_string().as_bytes());
-        out.put_slice(b"\r\n");
+        let _ = write!(out, "content-length: {}\r\n", body.len());
     }
     out.put_slice(b"\r\n");
     out.put_slice(body);
@@ -256,7 +255,7 @@ pub async fn send(
 ) -> Result<Response<Body>, Error> {
     let keep_request = !has_token(&parts.headers, "close");
     conn.stream.send.send_data(encode(parts, body), false)?;
-    let (mut head, framing, keep) = loop {
+    let (head, framing, keep) = loop {
         if let Some(h) = parse_head(&mut conn.buf, parts.method == Method::HEAD)? {
             break h;
         }
@@ -274,9 +273,7 @@ pub async fn send(
         ready: None,
     };
     b.take_buffered();
-    let boxed = http_body_util::BodyExt::boxed(b);
-    *head.body_mut() = boxed;
-    Ok(head)
+    Ok(head.map(|()| http_body_util::BodyExt::boxed(b)))
 }
 
 /// Whether a `connection` header lists `token`.
@@ -293,7 +290,7 @@ fn has_token(headers: &HeaderMap, token: &str) -> bool {
 fn parse_head(
     buf: &mut BytesMut,
     head_request: bool,
-) -> Result<Option<(Response<Body>, Framing, bool)>, Error> {
+) -> Result<Option<(Response<()>, Framing, bool)>, Error> {
     loop {
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut r = httparse::Response::new(&mut fields);
@@ -328,7 +325,7 @@ fn parse_head(
         buf.advance(n);
         let (framing, mut keep) = framing(&mut headers, status, head_request)?;
         keep &= version == Version::HTTP_11 && !has_token(&headers, "close");
-        let mut resp = Response::new(crate::full(Bytes::new()));
+        let mut resp = Response::new(());
         *resp.status_mut() = status;
         *resp.version_mut() = version;
         *resp.headers_mut() = headers;
@@ -588,10 +585,7 @@ impl hyper::body::Body for UpBody {
 mod tests {
     use super::*;
 
-    fn head(
-        raw: &str,
-        head_request: bool,
-    ) -> Result<Option<(Response<Body>, Framing, bool)>, Error> {
+    fn head(raw: &str, head_request: bool) -> Result<Option<(Response<()>, Framing, bool)>, Error> {
         parse_head(&mut BytesMut::from(raw), head_request)
     }
 

@@ -201,8 +201,8 @@ type Unreachable = (StatusCode, String, &'static str);
 struct Picked {
     w: Arc<Workload>,
     port: u16,
-    /// The service hostname, for the tunnel's `Forwarded` header.
-    host: Option<String>,
+    /// The service, whose hostname goes in the tunnel's `Forwarded` header.
+    svc: Option<Arc<Service>>,
 }
 
 /// An endpoint of the backend, not one in `avoid` while another is left.
@@ -223,13 +223,13 @@ fn pick(pi: &ProxyInputs, backend: &Backend, avoid: &[String]) -> Result<Picked,
             Ok(Picked {
                 w: ep.workload,
                 port: ep.port,
-                host: Some(svc.hostname.clone()),
+                svc: Some(svc.clone()),
             })
         }
         Destination::Workload { w, port } => Ok(Picked {
             w: w.clone(),
             port: *port,
-            host: None,
+            svc: None,
         }),
     }
 }
@@ -254,7 +254,7 @@ async fn open_tunnel(
     let req = ConnectRequest::new(
         SocketAddr::new(ip, p.port).to_string(),
         client,
-        p.host.as_deref(),
+        p.svc.as_ref().map(|s| s.hostname.as_str()),
     );
     pi.hbone(&key, &req).await.map_err(|e| {
         (

@@ -472,11 +472,7 @@ impl State {
     /// The target port of `service_port` on `w`: the endpoint's own mapping first, then the
     /// service's (a service target port of 0 needs the endpoint mapping).
     pub fn target_port(svc: &Service, w: &Workload, service_port: u16) -> Option<u16> {
-        if let Some(p) = w
-            .services
-            .get(svc.key())
-            .and_then(|m| m.get(&service_port))
-        {
+        if let Some(p) = w.services.get(svc.key()).and_then(|m| m.get(&service_port)) {
             if *p != 0 {
                 return Some(*p);
             }
