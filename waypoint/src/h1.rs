@@ -314,15 +314,28 @@ fn parse_head(
         } else {
             Version::HTTP_11
         };
-        let mut headers = HeaderMap::with_capacity(r.headers.len());
-        for f in r.headers.iter() {
-            let name = HeaderName::from_bytes(f.name.as_bytes())
-                .map_err(|_| Error::Malformed(format!("header name {:?}", f.name)))?;
-            let value = HeaderValue::from_bytes(f.value)
+        // Where each field is in the head, so that the values can share its buffer once
+        // the parser lets go of it (no copy per value).
+        let base = buf.as_ptr() as usize;
+        let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+        let mut spans = [((0, 0), (0, 0)); MAX_HEADERS];
+        let count = r.headers.len();
+        for (span, f) in spans.iter_mut().zip(r.headers.iter()) {
+            *span = (at(f.name.as_bytes()), at(f.value));
+        }
+        let head = buf.split_to(n).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for &((ns, nl), (vs, vl)) in &spans[..count] {
+            let name = HeaderName::from_bytes(&head[ns..ns + nl]).map_err(|_| {
+                Error::Malformed(format!(
+                    "header name {:?}",
+                    String::from_utf8_lossy(&head[ns..ns + nl])
+                ))
+            })?;
+            let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
                 .map_err(|_| Error::Malformed(format!("value of header {name}")))?;
             headers.append(name, value);
         }
-        buf.advance(n);
         let (framing, mut keep) = framing(&mut headers, status, head_request)?;
         keep &= version == Version::HTTP_11 && !has_token(&headers, "close");
         let mut resp = Response::new(());
@@ -598,6 +611,7 @@ mod tests {
             (r.status(), f, keep),
             (StatusCode::OK, Framing::Length(5), true)
         );
+        assert_eq!(r.headers()["content-length"], "5");
         let (_, f, keep) = head(
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
             false,

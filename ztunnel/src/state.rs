@@ -496,33 +496,30 @@ impl State {
         keep: impl Fn(&Workload) -> bool,
     ) -> Option<Endpoint> {
         let idx = self.index.read().unwrap();
-        let candidates: Vec<Endpoint> = idx
-            .members
-            .get(svc.key())?
-            .iter()
-            .filter(|w| w.status == HealthStatus::Healthy && !w.addresses.is_empty())
-            .filter(|w| keep(w))
-            .filter_map(|w| {
-                Self::target_port(svc, w, port).map(|p| Endpoint {
-                    workload: w.clone(),
-                    port: p,
-                })
-            })
-            .collect();
-        let total: u64 = candidates
-            .iter()
-            .map(|e| u64::from(e.workload.capacity.unwrap_or(1)))
-            .sum();
+        let members = idx.members.get(svc.key())?;
+        // Two passes over the members instead of a list of candidates: nothing allocated or
+        // reference-counted but the one picked.
+        let candidates = || {
+            members
+                .iter()
+                .filter(|w| w.status == HealthStatus::Healthy && !w.addresses.is_empty())
+                .filter(|w| keep(w))
+                .filter_map(|w| Self::target_port(svc, w, port).map(|p| (w, p)))
+        };
+        let weight = |w: &Workload| u64::from(w.capacity.unwrap_or(1));
+        let total: u64 = candidates().map(|(w, _)| weight(w)).sum();
         if total == 0 {
             return None;
         }
         let mut pick = rand::thread_rng().gen_range(0..total);
-        for e in candidates {
-            let w = u64::from(e.workload.capacity.unwrap_or(1));
-            if pick < w {
-                return Some(e);
+        for (w, p) in candidates() {
+            if pick < weight(w) {
+                return Some(Endpoint {
+                    workload: w.clone(),
+                    port: p,
+                });
             }
-            pick -= w;
+            pick -= weight(w);
         }
         None
     }
