@@ -286,7 +286,6 @@ fn has_token(headers: &HeaderMap, token: &str) -> bool {
 
 /// A final response head from the front of `buf` (informational ones are skipped), its body
 /// framing and whether the connection may be kept; `None` while incomplete.
-#[allow(clippy::type_complexity)]
 fn parse_head(
     buf: &mut BytesMut,
     head_request: bool,
