@@ -425,12 +425,12 @@ impl UpBody {
     /// The body is complete: the connection goes back when it may and nothing extra came.
     fn finish(&mut self) {
         self.framing = Framing::Done;
+        // Both taken whatever comes of it: a connection not given back is dropped here.
         if let (Some(key), Some(c)) = (self.back.take(), self.conn.take()) {
             if c.buf.is_empty() {
                 Kept::get().put(key, c);
             }
         }
-        self.conn = None;
     }
 }
 
