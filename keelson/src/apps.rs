@@ -347,6 +347,9 @@ async fn get(
 /// - `/nocontent`: 204;
 /// - `/continue`: 100 Continue, then 200;
 /// - `/conflict`: 200 with two different `content-length`s (malformed), then close;
+/// - `/headers`: 200, the body is the request's head as received; the answer names
+///   `x-hop` in `connection: close, x-hop` and carries `x-hop` and `keep-alive`, fields
+///   for this connection only, then the connection closes;
 /// - any `HEAD`: 200 with `content-length: 10` and no body.
 mod raw {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -457,6 +460,15 @@ mod raw {
                         b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
                     )
                     .await?;
+                    return tcp.shutdown().await;
+                }
+                "/headers" => {
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nconnection: close, x-hop\r\nx-hop: secret\r\n\
+                         keep-alive: timeout=5\r\ncontent-length: {}\r\n\r\n{head}",
+                        head.len()
+                    );
+                    tcp.write_all(resp.as_bytes()).await?;
                     return tcp.shutdown().await;
                 }
                 _ => {

@@ -355,5 +355,44 @@ fn upstream_framings(mesh: &Mesh) {
         "{}",
         mesh.waypoint_log()
     );
-    assert!(conn(&[]) > second);
+    let third = conn(&[]);
+    assert!(third > second);
+    // Fields for one connection only go no further, either way (RFC 9110 §7.6.1): the
+    // client's `connection` and what it names, `keep-alive`, `te`; the endpoint's likewise.
+    let (status, text) = mesh.curl_i(&[
+        "-H",
+        "connection: keep-alive, x-drop",
+        "-H",
+        "x-drop: 1",
+        "-H",
+        "keep-alive: 300",
+        "-H",
+        "te: gzip",
+        "-H",
+        "x-stay: 2",
+        "http://raw:9080/headers",
+    ]);
+    assert_eq!(status, 200, "{text}");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let body = body.to_ascii_lowercase();
+    assert!(body.starts_with("get /headers http/1.1"), "{text}");
+    assert!(body.contains("x-stay: 2"), "{text}");
+    for gone in ["connection", "x-drop", "keep-alive", "te"] {
+        assert!(
+            !body.lines().any(|l| l.starts_with(&format!("{gone}:"))),
+            "{gone} reached the endpoint: {text}"
+        );
+    }
+    for gone in ["connection", "x-hop", "keep-alive"] {
+        assert_eq!(
+            header(head, gone),
+            None,
+            "{gone} reached the client: {text}"
+        );
+    }
+    // The endpoint closed that one; the client's `connection: close` closes only the
+    // client's connection, and the next request takes the same upstream one.
+    let fourth = conn(&["-H", "connection: close"]);
+    assert!(fourth > third);
+    assert_eq!(conn(&[]), fourth, "the client's close reached the endpoint");
 }

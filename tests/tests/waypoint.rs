@@ -262,7 +262,6 @@ fn httproutes_match_split_redirect_rewrite_and_modify_headers() {
     mesh.ok(&["apply", "-f", file.to_str().unwrap()]);
     let routes = mesh.write("routes.yaml", ROUTES);
     mesh.ok(&["apply", "-f", routes.to_str().unwrap()]);
-    std::thread::sleep(std::time::Duration::from_millis(500));
 
     // By header: the end-user header productpage passes on picks reviews v2, else v3.
     let reviews_of = |user: &str| -> String {
@@ -282,6 +281,14 @@ fn httproutes_match_split_redirect_rewrite_and_modify_headers() {
         let page: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
         page["reviews"]["service"].as_str().unwrap().to_string()
     };
+    // Until the routes are in (without them the version is a one-in-three draw).
+    assert!(
+        eventually(10, || (0..3).all(
+            |_| reviews_of("jason") == "reviews-v2" && reviews_of("someone") == "reviews-v3"
+        )),
+        "{}",
+        mesh.logs()
+    );
     for _ in 0..3 {
         assert_eq!(reviews_of("jason"), "reviews-v2");
         assert_eq!(reviews_of("someone"), "reviews-v3");

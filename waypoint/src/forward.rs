@@ -246,7 +246,9 @@ impl Context {
                 }
             };
             match exchange(&self.pi, &picked, self.client, req).await {
-                Ok(r) => {
+                Ok(mut r) => {
+                    let upgraded = r.status() == StatusCode::SWITCHING_PROTOCOLS;
+                    strip_hop_by_hop(r.headers_mut(), upgraded);
                     let grpc = r
                         .headers()
                         .get("grpc-status")
@@ -424,26 +426,12 @@ fn upstream_form(
         parts.uri = format!("http://{host}{path}")
             .parse()
             .unwrap_or_else(|_| path.parse().unwrap_or_default());
-        for h in [
-            "host",
-            "connection",
-            "keep-alive",
-            "proxy-connection",
-            "transfer-encoding",
-            "upgrade",
-        ] {
-            parts.headers.remove(h);
-        }
-        if parts
-            .headers
-            .get(http::header::TE)
-            .is_some_and(|v| v != "trailers")
-        {
-            parts.headers.remove(http::header::TE);
-        }
+        parts.headers.remove(http::header::HOST);
+        strip_hop_by_hop(&mut parts.headers, false);
         return None;
     }
     parts.version = http::Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers, upgrade);
     // Origin form; a request in origin form already is (nearly all) is left as it is.
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -461,6 +449,42 @@ fn upstream_form(
     upgrade
         .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
         .flatten()
+}
+
+/// Removes the headers that concern one connection only (RFC 9110 §7.6.1): `connection` and
+/// the fields it names, `keep-alive`, `proxy-connection`, `transfer-encoding` (the body is
+/// framed again on the next hop), `upgrade`, and `te` unless it is `trailers` (gRPC). The
+/// client's `connection: close` ends the client's connection, not the endpoint's. For an
+/// Upgrade (`upgrade` true: the request, or a 101) `connection: upgrade` and `upgrade` stay.
+pub(crate) fn strip_hop_by_hop(headers: &mut http::HeaderMap, upgrade: bool) {
+    use http::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+    let mut named: Vec<http::HeaderName> = Vec::new();
+    for v in headers.get_all(CONNECTION) {
+        for token in v.to_str().unwrap_or_default().split(',') {
+            let token = token.trim();
+            if upgrade && token.eq_ignore_ascii_case("upgrade") {
+                continue;
+            }
+            if let Ok(name) = http::HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(CONNECTION, http::HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(CONNECTION);
+        headers.remove(UPGRADE);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    headers.remove(TRANSFER_ENCODING);
+    if headers.get(TE).is_some_and(|v| v != "trailers") {
+        headers.remove(TE);
+    }
 }
 
 /// After a 101, the bytes of the two upgraded connections, both ways, until either ends.
@@ -572,4 +596,50 @@ fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
     p.version = parts.version;
     p.headers = parts.headers.clone();
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_hop_by_hop;
+    use http::{HeaderMap, HeaderValue};
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_fields_go_and_an_upgrade_keeps_its_own() {
+        let given = [
+            ("connection", "keep-alive, Upgrade, x-a"),
+            ("connection", "x-b"),
+            ("upgrade", "websocket"),
+            ("x-a", "1"),
+            ("x-b", "2"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("x-c", "3"),
+        ];
+        let mut h = headers(&given);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, headers(&[("x-c", "3")]));
+        let mut h = headers(&given);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(
+            h,
+            headers(&[
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("x-c", "3")
+            ])
+        );
+        let mut h = headers(&[("te", "trailers")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, headers(&[("te", "trailers")]));
+    }
 }

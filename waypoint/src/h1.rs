@@ -253,7 +253,6 @@ pub async fn send(
     parts: &http::request::Parts,
     body: &Bytes,
 ) -> Result<Response<Body>, Error> {
-    let keep_request = !has_token(&parts.headers, "close");
     conn.stream.send.send_data(encode(parts, body), false)?;
     let (head, framing, keep) = loop {
         if let Some(h) = parse_head(&mut conn.buf, parts.method == Method::HEAD)? {
@@ -269,7 +268,7 @@ pub async fn send(
     let mut b = UpBody {
         conn: Some(conn),
         framing,
-        back: (keep && keep_request).then_some(key),
+        back: keep.then_some(key),
         ready: None,
     };
     b.take_buffered();
