@@ -37,6 +37,16 @@ impl H2Io {
         }
     }
 
+    /// A stream of which `read` bytes were already received: they are read first.
+    pub fn with_pending(stream: H2Stream, read: Bytes) -> Self {
+        H2Io {
+            stream: Some(stream),
+            pending: read,
+            eof: false,
+            shutdown: false,
+        }
+    }
+
     fn stream(&mut self) -> &mut H2Stream {
         self.stream.as_mut().expect("used after drop")
     }
@@ -48,25 +58,33 @@ impl Drop for H2Io {
     /// the peer has ended, end ours too (both closed, nothing reset); when we ended ours,
     /// keep the stream until the peer ends (bounded); only an abandoned stream is reset.
     fn drop(&mut self) {
-        let Some(mut stream) = self.stream.take() else {
+        let Some(stream) = self.stream.take() else {
             return;
         };
-        if self.eof {
-            let _ = stream.send.send_data(Bytes::new(), true);
-            return;
+        if self.eof || self.shutdown {
+            end(stream, self.eof);
         }
-        if self.shutdown {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let _ = tokio::time::timeout(LINGER, async {
-                        while let Some(Ok(chunk)) = stream.recv.data().await {
-                            let _ = stream.recv.flow_control().release_capacity(chunk.len());
-                        }
-                    })
-                    .await;
-                });
-            }
-        }
+    }
+}
+
+/// Ends a stream that is done with without resetting it: END_STREAM is sent (if it was
+/// not already), and unless the peer has ended its side (`peer_ended`) the stream is kept,
+/// its data drained, until the peer does (bounded by [`LINGER`]), so that what was queued
+/// before is still delivered.
+pub fn end(mut stream: H2Stream, peer_ended: bool) {
+    let _ = stream.send.send_data(Bytes::new(), true);
+    if peer_ended {
+        return;
+    }
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            let _ = tokio::time::timeout(LINGER, async {
+                while let Some(Ok(chunk)) = stream.recv.data().await {
+                    let _ = stream.recv.flow_control().release_capacity(chunk.len());
+                }
+            })
+            .await;
+        });
     }
 }
 

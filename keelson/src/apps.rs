@@ -10,7 +10,8 @@
 //! proxy) and forward the headers routing rules look at (`end-user`, `cookie`,
 //! `user-agent`, `x-request-id`, trace context). Every app also serves the test endpoints
 //! `/status/<code>` (answers that code), `/delay/<ms>` (answers after that long), `/headers`
-//! (echoes the request headers), `/bytes/<n>` (n bytes, for benchmarks), `/upgrade` (an
+//! (echoes the request headers), `/echo` (answers with the request body, at most 1 MiB),
+//! `/bytes/<n>` (n bytes, for benchmarks), `/upgrade` (an
 //! HTTP/1.1 Upgrade that echoes bytes) and `/requests` (how many requests it has served).
 //! `raw` is not bookinfo: a hand-written HTTP/1.1 server whose answers hyper's server would
 //! never produce (chunk extensions and trailers, close-delimited bodies, conflicting
@@ -217,6 +218,20 @@ async fn handle(app: &App, mut req: Request<Incoming>) -> Response<Full<Bytes>> 
                 .header("content-type", "application/octet-stream")
                 .body(Full::new(Bytes::from(vec![b'x'; n])))
                 .unwrap();
+        }
+        ["echo"] => {
+            // The request body back (at most 1 MiB, else 413).
+            return match http_body_util::Limited::new(req.into_body(), 1 << 20)
+                .collect()
+                .await
+            {
+                Ok(b) => Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "application/octet-stream")
+                    .body(Full::new(b.to_bytes()))
+                    .unwrap(),
+                Err(e) => reply(StatusCode::PAYLOAD_TOO_LARGE, app, format!("{e}\n")),
+            };
         }
         ["delay", ms] => {
             let ms = ms.parse::<u64>().unwrap_or(0).min(60_000);

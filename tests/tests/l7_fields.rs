@@ -283,6 +283,7 @@ fn every_route_field_once() {
     let raw = mesh.write("raw.yaml", &raw_yaml(&mesh));
     mesh.ok(&["apply", "-f", raw.to_str().unwrap()]);
     upstream_framings(&mesh);
+    downstream_framings(&mesh);
     for f in [waypoint, routes, raw] {
         let _ = std::fs::remove_file(f);
     }
@@ -395,4 +396,136 @@ fn upstream_framings(mesh: &Mesh) {
     let fourth = conn(&["-H", "connection: close"]);
     assert!(fourth > third);
     assert_eq!(conn(&[]), fourth, "the client's close reached the endpoint");
+}
+
+/// A client speaking HTTP/1.1 by hand to `details` (no routes) through the waypoint: what
+/// the waypoint serves itself and what it hands to hyper's server, on one connection and
+/// across them. Prints one JSON object.
+const DOWNSTREAM_CLIENT: &str = r#"
+import socket, json, time
+def conn():
+    return socket.create_connection(('details', 9080), timeout=10)
+class R:
+    def __init__(self, s):
+        self.s, self.buf = s, b''
+    def more(self):
+        d = self.s.recv(65536)
+        if not d:
+            raise EOFError
+        self.buf += d
+    def head(self):
+        while b'\r\n\r\n' not in self.buf:
+            self.more()
+        h, self.buf = self.buf.split(b'\r\n\r\n', 1)
+        lines = h.decode().split('\r\n')
+        return lines[0], {k.strip().lower(): v.strip() for k, v in (l.split(':', 1) for l in lines[1:])}
+    def exactly(self, n):
+        while len(self.buf) < n:
+            self.more()
+        b, self.buf = self.buf[:n], self.buf[n:]
+        return b
+    def line(self):
+        while b'\r\n' not in self.buf:
+            self.more()
+        l, self.buf = self.buf.split(b'\r\n', 1)
+        return l
+    def response(self, head=False):
+        status, hs = self.head()
+        while status.split()[1] == '100':
+            status, hs = self.head()
+        if head:
+            return status, hs, b''
+        if 'content-length' in hs:
+            return status, hs, self.exactly(int(hs['content-length']))
+        if hs.get('transfer-encoding') == 'chunked':
+            body = b''
+            while True:
+                n = int(self.line().split(b';')[0], 16)
+                if n == 0:
+                    while self.line() != b'':
+                        pass
+                    return status, hs, body
+                body += self.exactly(n)
+                self.line()
+        try:
+            while True:
+                self.more()
+        except EOFError:
+            pass
+        b, self.buf = self.buf, b''
+        return status, hs, b
+    def closed(self):
+        try:
+            self.more()
+            return False
+        except EOFError:
+            return True
+H = b'Host: details:9080\r\n'
+out = {}
+r = R(conn())
+r.s.sendall(b'GET /headers HTTP/1.1\r\n' + H + b'x-n: 1\r\n\r\nPOST /echo HTTP/1.1\r\n' + H + b'content-length: 5\r\n\r\nhello')
+a, b = r.response(), r.response()
+out['pipelined'] = [a[0], json.loads(a[2])['headers'].get('x-n'), b[0], b[2].decode()]
+r.s.sendall(b'POST /echo HTTP/1.1\r\n' + H + b'transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n')
+time.sleep(0.05)
+r.s.sendall(b'4\r\ndefg\r\n0\r\n\r\n')
+c = r.response()
+out['chunked'] = [c[0], c[2].decode()]
+r.s.sendall(b'POST /echo HTTP/1.1\r\n' + H + b'content-length: 2\r\n\r\nok')
+d = r.response()
+out['after'] = [d[0], d[2].decode()]
+r = R(conn())
+r.s.sendall(b'POST /echo HTTP/1.1\r\n' + H + b'content-length: 5\r\nexpect: 100-continue\r\n\r\n')
+interim, _ = r.head()
+r.s.sendall(b'later')
+e = r.response()
+out['expect'] = [interim, e[0], e[2].decode()]
+big = bytes(range(256)) * 400
+r = R(conn())
+r.s.sendall(b'POST /echo HTTP/1.1\r\n' + H + b'content-length: %d\r\n\r\n' % len(big) + big)
+f = r.response()
+out['large'] = [f[0], f[2] == big, len(f[2])]
+r = R(conn())
+r.s.sendall(b'HEAD /bytes/7 HTTP/1.1\r\n' + H + b'\r\nGET /bytes/3 HTTP/1.1\r\n' + H + b'connection: close\r\n\r\n')
+g, h = r.response(head=True), r.response()
+out['head'] = [g[0], g[1].get('content-length'), h[0], h[1].get('connection'), h[2].decode(), r.closed()]
+r = R(conn())
+r.s.sendall(b'GET /bytes/4 HTTP/1.0\r\n' + H + b'\r\n')
+i = r.response()
+out['http10'] = [i[0].split()[1], i[2].decode(), r.closed()]
+r = R(conn())
+r.s.sendall(b'GET /x HTTP/1.1\r\n' + H + b'bad header\r\n\r\n')
+out['malformed'] = [r.response()[0].split()[1]]
+print(json.dumps(out))
+"#;
+
+fn downstream_framings(mesh: &Mesh) {
+    let out = mesh.exec("curl", &["python3", "-c", DOWNSTREAM_CLIENT]);
+    assert!(
+        out.ok,
+        "{}{}\n{}",
+        out.stdout,
+        out.stderr,
+        mesh.waypoint_log()
+    );
+    let got: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let ok = "HTTP/1.1 200 OK";
+    let want = serde_json::json!({
+        // Two requests in one write, answered in order.
+        "pipelined": [ok, "1", ok, "hello"],
+        // A chunked upload on the same connection (hyper's server from there on), and a
+        // plain request after it.
+        "chunked": [ok, "abcdefg"],
+        "after": [ok, "ok"],
+        // The interim answer comes before the client sends the body.
+        "expect": ["HTTP/1.1 100 Continue", ok, "later"],
+        // 100 KiB, past what the waypoint holds: streamed both ways, byte for byte.
+        "large": [ok, true, 102400],
+        // HEAD keeps the endpoint's length and has no body; `connection: close` is
+        // answered with it, and the connection ends.
+        "head": [ok, "7", ok, "close", "xxx", true],
+        "http10": ["200", "xxxx", true],
+        "malformed": ["400"],
+    });
+    assert_eq!(got, want, "{}", mesh.waypoint_log());
 }

@@ -23,7 +23,7 @@ use crate::{
 
 /// Bodies up to this size are held so a request can be retried or mirrored; larger (or
 /// unsized) ones stream through, with one try and no mirror.
-const REPLAY_LIMIT: u64 = 64 * 1024;
+pub(crate) const REPLAY_LIMIT: u64 = 64 * 1024;
 /// A mirrored request gets at most this long.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -42,9 +42,9 @@ pub struct Context {
 }
 
 /// A request body: held (replayable) or streaming (one use).
-enum ReqBody {
+pub enum ReqBody {
     Held(Bytes),
-    Stream(hyper::body::Incoming),
+    Stream(Body),
 }
 
 /// What the forwarding came to.
@@ -56,7 +56,7 @@ struct Result {
 }
 
 impl Context {
-    pub async fn handle(&self, mut req: Request<hyper::body::Incoming>) -> Response<Body> {
+    pub async fn handle(&self, mut req: Request<ReqBody>) -> Response<Body> {
         let started = Instant::now();
         let method = req.method().clone();
         // Both shared with the request's own buffers (no copies): the request may be
@@ -145,7 +145,7 @@ impl Context {
     /// the last outcome is the answer (ERR-10).
     async fn forward(
         &self,
-        req: Request<hyper::body::Incoming>,
+        req: Request<ReqBody>,
         backend: Backend,
         host: &str,
         retry: &l7::retry::RetryPolicy,
@@ -153,12 +153,17 @@ impl Context {
     ) -> Result {
         let (mut parts, body) = req.into_parts();
         let on_down = upstream_form(&mut parts, &backend, host);
-        let replayable = hyper::body::Body::is_end_stream(&body)
-            || hyper::body::Body::size_hint(&body)
-                .exact()
-                .is_some_and(|n| n <= REPLAY_LIMIT);
-        let mut body = if replayable {
-            match body.collect().await {
+        let replayable = match &body {
+            ReqBody::Held(_) => true,
+            ReqBody::Stream(b) => {
+                hyper::body::Body::is_end_stream(b)
+                    || hyper::body::Body::size_hint(b)
+                        .exact()
+                        .is_some_and(|n| n <= REPLAY_LIMIT)
+            }
+        };
+        let mut body = match body {
+            ReqBody::Stream(body) if replayable => match body.collect().await {
                 Ok(b) => ReqBody::Held(b.to_bytes()),
                 Err(e) => {
                     return Result {
@@ -171,9 +176,8 @@ impl Context {
                         tries: 0,
                     }
                 }
-            }
-        } else {
-            ReqBody::Stream(body)
+            },
+            body => body,
         };
         match &body {
             ReqBody::Held(b) => {
@@ -196,9 +200,7 @@ impl Context {
                     Upstream::Whole(&parts, b)
                 }
                 // One use: its try is the only one.
-                ReqBody::Stream(s) => {
-                    Upstream::Built(rebuild(&parts, s.map_err(Into::into).boxed()))
-                }
+                ReqBody::Stream(s) => Upstream::Built(rebuild(&parts, s)),
             };
             let streaming_used = n == 1 && !replayable;
             let (outcome, mut resp, upstream, flag) = self

@@ -29,7 +29,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// about 400 KiB; Envoy's header limit is 60 KiB).
 const MAX_HEAD: usize = 64 * 1024;
 /// At most this many response header fields (hyper's default).
-const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEADERS: usize = 100;
 
 /// Idle connections are kept this long.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -53,9 +53,9 @@ pub enum Error {
 
 /// An HTTP/1.1 connection inside one HBONE stream.
 pub struct Conn {
-    stream: H2Stream,
+    pub(crate) stream: H2Stream,
     /// Received and not yet consumed.
-    buf: BytesMut,
+    pub(crate) buf: BytesMut,
 }
 
 impl Conn {
@@ -77,6 +77,11 @@ impl Conn {
             return false;
         }
         self.stream.recv.poll_data(&mut cx).is_pending()
+    }
+
+    /// Reads one more DATA frame into the buffer; `Ok(false)` at the stream's end.
+    pub(crate) async fn fill(&mut self) -> Result<bool, Error> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
     }
 
     /// Reads one more DATA frame into the buffer; `Ok(false)` at the stream's end.
@@ -261,7 +266,7 @@ pub async fn send(
         if conn.buf.len() > MAX_HEAD {
             return Err(Error::Malformed("response head too large".into()));
         }
-        if !std::future::poll_fn(|cx| conn.poll_fill(cx)).await? {
+        if !conn.fill().await? {
             return Err(Error::Closed);
         }
     };
@@ -276,7 +281,7 @@ pub async fn send(
 }
 
 /// Whether a `connection` header lists `token`.
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
+pub(crate) fn has_token(headers: &HeaderMap, token: &str) -> bool {
     headers.get_all(CONNECTION).iter().any(|v| {
         v.to_str()
             .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
@@ -312,28 +317,9 @@ fn parse_head(
         } else {
             Version::HTTP_11
         };
-        // Where each field is in the head, so that the values can share its buffer once
-        // the parser lets go of it (no copy per value).
-        let base = buf.as_ptr() as usize;
-        let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
-        let mut spans = [((0, 0), (0, 0)); MAX_HEADERS];
-        let count = r.headers.len();
-        for (span, f) in spans.iter_mut().zip(r.headers.iter()) {
-            *span = (at(f.name.as_bytes()), at(f.value));
-        }
+        let spans = Spans::of(buf, r.headers);
         let head = buf.split_to(n).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
-        for &((ns, nl), (vs, vl)) in &spans[..count] {
-            let name = HeaderName::from_bytes(&head[ns..ns + nl]).map_err(|_| {
-                Error::Malformed(format!(
-                    "header name {:?}",
-                    String::from_utf8_lossy(&head[ns..ns + nl])
-                ))
-            })?;
-            let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
-                .map_err(|_| Error::Malformed(format!("value of header {name}")))?;
-            headers.append(name, value);
-        }
+        let mut headers = spans.headers(&head).map_err(Error::Malformed)?;
         let (framing, mut keep) = framing(&mut headers, status, head_request)?;
         keep &= version == Version::HTTP_11 && !has_token(&headers, "close");
         let mut resp = Response::new(());
@@ -341,6 +327,46 @@ fn parse_head(
         *resp.version_mut() = version;
         *resp.headers_mut() = headers;
         return Ok(Some((resp, framing, keep)));
+    }
+}
+
+/// Where each field of a parsed head is in its buffer, so that the values can share the
+/// buffer once the parser lets go of it (no copy per value).
+pub(crate) struct Spans {
+    at: [((usize, usize), (usize, usize)); MAX_HEADERS],
+    count: usize,
+}
+
+impl Spans {
+    /// `fields` as parsed from `buf`.
+    pub(crate) fn of(buf: &[u8], fields: &[httparse::Header<'_>]) -> Spans {
+        let base = buf.as_ptr() as usize;
+        let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+        let mut spans = Spans {
+            at: [((0, 0), (0, 0)); MAX_HEADERS],
+            count: fields.len().min(MAX_HEADERS),
+        };
+        for (span, f) in spans.at.iter_mut().zip(fields) {
+            *span = (at(f.name.as_bytes()), at(f.value));
+        }
+        spans
+    }
+
+    /// The fields, their values sharing `head` (the bytes that were parsed).
+    pub(crate) fn headers(&self, head: &Bytes) -> Result<HeaderMap, String> {
+        let mut headers = HeaderMap::with_capacity(self.count);
+        for &((ns, nl), (vs, vl)) in &self.at[..self.count] {
+            let name = HeaderName::from_bytes(&head[ns..ns + nl]).map_err(|_| {
+                format!(
+                    "header name {:?}",
+                    String::from_utf8_lossy(&head[ns..ns + nl])
+                )
+            })?;
+            let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
+                .map_err(|_| format!("value of header {name}"))?;
+            headers.append(name, value);
+        }
+        Ok(headers)
     }
 }
 

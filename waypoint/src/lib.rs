@@ -26,7 +26,6 @@ use hbone::server::Incoming;
 use http::{Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use ztunnel::admin::Readiness;
 use ztunnel::proxy::{socket, ProxyError, ProxyInputs};
@@ -37,6 +36,7 @@ pub mod config;
 mod forward;
 mod h1;
 mod plan;
+mod serve;
 
 pub use config::{decode_destination_rule, decode_route, decode_virtual_service, L7Config};
 
@@ -154,7 +154,6 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
         Ok(s) => s,
         Err(e) => return tracing::debug!(error = %e, "tunnel closed before it was answered"),
     };
-    let io = TokioIo::new(H2Io::new(stream));
     if dst.is_http() {
         let ctx = Arc::new(forward::Context {
             pi: pi.clone(),
@@ -166,19 +165,10 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
             config: l7_config(),
             tables: Default::default(),
         });
-        let svc = hyper::service::service_fn(move |req| {
-            let ctx = ctx.clone();
-            async move { Ok::<_, std::convert::Infallible>(ctx.handle(req).await) }
-        });
-        let result = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-            .serve_connection_with_upgrades(io, svc)
-            .await;
-        if let Err(e) = result {
-            tracing::debug!(%authority, error = %e, "HTTP connection in the tunnel ended");
-        }
+        serve::serve(ctx, stream).await;
     } else {
         let backend = plan::tcp_backend(&pi, &l7_config(), &dst);
-        l4(&pi, backend, io.into_inner(), client, &source.to_string()).await;
+        l4(&pi, backend, H2Io::new(stream), client, &source.to_string()).await;
     }
 }
 

@@ -1,0 +1,432 @@
+//! HTTP/1.1 from clients, served by the tunnel's own task straight from the HBONE stream:
+//! the request head is parsed from the stream's DATA, the request (with its whole body) is
+//! handled, and the response goes back as DATA, head and body in one frame when the body is
+//! there. No server connection machinery and no byte-stream adapter in between.
+//!
+//! That covers what clients nearly always send: HTTP/1.1 requests without a body or with a
+//! `content-length` one of at most [`REPLAY_LIMIT`], pipelined or not. Anything else hands
+//! the connection, from that request on, to hyper's server ([`hand_over`]): HTTP/2 with
+//! prior knowledge, HTTP/1.0, `Upgrade` (WebSocket), `CONNECT`, `Expect: 100-continue`,
+//! chunked or larger bodies, and heads that do not parse or are too large (hyper answers
+//! those with 400 or 431).
+
+use std::sync::Arc;
+use std::task::Poll;
+
+use bytes::{Bytes, BytesMut};
+use hbone::io::H2Io;
+use hbone::stream::H2Stream;
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Body as _;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::forward::{Context, ReqBody, REPLAY_LIMIT};
+use crate::h1::{has_token, Conn, Spans, MAX_HEADERS};
+use crate::Body;
+
+/// A request head larger than this goes to hyper's server, which refuses it past its own
+/// limit.
+const MAX_HEAD: usize = 64 * 1024;
+/// Response data gathered before it is sent (when more of the body is ready at once).
+const SEND_AT: usize = 64 * 1024;
+
+/// Serves the HTTP/1.1 inside one tunnel until the client ends it.
+pub async fn serve(ctx: Arc<Context>, stream: H2Stream) {
+    let mut conn = Conn::new(stream);
+    loop {
+        let (parts, length, close) = loop {
+            match request(&mut conn.buf) {
+                Parsed::Request {
+                    parts,
+                    length,
+                    close,
+                } => break (parts, length, close),
+                Parsed::Partial if conn.buf.len() <= MAX_HEAD => {}
+                Parsed::Partial | Parsed::Other => return hand_over(ctx, conn).await,
+            }
+            match conn.fill().await {
+                Ok(true) => {}
+                // The client ended the tunnel between requests (or in a head, which then
+                // has no answer, as with hyper).
+                Ok(false) => return hbone::io::end(conn.stream, true),
+                Err(e) => return tracing::debug!(error = %e, "tunnel from the client failed"),
+            }
+        };
+        while conn.buf.len() < length {
+            match conn.fill().await {
+                Ok(true) => {}
+                Ok(false) => return hbone::io::end(conn.stream, true),
+                Err(e) => return tracing::debug!(error = %e, "tunnel from the client failed"),
+            }
+        }
+        let body = conn.buf.split_to(length).freeze();
+        let head_request = parts.method == Method::HEAD;
+        let resp = ctx
+            .handle(Request::from_parts(parts, ReqBody::Held(body)))
+            .await;
+        match respond(&mut conn.stream, resp, head_request, close).await {
+            Ok(()) if !close => {}
+            Ok(()) => {
+                let ended = conn.stream.recv.is_end_stream();
+                return hbone::io::end(conn.stream, ended);
+            }
+            Err(e) => return tracing::debug!(error = %e, "response to the client failed"),
+        }
+    }
+}
+
+/// What the front of the buffer holds.
+// Returned once per request and never stored: boxing the head would cost an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    /// A request this module serves: its head, the length of its body (the next bytes,
+    /// not yet consumed), and whether the client asked to close after it.
+    Request {
+        parts: http::request::Parts,
+        length: usize,
+        close: bool,
+    },
+    /// Not a whole head yet.
+    Partial,
+    /// Something for hyper's server.
+    Other,
+}
+
+/// Parses a request head at the front of `buf`; consumes it only when it is one this module
+/// serves.
+fn request(buf: &mut BytesMut) -> Parsed {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Request::new(&mut fields);
+    let n = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Other,
+    };
+    if r.version != Some(1) {
+        return Parsed::Other;
+    }
+    let Ok(method) = Method::from_bytes(r.method.unwrap_or_default().as_bytes()) else {
+        return Parsed::Other;
+    };
+    if method == Method::CONNECT {
+        return Parsed::Other;
+    }
+    let mut length: Option<u64> = None;
+    for f in r.headers.iter() {
+        let name = f.name;
+        if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("upgrade")
+            || name.eq_ignore_ascii_case("expect")
+        {
+            return Parsed::Other;
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(f.value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok());
+            match (n, length) {
+                (Some(n), None) if n <= REPLAY_LIMIT => length = Some(n),
+                // Repeated, malformed or large: hyper's (400, or a streamed body).
+                _ => return Parsed::Other,
+            }
+        }
+    }
+    let path = r.path.unwrap_or_default().as_bytes();
+    let base = buf.as_ptr() as usize;
+    let path_at = path.as_ptr() as usize - base;
+    let path_len = path.len();
+    let spans = Spans::of(buf, r.headers);
+    let head = buf.split_to(n).freeze();
+    let (Ok(uri), Ok(headers)) = (
+        http::Uri::from_maybe_shared(head.slice(path_at..path_at + path_len)),
+        spans.headers(&head),
+    ) else {
+        // Not for what httparse accepts, but if it is: the head goes back, for hyper's
+        // answer.
+        let mut back = BytesMut::from(&head[..]);
+        back.extend_from_slice(buf);
+        *buf = back;
+        return Parsed::Other;
+    };
+    let close = has_token(&headers, "close");
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    parts.headers = headers;
+    Parsed::Request {
+        parts,
+        length: length.unwrap_or(0) as usize,
+        close,
+    }
+}
+
+/// The rest of the connection (`conn`'s buffer first) to hyper's server.
+async fn hand_over(ctx: Arc<Context>, conn: Conn) {
+    let io = TokioIo::new(H2Io::with_pending(conn.stream, conn.buf.freeze()));
+    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let ctx = ctx.clone();
+        async move {
+            let req = req.map(|b| ReqBody::Stream(b.map_err(Into::into).boxed()));
+            Ok::<_, std::convert::Infallible>(ctx.handle(req).await)
+        }
+    });
+    let result = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(io, svc)
+        .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "HTTP connection in the tunnel ended");
+    }
+}
+
+/// Why a response could not be written whole.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error("the client's tunnel went: {0}")]
+    Stream(#[from] h2::Error),
+    #[error("the client's tunnel closed")]
+    Closed,
+    #[error("the response body failed: {0}")]
+    Body(crate::h1::BoxError),
+    #[error("the response body was {0} bytes, not the {1} its content-length said")]
+    Length(u64, u64),
+}
+
+/// How the response body is delimited.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Writes `resp`: `content-length` when the body's size is known, else chunked; `date` when
+/// missing, as hyper's server does; `connection: close` when this is the last one. A body
+/// that fails or does not match its length resets the stream, so that the client sees an
+/// abort, not a short answer.
+async fn respond(
+    stream: &mut H2Stream,
+    resp: Response<Body>,
+    head_request: bool,
+    close: bool,
+) -> Result<(), WriteError> {
+    let (mut parts, mut body) = resp.into_parts();
+    let status = parts.status;
+    let framing = if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::None
+    } else if let Some(n) = body.size_hint().exact() {
+        parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        Framing::Length(n)
+    } else if let Some(n) = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+    {
+        Framing::Length(n)
+    } else {
+        parts.headers.remove(CONTENT_LENGTH);
+        parts
+            .headers
+            .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        Framing::Chunked
+    };
+    if close {
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    if !parts.headers.contains_key(DATE) {
+        parts.headers.insert(DATE, date());
+    }
+    let mut out = BytesMut::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if framing == Framing::None {
+        return Ok(stream.send.send_data(out.freeze(), false)?);
+    }
+    let result = write_body(stream, &mut body, out, framing).await;
+    if result.is_err() {
+        stream.send.send_reset(h2::Reason::INTERNAL_ERROR);
+    }
+    result
+}
+
+/// The body after the head in `out`: what is ready at once goes in the same DATA frame as
+/// the head; after that, data goes as it comes, paced by the stream's flow control.
+async fn write_body(
+    stream: &mut H2Stream,
+    body: &mut Body,
+    mut out: BytesMut,
+    framing: Framing,
+) -> Result<(), WriteError> {
+    let mut sent: u64 = 0;
+    // Whether anything was sent yet: the first send is not paced (it is what the handler
+    // already holds, bounded), later ones are.
+    let mut paced = false;
+    loop {
+        let now = {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            std::pin::Pin::new(&mut *body).poll_frame(&mut cx)
+        };
+        let frame = match now {
+            Poll::Ready(f) => f,
+            Poll::Pending => {
+                if !out.is_empty() {
+                    send(stream, out.split().freeze(), paced).await?;
+                }
+                paced = true;
+                body.frame().await
+            }
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(e)) => return Err(WriteError::Body(e)),
+            // Trailers are dropped: an HTTP/1.1 client did not ask for them.
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) if !d.is_empty() => d,
+                _ => continue,
+            },
+        };
+        sent += data.len() as u64;
+        if framing == Framing::Chunked {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{:x}\r\n", data.len());
+            out.extend_from_slice(&data);
+            out.extend_from_slice(b"\r\n");
+        } else {
+            out.extend_from_slice(&data);
+        }
+        if out.len() >= SEND_AT {
+            send(stream, out.split().freeze(), paced).await?;
+            paced = true;
+        }
+    }
+    match framing {
+        Framing::Length(n) if n != sent => return Err(WriteError::Length(sent, n)),
+        Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+        _ => {}
+    }
+    if !out.is_empty() {
+        send(stream, out.freeze(), paced).await?;
+    }
+    Ok(())
+}
+
+/// Sends `data`; when `paced`, only as the client's flow-control window allows, so that a
+/// slow client holds back the body rather than have it buffered here.
+async fn send(stream: &mut H2Stream, mut data: Bytes, paced: bool) -> Result<(), WriteError> {
+    if !paced {
+        return Ok(stream.send.send_data(data, false)?);
+    }
+    while !data.is_empty() {
+        stream.send.reserve_capacity(data.len());
+        let cap = match std::future::poll_fn(|cx| stream.send.poll_capacity(cx)).await {
+            Some(c) => c?,
+            None => return Err(WriteError::Closed),
+        };
+        if cap > 0 {
+            let n = cap.min(data.len());
+            stream.send.send_data(data.split_to(n), false)?;
+        }
+    }
+    Ok(())
+}
+
+/// The `date` value for now, made once a second.
+fn date() -> HeaderValue {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, HeaderValue)> =
+            const { std::cell::RefCell::new((0, HeaderValue::from_static(""))) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, value)| {
+        if *at != secs {
+            *at = secs;
+            if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(now)) {
+                *value = v;
+            }
+        }
+        value.clone()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{request, Parsed};
+    use bytes::BytesMut;
+
+    fn parse(text: &str) -> (Parsed, BytesMut) {
+        let mut buf = BytesMut::from(text.as_bytes());
+        (request(&mut buf), buf)
+    }
+
+    #[test]
+    fn served_here_or_handed_over() {
+        let (p, rest) = parse("POST /a?b=1 HTTP/1.1\r\nhost: s\r\ncontent-length: 3\r\n\r\nabcGET");
+        let Parsed::Request {
+            parts,
+            length,
+            close,
+        } = p
+        else {
+            panic!("not served here")
+        };
+        assert_eq!(
+            (parts.method.as_str(), parts.uri.to_string()),
+            ("POST", "/a?b=1".into())
+        );
+        assert_eq!(parts.headers["host"], "s");
+        assert_eq!((length, close), (3, false));
+        assert_eq!(&rest[..], b"abcGET", "the body and what follows stay");
+        let (p, _) = parse("GET / HTTP/1.1\r\nconnection: keep-alive, close\r\n\r\n");
+        assert!(matches!(
+            p,
+            Parsed::Request {
+                length: 0,
+                close: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse("GET / HTTP/1.1\r\nhost:").0,
+            Parsed::Partial
+        ));
+        for other in [
+            "GET / HTTP/1.0\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+            "POST / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n",
+            "CONNECT a:1 HTTP/1.1\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-length: +1\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-length: 65537\r\n\r\n",
+            "GET / HTTP/1.1\r\nbad header\r\n\r\n",
+        ] {
+            let (p, rest) = parse(other);
+            assert!(matches!(p, Parsed::Other), "{other:?}");
+            assert_eq!(&rest[..], other.as_bytes(), "{other:?} was consumed");
+        }
+    }
+}
