@@ -55,14 +55,14 @@ pub enum Error {
 pub struct Conn {
     pub(crate) stream: H2Stream,
     /// Received and not yet consumed.
-    pub(crate) buf: BytesMut,
+    pub(crate) buf: Bytes,
 }
 
 impl Conn {
     pub fn new(stream: H2Stream) -> Conn {
         Conn {
             stream,
-            buf: BytesMut::new(),
+            buf: Bytes::new(),
         }
     }
 
@@ -93,11 +93,13 @@ impl Conn {
                     .recv
                     .flow_control()
                     .release_capacity(chunk.len());
-                if self.buf.is_empty() {
-                    self.buf = BytesMut::from(chunk);
+                // Nearly always one frame holds what is parsed next: kept as it came
+                // (no copy); joined only when a head or a chunk line spans frames.
+                self.buf = if self.buf.is_empty() {
+                    chunk
                 } else {
-                    self.buf.extend_from_slice(&chunk);
-                }
+                    join(&self.buf, &chunk)
+                };
                 Poll::Ready(Ok(true))
             }
             Some(Err(e)) if e.reason() == Some(h2::Reason::NO_ERROR) => Poll::Ready(Ok(false)),
@@ -105,6 +107,14 @@ impl Conn {
             None => Poll::Ready(Ok(false)),
         }
     }
+}
+
+/// `a` then `b`, in one buffer of exactly their size.
+pub(crate) fn join(a: &[u8], b: &[u8]) -> Bytes {
+    let mut m = BytesMut::with_capacity(a.len() + b.len());
+    m.extend_from_slice(a);
+    m.extend_from_slice(b);
+    m.freeze()
 }
 
 /// Kept connections, by [`Key`].
@@ -202,15 +212,34 @@ fn body_expected(m: &Method) -> bool {
 /// whole), then the body.
 fn encode(parts: &http::request::Parts, body: &[u8]) -> Bytes {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut out = BytesMut::with_capacity(256 + body.len());
+    let framed = |name: &HeaderName| name == CONTENT_LENGTH || name == TRANSFER_ENCODING;
+    let had_length = parts.headers.keys().any(framed);
+    let with_length = had_length || !body.is_empty() || body_expected(&parts.method);
+    // Exactly the size needed: a buffer with room to spare would cost another allocation
+    // when frozen.
+    let size = parts.method.as_str().len()
+        + path.len()
+        + 12
+        + parts
+            .headers
+            .iter()
+            .filter(|(k, _)| !framed(k))
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+        + if with_length {
+            18 + digits(body.len())
+        } else {
+            0
+        }
+        + 2
+        + body.len();
+    let mut out = BytesMut::with_capacity(size);
     out.put_slice(parts.method.as_str().as_bytes());
     out.put_u8(b' ');
     out.put_slice(path.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
-    let mut had_length = false;
     for (name, value) in &parts.headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
-            had_length = true;
+        if framed(name) {
             continue;
         }
         out.put_slice(name.as_str().as_bytes());
@@ -218,11 +247,12 @@ fn encode(parts: &http::request::Parts, body: &[u8]) -> Bytes {
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
-    if had_length || !body.is_empty() || body_expected(&parts.method) {
+    if with_length {
         let _ = write!(out, "content-length: {}\r\n", body.len());
     }
     out.put_slice(b"\r\n");
     out.put_slice(body);
+    debug_assert_eq!(out.len(), size);
     out.freeze()
 }
 
@@ -291,7 +321,7 @@ pub(crate) fn has_token(headers: &HeaderMap, token: &str) -> bool {
 /// A final response head from the front of `buf` (informational ones are skipped), its body
 /// framing and whether the connection may be kept; `None` while incomplete.
 fn parse_head(
-    buf: &mut BytesMut,
+    buf: &mut Bytes,
     head_request: bool,
 ) -> Result<Option<(Response<()>, Framing, bool)>, Error> {
     loop {
@@ -318,7 +348,7 @@ fn parse_head(
             Version::HTTP_11
         };
         let spans = Spans::of(buf, r.headers);
-        let head = buf.split_to(n).freeze();
+        let head = buf.split_to(n);
         let mut headers = spans.headers(&head).map_err(Error::Malformed)?;
         let (framing, mut keep) = framing(&mut headers, status, head_request)?;
         keep &= version == Version::HTTP_11 && !has_token(&headers, "close");
@@ -354,7 +384,8 @@ impl Spans {
 
     /// The fields, their values sharing `head` (the bytes that were parsed).
     pub(crate) fn headers(&self, head: &Bytes) -> Result<HeaderMap, String> {
-        let mut headers = HeaderMap::with_capacity(self.count);
+        // Room for a few more (`host`, `date`, `content-length`), added on the way.
+        let mut headers = HeaderMap::with_capacity(self.count + 3);
         for &((ns, nl), (vs, vl)) in &self.at[..self.count] {
             let name = HeaderName::from_bytes(&head[ns..ns + nl]).map_err(|_| {
                 format!(
@@ -368,6 +399,16 @@ impl Spans {
         }
         Ok(headers)
     }
+}
+
+/// How many decimal digits `n` takes.
+fn digits(mut n: usize) -> usize {
+    let mut d = 1;
+    while n >= 10 {
+        n /= 10;
+        d += 1;
+    }
+    d
 }
 
 /// The body framing of a response (RFC 9112 §6.3), and whether it allows keeping the
@@ -434,7 +475,7 @@ impl UpBody {
         if let (Framing::Length(n), Some(c)) = (self.framing, self.conn.as_mut()) {
             if !c.buf.is_empty() {
                 let k = (c.buf.len() as u64).min(n) as usize;
-                self.ready = Some(c.buf.split_to(k).freeze());
+                self.ready = Some(c.buf.split_to(k));
                 self.framing = if k as u64 == n {
                     Framing::Done
                 } else {
@@ -462,7 +503,7 @@ impl UpBody {
 /// The next piece of a chunked body from `buf`, `None` when more must be read; `framing`
 /// becomes [`Framing::Done`] after the last chunk and the trailers (which are dropped, as
 /// hyper's HTTP/1 client does).
-fn decode_chunked(framing: &mut Framing, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
+fn decode_chunked(framing: &mut Framing, buf: &mut Bytes) -> Result<Option<Bytes>, Error> {
     loop {
         let Framing::Chunked(state) = *framing else {
             return Ok(None);
@@ -488,7 +529,7 @@ fn decode_chunked(framing: &mut Framing, buf: &mut BytesMut) -> Result<Option<By
                     return Ok(None);
                 }
                 let k = (buf.len() as u64).min(n) as usize;
-                let data = buf.split_to(k).freeze();
+                let data = buf.split_to(k);
                 *framing = Framing::Chunked(if k as u64 == n {
                     Chunk::DataEnd
                 } else {
@@ -520,10 +561,10 @@ fn decode_chunked(framing: &mut Framing, buf: &mut BytesMut) -> Result<Option<By
 }
 
 /// One CRLF-terminated line from the front of `buf`, without the CRLF.
-fn take_line(buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
+fn take_line(buf: &mut Bytes) -> Result<Option<Bytes>, Error> {
     match buf.iter().position(|b| *b == b'\n') {
         Some(i) => {
-            let mut line = buf.split_to(i + 1).freeze();
+            let mut line = buf.split_to(i + 1);
             line.truncate(i);
             if line.last() == Some(&b'\r') {
                 line.truncate(i - 1);
@@ -556,7 +597,7 @@ impl hyper::body::Body for UpBody {
                     };
                     if !c.buf.is_empty() {
                         let k = (c.buf.len() as u64).min(n) as usize;
-                        let data = c.buf.split_to(k).freeze();
+                        let data = c.buf.split_to(k);
                         if k as u64 == n {
                             this.finish();
                         } else {
@@ -570,7 +611,7 @@ impl hyper::body::Body for UpBody {
                         return Poll::Ready(None);
                     };
                     if !c.buf.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(c.buf.split().freeze()))));
+                        return Poll::Ready(Some(Ok(Frame::data(std::mem::take(&mut c.buf)))));
                     }
                 }
                 Framing::Chunked(_) => {
@@ -623,7 +664,7 @@ mod tests {
     use super::*;
 
     fn head(raw: &str, head_request: bool) -> Result<Option<(Response<()>, Framing, bool)>, Error> {
-        parse_head(&mut BytesMut::from(raw), head_request)
+        parse_head(&mut Bytes::copy_from_slice(raw.as_ref()), head_request)
     }
 
     #[test]
@@ -754,27 +795,27 @@ mod tests {
     #[test]
     fn chunked_decoding() {
         let mut f = Framing::Chunked(Chunk::Size);
-        let mut buf = BytesMut::from("3;ext=1\r\nabc\r\n5");
+        let mut buf = Bytes::from("3;ext=1\r\nabc\r\n5");
         assert_eq!(decode_chunked(&mut f, &mut buf).unwrap().unwrap(), "abc");
         // A size line not complete yet.
         assert_eq!(decode_chunked(&mut f, &mut buf).unwrap(), None);
         assert_eq!(f, Framing::Chunked(Chunk::Size));
         // The rest arrives in pieces.
-        buf.extend_from_slice(b"\r\nxy");
+        buf = join(&buf, b"\r\nxy");
         assert_eq!(decode_chunked(&mut f, &mut buf).unwrap().unwrap(), "xy");
         assert_eq!(f, Framing::Chunked(Chunk::Data(3)));
-        buf.extend_from_slice(b"zzz\r\n0\r\ntrailer: t\r\n\r\n");
+        buf = join(&buf, b"zzz\r\n0\r\ntrailer: t\r\n\r\n");
         assert_eq!(decode_chunked(&mut f, &mut buf).unwrap().unwrap(), "zzz");
         assert_eq!(decode_chunked(&mut f, &mut buf).unwrap(), None);
         assert_eq!(f, Framing::Done);
         assert!(buf.is_empty());
         for bad in ["zz\r\n", "2\r\nabXY"] {
             let mut f = Framing::Chunked(Chunk::Size);
-            let mut buf = BytesMut::from(bad);
+            let mut buf = Bytes::from(bad);
             let r = decode_chunked(&mut f, &mut buf).and_then(|_| decode_chunked(&mut f, &mut buf));
             assert!(r.is_err(), "{bad}");
         }
-        let mut long = BytesMut::from(&[b'1'; 5000][..]);
+        let mut long = Bytes::copy_from_slice(&[b'1'; 5000][..]);
         assert!(take_line(&mut long).is_err());
     }
 }

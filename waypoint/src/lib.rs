@@ -205,11 +205,13 @@ fn pick(pi: &ProxyInputs, backend: &Backend, avoid: &[String]) -> Result<Picked,
                 .state
                 .pick_endpoint_in(svc, *port, |w| in_subset(w) && !avoid.contains(&w.uid))
                 .or_else(|| pi.state.pick_endpoint_in(svc, *port, in_subset))
-                .ok_or((
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("no healthy upstream for {}:{port}", svc.hostname),
-                    "UH",
-                ))?;
+                .ok_or_else(|| {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("no healthy upstream for {}:{port}", svc.hostname),
+                        "UH",
+                    )
+                })?;
             Ok(Picked {
                 w: ep.workload,
                 port: ep.port,
@@ -230,11 +232,13 @@ async fn open_tunnel(
     p: &Picked,
     client: SocketAddr,
 ) -> Result<hbone::stream::H2Stream, Unreachable> {
-    let ip = *p.w.addresses.first().ok_or((
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("workload {} has no address", p.w.name),
-        "UH",
-    ))?;
+    let ip = *p.w.addresses.first().ok_or_else(|| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("workload {} has no address", p.w.name),
+            "UH",
+        )
+    })?;
     let key = PoolKey {
         src_identity: pi.local_identity(),
         dst_identities: vec![p.w.identity()],

@@ -654,11 +654,13 @@ pub fn tcp_backend(
     let Some((vs, rule)) = l7::vsroute::tcp_route(&all, &frontend, *vip, *port) else {
         return Ok(Backend::of(dst.clone()));
     };
-    let dest = l7::vsroute::pick_weighted(&rule.route).ok_or((
-        StatusCode::SERVICE_UNAVAILABLE,
-        "no destination".to_string(),
-        "NR",
-    ))?;
+    let dest = l7::vsroute::pick_weighted(&rule.route).ok_or_else(|| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no destination".to_string(),
+            "NR",
+        )
+    })?;
     let facts = Facts {
         pi,
         config,

@@ -23,7 +23,7 @@ use hyper::body::Body as _;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::forward::{Context, ReqBody, REPLAY_LIMIT};
-use crate::h1::{has_token, Conn, Spans, MAX_HEADERS};
+use crate::h1::{has_token, join, Conn, Spans, MAX_HEADERS};
 use crate::Body;
 
 /// A request head larger than this goes to hyper's server, which refuses it past its own
@@ -61,7 +61,7 @@ pub async fn serve(ctx: Arc<Context>, stream: H2Stream) {
                 Err(e) => return tracing::debug!(error = %e, "tunnel from the client failed"),
             }
         }
-        let body = conn.buf.split_to(length).freeze();
+        let body = conn.buf.split_to(length);
         let head_request = parts.method == Method::HEAD;
         let resp = ctx
             .handle(Request::from_parts(parts, ReqBody::Held(body)))
@@ -96,7 +96,7 @@ enum Parsed {
 
 /// Parses a request head at the front of `buf`; consumes it only when it is one this module
 /// serves.
-fn request(buf: &mut BytesMut) -> Parsed {
+fn request(buf: &mut Bytes) -> Parsed {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut r = httparse::Request::new(&mut fields);
     let n = match r.parse(buf) {
@@ -139,16 +139,14 @@ fn request(buf: &mut BytesMut) -> Parsed {
     let path_at = path.as_ptr() as usize - base;
     let path_len = path.len();
     let spans = Spans::of(buf, r.headers);
-    let head = buf.split_to(n).freeze();
+    let head = buf.split_to(n);
     let (Ok(uri), Ok(headers)) = (
         http::Uri::from_maybe_shared(head.slice(path_at..path_at + path_len)),
         spans.headers(&head),
     ) else {
         // Not for what httparse accepts, but if it is: the head goes back, for hyper's
         // answer.
-        let mut back = BytesMut::from(&head[..]);
-        back.extend_from_slice(buf);
-        *buf = back;
+        *buf = join(&head, buf);
         return Parsed::Other;
     };
     let close = has_token(&headers, "close");
@@ -166,7 +164,7 @@ fn request(buf: &mut BytesMut) -> Parsed {
 
 /// The rest of the connection (`conn`'s buffer first) to hyper's server.
 async fn hand_over(ctx: Arc<Context>, conn: Conn) {
-    let io = TokioIo::new(H2Io::with_pending(conn.stream, conn.buf.freeze()));
+    let io = TokioIo::new(H2Io::with_pending(conn.stream, conn.buf));
     let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let ctx = ctx.clone();
         async move {
@@ -222,7 +220,11 @@ async fn respond(
     {
         Framing::None
     } else if let Some(n) = body.size_hint().exact() {
-        parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        // Usually the endpoint's own, already right.
+        let given = parts.headers.get(CONTENT_LENGTH);
+        if given.and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) != Some(n) {
+            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
         Framing::Length(n)
     } else if let Some(n) = parts
         .headers
@@ -246,7 +248,18 @@ async fn respond(
     if !parts.headers.contains_key(DATE) {
         parts.headers.insert(DATE, date());
     }
-    let mut out = BytesMut::with_capacity(256);
+    // The head, and the body when it is small and already here, in one buffer.
+    let head_size: usize = 64
+        + parts
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    let body_size = match framing {
+        Framing::Length(n) if n <= SEND_AT as u64 => n as usize,
+        _ => 0,
+    };
+    let mut out = BytesMut::with_capacity(head_size + body_size);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.extend_from_slice(b" ");
@@ -374,10 +387,10 @@ fn date() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::{request, Parsed};
-    use bytes::BytesMut;
+    use bytes::Bytes;
 
-    fn parse(text: &str) -> (Parsed, BytesMut) {
-        let mut buf = BytesMut::from(text.as_bytes());
+    fn parse(text: &str) -> (Parsed, Bytes) {
+        let mut buf = Bytes::copy_from_slice(text.as_bytes());
         (request(&mut buf), buf)
     }
 
