@@ -362,6 +362,7 @@ async fn get(
 /// - `/nocontent`: 204;
 /// - `/continue`: 100 Continue, then 200;
 /// - `/conflict`: 200 with two different `content-length`s (malformed), then close;
+/// - `/fail`: 503 (an endpoint that always fails, for outlier detection);
 /// - `/headers`: 200, the body is the request's head as received; the answer names
 ///   `x-hop` in `connection: close, x-hop` and carries `x-hop` and `keep-alive`, fields
 ///   for this connection only, then the connection closes;
@@ -464,6 +465,12 @@ mod raw {
                     return tcp.shutdown().await;
                 }
                 "/nocontent" => tcp.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await?,
+                "/fail" => {
+                    tcp.write_all(
+                        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 5\r\n\r\nfail\n",
+                    )
+                    .await?
+                }
                 "/continue" => {
                     tcp.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
                     tokio::time::sleep(Duration::from_millis(20)).await;

@@ -324,9 +324,8 @@ pub struct L4Match {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DestinationRuleSpec {
     pub host: String,
-    /// Accepted; load balancing, connection pools and outlier detection are not applied yet.
     #[serde(default)]
-    pub traffic_policy: Option<serde_json::Value>,
+    pub traffic_policy: Option<TrafficPolicy>,
     #[serde(default)]
     pub subsets: Vec<Subset>,
     #[serde(default)]
@@ -342,7 +341,108 @@ pub struct Subset {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
-    pub traffic_policy: Option<serde_json::Value>,
+    pub traffic_policy: Option<TrafficPolicy>,
+}
+
+/// A DestinationRule's (or a subset's) traffic policy. `outlierDetection` is applied, at the
+/// top level and per port; the other sections (`loadBalancer`, `connectionPool`, `tls`, ...)
+/// are accepted and kept, not applied.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_level_settings: Vec<PortTrafficPolicy>,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// `portLevelSettings[]`: sections for one port, each replacing the policy's own (DR-06).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortTrafficPolicy {
+    #[serde(default)]
+    pub port: Option<PortSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// `outlierDetection` (DR-39 … DR-44); unset fields take the defaults of
+/// [`OutlierDetection::effective`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetection {
+    #[serde(default, rename = "consecutive5xxErrors")]
+    pub consecutive_5xx_errors: Option<u32>,
+    #[serde(default)]
+    pub consecutive_gateway_errors: Option<u32>,
+    #[serde(default)]
+    pub interval: Option<String>,
+    #[serde(default)]
+    pub base_ejection_time: Option<String>,
+    #[serde(default)]
+    pub max_ejection_percent: Option<i32>,
+    #[serde(default)]
+    pub min_health_percent: Option<i32>,
+    /// Accepted, not applied: `splitExternalLocalOriginErrors`,
+    /// `consecutiveLocalOriginFailures`, the deprecated `consecutiveErrors`.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// An [`OutlierDetection`] with its defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ejection {
+    /// Consecutive 5xx answers (including locally generated 503s for connect failures)
+    /// that eject an endpoint; 0: off.
+    pub consecutive_5xx: u32,
+    /// Consecutive 502, 503 or 504 answers that eject; 0: off.
+    pub consecutive_gateway: u32,
+    /// How often ejections are reviewed: an ejected endpoint comes back at the first review
+    /// after its ejection time.
+    pub interval: Duration,
+    /// Ejection time = this × how many times the endpoint was ejected.
+    pub base_ejection_time: Duration,
+    /// At most this % of a service's endpoints ejected at once (at least one).
+    pub max_ejection_percent: u32,
+    /// Below this % of endpoints healthy, ejections are ignored (0: never).
+    pub min_health_percent: u32,
+}
+
+impl OutlierDetection {
+    /// With the defaults of l7-semantics.md DR-39 … DR-44: 5 consecutive 5xx, gateway errors
+    /// off, 10 s interval, 30 s base ejection time, 10 %, no panic threshold.
+    pub fn effective(&self) -> Ejection {
+        let duration = |d: &Option<String>, default: u64| {
+            d.as_deref()
+                .and_then(|d| parse_duration(d).ok())
+                .unwrap_or(Duration::from_secs(default))
+        };
+        let percent = |p: Option<i32>, default: u32| p.map_or(default, |p| p.clamp(0, 100) as u32);
+        Ejection {
+            consecutive_5xx: self.consecutive_5xx_errors.unwrap_or(5),
+            consecutive_gateway: self.consecutive_gateway_errors.unwrap_or(0),
+            interval: duration(&self.interval, 10),
+            base_ejection_time: duration(&self.base_ejection_time, 30),
+            max_ejection_percent: percent(self.max_ejection_percent, 10),
+            min_health_percent: percent(self.min_health_percent, 0),
+        }
+    }
+}
+
+impl TrafficPolicy {
+    /// The `outlierDetection` section for `port`: the port's entry when it sets one (DR-06),
+    /// else the policy's own. `None`: this policy does not set it.
+    pub fn outlier_detection_for(&self, port: u16) -> Option<&OutlierDetection> {
+        self.port_level_settings
+            .iter()
+            .find(|p| p.port.as_ref().is_some_and(|s| s.number == port))
+            .and_then(|p| p.outlier_detection.as_ref())
+            .or(self.outlier_detection.as_ref())
+    }
 }
 
 /// A protobuf-JSON or Go-style duration: `3s`, `0.5s`, `100ms`, `1m30s`, `1h`.

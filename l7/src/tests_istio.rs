@@ -319,3 +319,57 @@ fn retry_counting_defaults_and_triggers() {
     ));
     assert!(p.again(1, Outcome::Timeout) && p.again(1, Outcome::Reset));
 }
+
+#[test]
+fn outlier_detection_defaults_port_level_and_checks() {
+    let dr: DestinationRuleSpec = serde_yaml::from_str(
+        "host: r
+trafficPolicy:
+  loadBalancer: {simple: RANDOM}
+  outlierDetection: {consecutive5xxErrors: 3, interval: 2s}
+  portLevelSettings:
+  - port: {number: 9080}
+    outlierDetection: {consecutiveGatewayErrors: 1}
+",
+    )
+    .unwrap();
+    dr.validate().unwrap();
+    let p = dr.traffic_policy.as_ref().unwrap();
+    // Sections not applied are kept.
+    assert!(p.other.contains_key("loadBalancer"));
+    let top = p.outlier_detection_for(80).unwrap().effective();
+    assert_eq!(
+        top,
+        Ejection {
+            consecutive_5xx: 3,
+            consecutive_gateway: 0,
+            interval: std::time::Duration::from_secs(2),
+            base_ejection_time: std::time::Duration::from_secs(30),
+            max_ejection_percent: 10,
+            min_health_percent: 0,
+        }
+    );
+    // The port's section replaces the policy's whole: its unset fields take the defaults.
+    let port = p.outlier_detection_for(9080).unwrap().effective();
+    assert_eq!((port.consecutive_5xx, port.consecutive_gateway), (5, 1));
+    assert_eq!(port.interval, std::time::Duration::from_secs(10));
+    for (bad, field) in [
+        (
+            "{outlierDetection: {maxEjectionPercent: 101}}",
+            "spec.trafficPolicy.outlierDetection.maxEjectionPercent",
+        ),
+        (
+            "{outlierDetection: {baseEjectionTime: soon}}",
+            "spec.trafficPolicy.outlierDetection.baseEjectionTime",
+        ),
+        (
+            "{portLevelSettings: [{outlierDetection: {}}]}",
+            "spec.trafficPolicy.portLevelSettings[0].port",
+        ),
+    ] {
+        let dr: DestinationRuleSpec =
+            serde_yaml::from_str(&format!("{{host: r, trafficPolicy: {bad}}}")).unwrap();
+        let e = dr.validate().unwrap_err();
+        assert!(e.starts_with(field), "{e}");
+    }
+}

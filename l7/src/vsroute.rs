@@ -34,8 +34,15 @@ pub struct DestinationRule {
     pub name: String,
     pub created: u64,
     pub spec: DestinationRuleSpec,
-    /// Subset name → workload uids.
-    pub subsets: BTreeMap<String, Arc<BTreeSet<String>>>,
+    /// Subset name → its workloads.
+    pub subsets: BTreeMap<String, Arc<SubsetMembers>>,
+}
+
+/// A subset of a DestinationRule and the uids of its workloads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubsetMembers {
+    pub name: String,
+    pub uids: BTreeSet<String>,
 }
 
 /// A host as written in a VirtualService or DestinationRule, as a fully qualified name:

@@ -284,6 +284,7 @@ fn every_route_field_once() {
     mesh.ok(&["apply", "-f", raw.to_str().unwrap()]);
     upstream_framings(&mesh);
     downstream_framings(&mesh);
+    outlier_detection(&mesh);
     for f in [waypoint, routes, raw] {
         let _ = std::fs::remove_file(f);
     }
@@ -528,4 +529,106 @@ fn downstream_framings(mesh: &Mesh) {
         "malformed": ["400"],
     });
     assert_eq!(got, want, "{}", mesh.waypoint_log());
+}
+
+/// Two endpoints behind `flaky`: the bundled details app (200 for any path) and `keelson app
+/// raw`, whose `/fail` is always 503.
+fn flaky_yaml(mesh: &Mesh) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: flaky}}\n\
+         spec: {{selector: {{flaky: \"1\"}}, ports: [{{port: 9080, name: http}}]}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: flaky-good, labels: {{flaky: \"1\"}}}}\nspec:\n  \
+         nodeName: node-1\n  containers: [{{name: details, image: docker.io/istio/examples-bookinfo-details-v1}}]\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: flaky-bad, labels: {{flaky: \"1\"}}}}\nspec:\n  \
+         nodeName: node-2\n  containers:\n  - name: raw\n    image: keelson/raw\n    \
+         command: [{:?}, app, raw, --port, \"9080\"]\n",
+        mesh.bin().display().to_string()
+    )
+}
+
+const FLAKY_OUTLIERS: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: flaky}
+spec:
+  host: flaky
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}
+";
+
+/// Appended to [`FLAKY_OUTLIERS`]: a subset that turns ejection off (its own section
+/// replaces the rule's, DR-05), which a VirtualService sends everything to.
+const FLAKY_SUBSET: &str = "  subsets:
+  - name: all
+    labels: {flaky: \"1\"}
+    trafficPolicy:
+      outlierDetection: {consecutive5xxErrors: 0}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: flaky}
+spec:
+  hosts: [flaky]
+  http:
+  - route: [{destination: {host: flaky, subset: all}}]
+";
+
+/// DestinationRule `outlierDetection` at the waypoint: an endpoint that keeps failing is
+/// ejected and the service answers from the other; a subset's own policy replaces the
+/// rule's; a bad value is refused naming its field.
+fn outlier_detection(mesh: &Mesh) {
+    let flaky = mesh.write("flaky.yaml", &flaky_yaml(mesh));
+    mesh.ok(&["apply", "-f", flaky.to_str().unwrap()]);
+    let statuses = |n: usize| -> Vec<u16> {
+        (0..n)
+            .map(|_| mesh.curl_i(&["http://flaky:9080/fail"]).0)
+            .collect()
+    };
+    let both_answer = || {
+        eventually(15, || {
+            let s = statuses(20);
+            s.contains(&200) && s.contains(&503)
+        })
+    };
+    // Without a rule, both endpoints answer.
+    assert!(both_answer(), "{}", mesh.logs());
+    let bad = mesh.write(
+        "bad-dr.yaml",
+        &FLAKY_OUTLIERS.replace("maxEjectionPercent: 100", "maxEjectionPercent: 150"),
+    );
+    let out = mesh.run(&["apply", "-f", bad.to_str().unwrap()]);
+    assert!(
+        !out.ok
+            && out.stderr.contains("bad-dr.yaml")
+            && out
+                .stderr
+                .contains("spec.trafficPolicy.outlierDetection.maxEjectionPercent"),
+        "{}",
+        out.stderr
+    );
+    let rule = mesh.write("flaky-dr.yaml", FLAKY_OUTLIERS);
+    mesh.ok(&["apply", "-f", rule.to_str().unwrap()]);
+    // Two 503s in a row from flaky-bad eject it (for 60 s): then only 200s.
+    assert!(
+        eventually(15, || statuses(10).iter().all(|s| *s == 200)),
+        "{}",
+        mesh.waypoint_log()
+    );
+    assert!(statuses(20).iter().all(|s| *s == 200));
+    assert!(
+        mesh.waypoint_log().lines().any(|l| l
+            .contains("outlier detection ejected an endpoint")
+            && l.contains("flaky-bad")),
+        "{}",
+        mesh.waypoint_log()
+    );
+    // Through the subset, whose policy ejects nothing: flaky-bad answers again.
+    let subset = mesh.write("flaky-dr.yaml", &format!("{FLAKY_OUTLIERS}{FLAKY_SUBSET}"));
+    mesh.ok(&["apply", "-f", subset.to_str().unwrap()]);
+    assert!(both_answer(), "{}", mesh.waypoint_log());
+    // And keeps answering: without ejection, about half of 40 (fewer than 5: p < 1e-6).
+    let failed = statuses(40).iter().filter(|s| **s == 503).count();
+    assert!(failed >= 5, "{failed} of 40 failed");
+    for f in [flaky, bad, subset] {
+        let _ = std::fs::remove_file(f);
+    }
 }

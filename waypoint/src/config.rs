@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use l7::table::{Route, RouteTable};
-use l7::vsroute::{DestinationRule, VirtualService, VsTable};
+use l7::vsroute::{DestinationRule, SubsetMembers, VirtualService, VsTable};
 use prost::Message;
 use ztunnel::state::State;
 
@@ -55,8 +55,11 @@ pub fn decode_destination_rule(bytes: &[u8]) -> Result<DestinationRule, String> 
             .into_iter()
             .map(|s| {
                 (
-                    s.name,
-                    Arc::new(s.workload_uids.into_iter().collect::<BTreeSet<_>>()),
+                    s.name.clone(),
+                    Arc::new(SubsetMembers {
+                        name: s.name,
+                        uids: s.workload_uids.into_iter().collect::<BTreeSet<_>>(),
+                    }),
                 )
             })
             .collect(),
@@ -95,6 +98,8 @@ struct Cache {
     routes: Vec<Arc<Route>>,
     virtual_services: Vec<Arc<VirtualService>>,
     destination_rules: Vec<Arc<DestinationRule>>,
+    /// Whether any DestinationRule sets `outlierDetection` anywhere.
+    any_outlier: bool,
     route_tables: HashMap<RouteKey, Arc<Option<RouteTable>>>,
     /// By service hostname.
     vs_tables: HashMap<String, Arc<Option<VsTable>>>,
@@ -140,6 +145,7 @@ impl L7Config {
                 ),
                 ..Cache::default()
             };
+            c.any_outlier = c.destination_rules.iter().any(|d| sets_outlier(&d.spec));
         }
         f(&mut c)
     }
@@ -187,6 +193,42 @@ impl L7Config {
         self.with(state, |c| c.virtual_services.clone())
     }
 
+    /// The outlier detection for requests to `hostname`'s `port`, to `subset` when a route
+    /// names one: the port's or else the policy's own `outlierDetection` (DR-06) of the
+    /// subset's policy, else of the first DestinationRule with a top-level policy (DR-02,
+    /// DR-05: a subset's section replaces the rule's). Rules are looked for as in
+    /// [`L7Config::subset`]. `None`: no outlier detection.
+    pub fn ejection(
+        &self,
+        state: &State,
+        hostname: &str,
+        namespaces: [&str; 3],
+        port: u16,
+        subset: Option<&str>,
+    ) -> Option<l7::istio::Ejection> {
+        self.with(state, |c| {
+            if !c.any_outlier {
+                return None;
+            }
+            let candidates = ranked(&c.destination_rules, hostname, namespaces);
+            let from_subset = subset.and_then(|name| {
+                candidates
+                    .iter()
+                    .find_map(|d| d.spec.subsets.iter().find(|s| s.name == name))
+                    .and_then(|s| s.traffic_policy.as_ref())
+                    .and_then(|p| p.outlier_detection_for(port))
+            });
+            from_subset
+                .or_else(|| {
+                    candidates
+                        .iter()
+                        .find_map(|d| d.spec.traffic_policy.as_ref())
+                        .and_then(|p| p.outlier_detection_for(port))
+                })
+                .map(l7::istio::OutlierDetection::effective)
+        })
+    }
+
     /// The workloads of `subset` of the service `hostname`: from the DestinationRule for it
     /// in the service's namespace, else the waypoint's, else the root namespace (DR-01,
     /// DR-03: the first with that subset wins). `None`: no such subset.
@@ -196,24 +238,48 @@ impl L7Config {
         hostname: &str,
         namespaces: [&str; 3],
         subset: &str,
-    ) -> Option<Arc<BTreeSet<String>>> {
+    ) -> Option<Arc<SubsetMembers>> {
         self.with(state, |c| {
-            let mut candidates: Vec<&Arc<DestinationRule>> = c
-                .destination_rules
-                .iter()
-                .filter(|d| l7::vsroute::fqdn(&d.spec.host, &d.namespace) == hostname)
-                .collect();
-            let rank = |d: &DestinationRule| {
-                namespaces
-                    .iter()
-                    .position(|n| *n == d.namespace)
-                    .unwrap_or(usize::MAX)
-            };
-            candidates.retain(|d| rank(d) != usize::MAX);
-            candidates.sort_by_key(|d| (rank(d), d.created));
-            candidates
+            ranked(&c.destination_rules, hostname, namespaces)
                 .into_iter()
                 .find_map(|d| d.subsets.get(subset).cloned())
         })
     }
+}
+
+/// The DestinationRules for `hostname` in `namespaces`, in that order, oldest first within
+/// one namespace.
+fn ranked<'a>(
+    rules: &'a [Arc<DestinationRule>],
+    hostname: &str,
+    namespaces: [&str; 3],
+) -> Vec<&'a Arc<DestinationRule>> {
+    let rank = |d: &DestinationRule| {
+        namespaces
+            .iter()
+            .position(|n| *n == d.namespace)
+            .unwrap_or(usize::MAX)
+    };
+    let mut candidates: Vec<&Arc<DestinationRule>> = rules
+        .iter()
+        .filter(|d| rank(d) != usize::MAX)
+        .filter(|d| l7::vsroute::fqdn(&d.spec.host, &d.namespace) == hostname)
+        .collect();
+    candidates.sort_by_key(|d| (rank(d), d.created));
+    candidates
+}
+
+/// Whether a DestinationRule sets `outlierDetection`, at any level.
+fn sets_outlier(spec: &l7::istio::DestinationRuleSpec) -> bool {
+    let policy = |p: &l7::istio::TrafficPolicy| {
+        p.outlier_detection.is_some()
+            || p.port_level_settings
+                .iter()
+                .any(|s| s.outlier_detection.is_some())
+    };
+    spec.traffic_policy.as_ref().is_some_and(policy)
+        || spec
+            .subsets
+            .iter()
+            .any(|s| s.traffic_policy.as_ref().is_some_and(policy))
 }

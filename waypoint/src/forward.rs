@@ -16,10 +16,12 @@ use ztunnel::proxy::ProxyInputs;
 use ztunnel::state::Workload;
 
 use crate::h1::{self, BoxError};
+use crate::outlier::Outliers;
 use crate::plan::{Action, Facts, Plan};
 use crate::{
     full, open_tunnel, pick, text, Backend, Body, Destination, L7Config, Picked, Unreachable,
 };
+use l7::istio::Ejection;
 
 /// Bodies up to this size are held so a request can be retried or mirrored; larger (or
 /// unsized) ones stream through, with one try and no mirror.
@@ -237,7 +239,19 @@ impl Context {
         tried: &[String],
     ) -> (Outcome, Response<Body>, Option<Arc<Workload>>, &'static str) {
         let attempt = async {
-            let picked = match pick(&self.pi, backend, tried) {
+            let outlier = self.outlier(backend);
+            let ejected = match &outlier {
+                Some((policy, key, total)) => {
+                    let out = Outliers::get().ejected(key, Instant::now());
+                    if crate::outlier::panic(policy, *total, out.len()) {
+                        Vec::new()
+                    } else {
+                        out
+                    }
+                }
+                None => Vec::new(),
+            };
+            let picked = match pick(&self.pi, backend, tried, &ejected) {
                 Ok(p) => p,
                 Err((status, msg, flag)) => {
                     let o = Outcome::Response {
@@ -247,7 +261,23 @@ impl Context {
                     return (o, text(status, &msg), None, flag);
                 }
             };
-            match exchange(&self.pi, &picked, self.client, req).await {
+            let result = exchange(&self.pi, &picked, self.client, req).await;
+            if let Some((policy, key, total)) = &outlier {
+                // A failed connection or a reset counts as the 503 it is answered with.
+                let status = result.as_ref().map_or(503, |r| r.status().as_u16());
+                if Outliers::get().record(
+                    key,
+                    &picked.w.uid,
+                    status,
+                    policy,
+                    *total,
+                    Instant::now(),
+                ) {
+                    tracing::info!(cluster = %key, endpoint = %picked.w.name,
+                        "outlier detection ejected an endpoint");
+                }
+            }
+            match result {
                 Ok(mut r) => {
                     let upgraded = r.status() == StatusCode::SWITCHING_PROTOCOLS;
                     strip_hop_by_hop(r.headers_mut(), upgraded);
@@ -302,6 +332,34 @@ impl Context {
         }
     }
 
+    /// The outlier detection for `backend` (a DestinationRule's), with the key its endpoints
+    /// are counted under and how many endpoints it has.
+    fn outlier(&self, backend: &Backend) -> Option<(Ejection, crate::outlier::Key, usize)> {
+        let Destination::Service { svc, port } = &backend.dst else {
+            return None;
+        };
+        let subset = backend.subset.as_deref().map(|s| s.name.as_str());
+        let namespaces = [
+            svc.namespace.as_str(),
+            self.pi.cfg.pod_namespace.as_deref().unwrap_or(""),
+            "istio-system",
+        ];
+        let policy =
+            self.config
+                .ejection(&self.pi.state, &svc.hostname, namespaces, *port, subset)?;
+        let total = self.pi.state.count_endpoints_in(svc, *port, |w| {
+            backend
+                .subset
+                .as_ref()
+                .is_none_or(|s| s.uids.contains(&w.uid))
+        });
+        Some((
+            policy,
+            crate::outlier::key(&svc.hostname, *port, subset),
+            total,
+        ))
+    }
+
     /// A copy of the request to `to`, Host suffixed `-shadow` (VS-19); fire and forget.
     fn mirror(&self, parts: &http::request::Parts, body: Bytes, to: Backend, host: &str) {
         let mut parts = clone_parts(parts);
@@ -311,7 +369,7 @@ impl Context {
         let (pi, client) = (self.pi.clone(), self.client);
         tokio::spawn(async move {
             let copy = async {
-                let picked = pick(&pi, &to, &[]).map_err(|e| e.1)?;
+                let picked = pick(&pi, &to, &[], &[]).map_err(|e| e.1)?;
                 let resp = exchange(&pi, &picked, client, Upstream::Whole(&parts, body))
                     .await
                     .map_err(|e| match e {

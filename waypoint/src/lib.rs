@@ -13,7 +13,6 @@
 //! It runs on ztunnel's machinery (`ztunnel::app::run_with`): state and certificates from the
 //! control plane, the HBONE pool, admin, readiness, metrics and drain.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,6 +34,7 @@ mod accesslog;
 pub mod config;
 mod forward;
 mod h1;
+mod outlier;
 mod plan;
 mod serve;
 
@@ -104,7 +104,7 @@ impl Destination {
 #[derive(Clone)]
 struct Backend {
     dst: Destination,
-    subset: Option<Arc<BTreeSet<String>>>,
+    subset: Option<Arc<l7::vsroute::SubsetMembers>>,
 }
 
 impl Backend {
@@ -195,12 +195,23 @@ struct Picked {
     svc: Option<Arc<Service>>,
 }
 
-/// An endpoint of the backend, not one in `avoid` while another is left.
-fn pick(pi: &ProxyInputs, backend: &Backend, avoid: &[String]) -> Result<Picked, Unreachable> {
+/// An endpoint of the backend, not one in `avoid` while another is left, never one in
+/// `ejected` (outlier detection).
+fn pick(
+    pi: &ProxyInputs,
+    backend: &Backend,
+    avoid: &[String],
+    ejected: &[String],
+) -> Result<Picked, Unreachable> {
     match &backend.dst {
         Destination::Service { svc, port } => {
-            let in_subset =
-                |w: &Workload| backend.subset.as_ref().is_none_or(|s| s.contains(&w.uid));
+            let in_subset = |w: &Workload| {
+                backend
+                    .subset
+                    .as_ref()
+                    .is_none_or(|s| s.uids.contains(&w.uid))
+                    && !ejected.contains(&w.uid)
+            };
             let ep = pi
                 .state
                 .pick_endpoint_in(svc, *port, |w| in_subset(w) && !avoid.contains(&w.uid))
@@ -270,7 +281,7 @@ async fn l4(
     let started = Instant::now();
     let result = async {
         let b = backend?;
-        let p = pick(pi, &b, &[])?;
+        let p = pick(pi, &b, &[], &[])?;
         let up = open_tunnel(pi, &p, client).await?;
         Ok::<_, Unreachable>(((up, p.w), b))
     }

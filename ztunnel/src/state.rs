@@ -524,6 +524,25 @@ impl State {
         None
     }
 
+    /// How many endpoints [`State::pick_endpoint_in`] would choose among.
+    pub fn count_endpoints_in(
+        &self,
+        svc: &Service,
+        port: u16,
+        keep: impl Fn(&Workload) -> bool,
+    ) -> usize {
+        let idx = self.index.read().unwrap();
+        let Some(members) = idx.members.get(svc.key()) else {
+            return 0;
+        };
+        members
+            .iter()
+            .filter(|w| w.status == HealthStatus::Healthy && !w.addresses.is_empty())
+            .filter(|w| keep(w))
+            .filter(|w| Self::target_port(svc, w, port).is_some())
+            .count()
+    }
+
     /// The first service `w` belongs to whose target port is `port` (inbound telemetry guess).
     pub fn service_for_inbound(&self, w: &Workload, port: u16) -> Option<Arc<Service>> {
         let idx = self.index.read().unwrap();

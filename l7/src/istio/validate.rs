@@ -434,6 +434,9 @@ impl DestinationRuleSpec {
         if self.host.is_empty() {
             return Err("spec.host: required".into());
         }
+        if let Some(p) = &self.traffic_policy {
+            p.validate("spec.trafficPolicy")?;
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (i, s) in self.subsets.iter().enumerate() {
             if s.name.is_empty() {
@@ -444,6 +447,51 @@ impl DestinationRuleSpec {
                     "spec.subsets[{i}].name: {:?} appears twice",
                     s.name
                 ));
+            }
+            if let Some(p) = &s.traffic_policy {
+                p.validate(&format!("spec.subsets[{i}].trafficPolicy"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TrafficPolicy {
+    fn validate(&self, at: &str) -> Result<(), String> {
+        if let Some(o) = &self.outlier_detection {
+            o.validate(&format!("{at}.outlierDetection"))?;
+        }
+        for (i, p) in self.port_level_settings.iter().enumerate() {
+            if p.port.is_none() {
+                return Err(format!("{at}.portLevelSettings[{i}].port: required"));
+            }
+            if let Some(o) = &p.outlier_detection {
+                o.validate(&format!("{at}.portLevelSettings[{i}].outlierDetection"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl OutlierDetection {
+    fn validate(&self, at: &str) -> Result<(), String> {
+        for (name, d) in [
+            ("interval", &self.interval),
+            ("baseEjectionTime", &self.base_ejection_time),
+        ] {
+            if let Some(d) = d {
+                let t = parse_duration(d).map_err(|e| format!("{at}.{name}: {e}"))?;
+                if t < Duration::from_millis(1) {
+                    return Err(format!("{at}.{name}: must be at least 1ms"));
+                }
+            }
+        }
+        for (name, p) in [
+            ("maxEjectionPercent", self.max_ejection_percent),
+            ("minHealthPercent", self.min_health_percent),
+        ] {
+            if p.is_some_and(|p| !(0..=100).contains(&p)) {
+                return Err(format!("{at}.{name}: must be between 0 and 100"));
             }
         }
         Ok(())
