@@ -344,14 +344,16 @@ pub struct Subset {
     pub traffic_policy: Option<TrafficPolicy>,
 }
 
-/// A DestinationRule's (or a subset's) traffic policy. `outlierDetection` is applied, at the
-/// top level and per port; the other sections (`loadBalancer`, `connectionPool`, `tls`, ...)
-/// are accepted and kept, not applied.
+/// A DestinationRule's (or a subset's) traffic policy. `outlierDetection` and part of
+/// `connectionPool` are applied, at the top level and per port; the other sections
+/// (`loadBalancer`, `tls`, ...) are accepted and kept, not applied.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub port_level_settings: Vec<PortTrafficPolicy>,
     #[serde(flatten)]
@@ -366,8 +368,91 @@ pub struct PortTrafficPolicy {
     pub port: Option<PortSelector>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPool>,
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// `connectionPool` (DR-25 … DR-38): the circuit breakers of [`ConnectionPool::effective`]
+/// are applied; the other fields are accepted, not applied.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionPool {
+    #[serde(default)]
+    pub tcp: Option<TcpSettings>,
+    #[serde(default)]
+    pub http: Option<HttpSettings>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpSettings {
+    #[serde(default)]
+    pub max_connections: Option<i32>,
+    /// Accepted, not applied: `connectTimeout`, `tcpKeepalive`, `maxConnectionDuration`,
+    /// `idleTimeout`.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpSettings {
+    #[serde(default)]
+    pub http1_max_pending_requests: Option<i32>,
+    #[serde(default)]
+    pub http2_max_requests: Option<i32>,
+    #[serde(default)]
+    pub max_requests_per_connection: Option<i32>,
+    /// Accepted, not applied: `maxRetries`, `idleTimeout`, `h2UpgradePolicy`,
+    /// `useClientProtocol`, `maxConcurrentStreams`, `http2KeepAlive`.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// A [`ConnectionPool`]'s circuit breakers with their defaults (unset or 0: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Upstream connections of the cluster: with HTTP/1.1, one per request in flight.
+    pub max_connections: u32,
+    /// Requests waiting for a connection (or a request slot) before the next overflows.
+    pub max_pending: u32,
+    /// Requests in flight to the cluster, HTTP/1.1 and HTTP/2 alike.
+    pub max_requests: u32,
+    /// Requests per upstream connection; 0: unlimited, 1: none kept.
+    pub max_requests_per_connection: u32,
+}
+
+impl ConnectionPool {
+    pub fn effective(&self) -> Limits {
+        let limit = |v: Option<i32>| match v {
+            Some(n) if n > 0 => n as u32,
+            _ => u32::MAX,
+        };
+        let http = self.http.clone().unwrap_or_default();
+        Limits {
+            max_connections: limit(self.tcp.as_ref().and_then(|t| t.max_connections)),
+            max_pending: limit(http.http1_max_pending_requests),
+            max_requests: limit(http.http2_max_requests),
+            max_requests_per_connection: http
+                .max_requests_per_connection
+                .map_or(0, |n| n.max(0) as u32),
+        }
+    }
+}
+
+impl Limits {
+    /// Whether any breaker is set.
+    pub fn any(&self) -> bool {
+        *self
+            != Limits {
+                max_connections: u32::MAX,
+                max_pending: u32::MAX,
+                max_requests: u32::MAX,
+                max_requests_per_connection: 0,
+            }
+    }
 }
 
 /// `outlierDetection` (DR-39 … DR-44); unset fields take the defaults of
@@ -437,11 +522,22 @@ impl TrafficPolicy {
     /// The `outlierDetection` section for `port`: the port's entry when it sets one (DR-06),
     /// else the policy's own. `None`: this policy does not set it.
     pub fn outlier_detection_for(&self, port: u16) -> Option<&OutlierDetection> {
+        self.port(port)
+            .and_then(|p| p.outlier_detection.as_ref())
+            .or(self.outlier_detection.as_ref())
+    }
+
+    /// The `connectionPool` section for `port`, chosen the same way.
+    pub fn connection_pool_for(&self, port: u16) -> Option<&ConnectionPool> {
+        self.port(port)
+            .and_then(|p| p.connection_pool.as_ref())
+            .or(self.connection_pool.as_ref())
+    }
+
+    fn port(&self, port: u16) -> Option<&PortTrafficPolicy> {
         self.port_level_settings
             .iter()
             .find(|p| p.port.as_ref().is_some_and(|s| s.number == port))
-            .and_then(|p| p.outlier_detection.as_ref())
-            .or(self.outlier_detection.as_ref())
     }
 }
 

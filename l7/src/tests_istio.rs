@@ -373,3 +373,46 @@ trafficPolicy:
         assert!(e.starts_with(field), "{e}");
     }
 }
+
+#[test]
+fn connection_pool_limits_by_port() {
+    let dr: DestinationRuleSpec = serde_yaml::from_str(
+        "host: r
+trafficPolicy:
+  connectionPool: {tcp: {maxConnections: 2, connectTimeout: 1s}, http: {http1MaxPendingRequests: 0}}
+  portLevelSettings:
+  - port: {number: 9080}
+    connectionPool: {http: {http2MaxRequests: 7, maxRequestsPerConnection: 1}}
+",
+    )
+    .unwrap();
+    dr.validate().unwrap();
+    let p = dr.traffic_policy.as_ref().unwrap();
+    let top = p.connection_pool_for(80).unwrap().effective();
+    // 0 (or unset) is no limit, as in Istio.
+    assert_eq!(
+        (top.max_connections, top.max_pending, top.max_requests),
+        (2, u32::MAX, u32::MAX)
+    );
+    assert!(top.any());
+    // The port's section replaces the whole `connectionPool`: no connection limit there.
+    let port = p.connection_pool_for(9080).unwrap().effective();
+    assert_eq!(
+        (
+            port.max_connections,
+            port.max_requests,
+            port.max_requests_per_connection
+        ),
+        (u32::MAX, 7, 1)
+    );
+    assert!(!ConnectionPool::default().effective().any());
+    let bad: DestinationRuleSpec = serde_yaml::from_str(
+        "{host: r, trafficPolicy: {connectionPool: {http: {http2MaxRequests: -1}}}}",
+    )
+    .unwrap();
+    let e = bad.validate().unwrap_err();
+    assert!(
+        e.starts_with("spec.trafficPolicy.connectionPool.http.http2MaxRequests"),
+        "{e}"
+    );
+}

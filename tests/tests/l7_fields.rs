@@ -285,6 +285,7 @@ fn every_route_field_once() {
     upstream_framings(&mesh);
     downstream_framings(&mesh);
     outlier_detection(&mesh);
+    circuit_breakers(&mesh);
     for f in [waypoint, routes, raw] {
         let _ = std::fs::remove_file(f);
     }
@@ -629,6 +630,117 @@ fn outlier_detection(mesh: &Mesh) {
     let failed = statuses(40).iter().filter(|s| **s == 503).count();
     assert!(failed >= 5, "{failed} of 40 failed");
     for f in [flaky, bad, subset] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+const BREAKERS: &str = "apiVersion: v1
+kind: Service
+metadata: {name: cb}
+spec: {selector: {app: details}, ports: [{port: 9080, name: http}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: cb}
+spec:
+  host: cb
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: raw}
+spec:
+  host: raw
+  trafficPolicy:
+    connectionPool: {http: {maxRequestsPerConnection: 1}}
+";
+
+/// Five requests at once to `cb` (each 600 ms at the endpoint), from five threads: the
+/// sorted statuses, each with its `x-envoy-overloaded`.
+const FIVE_AT_ONCE: &str = r#"
+import threading, urllib.request, urllib.error, json
+go = threading.Barrier(5)
+out = []
+def one():
+    go.wait()
+    try:
+        r = urllib.request.urlopen('http://cb:9080/delay/600', timeout=10)
+        out.append([r.status, r.headers.get('x-envoy-overloaded')])
+    except urllib.error.HTTPError as e:
+        out.append([e.code, e.headers.get('x-envoy-overloaded')])
+ts = [threading.Thread(target=one) for _ in range(5)]
+for t in ts: t.start()
+for t in ts: t.join()
+print(json.dumps(sorted(out, key=lambda x: x[0])))
+"#;
+
+/// DestinationRule `connectionPool` at the waypoint, as in Istio's circuit-breaking task:
+/// one connection and one waiting request, the rest 503 with `x-envoy-overloaded`; one
+/// request per upstream connection; a negative limit refused naming its field.
+fn circuit_breakers(mesh: &Mesh) {
+    let bad = mesh.write(
+        "bad-cb.yaml",
+        &BREAKERS.replace("maxConnections: 1", "maxConnections: -1"),
+    );
+    let out = mesh.run(&["apply", "-f", bad.to_str().unwrap()]);
+    assert!(
+        !out.ok
+            && out
+                .stderr
+                .contains("spec.trafficPolicy.connectionPool.tcp.maxConnections"),
+        "{}",
+        out.stderr
+    );
+    let file = mesh.write("cb.yaml", BREAKERS);
+    mesh.ok(&["apply", "-f", file.to_str().unwrap()]);
+    let five = || -> serde_json::Value {
+        let out = mesh.exec("curl", &["python3", "-c", FIVE_AT_ONCE]);
+        assert!(out.ok, "{}{}", out.stdout, out.stderr);
+        serde_json::from_str(out.stdout.trim()).unwrap()
+    };
+    let want = serde_json::json!([
+        [200, null],
+        [200, null],
+        [503, "true"],
+        [503, "true"],
+        [503, "true"]
+    ]);
+    assert!(
+        eventually(20, || five() == want),
+        "{}\n{}",
+        five(),
+        mesh.waypoint_log()
+    );
+    assert!(
+        eventually(5, || mesh.waypoint_log().lines().any(|l| l
+            .contains("authority=cb:9080")
+            && l.contains("response_flags=\"UO\""))),
+        "{}",
+        mesh.waypoint_log()
+    );
+    // One at a time is never refused.
+    for _ in 0..3 {
+        assert_eq!(mesh.curl_i(&["http://cb:9080/delay/0"]).0, 200);
+    }
+    // One request per upstream connection: `raw` numbers a new one each time.
+    let conn = || -> u64 {
+        let (status, text) = mesh.curl_i(&["http://raw:9080/conn"]);
+        assert_eq!(status, 200, "{text}");
+        text.rsplit("\r\n\r\n")
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert!(eventually(10, || {
+        let a = conn();
+        conn() > a
+    }));
+    let (a, b, c) = (conn(), conn(), conn());
+    assert!(a < b && b < c, "{a} {b} {c}");
+    for f in [bad, file] {
         let _ = std::fs::remove_file(f);
     }
 }

@@ -98,8 +98,8 @@ struct Cache {
     routes: Vec<Arc<Route>>,
     virtual_services: Vec<Arc<VirtualService>>,
     destination_rules: Vec<Arc<DestinationRule>>,
-    /// Whether any DestinationRule sets `outlierDetection` anywhere.
-    any_outlier: bool,
+    /// Whether any DestinationRule sets `outlierDetection` or `connectionPool` anywhere.
+    any_policy: bool,
     route_tables: HashMap<RouteKey, Arc<Option<RouteTable>>>,
     /// By service hostname.
     vs_tables: HashMap<String, Arc<Option<VsTable>>>,
@@ -145,7 +145,7 @@ impl L7Config {
                 ),
                 ..Cache::default()
             };
-            c.any_outlier = c.destination_rules.iter().any(|d| sets_outlier(&d.spec));
+            c.any_policy = c.destination_rules.iter().any(|d| sets_policy(&d.spec));
         }
         f(&mut c)
     }
@@ -193,39 +193,47 @@ impl L7Config {
         self.with(state, |c| c.virtual_services.clone())
     }
 
-    /// The outlier detection for requests to `hostname`'s `port`, to `subset` when a route
-    /// names one: the port's or else the policy's own `outlierDetection` (DR-06) of the
-    /// subset's policy, else of the first DestinationRule with a top-level policy (DR-02,
-    /// DR-05: a subset's section replaces the rule's). Rules are looked for as in
-    /// [`L7Config::subset`]. `None`: no outlier detection.
-    pub fn ejection(
+    /// The outlier detection and circuit breakers for requests to `hostname`'s `port`, to
+    /// `subset` when a route names one. Each section is the port's or else the policy's own
+    /// (DR-06), of the subset's policy, else of the first DestinationRule with a top-level
+    /// policy (DR-02, DR-05: a subset's section replaces the rule's). Rules are looked for
+    /// as in [`L7Config::subset`].
+    pub fn policies(
         &self,
         state: &State,
         hostname: &str,
         namespaces: [&str; 3],
         port: u16,
         subset: Option<&str>,
-    ) -> Option<l7::istio::Ejection> {
+    ) -> Policies {
         self.with(state, |c| {
-            if !c.any_outlier {
-                return None;
+            if !c.any_policy {
+                return Policies::default();
             }
             let candidates = ranked(&c.destination_rules, hostname, namespaces);
-            let from_subset = subset.and_then(|name| {
+            let subset_policy = subset.and_then(|name| {
                 candidates
                     .iter()
                     .find_map(|d| d.spec.subsets.iter().find(|s| s.name == name))
                     .and_then(|s| s.traffic_policy.as_ref())
-                    .and_then(|p| p.outlier_detection_for(port))
             });
-            from_subset
-                .or_else(|| {
-                    candidates
-                        .iter()
-                        .find_map(|d| d.spec.traffic_policy.as_ref())
-                        .and_then(|p| p.outlier_detection_for(port))
-                })
-                .map(l7::istio::OutlierDetection::effective)
+            let rule_policy = candidates
+                .iter()
+                .find_map(|d| d.spec.traffic_policy.as_ref());
+            let section = |pick: &dyn Fn(&'_ l7::istio::TrafficPolicy) -> bool| {
+                subset_policy
+                    .filter(|p| pick(p))
+                    .or(rule_policy.filter(|p| pick(p)))
+            };
+            Policies {
+                ejection: section(&|p| p.outlier_detection_for(port).is_some())
+                    .and_then(|p| p.outlier_detection_for(port))
+                    .map(l7::istio::OutlierDetection::effective),
+                limits: section(&|p| p.connection_pool_for(port).is_some())
+                    .and_then(|p| p.connection_pool_for(port))
+                    .map(l7::istio::ConnectionPool::effective)
+                    .filter(l7::istio::Limits::any),
+            }
         })
     }
 
@@ -269,13 +277,22 @@ fn ranked<'a>(
     candidates
 }
 
-/// Whether a DestinationRule sets `outlierDetection`, at any level.
-fn sets_outlier(spec: &l7::istio::DestinationRuleSpec) -> bool {
+/// What applies to the requests to one cluster (service, port, subset).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Policies {
+    pub ejection: Option<l7::istio::Ejection>,
+    /// Only when some breaker is set.
+    pub limits: Option<l7::istio::Limits>,
+}
+
+/// Whether a DestinationRule sets `outlierDetection` or `connectionPool`, at any level.
+fn sets_policy(spec: &l7::istio::DestinationRuleSpec) -> bool {
     let policy = |p: &l7::istio::TrafficPolicy| {
         p.outlier_detection.is_some()
+            || p.connection_pool.is_some()
             || p.port_level_settings
                 .iter()
-                .any(|s| s.outlier_detection.is_some())
+                .any(|s| s.outlier_detection.is_some() || s.connection_pool.is_some())
     };
     spec.traffic_policy.as_ref().is_some_and(policy)
         || spec

@@ -15,6 +15,7 @@ use l7::retry::Outcome;
 use ztunnel::proxy::ProxyInputs;
 use ztunnel::state::Workload;
 
+use crate::breaker::{Breakers, Held};
 use crate::h1::{self, BoxError};
 use crate::outlier::Outliers;
 use crate::plan::{Action, Facts, Plan};
@@ -208,7 +209,7 @@ impl Context {
             let (outcome, mut resp, upstream, flag) = self
                 .try_once(&backend, req, retry.per_try_timeout, &tried)
                 .await;
-            if streaming_used || !retry.again(n, outcome) {
+            if streaming_used || flag == "UO" || !retry.again(n, outcome) {
                 if let Some(down) = on_down {
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                         join_upgrade(down, &mut resp);
@@ -239,7 +240,8 @@ impl Context {
         tried: &[String],
     ) -> (Outcome, Response<Body>, Option<Arc<Workload>>, &'static str) {
         let attempt = async {
-            let outlier = self.outlier(backend);
+            let cluster = self.cluster(backend);
+            let outlier = cluster.as_ref().and_then(|c| c.outlier(&self.pi, backend));
             let ejected = match &outlier {
                 Some((policy, key, total)) => {
                     let out = Outliers::get().ejected(key, Instant::now());
@@ -261,7 +263,20 @@ impl Context {
                     return (o, text(status, &msg), None, flag);
                 }
             };
-            let result = exchange(&self.pi, &picked, self.client, req).await;
+            let limits = cluster
+                .as_ref()
+                .and_then(|c| Some((c.policies.limits?, &c.key)));
+            let slot = match limits {
+                Some((limits, key)) => {
+                    match Breakers::get().admit(key, &limits, req.is_http2()).await {
+                        Some(slot) => Some(slot),
+                        None => return overflow(),
+                    }
+                }
+                None => None,
+            };
+            let per_conn = limits.map_or(0, |(l, _)| l.max_requests_per_connection);
+            let result = exchange(&self.pi, &picked, self.client, req, per_conn).await;
             if let Some((policy, key, total)) = &outlier {
                 // A failed connection or a reset counts as the 503 it is answered with.
                 let status = result.as_ref().map_or(503, |r| r.status().as_u16());
@@ -290,6 +305,9 @@ impl Context {
                         status: r.status().as_u16(),
                         grpc,
                     };
+                    if let Some(slot) = slot {
+                        r = r.map(|b| Held::wrap(b, slot));
+                    }
                     (o, r, Some(picked.w), "-")
                 }
                 Err(Failure::Connect((status, msg, flag))) => (
@@ -332,9 +350,9 @@ impl Context {
         }
     }
 
-    /// The outlier detection for `backend` (a DestinationRule's), with the key its endpoints
-    /// are counted under and how many endpoints it has.
-    fn outlier(&self, backend: &Backend) -> Option<(Ejection, crate::outlier::Key, usize)> {
+    /// The DestinationRule policies for `backend`'s cluster (service, port, subset);
+    /// `None` when none applies.
+    fn cluster(&self, backend: &Backend) -> Option<Cluster> {
         let Destination::Service { svc, port } = &backend.dst else {
             return None;
         };
@@ -344,20 +362,16 @@ impl Context {
             self.pi.cfg.pod_namespace.as_deref().unwrap_or(""),
             "istio-system",
         ];
-        let policy =
+        let policies =
             self.config
-                .ejection(&self.pi.state, &svc.hostname, namespaces, *port, subset)?;
-        let total = self.pi.state.count_endpoints_in(svc, *port, |w| {
-            backend
-                .subset
-                .as_ref()
-                .is_none_or(|s| s.uids.contains(&w.uid))
-        });
-        Some((
-            policy,
-            crate::outlier::key(&svc.hostname, *port, subset),
-            total,
-        ))
+                .policies(&self.pi.state, &svc.hostname, namespaces, *port, subset);
+        if policies.ejection.is_none() && policies.limits.is_none() {
+            return None;
+        }
+        Some(Cluster {
+            key: crate::outlier::key(&svc.hostname, *port, subset),
+            policies,
+        })
     }
 
     /// A copy of the request to `to`, Host suffixed `-shadow` (VS-19); fire and forget.
@@ -370,7 +384,7 @@ impl Context {
         tokio::spawn(async move {
             let copy = async {
                 let picked = pick(&pi, &to, &[], &[]).map_err(|e| e.1)?;
-                let resp = exchange(&pi, &picked, client, Upstream::Whole(&parts, body))
+                let resp = exchange(&pi, &picked, client, Upstream::Whole(&parts, body), 0)
                     .await
                     .map_err(|e| match e {
                         Failure::Connect(u) => u.1,
@@ -387,6 +401,44 @@ impl Context {
             }
         });
     }
+}
+
+/// A cluster's key (what ejections and breakers count within) and policies.
+struct Cluster {
+    key: crate::outlier::Key,
+    policies: crate::config::Policies,
+}
+
+impl Cluster {
+    /// The outlier detection, with the key and how many endpoints the cluster has.
+    fn outlier(&self, pi: &ProxyInputs, backend: &Backend) -> Option<(Ejection, &String, usize)> {
+        let ejection = self.policies.ejection?;
+        let Destination::Service { svc, port } = &backend.dst else {
+            return None;
+        };
+        let total = pi.state.count_endpoints_in(svc, *port, |w| {
+            backend
+                .subset
+                .as_ref()
+                .is_none_or(|s| s.uids.contains(&w.uid))
+        });
+        Some((ejection, &self.key, total))
+    }
+}
+
+/// A circuit breaker's answer (DR-25, DR-30): not sent, not retried.
+fn overflow() -> (Outcome, Response<Body>, Option<Arc<Workload>>, &'static str) {
+    let mut resp = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+    );
+    resp.headers_mut()
+        .insert("x-envoy-overloaded", http::HeaderValue::from_static("true"));
+    let o = Outcome::Response {
+        status: 503,
+        grpc: None,
+    };
+    (o, resp, None, "UO")
 }
 
 /// Whether an HTTP/2 endpoint refused the request's stream (REFUSED_STREAM: nothing of it
@@ -418,15 +470,26 @@ enum Upstream<'a> {
     Built(Request<Body>),
 }
 
+impl Upstream<'_> {
+    fn is_http2(&self) -> bool {
+        match self {
+            Upstream::Whole(parts, _) => parts.version == http::Version::HTTP_2,
+            Upstream::Built(req) => req.version() == http::Version::HTTP_2,
+        }
+    }
+}
+
 /// The request to `p`. HTTP/1.1 with a whole body (nearly all requests) goes on a kept
 /// connection when one is ready, else on a new one that is kept afterwards ([`h1`]). HTTP/2
 /// goes on the connection shared per endpoint and client. A streaming body or an Upgrade
-/// gets hyper's HTTP/1.1 client on a connection of its own, not kept.
+/// gets hyper's HTTP/1.1 client on a connection of its own, not kept. A kept connection
+/// serves at most `per_conn` requests (0: no limit; DR-32).
 async fn exchange(
     pi: &ProxyInputs,
     p: &Picked,
     client: SocketAddr,
     req: Upstream<'_>,
+    per_conn: u32,
 ) -> std::result::Result<Response<Body>, Failure> {
     let ip = p.w.addresses.first().copied();
     let key: h1::Key = (
@@ -442,7 +505,7 @@ async fn exchange(
                 Some(c) => c,
                 None => h1::Conn::new(open_tunnel(pi, p, client).await.map_err(Failure::Connect)?),
             };
-            return h1::send(conn, key, parts, &body)
+            return h1::send(conn, key, parts, &body, per_conn)
                 .await
                 .map_err(|e| Failure::Reset(e.into()));
         }

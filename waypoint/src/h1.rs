@@ -56,6 +56,8 @@ pub struct Conn {
     pub(crate) stream: H2Stream,
     /// Received and not yet consumed.
     pub(crate) buf: Bytes,
+    /// Requests sent on it.
+    sent: u32,
 }
 
 impl Conn {
@@ -63,6 +65,7 @@ impl Conn {
         Conn {
             stream,
             buf: Bytes::new(),
+            sent: 0,
         }
     }
 
@@ -287,8 +290,11 @@ pub async fn send(
     key: Key,
     parts: &http::request::Parts,
     body: &Bytes,
+    per_conn: u32,
 ) -> Result<Response<Body>, Error> {
     conn.stream.send.send_data(encode(parts, body), false)?;
+    conn.sent += 1;
+    let spent = per_conn > 0 && conn.sent >= per_conn;
     let (head, framing, keep) = loop {
         if let Some(h) = parse_head(&mut conn.buf, parts.method == Method::HEAD)? {
             break h;
@@ -303,7 +309,7 @@ pub async fn send(
     let mut b = UpBody {
         conn: Some(conn),
         framing,
-        back: keep.then_some(key),
+        back: (keep && !spent).then_some(key),
         ready: None,
     };
     b.take_buffered();

@@ -31,6 +31,7 @@ use ztunnel::proxy::{socket, ProxyError, ProxyInputs};
 use ztunnel::state::{Service, State, Workload};
 
 mod accesslog;
+mod breaker;
 pub mod config;
 mod forward;
 mod h1;

@@ -461,12 +461,45 @@ impl TrafficPolicy {
         if let Some(o) = &self.outlier_detection {
             o.validate(&format!("{at}.outlierDetection"))?;
         }
+        if let Some(c) = &self.connection_pool {
+            c.validate(&format!("{at}.connectionPool"))?;
+        }
         for (i, p) in self.port_level_settings.iter().enumerate() {
             if p.port.is_none() {
                 return Err(format!("{at}.portLevelSettings[{i}].port: required"));
             }
             if let Some(o) = &p.outlier_detection {
                 o.validate(&format!("{at}.portLevelSettings[{i}].outlierDetection"))?;
+            }
+            if let Some(c) = &p.connection_pool {
+                c.validate(&format!("{at}.portLevelSettings[{i}].connectionPool"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ConnectionPool {
+    fn validate(&self, at: &str) -> Result<(), String> {
+        let tcp = self.tcp.as_ref();
+        let http = self.http.as_ref();
+        for (name, v) in [
+            ("tcp.maxConnections", tcp.and_then(|t| t.max_connections)),
+            (
+                "http.http1MaxPendingRequests",
+                http.and_then(|h| h.http1_max_pending_requests),
+            ),
+            (
+                "http.http2MaxRequests",
+                http.and_then(|h| h.http2_max_requests),
+            ),
+            (
+                "http.maxRequestsPerConnection",
+                http.and_then(|h| h.max_requests_per_connection),
+            ),
+        ] {
+            if v.is_some_and(|v| v < 0) {
+                return Err(format!("{at}.{name}: must not be negative"));
             }
         }
         Ok(())
