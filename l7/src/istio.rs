@@ -354,6 +354,8 @@ pub struct TrafficPolicy {
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_pool: Option<ConnectionPool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancer>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub port_level_settings: Vec<PortTrafficPolicy>,
     #[serde(flatten)]
@@ -370,8 +372,99 @@ pub struct PortTrafficPolicy {
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_pool: Option<ConnectionPool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancer>,
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// `loadBalancer` (DR-09 … DR-18): `simple` or `consistentHash`; locality settings and
+/// warm-up are accepted, not applied.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancer {
+    #[serde(default)]
+    pub simple: Option<String>,
+    #[serde(default)]
+    pub consistent_hash: Option<ConsistentHash>,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsistentHash {
+    #[serde(default)]
+    pub http_header_name: Option<String>,
+    #[serde(default)]
+    pub http_cookie: Option<HashCookie>,
+    #[serde(default)]
+    pub use_source_ip: Option<bool>,
+    #[serde(default)]
+    pub http_query_parameter_name: Option<String>,
+    /// Accepted, not applied: `ringHash`, `maglev`, `minimumRingSize` (the pick is by
+    /// rendezvous hashing, which moves as few keys when endpoints change).
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HashCookie {
+    pub name: String,
+    /// Accepted, not applied: `path`, `ttl` (a missing cookie is not generated),
+    /// `attributes`.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// How endpoints are picked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balance {
+    /// Weighted random (also `PASSTHROUGH`, which has no original address at a waypoint).
+    Random,
+    /// In turn.
+    RoundRobin,
+    /// The fewer requests in flight of two picked at random (`LEAST_CONN` too).
+    LeastRequest,
+    /// The same key, the same endpoint; no key: random.
+    Hash(HashOn),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    Header(http::HeaderName),
+    Cookie(String),
+    SourceIp,
+    Query(String),
+}
+
+impl LoadBalancer {
+    pub fn balance(&self) -> Balance {
+        if let Some(h) = &self.consistent_hash {
+            if let Some(name) = h
+                .http_header_name
+                .as_deref()
+                .and_then(|n| http::HeaderName::from_bytes(n.as_bytes()).ok())
+            {
+                return Balance::Hash(HashOn::Header(name));
+            }
+            if let Some(c) = &h.http_cookie {
+                return Balance::Hash(HashOn::Cookie(c.name.clone()));
+            }
+            if h.use_source_ip == Some(true) {
+                return Balance::Hash(HashOn::SourceIp);
+            }
+            if let Some(q) = &h.http_query_parameter_name {
+                return Balance::Hash(HashOn::Query(q.clone()));
+            }
+        }
+        match self.simple.as_deref() {
+            Some("ROUND_ROBIN") => Balance::RoundRobin,
+            Some("LEAST_REQUEST" | "LEAST_CONN") => Balance::LeastRequest,
+            _ => Balance::Random,
+        }
+    }
 }
 
 /// `connectionPool` (DR-25 … DR-38): the circuit breakers of [`ConnectionPool::effective`]
@@ -525,6 +618,13 @@ impl TrafficPolicy {
         self.port(port)
             .and_then(|p| p.outlier_detection.as_ref())
             .or(self.outlier_detection.as_ref())
+    }
+
+    /// The `loadBalancer` section for `port`, chosen the same way.
+    pub fn load_balancer_for(&self, port: u16) -> Option<&LoadBalancer> {
+        self.port(port)
+            .and_then(|p| p.load_balancer.as_ref())
+            .or(self.load_balancer.as_ref())
     }
 
     /// The `connectionPool` section for `port`, chosen the same way.

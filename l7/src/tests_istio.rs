@@ -325,7 +325,7 @@ fn outlier_detection_defaults_port_level_and_checks() {
     let dr: DestinationRuleSpec = serde_yaml::from_str(
         "host: r
 trafficPolicy:
-  loadBalancer: {simple: RANDOM}
+  tls: {mode: ISTIO_MUTUAL}
   outlierDetection: {consecutive5xxErrors: 3, interval: 2s}
   portLevelSettings:
   - port: {number: 9080}
@@ -336,7 +336,7 @@ trafficPolicy:
     dr.validate().unwrap();
     let p = dr.traffic_policy.as_ref().unwrap();
     // Sections not applied are kept.
-    assert!(p.other.contains_key("loadBalancer"));
+    assert!(p.other.contains_key("tls"));
     let top = p.outlier_detection_for(80).unwrap().effective();
     assert_eq!(
         top,
@@ -415,4 +415,44 @@ trafficPolicy:
         e.starts_with("spec.trafficPolicy.connectionPool.http.http2MaxRequests"),
         "{e}"
     );
+}
+
+#[test]
+fn load_balancer_choices_and_checks() {
+    let lb = |yaml: &str| -> Result<Balance, String> {
+        let dr: DestinationRuleSpec = serde_yaml::from_str(&format!(
+            "{{host: r, trafficPolicy: {{loadBalancer: {yaml}}}}}"
+        ))
+        .unwrap();
+        dr.validate()?;
+        Ok(dr.traffic_policy.unwrap().load_balancer.unwrap().balance())
+    };
+    assert_eq!(lb("{simple: ROUND_ROBIN}"), Ok(Balance::RoundRobin));
+    assert_eq!(lb("{simple: LEAST_CONN}"), Ok(Balance::LeastRequest));
+    assert_eq!(lb("{simple: PASSTHROUGH}"), Ok(Balance::Random));
+    assert_eq!(
+        lb("{consistentHash: {useSourceIp: true, minimumRingSize: 64}}"),
+        Ok(Balance::Hash(HashOn::SourceIp))
+    );
+    assert_eq!(
+        lb("{consistentHash: {httpCookie: {name: user, ttl: 0s}}}"),
+        Ok(Balance::Hash(HashOn::Cookie("user".into())))
+    );
+    for (bad, field) in [
+        (
+            "{simple: FASTEST}",
+            "spec.trafficPolicy.loadBalancer.simple",
+        ),
+        (
+            "{consistentHash: {httpHeaderName: a, useSourceIp: true}}",
+            "spec.trafficPolicy.loadBalancer.consistentHash",
+        ),
+        (
+            "{simple: RANDOM, consistentHash: {useSourceIp: true}}",
+            "spec.trafficPolicy.loadBalancer",
+        ),
+    ] {
+        let e = lb(bad).unwrap_err();
+        assert!(e.starts_with(field), "{e}");
+    }
 }

@@ -286,6 +286,7 @@ fn every_route_field_once() {
     downstream_framings(&mesh);
     outlier_detection(&mesh);
     circuit_breakers(&mesh);
+    load_balancing(&mesh);
     for f in [waypoint, routes, raw] {
         let _ = std::fs::remove_file(f);
     }
@@ -740,6 +741,123 @@ fn circuit_breakers(mesh: &Mesh) {
     }));
     let (a, b, c) = (conn(), conn(), conn());
     assert!(a < b && b < c, "{a} {b} {c}");
+    for f in [bad, file] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+/// Three services over the three reviews pods, each with its own `loadBalancer`.
+fn balancers() -> String {
+    let services: String = ["lb-rr", "lb-hash", "lb-least"]
+        .iter()
+        .map(|name| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\n\
+                 spec: {{selector: {{app: reviews}}, ports: [{{port: 9080, name: http}}]}}\n---\n"
+            )
+        })
+        .collect();
+    services + BALANCER_RULES
+}
+
+const BALANCER_RULES: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: lb-rr}
+spec: {host: lb-rr, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: lb-hash}
+spec: {host: lb-hash, trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: lb-least}
+spec: {host: lb-least, trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}}
+";
+
+/// One 1.5 s request to `lb-least`, and while it is in flight 12 quick ones, one after
+/// another: the slow one's version and the quick ones'.
+const LEAST_CLIENT: &str = r#"
+import threading, urllib.request, json, time
+def version(path):
+    return json.load(urllib.request.urlopen('http://lb-least:9080' + path, timeout=10))['service']
+slow = []
+t = threading.Thread(target=lambda: slow.append(version('/delay/1500')))
+t.start()
+time.sleep(0.3)
+quick = [version('/delay/0') for _ in range(12)]
+t.join()
+print(json.dumps({'slow': slow[0], 'quick': quick}))
+"#;
+
+/// DestinationRule `loadBalancer` at the waypoint: round robin in turn, consistent hashing
+/// on a header, least request steering around a busy endpoint; an unknown algorithm refused
+/// naming its field.
+fn load_balancing(mesh: &Mesh) {
+    let bad = mesh.write(
+        "bad-lb.yaml",
+        &balancers().replace("simple: ROUND_ROBIN", "simple: FASTEST"),
+    );
+    let out = mesh.run(&["apply", "-f", bad.to_str().unwrap()]);
+    assert!(
+        !out.ok
+            && out
+                .stderr
+                .contains("spec.trafficPolicy.loadBalancer.simple"),
+        "{}",
+        out.stderr
+    );
+    let file = mesh.write("lb.yaml", &balancers());
+    mesh.ok(&["apply", "-f", file.to_str().unwrap()]);
+    // `None` until the service answers (its name resolves once the control plane has it).
+    let version = |service: &str, header: &str| -> Option<String> {
+        let (status, text) =
+            mesh.curl_i(&["-H", header, &format!("http://{service}:9080/delay/0")]);
+        (status == 200).then(|| json_body(&text)["service"].as_str().unwrap().to_string())
+    };
+    // Round robin: three different versions, then the same three in the same order.
+    let in_turn = || {
+        let v: Vec<Option<String>> = (0..9).map(|_| version("lb-rr", "x: y")).collect();
+        v.iter().all(Option::is_some)
+            && v[0] != v[1]
+            && v[1] != v[2]
+            && v[0] != v[2]
+            && (0..6).all(|i| v[i] == v[i + 3])
+    };
+    assert!(eventually(15, in_turn), "{}", mesh.waypoint_log());
+    assert!(in_turn());
+    // Consistent hash: each user keeps one version; the users are spread.
+    let sticky = || {
+        let mut seen = std::collections::BTreeSet::new();
+        for user in 0..8 {
+            let header = format!("x-user: user{user}");
+            let first = version("lb-hash", &header);
+            if first.is_none() || (0..3).any(|_| version("lb-hash", &header) != first) {
+                return false;
+            }
+            seen.insert(first);
+        }
+        seen.len() >= 2
+    };
+    assert!(eventually(15, sticky), "{}", mesh.waypoint_log());
+    // Least request: no quick request goes to the endpoint busy with the slow one.
+    let around = || {
+        let out = mesh.exec("curl", &["python3", "-c", LEAST_CLIENT]);
+        let Ok(got) = serde_json::from_str::<serde_json::Value>(out.stdout.trim()) else {
+            return false;
+        };
+        let quick = got["quick"].as_array().unwrap();
+        !quick.contains(&got["slow"])
+            && quick
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                == 2
+    };
+    assert!(eventually(20, around), "{}", mesh.waypoint_log());
+    assert!(around() && around());
     for f in [bad, file] {
         let _ = std::fs::remove_file(f);
     }

@@ -81,15 +81,16 @@ impl Breakers {
     }
 }
 
-/// A response body that holds its request's slot until it is dropped.
+/// A response body that holds something (its request's [`Slot`], its count of requests in
+/// flight) until it is dropped.
 pub struct Held {
     body: Body,
-    _slot: Slot,
+    _held: Box<dyn Send + Sync>,
 }
 
 impl Held {
-    pub fn wrap(body: Body, slot: Slot) -> Body {
-        http_body_util::BodyExt::boxed(Held { body, _slot: slot })
+    pub fn wrap(body: Body, held: Box<dyn Send + Sync>) -> Body {
+        http_body_util::BodyExt::boxed(Held { body, _held: held })
     }
 }
 

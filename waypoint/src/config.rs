@@ -98,7 +98,8 @@ struct Cache {
     routes: Vec<Arc<Route>>,
     virtual_services: Vec<Arc<VirtualService>>,
     destination_rules: Vec<Arc<DestinationRule>>,
-    /// Whether any DestinationRule sets `outlierDetection` or `connectionPool` anywhere.
+    /// Whether any DestinationRule sets `outlierDetection`, `connectionPool` or
+    /// `loadBalancer` anywhere.
     any_policy: bool,
     route_tables: HashMap<RouteKey, Arc<Option<RouteTable>>>,
     /// By service hostname.
@@ -233,6 +234,10 @@ impl L7Config {
                     .and_then(|p| p.connection_pool_for(port))
                     .map(l7::istio::ConnectionPool::effective)
                     .filter(l7::istio::Limits::any),
+                balance: section(&|p| p.load_balancer_for(port).is_some())
+                    .and_then(|p| p.load_balancer_for(port))
+                    .map(l7::istio::LoadBalancer::balance)
+                    .filter(|b| *b != l7::istio::Balance::Random),
             }
         })
     }
@@ -278,21 +283,26 @@ fn ranked<'a>(
 }
 
 /// What applies to the requests to one cluster (service, port, subset).
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Policies {
     pub ejection: Option<l7::istio::Ejection>,
     /// Only when some breaker is set.
     pub limits: Option<l7::istio::Limits>,
+    /// Only when not the default weighted random pick.
+    pub balance: Option<l7::istio::Balance>,
 }
 
-/// Whether a DestinationRule sets `outlierDetection` or `connectionPool`, at any level.
+/// Whether a DestinationRule sets a section the waypoint applies, at any level.
 fn sets_policy(spec: &l7::istio::DestinationRuleSpec) -> bool {
     let policy = |p: &l7::istio::TrafficPolicy| {
         p.outlier_detection.is_some()
             || p.connection_pool.is_some()
-            || p.port_level_settings
-                .iter()
-                .any(|s| s.outlier_detection.is_some() || s.connection_pool.is_some())
+            || p.load_balancer.is_some()
+            || p.port_level_settings.iter().any(|s| {
+                s.outlier_detection.is_some()
+                    || s.connection_pool.is_some()
+                    || s.load_balancer.is_some()
+            })
     };
     spec.traffic_policy.as_ref().is_some_and(policy)
         || spec

@@ -253,7 +253,18 @@ impl Context {
                 }
                 None => Vec::new(),
             };
-            let picked = match pick(&self.pi, backend, tried, &ejected) {
+            let lb = cluster.as_ref().and_then(|c| {
+                let balance = c.policies.balance.as_ref()?;
+                let hash = match balance {
+                    l7::istio::Balance::Hash(on) => {
+                        let (headers, uri) = req.head();
+                        crate::balance::key(on, headers, uri, self.client.ip())
+                    }
+                    _ => None,
+                };
+                Some((balance, c.key.as_str(), hash))
+            });
+            let picked = match pick(&self.pi, backend, tried, &ejected, lb) {
                 Ok(p) => p,
                 Err((status, msg, flag)) => {
                     let o = Outcome::Response {
@@ -276,6 +287,9 @@ impl Context {
                 None => None,
             };
             let per_conn = limits.map_or(0, |(l, _)| l.max_requests_per_connection);
+            let counted = lb
+                .filter(|(b, ..)| **b == l7::istio::Balance::LeastRequest)
+                .map(|_| crate::balance::Counted::new(&picked.w.uid));
             let result = exchange(&self.pi, &picked, self.client, req, per_conn).await;
             if let Some((policy, key, total)) = &outlier {
                 // A failed connection or a reset counts as the 503 it is answered with.
@@ -305,8 +319,8 @@ impl Context {
                         status: r.status().as_u16(),
                         grpc,
                     };
-                    if let Some(slot) = slot {
-                        r = r.map(|b| Held::wrap(b, slot));
+                    if slot.is_some() || counted.is_some() {
+                        r = r.map(|b| Held::wrap(b, Box::new((slot, counted))));
                     }
                     (o, r, Some(picked.w), "-")
                 }
@@ -365,7 +379,7 @@ impl Context {
         let policies =
             self.config
                 .policies(&self.pi.state, &svc.hostname, namespaces, *port, subset);
-        if policies.ejection.is_none() && policies.limits.is_none() {
+        if policies.ejection.is_none() && policies.limits.is_none() && policies.balance.is_none() {
             return None;
         }
         Some(Cluster {
@@ -383,7 +397,7 @@ impl Context {
         let (pi, client) = (self.pi.clone(), self.client);
         tokio::spawn(async move {
             let copy = async {
-                let picked = pick(&pi, &to, &[], &[]).map_err(|e| e.1)?;
+                let picked = pick(&pi, &to, &[], &[], None).map_err(|e| e.1)?;
                 let resp = exchange(&pi, &picked, client, Upstream::Whole(&parts, body), 0)
                     .await
                     .map_err(|e| match e {
@@ -471,6 +485,13 @@ enum Upstream<'a> {
 }
 
 impl Upstream<'_> {
+    fn head(&self) -> (&http::HeaderMap, &http::Uri) {
+        match self {
+            Upstream::Whole(parts, _) => (&parts.headers, &parts.uri),
+            Upstream::Built(req) => (req.headers(), req.uri()),
+        }
+    }
+
     fn is_http2(&self) -> bool {
         match self {
             Upstream::Whole(parts, _) => parts.version == http::Version::HTTP_2,

@@ -31,6 +31,7 @@ use ztunnel::proxy::{socket, ProxyError, ProxyInputs};
 use ztunnel::state::{Service, State, Workload};
 
 mod accesslog;
+mod balance;
 mod breaker;
 pub mod config;
 mod forward;
@@ -196,13 +197,18 @@ struct Picked {
     svc: Option<Arc<Service>>,
 }
 
+/// How a DestinationRule has endpoints picked: the balance, the cluster key and the
+/// request's hash key.
+type Lb<'a> = (&'a l7::istio::Balance, &'a str, Option<u64>);
+
 /// An endpoint of the backend, not one in `avoid` while another is left, never one in
-/// `ejected` (outlier detection).
+/// `ejected` (outlier detection); weighted random unless `lb` says otherwise.
 fn pick(
     pi: &ProxyInputs,
     backend: &Backend,
     avoid: &[String],
     ejected: &[String],
+    lb: Option<Lb<'_>>,
 ) -> Result<Picked, Unreachable> {
     match &backend.dst {
         Destination::Service { svc, port } => {
@@ -213,17 +219,28 @@ fn pick(
                     .is_none_or(|s| s.uids.contains(&w.uid))
                     && !ejected.contains(&w.uid)
             };
-            let ep = pi
-                .state
-                .pick_endpoint_in(svc, *port, |w| in_subset(w) && !avoid.contains(&w.uid))
-                .or_else(|| pi.state.pick_endpoint_in(svc, *port, in_subset))
-                .ok_or_else(|| {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("no healthy upstream for {}:{port}", svc.hostname),
-                        "UH",
-                    )
-                })?;
+            let ep = match lb {
+                Some((balance, cluster, hash)) => {
+                    let mut eps = pi
+                        .state
+                        .endpoints_in(svc, *port, |w| in_subset(w) && !avoid.contains(&w.uid));
+                    if eps.is_empty() {
+                        eps = pi.state.endpoints_in(svc, *port, in_subset);
+                    }
+                    (!eps.is_empty()).then(|| balance::choose(balance, cluster, eps, hash))
+                }
+                None => pi
+                    .state
+                    .pick_endpoint_in(svc, *port, |w| in_subset(w) && !avoid.contains(&w.uid))
+                    .or_else(|| pi.state.pick_endpoint_in(svc, *port, in_subset)),
+            }
+            .ok_or_else(|| {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("no healthy upstream for {}:{port}", svc.hostname),
+                    "UH",
+                )
+            })?;
             Ok(Picked {
                 w: ep.workload,
                 port: ep.port,
@@ -282,7 +299,7 @@ async fn l4(
     let started = Instant::now();
     let result = async {
         let b = backend?;
-        let p = pick(pi, &b, &[], &[])?;
+        let p = pick(pi, &b, &[], &[], None)?;
         let up = open_tunnel(pi, &p, client).await?;
         Ok::<_, Unreachable>(((up, p.w), b))
     }

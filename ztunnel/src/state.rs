@@ -524,6 +524,32 @@ impl State {
         None
     }
 
+    /// The endpoints [`State::pick_endpoint_in`] would choose among, in a stable order.
+    pub fn endpoints_in(
+        &self,
+        svc: &Service,
+        port: u16,
+        keep: impl Fn(&Workload) -> bool,
+    ) -> Vec<Endpoint> {
+        let idx = self.index.read().unwrap();
+        let Some(members) = idx.members.get(svc.key()) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Endpoint> = members
+            .iter()
+            .filter(|w| w.status == HealthStatus::Healthy && !w.addresses.is_empty())
+            .filter(|w| keep(w))
+            .filter_map(|w| {
+                Self::target_port(svc, w, port).map(|p| Endpoint {
+                    workload: w.clone(),
+                    port: p,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.workload.uid.cmp(&b.workload.uid));
+        out
+    }
+
     /// How many endpoints [`State::pick_endpoint_in`] would choose among.
     pub fn count_endpoints_in(
         &self,

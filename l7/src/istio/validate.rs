@@ -464,6 +464,9 @@ impl TrafficPolicy {
         if let Some(c) = &self.connection_pool {
             c.validate(&format!("{at}.connectionPool"))?;
         }
+        if let Some(l) = &self.load_balancer {
+            l.validate(&format!("{at}.loadBalancer"))?;
+        }
         for (i, p) in self.port_level_settings.iter().enumerate() {
             if p.port.is_none() {
                 return Err(format!("{at}.portLevelSettings[{i}].port: required"));
@@ -473,6 +476,54 @@ impl TrafficPolicy {
             }
             if let Some(c) = &p.connection_pool {
                 c.validate(&format!("{at}.portLevelSettings[{i}].connectionPool"))?;
+            }
+            if let Some(l) = &p.load_balancer {
+                l.validate(&format!("{at}.portLevelSettings[{i}].loadBalancer"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LoadBalancer {
+    fn validate(&self, at: &str) -> Result<(), String> {
+        const SIMPLE: [&str; 6] = [
+            "UNSPECIFIED",
+            "LEAST_CONN",
+            "RANDOM",
+            "PASSTHROUGH",
+            "ROUND_ROBIN",
+            "LEAST_REQUEST",
+        ];
+        if let Some(s) = &self.simple {
+            if !SIMPLE.contains(&s.as_str()) {
+                return Err(format!(
+                    "{at}.simple: {s:?} is not one of {}",
+                    SIMPLE.join(", ")
+                ));
+            }
+            if self.consistent_hash.is_some() {
+                return Err(format!("{at}: simple and consistentHash are exclusive"));
+            }
+        }
+        if let Some(h) = &self.consistent_hash {
+            let keys = [
+                h.http_header_name.is_some(),
+                h.http_cookie.is_some(),
+                h.use_source_ip == Some(true),
+                h.http_query_parameter_name.is_some(),
+            ];
+            if keys.iter().filter(|k| **k).count() != 1 {
+                return Err(format!(
+                    "{at}.consistentHash: exactly one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName"
+                ));
+            }
+            if let Some(n) = &h.http_header_name {
+                if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
+                    return Err(format!(
+                        "{at}.consistentHash.httpHeaderName: {n:?} is not a header name"
+                    ));
+                }
             }
         }
         Ok(())

@@ -1,0 +1,164 @@
+//! Endpoint picking by DestinationRule `loadBalancer` (l7-semantics.md DR-09 … DR-16), among
+//! the endpoints left after subsets, tried ones and ejections. Without one the pick is
+//! weighted random (ztunnel's own). Endpoint weights are not used by these:
+//!
+//! - `ROUND_ROBIN`: in turn, per service, port and subset;
+//! - `LEAST_REQUEST` (`LEAST_CONN`): of two endpoints drawn at random, the one with fewer
+//!   requests in flight from this waypoint;
+//! - `consistentHash`: the endpoint with the highest hash of (key, endpoint) (rendezvous
+//!   hashing: the same key keeps its endpoint, and when endpoints come or go only the keys
+//!   of those move). The key is a header's value, a cookie's, the client's IP (the original
+//!   client, from HBONE) or a query parameter's; a request without one is picked at random.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use l7::istio::{Balance, HashOn};
+use rand::Rng;
+use ztunnel::state::Endpoint;
+
+/// The hash of a request's key, if it has one.
+pub fn key(on: &HashOn, headers: &http::HeaderMap, uri: &http::Uri, client: IpAddr) -> Option<u64> {
+    let mut h = std::hash::DefaultHasher::new();
+    match on {
+        HashOn::Header(name) => headers.get(name)?.as_bytes().hash(&mut h),
+        HashOn::Cookie(name) => headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| {
+                let (k, v) = c.trim().split_once('=')?;
+                (k == name).then_some(v)
+            })?
+            .hash(&mut h),
+        HashOn::SourceIp => client.hash(&mut h),
+        HashOn::Query(name) => uri
+            .query()?
+            .split('&')
+            .find_map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                (k == name).then_some(v)
+            })?
+            .hash(&mut h),
+    }
+    Some(h.finish())
+}
+
+/// Requests in flight per endpoint uid (for `LEAST_REQUEST`).
+#[derive(Default)]
+struct InFlight(Mutex<HashMap<String, u32>>);
+
+fn in_flight() -> &'static InFlight {
+    static I: std::sync::OnceLock<InFlight> = std::sync::OnceLock::new();
+    I.get_or_init(InFlight::default)
+}
+
+/// A request in flight to an endpoint, counted until dropped.
+pub struct Counted(String);
+
+impl Counted {
+    pub fn new(uid: &str) -> Counted {
+        *in_flight()
+            .0
+            .lock()
+            .unwrap()
+            .entry(uid.to_string())
+            .or_default() += 1;
+        Counted(uid.to_string())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut counts = in_flight().0.lock().unwrap();
+        if let Some(n) = counts.get_mut(&self.0) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.0);
+            }
+        }
+    }
+}
+
+/// Round-robin positions per cluster.
+fn turns() -> &'static Mutex<HashMap<String, usize>> {
+    static T: std::sync::OnceLock<Mutex<HashMap<String, usize>>> = std::sync::OnceLock::new();
+    T.get_or_init(Default::default)
+}
+
+/// One of `eps` (not empty) for `cluster` by `balance`; `hash`: the request's key.
+pub fn choose(
+    balance: &Balance,
+    cluster: &str,
+    mut eps: Vec<Endpoint>,
+    hash: Option<u64>,
+) -> Endpoint {
+    let n = eps.len();
+    let i = match (balance, hash) {
+        (Balance::RoundRobin, _) => {
+            let mut t = turns().lock().unwrap();
+            let at = t.entry(cluster.to_string()).or_default();
+            let i = *at % n;
+            *at = at.wrapping_add(1);
+            i
+        }
+        (Balance::LeastRequest, _) if n > 1 => {
+            let mut rng = rand::thread_rng();
+            let a = rng.gen_range(0..n);
+            let b = (a + rng.gen_range(1..n)) % n;
+            let counts = in_flight().0.lock().unwrap();
+            let load = |i: usize| counts.get(&eps[i].workload.uid).copied().unwrap_or(0);
+            if load(b) < load(a) {
+                b
+            } else {
+                a
+            }
+        }
+        (Balance::Hash(_), Some(key)) => (0..n)
+            .max_by_key(|&i| {
+                let mut h = std::hash::DefaultHasher::new();
+                (key, &eps[i].workload.uid).hash(&mut h);
+                h.finish()
+            })
+            .unwrap_or(0),
+        _ => rand::thread_rng().gen_range(0..n),
+    };
+    eps.swap_remove(i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_from_header_cookie_query_and_source() {
+        let req = http::Request::get("/p?a=1&user=u7&b")
+            .header("x-user", "u1")
+            .header("cookie", "theme=dark; user=u2")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        let k = |on: HashOn| key(&on, &parts.headers, &parts.uri, ip);
+        let header = k(HashOn::Header(http::HeaderName::from_static("x-user")));
+        assert!(header.is_some());
+        assert_eq!(
+            header,
+            k(HashOn::Header(http::HeaderName::from_static("x-user")))
+        );
+        assert!(k(HashOn::Cookie("user".into())).is_some());
+        assert_ne!(k(HashOn::Cookie("user".into())), header);
+        assert!(k(HashOn::Query("user".into())).is_some());
+        assert!(k(HashOn::SourceIp).is_some());
+        // No key: no hash (the pick is then random).
+        assert_eq!(
+            k(HashOn::Header(http::HeaderName::from_static("x-none"))),
+            None
+        );
+        assert_eq!(k(HashOn::Cookie("none".into())), None);
+        assert_eq!(k(HashOn::Query("none".into())), None);
+    }
+}
