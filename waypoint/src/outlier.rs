@@ -90,6 +90,14 @@ impl Outliers {
         } else {
             ep.consecutive_gateway = 0;
         }
+        if ep.consecutive_5xx == 0 && ep.consecutive_gateway == 0 && ep.ejections == 0 {
+            // Nothing to remember: endpoints that come and go leave nothing behind.
+            eps.remove(uid);
+            if eps.is_empty() {
+                clusters.remove(key);
+            }
+            return false;
+        }
         let over = |n: u32, limit: u32| limit > 0 && n >= limit;
         if ep.ejected(now)
             || !(over(ep.consecutive_5xx, policy.consecutive_5xx)
@@ -200,6 +208,11 @@ mod tests {
         assert!(o.record(&k, "a", 503, &p, 3, t0));
         o.record(&k, "b", 502, &p, 3, t0);
         assert!(!o.record(&k, "b", 502, &p, 3, t0));
+        // Healthy endpoints leave nothing behind.
+        let other = key("t", 80, None);
+        o.record(&other, "c", 500, &p, 3, t0);
+        o.record(&other, "c", 200, &p, 3, t0);
+        assert!(!o.clusters.lock().unwrap().contains_key(&other));
         assert!(!panic(&p, 3, 1));
         assert!(panic(&p, 3, 2));
         assert!(!panic(&policy(), 3, 3));
