@@ -344,22 +344,15 @@ pub struct Subset {
     pub traffic_policy: Option<TrafficPolicy>,
 }
 
-/// A DestinationRule's (or a subset's) traffic policy. `outlierDetection` and part of
-/// `connectionPool` are applied, at the top level and per port; the other sections
-/// (`loadBalancer`, `tls`, ...) are accepted and kept, not applied.
+/// A DestinationRule's (or a subset's) traffic policy: its sections, and per port sections
+/// that replace them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficPolicy {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outlier_detection: Option<OutlierDetection>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connection_pool: Option<ConnectionPool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub load_balancer: Option<LoadBalancer>,
+    #[serde(flatten)]
+    pub sections: Sections,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub port_level_settings: Vec<PortTrafficPolicy>,
-    #[serde(flatten)]
-    pub other: BTreeMap<String, serde_json::Value>,
 }
 
 /// `portLevelSettings[]`: sections for one port, each replacing the policy's own (DR-06).
@@ -368,6 +361,16 @@ pub struct TrafficPolicy {
 pub struct PortTrafficPolicy {
     #[serde(default)]
     pub port: Option<PortSelector>,
+    #[serde(flatten)]
+    pub sections: Sections,
+}
+
+/// The sections of a traffic policy, at its top or for a port. `outlierDetection`,
+/// `connectionPool` and `loadBalancer` are applied (each in part, as their types say); the
+/// others (`tls`, ...) are accepted and kept, not applied.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sections {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -376,6 +379,15 @@ pub struct PortTrafficPolicy {
     pub load_balancer: Option<LoadBalancer>,
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+impl Sections {
+    /// Whether a section the waypoint applies is set.
+    pub fn applied(&self) -> bool {
+        self.outlier_detection.is_some()
+            || self.connection_pool.is_some()
+            || self.load_balancer.is_some()
+    }
 }
 
 /// `loadBalancer` (DR-09 … DR-18): `simple` or `consistentHash`; locality settings and
@@ -615,29 +627,34 @@ impl TrafficPolicy {
     /// The `outlierDetection` section for `port`: the port's entry when it sets one (DR-06),
     /// else the policy's own. `None`: this policy does not set it.
     pub fn outlier_detection_for(&self, port: u16) -> Option<&OutlierDetection> {
-        self.port(port)
-            .and_then(|p| p.outlier_detection.as_ref())
-            .or(self.outlier_detection.as_ref())
+        self.section_for(port, |s| s.outlier_detection.as_ref())
     }
 
     /// The `loadBalancer` section for `port`, chosen the same way.
     pub fn load_balancer_for(&self, port: u16) -> Option<&LoadBalancer> {
-        self.port(port)
-            .and_then(|p| p.load_balancer.as_ref())
-            .or(self.load_balancer.as_ref())
+        self.section_for(port, |s| s.load_balancer.as_ref())
     }
 
     /// The `connectionPool` section for `port`, chosen the same way.
     pub fn connection_pool_for(&self, port: u16) -> Option<&ConnectionPool> {
-        self.port(port)
-            .and_then(|p| p.connection_pool.as_ref())
-            .or(self.connection_pool.as_ref())
+        self.section_for(port, |s| s.connection_pool.as_ref())
     }
 
-    fn port(&self, port: u16) -> Option<&PortTrafficPolicy> {
+    fn section_for<T>(&self, port: u16, get: impl Fn(&Sections) -> Option<&T>) -> Option<&T> {
         self.port_level_settings
             .iter()
             .find(|p| p.port.as_ref().is_some_and(|s| s.number == port))
+            .and_then(|p| get(&p.sections))
+            .or_else(|| get(&self.sections))
+    }
+
+    /// Whether a section the waypoint applies is set, at the top or for a port.
+    pub fn applied(&self) -> bool {
+        self.sections.applied()
+            || self
+                .port_level_settings
+                .iter()
+                .any(|p| p.sections.applied())
     }
 }
 

@@ -336,7 +336,12 @@ trafficPolicy:
     dr.validate().unwrap();
     let p = dr.traffic_policy.as_ref().unwrap();
     // Sections not applied are kept.
-    assert!(p.other.contains_key("tls"));
+    assert!(p.sections.other.contains_key("tls"));
+    assert_eq!(p.sections.other.len(), 1, "{:?}", p.sections.other);
+    // As the control plane passes it on (`spec_json`), unchanged.
+    let again: DestinationRuleSpec =
+        serde_json::from_str(&serde_json::to_string(&dr).unwrap()).unwrap();
+    assert_eq!(again, dr);
     let top = p.outlier_detection_for(80).unwrap().effective();
     assert_eq!(
         top,
@@ -425,7 +430,13 @@ fn load_balancer_choices_and_checks() {
         ))
         .unwrap();
         dr.validate()?;
-        Ok(dr.traffic_policy.unwrap().load_balancer.unwrap().balance())
+        Ok(dr
+            .traffic_policy
+            .unwrap()
+            .sections
+            .load_balancer
+            .unwrap()
+            .balance())
     };
     assert_eq!(lb("{simple: ROUND_ROBIN}"), Ok(Balance::RoundRobin));
     assert_eq!(lb("{simple: LEAST_CONN}"), Ok(Balance::LeastRequest));

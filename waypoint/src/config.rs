@@ -294,16 +294,7 @@ pub struct Policies {
 
 /// Whether a DestinationRule sets a section the waypoint applies, at any level.
 fn sets_policy(spec: &l7::istio::DestinationRuleSpec) -> bool {
-    let policy = |p: &l7::istio::TrafficPolicy| {
-        p.outlier_detection.is_some()
-            || p.connection_pool.is_some()
-            || p.load_balancer.is_some()
-            || p.port_level_settings.iter().any(|s| {
-                s.outlier_detection.is_some()
-                    || s.connection_pool.is_some()
-                    || s.load_balancer.is_some()
-            })
-    };
+    let policy = l7::istio::TrafficPolicy::applied;
     spec.traffic_policy.as_ref().is_some_and(policy)
         || spec
             .subsets

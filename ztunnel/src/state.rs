@@ -499,13 +499,7 @@ impl State {
         let members = idx.members.get(svc.key())?;
         // Two passes over the members instead of a list of candidates: nothing allocated or
         // reference-counted but the one picked.
-        let candidates = || {
-            members
-                .iter()
-                .filter(|w| w.status == HealthStatus::Healthy && !w.addresses.is_empty())
-                .filter(|w| keep(w))
-                .filter_map(|w| Self::target_port(svc, w, port).map(|p| (w, p)))
-        };
+        let candidates = || Self::candidates(members, svc, port, &keep);
         let weight = |w: &Workload| u64::from(w.capacity.unwrap_or(1));
         let total: u64 = candidates().map(|(w, _)| weight(w)).sum();
         if total == 0 {
@@ -535,15 +529,10 @@ impl State {
         let Some(members) = idx.members.get(svc.key()) else {
             return Vec::new();
         };
-        let mut out: Vec<Endpoint> = members
-            .iter()
-            .filter(|w| w.status == HealthStatus::Healthy && !w.addresses.is_empty())
-            .filter(|w| keep(w))
-            .filter_map(|w| {
-                Self::target_port(svc, w, port).map(|p| Endpoint {
-                    workload: w.clone(),
-                    port: p,
-                })
+        let mut out: Vec<Endpoint> = Self::candidates(members, svc, port, &keep)
+            .map(|(w, p)| Endpoint {
+                workload: w.clone(),
+                port: p,
             })
             .collect();
         out.sort_by(|a, b| a.workload.uid.cmp(&b.workload.uid));
@@ -558,15 +547,24 @@ impl State {
         keep: impl Fn(&Workload) -> bool,
     ) -> usize {
         let idx = self.index.read().unwrap();
-        let Some(members) = idx.members.get(svc.key()) else {
-            return 0;
-        };
+        idx.members.get(svc.key()).map_or(0, |members| {
+            Self::candidates(members, svc, port, &keep).count()
+        })
+    }
+
+    /// The healthy, addressed members `keep` accepts that serve `port`, with their target
+    /// port.
+    fn candidates<'a>(
+        members: &'a [Arc<Workload>],
+        svc: &'a Service,
+        port: u16,
+        keep: &'a impl Fn(&Workload) -> bool,
+    ) -> impl Iterator<Item = (&'a Arc<Workload>, u16)> + 'a {
         members
             .iter()
             .filter(|w| w.status == HealthStatus::Healthy && !w.addresses.is_empty())
             .filter(|w| keep(w))
-            .filter(|w| Self::target_port(svc, w, port).is_some())
-            .count()
+            .filter_map(move |w| Self::target_port(svc, w, port).map(|p| (w, p)))
     }
 
     /// The first service `w` belongs to whose target port is `port` (inbound telemetry guess).

@@ -458,6 +458,20 @@ impl DestinationRuleSpec {
 
 impl TrafficPolicy {
     fn validate(&self, at: &str) -> Result<(), String> {
+        self.sections.validate(at)?;
+        for (i, p) in self.port_level_settings.iter().enumerate() {
+            let at = format!("{at}.portLevelSettings[{i}]");
+            if p.port.is_none() {
+                return Err(format!("{at}.port: required"));
+            }
+            p.sections.validate(&at)?;
+        }
+        Ok(())
+    }
+}
+
+impl Sections {
+    fn validate(&self, at: &str) -> Result<(), String> {
         if let Some(o) = &self.outlier_detection {
             o.validate(&format!("{at}.outlierDetection"))?;
         }
@@ -466,20 +480,6 @@ impl TrafficPolicy {
         }
         if let Some(l) = &self.load_balancer {
             l.validate(&format!("{at}.loadBalancer"))?;
-        }
-        for (i, p) in self.port_level_settings.iter().enumerate() {
-            if p.port.is_none() {
-                return Err(format!("{at}.portLevelSettings[{i}].port: required"));
-            }
-            if let Some(o) = &p.outlier_detection {
-                o.validate(&format!("{at}.portLevelSettings[{i}].outlierDetection"))?;
-            }
-            if let Some(c) = &p.connection_pool {
-                c.validate(&format!("{at}.portLevelSettings[{i}].connectionPool"))?;
-            }
-            if let Some(l) = &p.load_balancer {
-                l.validate(&format!("{at}.portLevelSettings[{i}].loadBalancer"))?;
-            }
         }
         Ok(())
     }
