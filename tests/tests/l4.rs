@@ -291,31 +291,52 @@ async fn a_thousand_concurrent_connections_share_pooled_tunnels() {
     netns::raise_fd_limit();
     let tb = Testbed::start(Options::default()).unwrap();
     spawn_echo(&tb, "server", 8080).unwrap();
-    // Open all 1,000 first so they are truly concurrent, then exchange data on all at once.
+    // Open all 1,000 first, echo on each, and keep every one open until all have echoed:
+    // only then are 1,000 tunnel streams surely live at once (the kernel completes a handshake
+    // before ztunnel accepts it, so early connections could otherwise finish first).
     let conns: Vec<_> = (0..1000)
         .map(|_| connect_from(&tb, "client", vip()).unwrap())
         .collect();
+    let (release, released) = tokio::sync::watch::channel(false);
+    let (echoed_tx, mut echoed) = tokio::sync::mpsc::channel(1000);
     let tasks: Vec<_> = conns
         .into_iter()
         .enumerate()
-        .map(|(i, s)| {
+        .map(|(i, mut s)| {
+            let mut released = released.clone();
+            let echoed_tx = echoed_tx.clone();
             tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let data = payload(i as u64, 1024 + i);
-                let back = roundtrip(s, data.clone()).await.unwrap();
-                back == data
+                s.write_all(&data).await.unwrap();
+                let mut back = vec![0; data.len()];
+                s.read_exact(&mut back).await.unwrap();
+                echoed_tx.send(()).await.unwrap();
+                released.wait_for(|r| *r).await.unwrap();
+                // Then the half-close crosses too, and the echo ends.
+                s.shutdown().await.unwrap();
+                let mut rest = Vec::new();
+                s.read_to_end(&mut rest).await.unwrap();
+                back == data && rest.is_empty()
             })
         })
         .collect();
+    drop(echoed_tx);
+    for _ in 0..1000 {
+        echoed.recv().await.expect("every connection echoes");
+    }
+    let pool = tb.config_dump("client").unwrap()["pool"].clone();
+    release.send(true).unwrap();
     let mut ok = 0;
     for t in tasks {
         ok += usize::from(t.await.unwrap());
     }
     assert_eq!(ok, 1000);
-    let pool = &tb.config_dump("client").unwrap()["pool"];
+    assert_eq!(pool["streams"].as_u64(), Some(1000), "{pool}");
     let conns = pool["connections"].as_u64().unwrap();
     assert!(
         (10..=20).contains(&conns),
-        "1,000 streams at 100 per connection should need 10 pooled connections, saw {pool}"
+        "1,000 live streams at 100 per connection should need 10 pooled connections, saw {pool}"
     );
 }
 
