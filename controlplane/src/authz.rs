@@ -115,7 +115,7 @@ fn source_match(s: &Source, policy_ns: &str) -> (pb::Match, bool) {
         not_source_ips: addresses(&s.not_ip_blocks),
         ..Default::default()
     };
-    (m, has_values(&s.other))
+    (m, s.beyond_l4())
 }
 
 fn operation_match(o: &Operation) -> (pb::Match, bool) {
@@ -124,16 +124,7 @@ fn operation_match(o: &Operation) -> (pb::Match, bool) {
         not_destination_ports: ports(&o.not_ports),
         ..Default::default()
     };
-    (m, has_values(&o.other))
-}
-
-/// Whether any of the fields kept aside holds a value (an empty list constrains nothing).
-fn has_values(other: &BTreeMap<String, serde_yaml::Value>) -> bool {
-    other.values().any(|v| match v {
-        serde_yaml::Value::Null => false,
-        serde_yaml::Value::Sequence(s) => !s.is_empty(),
-        _ => true,
-    })
+    (m, o.beyond_l4())
 }
 
 /// A `when` condition as a match, or `None` when ztunnel cannot check its key.
@@ -453,3 +444,55 @@ pub fn translate(res: &Resources, mesh: &MeshSettings) -> Translated {
 
 #[cfg(test)]
 mod tests;
+
+/// The policies waypoints enforce: those with `targetRef(s)` (AP-02, AP-33), with what they
+/// attach to resolved. A Gateway reference names the pods of that waypoint Gateway in the
+/// policy's namespace; a GatewayClass `istio-waypoint` reference from the root namespace
+/// attaches to every waypoint (AP-40); a Service reference to the requests addressed to that
+/// Service in the policy's namespace. ServiceEntry references attach to nothing here (no
+/// ServiceEntry support yet).
+pub fn waypoint_policies(
+    res: &Resources,
+    mesh: &MeshSettings,
+) -> Vec<xds::l7::AuthorizationPolicy> {
+    let mut out = Vec::new();
+    for p in &res.authorization_policies {
+        if p.spec.targets().next().is_none() {
+            continue;
+        }
+        let ns = ns_of(&p.metadata.namespace);
+        let mut wp = xds::l7::AuthorizationPolicy {
+            namespace: ns.to_string(),
+            name: p.metadata.name.clone(),
+            spec_json: serde_json::to_string(&p.spec).unwrap_or_default(),
+            dry_run: p
+                .metadata
+                .annotations
+                .get(DRY_RUN_ANNOTATION)
+                .is_some_and(|v| v == "true"),
+            ..Default::default()
+        };
+        for t in p.spec.targets() {
+            match t.kind.as_str() {
+                "GatewayClass" => {
+                    wp.all_waypoints |= t.name == "istio-waypoint" && ns == mesh.root_namespace
+                }
+                "Gateway" => wp.waypoint_uids.extend(
+                    res.pods
+                        .iter()
+                        .filter(|pod| ns_of(&pod.metadata.namespace) == ns)
+                        .filter(|pod| {
+                            pod.metadata.labels.get(crate::wds::GATEWAY_NAME) == Some(&t.name)
+                        })
+                        .map(|pod| format!("{}//Pod/{ns}/{}", mesh.cluster_id, pod.metadata.name)),
+                ),
+                "Service" => wp
+                    .service_hostnames
+                    .push(format!("{}.{ns}.svc.{}", t.name, mesh.domain_suffix)),
+                _ => {}
+            }
+        }
+        out.push(wp);
+    }
+    out
+}

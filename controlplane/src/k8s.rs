@@ -7,6 +7,11 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+pub use l7::authz::{
+    parse_cidr, parse_port, AuthorizationPolicySpec, Operation, Pattern, PolicyAction, PolicyRule,
+    RuleCondition, RuleFrom, RuleTo, Source, TargetRef, WorkloadSelector, IP_KEYS, PORT_KEYS,
+};
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
@@ -143,121 +148,12 @@ pub struct ServiceAccount {
     pub metadata: ObjectMeta,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkloadSelector {
-    #[serde(default)]
-    pub match_labels: BTreeMap<String, String>,
-}
-
-impl WorkloadSelector {
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels
-            .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
-    }
-}
-
 /// `security.istio.io/v1` AuthorizationPolicy.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuthorizationPolicy {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: AuthorizationPolicySpec,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AuthorizationPolicySpec {
-    #[serde(default)]
-    pub selector: Option<WorkloadSelector>,
-    #[serde(default)]
-    pub target_ref: Option<serde_yaml::Value>,
-    #[serde(default)]
-    pub target_refs: Vec<serde_yaml::Value>,
-    #[serde(default)]
-    pub action: Option<PolicyAction>,
-    #[serde(default)]
-    pub provider: Option<serde_yaml::Value>,
-    #[serde(default)]
-    pub rules: Vec<PolicyRule>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum PolicyAction {
-    Allow,
-    Deny,
-    Audit,
-    Custom,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct PolicyRule {
-    #[serde(default)]
-    pub from: Vec<RuleFrom>,
-    #[serde(default)]
-    pub to: Vec<RuleTo>,
-    #[serde(default)]
-    pub when: Vec<RuleCondition>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct RuleFrom {
-    #[serde(default)]
-    pub source: Source,
-}
-
-/// A rule's source. Fields this version does not know are kept (`other`) so the translation
-/// can treat them as conditions it cannot check, which fails closed, rather than drop them.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Source {
-    #[serde(default)]
-    pub principals: Vec<String>,
-    #[serde(default)]
-    pub not_principals: Vec<String>,
-    #[serde(default)]
-    pub namespaces: Vec<String>,
-    #[serde(default)]
-    pub not_namespaces: Vec<String>,
-    #[serde(default)]
-    pub service_accounts: Vec<String>,
-    #[serde(default)]
-    pub not_service_accounts: Vec<String>,
-    #[serde(default)]
-    pub ip_blocks: Vec<String>,
-    #[serde(default)]
-    pub not_ip_blocks: Vec<String>,
-    #[serde(flatten)]
-    pub other: BTreeMap<String, serde_yaml::Value>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct RuleTo {
-    #[serde(default)]
-    pub operation: Operation,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Operation {
-    #[serde(default)]
-    pub ports: Vec<String>,
-    #[serde(default)]
-    pub not_ports: Vec<String>,
-    #[serde(flatten)]
-    pub other: BTreeMap<String, serde_yaml::Value>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RuleCondition {
-    pub key: String,
-    #[serde(default)]
-    pub values: Vec<String>,
-    #[serde(default)]
-    pub not_values: Vec<String>,
 }
 
 /// `security.istio.io/v1` PeerAuthentication.
@@ -533,126 +429,10 @@ fn typed<T: serde::de::DeserializeOwned>(v: serde_yaml::Value) -> Result<T, Stri
     serde_path_to_error::deserialize(v).map_err(|e| format!("{}: {}", e.path(), e.inner()))
 }
 
-/// A principal, namespace or similar pattern: `*` (present), `prefix*`, `*suffix` or exact.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Pattern {
-    Presence,
-    Prefix(String),
-    Suffix(String),
-    Exact(String),
-}
-
-impl Pattern {
-    pub fn parse(s: &str) -> Pattern {
-        if s == "*" {
-            Pattern::Presence
-        } else if let Some(p) = s.strip_suffix('*') {
-            Pattern::Prefix(p.to_string())
-        } else if let Some(p) = s.strip_prefix('*') {
-            Pattern::Suffix(p.to_string())
-        } else {
-            Pattern::Exact(s.to_string())
-        }
-    }
-}
-
-/// An IP or CIDR from `ipBlocks` or a `source.ip`/`destination.ip` condition.
-pub fn parse_cidr(s: &str) -> Result<(std::net::IpAddr, u8), String> {
-    let (ip, len) = match s.split_once('/') {
-        Some((ip, len)) => (ip, Some(len)),
-        None => (s, None),
-    };
-    let ip: std::net::IpAddr = ip
-        .parse()
-        .map_err(|_| format!("invalid IP or CIDR {s:?}"))?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let len = match len {
-        None => max,
-        Some(l) => l
-            .parse::<u8>()
-            .ok()
-            .filter(|l| *l <= max)
-            .ok_or_else(|| format!("invalid prefix length in {s:?}"))?,
-    };
-    Ok((ip, len))
-}
-
-pub fn parse_port(s: &str) -> Result<u16, String> {
-    s.parse::<u16>()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| format!("invalid port {s:?}"))
-}
-
-/// `when` keys whose values are IPs, and whose values are ports.
-pub const IP_KEYS: &[&str] = &["source.ip", "destination.ip"];
-pub const PORT_KEYS: &[&str] = &["destination.port"];
-
-type ValueCheck = fn(&str) -> Result<(), String>;
-
 impl AuthorizationPolicy {
-    /// Checks the values the translation parses, so a bad one is reported with its field path
+    /// Checks the values the enforcers parse, so a bad one is reported with its field path
     /// when the file is read, not silently dropped later.
     pub fn validate(&self) -> Result<(), String> {
-        let s = &self.spec;
-        if s.selector.is_some() && (s.target_ref.is_some() || !s.target_refs.is_empty()) {
-            return Err("spec: selector and targetRef(s) are mutually exclusive".into());
-        }
-        for (i, r) in s.rules.iter().enumerate() {
-            for (j, f) in r.from.iter().enumerate() {
-                let src = &f.source;
-                for (field, list) in [
-                    ("ipBlocks", &src.ip_blocks),
-                    ("notIpBlocks", &src.not_ip_blocks),
-                ] {
-                    for (k, v) in list.iter().enumerate() {
-                        parse_cidr(v).map_err(|e| {
-                            format!("spec.rules[{i}].from[{j}].source.{field}[{k}]: {e}")
-                        })?;
-                    }
-                }
-                for (field, list) in [
-                    ("serviceAccounts", &src.service_accounts),
-                    ("notServiceAccounts", &src.not_service_accounts),
-                ] {
-                    for (k, v) in list.iter().enumerate() {
-                        if v.is_empty() || v.contains('*') || v.split('/').count() > 2 {
-                            return Err(format!(
-                                "spec.rules[{i}].from[{j}].source.{field}[{k}]: invalid service account {v:?} (want \"sa\" or \"ns/sa\", no wildcards)"
-                            ));
-                        }
-                    }
-                }
-            }
-            for (j, t) in r.to.iter().enumerate() {
-                let op = &t.operation;
-                for (field, list) in [("ports", &op.ports), ("notPorts", &op.not_ports)] {
-                    for (k, v) in list.iter().enumerate() {
-                        parse_port(v).map_err(|e| {
-                            format!("spec.rules[{i}].to[{j}].operation.{field}[{k}]: {e}")
-                        })?;
-                    }
-                }
-            }
-            for (j, c) in r.when.iter().enumerate() {
-                let check: Option<ValueCheck> = if IP_KEYS.contains(&c.key.as_str()) {
-                    Some(|v| parse_cidr(v).map(|_| ()))
-                } else if PORT_KEYS.contains(&c.key.as_str()) {
-                    Some(|v| parse_port(v).map(|_| ()))
-                } else {
-                    None
-                };
-                if let Some(check) = check {
-                    for (field, list) in [("values", &c.values), ("notValues", &c.not_values)] {
-                        for (k, v) in list.iter().enumerate() {
-                            check(v).map_err(|e| {
-                                format!("spec.rules[{i}].when[{j}].{field}[{k}]: {e}")
-                            })?;
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
+        self.spec.validate()
     }
 }

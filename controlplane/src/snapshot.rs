@@ -100,7 +100,15 @@ impl Snapshot {
                 dr.encode_to_vec(),
             );
         }
+        for p in crate::authz::waypoint_policies(res, mesh) {
+            s.insert(
+                xds::type_url::WAYPOINT_POLICY,
+                &format!("{}/{}", p.namespace, p.name),
+                p.encode_to_vec(),
+            );
+        }
         for t in [
+            xds::type_url::WAYPOINT_POLICY,
             xds::type_url::HTTP_ROUTE,
             xds::type_url::VIRTUAL_SERVICE,
             xds::type_url::DESTINATION_RULE,

@@ -3,6 +3,7 @@
 //! (l7-semantics.md §3, §5), Istio `VirtualService` and `DestinationRule` with first-match
 //! rule tables (§1, §2), and retry policies for both.
 
+pub mod authz;
 pub mod httproute;
 pub mod istio;
 pub mod retry;

@@ -22,6 +22,8 @@ pub struct Request<'a> {
     pub flags: &'a str,
     pub attempts: u32,
     pub duration_ms: u64,
+    /// Why it was answered here, when the flags do not say (an authorization denial).
+    pub details: Option<&'a str>,
 }
 
 /// Writes `r` when the access log is on.
@@ -57,6 +59,10 @@ fn format_request(line: &mut String, now: SystemTime, r: &Request<'_>) {
     quoted(line, r.upstream);
     let _ = write!(line, " status={} response_flags=", r.status);
     quoted(line, r.flags);
+    if let Some(d) = r.details {
+        line.push_str(" details=");
+        quoted(line, d);
+    }
     let _ = writeln!(
         line,
         " attempts={} duration_ms={}",
@@ -146,6 +152,7 @@ mod tests {
             flags: "UF",
             attempts: 2,
             duration_ms: 7,
+            details: None,
         };
         let mut line = String::new();
         let t = UNIX_EPOCH + Duration::from_micros(1_763_832_601_000_042);

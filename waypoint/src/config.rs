@@ -66,6 +66,34 @@ pub fn decode_destination_rule(bytes: &[u8]) -> Result<DestinationRule, String> 
     })
 }
 
+/// An AuthorizationPolicy attached to waypoints, with what it attaches to.
+#[derive(Debug)]
+pub struct WaypointPolicy {
+    pub policy: Arc<l7::authz::Policy>,
+    pub all_waypoints: bool,
+    pub waypoint_uids: BTreeSet<String>,
+    pub service_hostnames: BTreeSet<String>,
+}
+
+/// A waypoint AuthorizationPolicy from the control plane, checked.
+pub fn decode_policy(bytes: &[u8]) -> Result<WaypointPolicy, String> {
+    let r = xds::l7::AuthorizationPolicy::decode(bytes).map_err(|e| format!("decode: {e}"))?;
+    let spec: l7::authz::AuthorizationPolicySpec =
+        serde_json::from_str(&r.spec_json).map_err(|e| format!("spec_json: {e}"))?;
+    spec.validate()?;
+    Ok(WaypointPolicy {
+        policy: Arc::new(l7::authz::Policy::new(
+            &r.namespace,
+            &r.name,
+            &spec,
+            r.dry_run,
+        )),
+        all_waypoints: r.all_waypoints,
+        waypoint_uids: r.waypoint_uids.into_iter().collect(),
+        service_hostnames: r.service_hostnames.into_iter().collect(),
+    })
+}
+
 /// The extra xDS types a waypoint subscribes to; a resource that does not decode or
 /// validate is NACKed by name.
 pub fn extra_types() -> Vec<ztunnel::xds_client::ExtraType> {
@@ -84,6 +112,11 @@ pub fn extra_types() -> Vec<ztunnel::xds_client::ExtraType> {
             type_url: xds::type_url::DESTINATION_RULE,
             ready: "xds destination rules",
             validate: Arc::new(|b: &[u8]| decode_destination_rule(b).map(|_| ())),
+        },
+        ztunnel::xds_client::ExtraType {
+            type_url: xds::type_url::WAYPOINT_POLICY,
+            ready: "xds authorization policies",
+            validate: Arc::new(|b: &[u8]| decode_policy(b).map(|_| ())),
         },
     ]
 }
@@ -104,7 +137,14 @@ struct Cache {
     route_tables: HashMap<RouteKey, Arc<Option<RouteTable>>>,
     /// By service hostname.
     vs_tables: HashMap<String, Arc<Option<VsTable>>>,
+    policies: Vec<Arc<WaypointPolicy>>,
+    /// The policies that apply here, by destination service hostname ("" for requests
+    /// addressed to a workload).
+    applied: HashMap<String, Policies7>,
 }
+
+/// The authorization policies of one destination, in name order.
+pub type Policies7 = Arc<[Arc<l7::authz::Policy>]>;
 
 /// The process-wide L7 configuration.
 #[derive(Default)]
@@ -147,6 +187,7 @@ impl L7Config {
                 ..Cache::default()
             };
             c.any_policy = c.destination_rules.iter().any(|d| sets_policy(&d.spec));
+            c.policies = decoded(state, xds::type_url::WAYPOINT_POLICY, decode_policy);
         }
         f(&mut c)
     }
@@ -186,6 +227,34 @@ impl L7Config {
             let t = Arc::new(VsTable::build(&c.virtual_services, frontend));
             c.vs_tables.insert(frontend.hostname.to_string(), t.clone());
             t
+        })
+    }
+
+    /// The AuthorizationPolicies for requests through this waypoint (its workload is `own`,
+    /// namespace and name) to `hostname` ("" when a workload is addressed): those attached
+    /// to every waypoint, to this one, or to that Service (AP-02).
+    pub fn authorization(&self, state: &State, own: (&str, &str), hostname: &str) -> Policies7 {
+        self.with(state, |c| {
+            if c.policies.is_empty() {
+                return Arc::from([]);
+            }
+            if let Some(p) = c.applied.get(hostname) {
+                return p.clone();
+            }
+            let uid = state.workload_by_name(own.0, own.1).map(|w| w.uid.clone());
+            let mut found: Vec<&Arc<WaypointPolicy>> = c
+                .policies
+                .iter()
+                .filter(|p| {
+                    p.all_waypoints
+                        || uid.as_ref().is_some_and(|u| p.waypoint_uids.contains(u))
+                        || (!hostname.is_empty() && p.service_hostnames.contains(hostname))
+                })
+                .collect();
+            found.sort_by(|a, b| a.policy.id.cmp(&b.policy.id));
+            let list: Policies7 = found.iter().map(|p| p.policy.clone()).collect();
+            c.applied.insert(hostname.to_string(), list.clone());
+            list
         })
     }
 

@@ -37,9 +37,14 @@ pub struct Context {
     /// `dst`'s name, for the access log.
     pub dst_name: String,
     pub source: String,
+    /// `source` without `spiffe://`, as policies name principals.
+    pub principal: String,
     /// The client's namespace (from its identity), for consumer routes.
     pub source_namespace: String,
     pub client: SocketAddr,
+    /// The client's own address (the tunnel's `forwarded` header), and the one it addressed.
+    pub source_ip: std::net::IpAddr,
+    pub destination_ip: std::net::IpAddr,
     pub config: Arc<L7Config>,
     pub tables: crate::plan::Tables,
 }
@@ -78,6 +83,9 @@ impl Context {
             config: &self.config,
             source_namespace: &self.source_namespace,
             tables: Some(&self.tables),
+            principal: Some(&self.principal),
+            source_ip: self.source_ip,
+            destination_ip: self.destination_ip,
         };
         let plan = crate::plan::plan(&facts, &self.dst, &mut req, host);
         let mut delayed = false;
@@ -93,6 +101,7 @@ impl Context {
             timeout,
             retry,
             mirrors,
+            details,
             ..
         } = plan;
         let mut out = match action {
@@ -140,6 +149,7 @@ impl Context {
             flags: flag,
             attempts: out.tries,
             duration_ms: started.elapsed().as_millis() as u64,
+            details: details.as_deref(),
         });
         out.resp
     }

@@ -152,6 +152,26 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
             return inc.reject(e.status());
         }
     };
+    let source_ip = inc
+        .header("forwarded")
+        .and_then(forwarded_for)
+        .unwrap_or(client.ip());
+    let destination_ip = authority
+        .parse::<SocketAddr>()
+        .map_or(client.ip(), |a| socket::canonical(a).ip());
+    let source_name = source.to_string();
+    let principal = source_name
+        .strip_prefix("spiffe://")
+        .unwrap_or(&source_name)
+        .to_string();
+    if !dst.is_http() {
+        // TCP: judged once, before the tunnel is answered (HTTP fields cannot match here).
+        if let Err(details) = authorize_tcp(&pi, &dst, &principal, source_ip, destination_ip) {
+            tracing::event!(target: "access", tracing::Level::INFO, src.identity = %source, destination = %dst.name(),
+                response_flags = "-", details = %details, "tcp connection denied");
+            return inc.reject(StatusCode::FORBIDDEN);
+        }
+    }
     let stream = match inc.accept(&[]) {
         Ok(s) => s,
         Err(e) => return tracing::debug!(error = %e, "tunnel closed before it was answered"),
@@ -161,16 +181,69 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
             pi: pi.clone(),
             dst_name: dst.name(),
             dst,
-            source: source.to_string(),
+            source: source_name,
+            principal,
             source_namespace: source.namespace.to_string(),
             client,
+            source_ip,
+            destination_ip,
             config: l7_config(),
             tables: Default::default(),
         });
         serve::serve(ctx, stream).await;
     } else {
         let backend = plan::tcp_backend(&pi, &l7_config(), &dst);
-        l4(&pi, backend, H2Io::new(stream), client, &source.to_string()).await;
+        l4(&pi, backend, H2Io::new(stream), client, &source_name).await;
+    }
+}
+
+/// The address of a `forwarded` header's `for=` (istio-wire.md §2.2: the client's socket
+/// address, quoted, IPv6 in brackets).
+fn forwarded_for(v: &str) -> Option<std::net::IpAddr> {
+    let f = v
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("for="))?
+        .trim_matches('"');
+    if let Ok(a) = f.parse::<SocketAddr>() {
+        return Some(a.ip());
+    }
+    f.trim_start_matches('[').trim_end_matches(']').parse().ok()
+}
+
+/// The AuthorizationPolicies' answer for a TCP connection; `Err` has the denial's details.
+fn authorize_tcp(
+    pi: &ProxyInputs,
+    dst: &Destination,
+    principal: &str,
+    source_ip: std::net::IpAddr,
+    destination_ip: std::net::IpAddr,
+) -> Result<(), String> {
+    let hostname = match dst {
+        Destination::Service { svc, .. } => svc.hostname.as_str(),
+        Destination::Workload { .. } => "",
+    };
+    let policies = l7_config().authorization(&pi.state, (&pi.local_ns, &pi.local_name), hostname);
+    if policies.is_empty() {
+        return Ok(());
+    }
+    let port = match dst {
+        Destination::Service { port, .. } | Destination::Workload { port, .. } => *port,
+    };
+    let verdict = l7::authz::evaluate(
+        &policies,
+        &l7::authz::Attributes {
+            principal: Some(principal),
+            source_ip,
+            destination_ip,
+            destination_port: port,
+            http: None,
+        },
+    );
+    plan::log_verdict(&verdict, Some(principal), "tcp");
+    if verdict.decision.allowed() {
+        Ok(())
+    } else {
+        Err(verdict.decision.details())
     }
 }
 
@@ -318,5 +391,21 @@ async fn l4(
                 upstream = %w.name, bytes_sent = sent, bytes_recv = received,
                 duration_ms = started.elapsed().as_millis() as u64, "tcp connection complete");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_client_address_comes_from_forwarded() {
+        let f = super::forwarded_for;
+        assert_eq!(
+            f("for=\"10.0.0.7:41234\";host=a.b.svc"),
+            Some("10.0.0.7".parse().unwrap())
+        );
+        assert_eq!(f("for=\"[fd00::7]:80\""), Some("fd00::7".parse().unwrap()));
+        assert_eq!(f("host=x; for=10.0.0.8"), Some("10.0.0.8".parse().unwrap()));
+        assert_eq!(f("host=x"), None);
+        assert_eq!(f("for=\"unknown\""), None);
     }
 }

@@ -58,6 +58,8 @@ pub struct Plan {
     pub mirrors: Vec<Backend>,
     /// An injected delay (fault), before anything else and outside the timeout.
     pub delay: Option<Duration>,
+    /// Why it was answered here, for the access log (an authorization denial).
+    pub details: Option<String>,
 }
 
 impl Plan {
@@ -71,6 +73,7 @@ impl Plan {
             retry: RetryPolicy::mesh_default(),
             mirrors: Vec::new(),
             delay: None,
+            details: None,
         }
     }
 
@@ -96,11 +99,18 @@ pub struct Facts<'a> {
     pub source_namespace: &'a str,
     /// The tunnel's tables, when it keeps them ([`Tables`]).
     pub tables: Option<&'a Tables>,
+    /// The client's identity, `<trust domain>/ns/<ns>/sa/<sa>`.
+    pub principal: Option<&'a str>,
+    /// The client's address (the tunnel's `forwarded` header, else its peer).
+    pub source_ip: std::net::IpAddr,
+    /// The address the client addressed (the service VIP or the workload's IP).
+    pub destination_ip: std::net::IpAddr,
 }
 
 type Found = (
     Arc<Option<l7::table::RouteTable>>,
     Option<Arc<Option<l7::vsroute::VsTable>>>,
+    crate::config::Policies7,
 );
 
 /// The HTTPRoute and VirtualService tables of one tunnel's destination and client, kept for
@@ -110,29 +120,44 @@ type Found = (
 pub struct Tables(std::sync::Mutex<Option<(u64, Found)>>);
 
 pub fn plan<B>(f: &Facts<'_>, dst: &Destination, req: &mut Request<B>, host: &str) -> Plan {
-    let Destination::Service { svc, port } = dst else {
-        return Plan::new(Action::Forward(Backend::of(dst.clone())), None, host);
-    };
-    let frontend = l7::table::Frontend {
-        namespace: &svc.namespace,
-        name: &svc.name,
-        port: *port,
-        port_name: None,
-        client_namespace: f.source_namespace,
+    normalize(req);
+    let service = match dst {
+        Destination::Service { svc, port } => Some((svc, *port)),
+        Destination::Workload { .. } => None,
     };
     let look_up = || {
-        let routes = f.config.route_table(&f.pi.state, &frontend);
+        let pi = f.pi;
+        let policies = f.config.authorization(
+            &pi.state,
+            (&pi.local_ns, &pi.local_name),
+            service.map_or("", |(svc, _)| svc.hostname.as_str()),
+        );
+        let Some((svc, port)) = service else {
+            return (Arc::new(None), None, policies);
+        };
+        let frontend = l7::table::Frontend {
+            namespace: &svc.namespace,
+            name: &svc.name,
+            port,
+            port_name: None,
+            client_namespace: f.source_namespace,
+        };
+        let routes = f.config.route_table(&pi.state, &frontend);
         if routes.is_some() {
-            return (routes, None);
+            return (routes, None, policies);
         }
         let vs_frontend = l7::vsroute::Frontend {
             service_namespace: &svc.namespace,
             hostname: &svc.hostname,
-            waypoint_namespace: f.pi.cfg.pod_namespace.as_deref().unwrap_or(""),
+            waypoint_namespace: pi.cfg.pod_namespace.as_deref().unwrap_or(""),
         };
-        (routes, Some(f.config.vs_table(&f.pi.state, &vs_frontend)))
+        (
+            routes,
+            Some(f.config.vs_table(&pi.state, &vs_frontend)),
+            policies,
+        )
     };
-    let (routes, vss) = match f.tables {
+    let (routes, vss, policies) = match f.tables {
         None => look_up(),
         Some(Tables(kept)) => {
             let version = f.pi.state.version();
@@ -147,13 +172,112 @@ pub fn plan<B>(f: &Facts<'_>, dst: &Destination, req: &mut Request<B>, host: &st
             }
         }
     };
+    // Authorization comes before any route action (l7-semantics.md §0 step 2).
+    if !policies.is_empty() {
+        if let Some(denied) = authorize(f, dst, &policies, req, host) {
+            return denied;
+        }
+    }
+    let Some((_, port)) = service else {
+        return Plan::new(Action::Forward(Backend::of(dst.clone())), None, host);
+    };
     if let Some(table) = routes.as_ref().as_ref() {
-        return http_route(f, table, *port, req, host);
+        return http_route(f, table, port, req, host);
     }
     if let Some(table) = vss.as_ref().and_then(|t| t.as_ref().as_ref()) {
-        return virtual_service(f, table, *port, req, host);
+        return virtual_service(f, table, port, req, host);
     }
     Plan::new(Action::Forward(Backend::of(dst.clone())), None, host)
+}
+
+/// The request's path, normalized in place when that changes it (mesh `pathNormalization`
+/// BASE): routes and policies see, and the upstream gets, the same path.
+fn normalize<B>(req: &mut Request<B>) {
+    let uri = req.uri();
+    let path = uri.path();
+    let normalized = match l7::authz::normalize_path(path) {
+        std::borrow::Cow::Borrowed(_) => return,
+        std::borrow::Cow::Owned(p) => p,
+    };
+    let pq = match uri.query() {
+        Some(q) => format!("{normalized}?{q}"),
+        None => normalized,
+    };
+    let mut parts = uri.clone().into_parts();
+    match pq.parse() {
+        Ok(pq) => parts.path_and_query = Some(pq),
+        Err(_) => return,
+    }
+    if let Ok(u) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = u;
+    }
+}
+
+/// The AuthorizationPolicies' answer (AP-07): `None` to go on, else the denial (403, or
+/// gRPC PERMISSION_DENIED). Dry-run and AUDIT outcomes are logged.
+fn authorize<B>(
+    f: &Facts<'_>,
+    dst: &Destination,
+    policies: &[Arc<l7::authz::Policy>],
+    req: &Request<B>,
+    host: &str,
+) -> Option<Plan> {
+    let destination_port = match dst {
+        Destination::Service { port, .. } | Destination::Workload { port, .. } => *port,
+    };
+    let attrs = l7::authz::Attributes {
+        principal: f.principal,
+        source_ip: f.source_ip,
+        destination_ip: f.destination_ip,
+        destination_port,
+        http: Some(l7::authz::HttpAttributes {
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            host,
+            headers: req.headers(),
+        }),
+    };
+    let verdict = l7::authz::evaluate(policies, &attrs);
+    log_verdict(&verdict, f.principal, req.uri().path());
+    if verdict.decision.allowed() {
+        return None;
+    }
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let resp = if grpc {
+        Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "7")
+            .header("grpc-message", "RBAC: access denied")
+            .body(full(bytes::Bytes::new()))
+            .unwrap()
+    } else {
+        text(StatusCode::FORBIDDEN, "RBAC: access denied")
+    };
+    let mut plan = Plan::respond(resp, "-", None, host);
+    plan.details = Some(verdict.decision.details());
+    Some(plan)
+}
+
+/// What the dry-run policies would have done and which AUDIT policies matched, logged.
+pub fn log_verdict(v: &l7::authz::Verdict, principal: Option<&str>, what: &str) {
+    if let Some(shadow) = &v.shadow {
+        if shadow.allowed() != v.decision.allowed() {
+            tracing::info!(
+                src.principal = principal.unwrap_or("-"),
+                request = what,
+                would_be = if shadow.allowed() { "allowed" } else { "denied" },
+                details = %shadow.details(),
+                "dry-run authorization policy differs"
+            );
+        }
+    }
+    for p in &v.audited {
+        tracing::info!(src.principal = principal.unwrap_or("-"), request = what, policy = %p, "audited by authorization policy");
+    }
 }
 
 // ---- Gateway API HTTPRoute ----
@@ -666,6 +790,9 @@ pub fn tcp_backend(
         config,
         source_namespace: "",
         tables: None,
+        principal: None,
+        source_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+        destination_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
     };
     vs_backend(&facts, &dest.destination, &vs.namespace, *port)
 }

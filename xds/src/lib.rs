@@ -41,6 +41,8 @@ pub mod type_url {
     pub const VIRTUAL_SERVICE: &str = "type.googleapis.com/keelson.l7.v1.VirtualService";
     /// Keelson's DestinationRule (subsets resolved) for waypoints.
     pub const DESTINATION_RULE: &str = "type.googleapis.com/keelson.l7.v1.DestinationRule";
+    /// Keelson's waypoint-attached AuthorizationPolicy (attachments resolved).
+    pub const WAYPOINT_POLICY: &str = "type.googleapis.com/keelson.l7.v1.AuthorizationPolicy";
     pub const ADDRESS: &str = "type.googleapis.com/istio.workload.Address";
     pub const AUTHORIZATION: &str = "type.googleapis.com/istio.security.Authorization";
     pub const WORKLOAD: &str = "type.googleapis.com/istio.workload.Workload";

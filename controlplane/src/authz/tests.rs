@@ -363,3 +363,54 @@ spec:
         vec!["shop/converted_peer_authentication_db-ports".to_string()]
     );
 }
+
+#[test]
+fn waypoint_policies_carry_what_they_attach_to() {
+    let res = load(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: wp-0, namespace: shop, labels: {gateway.networking.k8s.io/gateway-name: wp}}
+spec: {nodeName: node-a}
+status: {podIP: 10.0.0.9}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: by-gateway, namespace: shop, annotations: {istio.io/dry-run: "true"}}
+spec:
+  targetRefs:
+  - {kind: Gateway, group: gateway.networking.k8s.io, name: wp}
+  - {kind: Service, group: "", name: web}
+  action: DENY
+  rules: [{to: [{operation: {methods: [DELETE]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: everywhere, namespace: istio-system}
+spec:
+  targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: class-not-root, namespace: shop}
+spec:
+  targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: selected, namespace: shop}
+spec: {selector: {matchLabels: {app: web}}}
+"#,
+    );
+    let mesh = MeshSettings::default();
+    let wp = waypoint_policies(&res, &mesh);
+    let names: Vec<&str> = wp.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["by-gateway", "everywhere", "class-not-root"]);
+    assert_eq!(wp[0].waypoint_uids, ["Kubernetes//Pod/shop/wp-0"]);
+    assert_eq!(wp[0].service_hostnames, ["web.shop.svc.cluster.local"]);
+    assert!(wp[0].dry_run && !wp[0].all_waypoints);
+    let spec: l7::authz::AuthorizationPolicySpec = serde_json::from_str(&wp[0].spec_json).unwrap();
+    assert_eq!(spec.rules[0].to[0].operation.methods, ["DELETE"]);
+    assert!(wp[1].all_waypoints);
+    assert!(!wp[2].all_waypoints && wp[2].waypoint_uids.is_empty());
+}
