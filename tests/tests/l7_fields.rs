@@ -977,6 +977,16 @@ fn authorization(mesh: &Mesh) {
         "{}",
         mesh.waypoint_log()
     );
+    // gRPC is answered with status 7 (PERMISSION_DENIED).
+    let (code, text) = mesh.curl_i(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "content-type: application/grpc",
+        "-X",
+        "POST",
+        "http://authz:9080/keelson.test.Echo/Echo",
+    ]);
+    assert!(code == 200 && text.contains("grpc-status: 7"), "{text}");
     // ALLOW: GET on one segment under /details/ and on /headers, for the curl principal.
     assert_eq!(status(&["http://authz:9080/details/0"]), 200);
     assert_eq!(status(&["http://authz:9080/details/0/more"]), 403);
