@@ -977,6 +977,45 @@ fn authorization(mesh: &Mesh) {
         "{}",
         mesh.waypoint_log()
     );
+    // Istio's request metrics, reporter "waypoint": the denial and an answered request.
+    assert_eq!(status(&["http://authz:9080/details/0"]), 200);
+    let ip = mesh.pod("waypoint-0")["ip"].as_str().unwrap().to_string();
+    let metrics = mesh.curl(
+        "curl",
+        &format!("http://{ip}:15020/metrics"),
+        "istio_requests_total",
+    );
+    let sample = |name: &str, code: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(name)
+                    && l.contains(&format!("response_code=\"{code}\""))
+                    && l.contains("destination_service=\"authz.default.svc.cluster.local\"")
+            })
+            .unwrap_or_else(|| panic!("no {name} for {code}:\n{metrics}"))
+            .to_string()
+    };
+    let denied = sample("istio_requests_total{", "403");
+    for label in [
+        "reporter=\"waypoint\"",
+        "source_principal=\"spiffe://cluster.local/ns/default/sa/curl\"",
+        "source_workload=\"curl\"",
+        "request_protocol=\"http\"",
+        "destination_workload=\"unknown\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ] {
+        assert!(denied.contains(label), "{label}: {denied}");
+    }
+    let served = sample("istio_requests_total{", "200");
+    assert!(
+        served.contains("destination_version=\"v1\"")
+            && served.contains(
+                "destination_principal=\"spiffe://cluster.local/ns/default/sa/bookinfo-details\""
+            ),
+        "{served}"
+    );
+    sample("istio_request_duration_milliseconds_bucket{", "200");
     // gRPC is answered with status 7 (PERMISSION_DENIED).
     let (code, text) = mesh.curl_i(&[
         "--http2-prior-knowledge",

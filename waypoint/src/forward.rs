@@ -47,6 +47,8 @@ pub struct Context {
     pub destination_ip: std::net::IpAddr,
     pub config: Arc<L7Config>,
     pub tables: crate::plan::Tables,
+    /// The tunnel's request metric handles.
+    pub recorder: crate::metrics::Recorder,
 }
 
 /// A request body: held (replayable) or streaming (one use).
@@ -73,6 +75,10 @@ impl Context {
         let full_path = path_and_query.as_ref().map_or("/", |p| p.as_str());
         let host_header = req.headers().get(http::header::HOST).cloned();
         let authority = req.uri().authority().cloned();
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let host = host_header
             .as_ref()
             .and_then(|h| h.to_str().ok())
@@ -151,6 +157,19 @@ impl Context {
             duration_ms: started.elapsed().as_millis() as u64,
             details: details.as_deref(),
         });
+        self.recorder.record(
+            &self.pi,
+            (&self.source, self.source_ip),
+            &self.dst,
+            &crate::metrics::Outcome {
+                upstream: out.upstream.as_ref(),
+                status: out.resp.status().as_u16(),
+                flags: flag,
+                grpc,
+                grpc_status: out.resp.headers().get("grpc-status").map(|v| v.as_bytes()),
+            },
+            started.elapsed(),
+        );
         out.resp
     }
 

@@ -36,6 +36,7 @@ mod breaker;
 pub mod config;
 mod forward;
 mod h1;
+mod metrics;
 mod outlier;
 mod plan;
 mod serve;
@@ -62,7 +63,7 @@ pub fn start(pi: &Arc<ProxyInputs>, readiness: &Readiness) -> anyhow::Result<()>
 /// Keelson's HTTPRoute, VirtualService and DestinationRule types.
 pub async fn run(cfg: ztunnel::config::Config) -> anyhow::Result<()> {
     let start: ztunnel::app::Listeners = Box::new(start);
-    ztunnel::app::run_with(cfg, Some(start), config::extra_types()).await
+    ztunnel::app::run_with(cfg, Some(start), config::extra_types(), metrics::register).await
 }
 
 /// The process-wide L7 configuration cache.
@@ -189,6 +190,7 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
             destination_ip,
             config: l7_config(),
             tables: Default::default(),
+            recorder: Default::default(),
         });
         serve::serve(ctx, stream).await;
     } else {

@@ -25,15 +25,17 @@ const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 pub type Listeners = Box<dyn FnOnce(&Arc<ProxyInputs>, &Readiness) -> anyhow::Result<()> + Send>;
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    run_with(cfg, None, Vec::new()).await
+    run_with(cfg, None, Vec::new(), |_| {}).await
 }
 
 /// [`run`], with `listeners` serving the dedicated workload instead of ztunnel's proxies,
-/// and `extra` xDS types subscribed to after WDS and authorization.
+/// `extra` xDS types subscribed to after WDS and authorization, and `more_metrics`
+/// registered beside ztunnel's.
 pub async fn run_with(
     cfg: Config,
     listeners: Option<Listeners>,
     extra: Vec<crate::xds_client::ExtraType>,
+    more_metrics: fn(&mut Registry),
 ) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     tracing::info!(config = %serde_json::to_string(cfg.as_ref()).unwrap_or_default(), "starting ztunnel");
@@ -42,6 +44,7 @@ pub async fn run_with(
     let metrics = Arc::new(Metrics::new(&mut registry));
     let dns_metrics = crate::dns::DnsMetrics::register(&mut registry);
     metrics::register_build(&mut registry);
+    more_metrics(&mut registry);
     let registry = Arc::new(registry);
 
     let readiness = Readiness::default();

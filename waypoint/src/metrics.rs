@@ -1,0 +1,176 @@
+//! Istio's request metrics, as its Envoy waypoints report them (`reporter="waypoint"`):
+//! `istio_requests_total` and `istio_request_duration_milliseconds`, with ztunnel's traffic
+//! labels (istio-wire.md §6.1) plus `response_code` and `grpc_response_status`. Dashboards
+//! and Kiali read these.
+//!
+//! A request's labels are built once per tunnel and outcome: each tunnel keeps the metric
+//! handles of the outcomes it has seen ([`Recorder`]), so a request on a kept tunnel only
+//! bumps a counter and a histogram.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use ztunnel::metrics::{Reporter, TrafficLabels};
+use ztunnel::proxy::ProxyInputs;
+use ztunnel::state::Workload;
+
+use crate::Destination;
+
+/// Istio's default buckets for request durations, in milliseconds.
+const BUCKETS_MS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub response_code: u16,
+    /// The gRPC status of a response that carries one in its head; else empty.
+    pub grpc_response_status: String,
+    /// Last: the derive encodes a flattened set only at the end.
+    #[prometheus(flatten)]
+    pub traffic: TrafficLabels,
+}
+
+type Durations = Family<RequestLabels, Histogram, fn() -> Histogram>;
+
+pub struct HttpMetrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: Durations,
+}
+
+fn metrics() -> &'static HttpMetrics {
+    static M: OnceLock<HttpMetrics> = OnceLock::new();
+    M.get_or_init(|| HttpMetrics {
+        requests: Family::default(),
+        duration: Family::new_with_constructor(|| Histogram::new(BUCKETS_MS.iter().copied())),
+    })
+}
+
+/// Adds the request metrics to the waypoint's registry (served on 15020).
+pub fn register(registry: &mut Registry) {
+    let m = metrics();
+    let r = registry.sub_registry_with_prefix("istio");
+    r.register("requests", "Total number of requests", m.requests.clone());
+    r.register(
+        "request_duration_milliseconds",
+        "Duration of requests in milliseconds",
+        m.duration.clone(),
+    );
+}
+
+/// One request's outcome, as the labels tell it apart.
+pub struct Outcome<'a> {
+    pub upstream: Option<&'a Arc<Workload>>,
+    pub status: u16,
+    pub flags: &'static str,
+    pub grpc: bool,
+    pub grpc_status: Option<&'a [u8]>,
+}
+
+/// A tunnel's metric handles, by outcome; the labels common to its requests are built on
+/// its first request.
+#[derive(Default)]
+pub struct Recorder {
+    base: OnceLock<TrafficLabels>,
+    seen: Mutex<Vec<Seen>>,
+}
+
+struct Seen {
+    upstream: Option<Arc<Workload>>,
+    status: u16,
+    flags: &'static str,
+    grpc: bool,
+    grpc_status: Vec<u8>,
+    requests: Counter,
+    duration: Histogram,
+}
+
+/// Outcomes a tunnel keeps handles for; past that it starts over.
+const KEPT: usize = 16;
+
+impl Recorder {
+    pub fn record(
+        &self,
+        pi: &ProxyInputs,
+        source: (&str, std::net::IpAddr),
+        dst: &Destination,
+        o: &Outcome<'_>,
+        took: Duration,
+    ) {
+        let ms = took.as_secs_f64() * 1000.0;
+        let grpc_status = o.grpc_status.unwrap_or_default();
+        let mut seen = self.seen.lock().unwrap();
+        let same = |s: &&Seen| {
+            s.status == o.status
+                && s.flags == o.flags
+                && s.grpc == o.grpc
+                && s.grpc_status == grpc_status
+                && match (&s.upstream, o.upstream) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    _ => false,
+                }
+        };
+        if let Some(s) = seen.iter().find(same) {
+            s.requests.inc();
+            s.duration.observe(ms);
+            return;
+        }
+        let base = self.base.get_or_init(|| base_labels(pi, source, dst));
+        let mut traffic = base
+            .clone()
+            .with_destination(o.upstream.map(|w| &**w), &pi.cfg.cluster_id);
+        if let Some(w) = o.upstream {
+            traffic.destination_principal = w.identity().to_string();
+        }
+        traffic.request_protocol = if o.grpc { "grpc" } else { "http" };
+        traffic.response_flags = o.flags;
+        let labels = RequestLabels {
+            traffic,
+            response_code: o.status,
+            grpc_response_status: String::from_utf8_lossy(grpc_status).into_owned(),
+        };
+        let m = metrics();
+        let requests = m.requests.get_or_create(&labels).clone();
+        let duration = m.duration.get_or_create(&labels).clone();
+        requests.inc();
+        duration.observe(ms);
+        if seen.len() >= KEPT {
+            seen.clear();
+        }
+        seen.push(Seen {
+            upstream: o.upstream.cloned(),
+            status: o.status,
+            flags: o.flags,
+            grpc: o.grpc,
+            grpc_status: grpc_status.to_vec(),
+            requests,
+            duration,
+        });
+    }
+}
+
+/// The labels every request of a tunnel shares: the client workload (by its address) and
+/// principal, the service addressed, mutual TLS.
+fn base_labels(
+    pi: &ProxyInputs,
+    (principal, source_ip): (&str, std::net::IpAddr),
+    dst: &Destination,
+) -> TrafficLabels {
+    let cluster = &pi.cfg.cluster_id;
+    let source = pi.state.workload_by_ip(source_ip);
+    let mut t = TrafficLabels::new(Reporter::Source).with_source(source.as_deref(), cluster);
+    t.reporter = "waypoint";
+    t.source_principal = principal.to_string();
+    t.connection_security_policy = "mutual_tls";
+    if let Destination::Service { svc, .. } = dst {
+        t = t.with_service(&svc.hostname, &svc.namespace, &svc.name);
+    }
+    t
+}
