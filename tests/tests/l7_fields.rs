@@ -1009,7 +1009,8 @@ fn authorization(mesh: &Mesh) {
     }
     let served = sample("istio_requests_total{", "200");
     assert!(
-        served.contains("destination_version=\"v1\"")
+        served.contains("destination_workload=\"details-v1\"")
+            && served.contains("destination_version=\"v1\"")
             && served.contains(
                 "destination_principal=\"spiffe://cluster.local/ns/default/sa/bookinfo-details\""
             ),

@@ -140,11 +140,11 @@ struct Cache {
     policies: Vec<Arc<WaypointPolicy>>,
     /// The policies that apply here, by destination service hostname ("" for requests
     /// addressed to a workload).
-    applied: HashMap<String, Policies7>,
+    applied: HashMap<String, AppliedPolicies>,
 }
 
 /// The authorization policies of one destination, in name order.
-pub type Policies7 = Arc<[Arc<l7::authz::Policy>]>;
+pub type AppliedPolicies = Arc<[Arc<l7::authz::Policy>]>;
 
 /// The process-wide L7 configuration.
 #[derive(Default)]
@@ -233,7 +233,12 @@ impl L7Config {
     /// The AuthorizationPolicies for requests through this waypoint (its workload is `own`,
     /// namespace and name) to `hostname` ("" when a workload is addressed): those attached
     /// to every waypoint, to this one, or to that Service (AP-02).
-    pub fn authorization(&self, state: &State, own: (&str, &str), hostname: &str) -> Policies7 {
+    pub fn authorization(
+        &self,
+        state: &State,
+        own: (&str, &str),
+        hostname: &str,
+    ) -> AppliedPolicies {
         self.with(state, |c| {
             if c.policies.is_empty() {
                 return Arc::from([]);
@@ -252,7 +257,7 @@ impl L7Config {
                 })
                 .collect();
             found.sort_by(|a, b| a.policy.id.cmp(&b.policy.id));
-            let list: Policies7 = found.iter().map(|p| p.policy.clone()).collect();
+            let list: AppliedPolicies = found.iter().map(|p| p.policy.clone()).collect();
             c.applied.insert(hostname.to_string(), list.clone());
             list
         })

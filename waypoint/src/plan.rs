@@ -110,7 +110,7 @@ pub struct Facts<'a> {
 type Found = (
     Arc<Option<l7::table::RouteTable>>,
     Option<Arc<Option<l7::vsroute::VsTable>>>,
-    crate::config::Policies7,
+    crate::config::AppliedPolicies,
 );
 
 /// The HTTPRoute and VirtualService tables of one tunnel's destination and client, kept for

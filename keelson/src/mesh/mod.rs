@@ -707,7 +707,7 @@ fn create_pod(
             "uid": format!("{:032x}", rand::random::<u128>()),
             "labels": w.labels,
             "annotations": w.annotations,
-            "ownerReferences": [{"kind": if w.kind == "Deployment" { "ReplicaSet" } else { "Pod" }, "name": w.name}],
+            "ownerReferences": [owner_reference(w)],
         },
         "spec": {
             "serviceAccountName": w.service_account,
@@ -1411,5 +1411,19 @@ fn kill_in_netns(name: &str) {
         while Instant::now() < deadline && !inside().is_empty() {
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// The owner a controller gives a pod. A Deployment's pods belong to its ReplicaSet, named
+/// `<deployment>-<pod template hash>` (the control plane takes the workload name back off
+/// that suffix, as istiod does); the hash here is a stable one of the deployment's name.
+fn owner_reference(w: &Workload) -> serde_json::Value {
+    if w.kind == "Deployment" {
+        let hash = w.name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        serde_json::json!({"kind": "ReplicaSet", "name": format!("{}-{:x}", w.name, hash & 0xff_ffff_ffff)})
+    } else {
+        serde_json::json!({"kind": "Pod", "name": w.name})
     }
 }
