@@ -46,6 +46,8 @@ pub struct Mesh {
     pub home: PathBuf,
     bin: PathBuf,
     prefix: String,
+    /// The files [`Mesh::write`] made, removed with the mesh (a failing test leaves none).
+    written: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 pub struct Out {
@@ -88,6 +90,7 @@ impl Mesh {
             home,
             bin: find_binary("keelson").unwrap(),
             prefix: tagged_prefix(tag),
+            written: Default::default(),
         }
     }
 
@@ -174,6 +177,7 @@ impl Mesh {
     pub fn write(&self, name: &str, yaml: &str) -> PathBuf {
         let p = std::env::temp_dir().join(format!("keelson-mesh-test-{}-{name}", self.prefix));
         std::fs::write(&p, yaml).unwrap();
+        self.written.lock().unwrap().push(p.clone());
         p
     }
 
@@ -238,6 +242,9 @@ impl Mesh {
 impl Drop for Mesh {
     fn drop(&mut self) {
         let _ = self.run(&["down"]);
+        for p in self.written.lock().unwrap().drain(..) {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
