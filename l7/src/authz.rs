@@ -633,41 +633,38 @@ impl Check {
                     f.check(None::<&str>, by_pattern)
                 }
             }
-            Check::Host(f) | Check::Method(f) | Check::Header(_, f) => {
-                let Some(h) = &a.http else { return deny };
-                match self {
-                    Check::Host(_) => {
-                        f.check(Some(h.host.to_ascii_lowercase().as_str()), by_pattern)
-                    }
-                    Check::Method(_) => f.check(Some(h.method), by_pattern),
-                    Check::Header(name, _) => {
-                        let mut values = h
-                            .headers
-                            .get_all(name)
-                            .iter()
-                            .filter_map(|v| v.to_str().ok());
-                        let first = values.next();
-                        match values.next() {
-                            None => f.check(first, by_pattern),
-                            // Several values are judged as one, comma-joined, as Envoy does.
-                            Some(second) => {
-                                let mut joined = format!("{},{second}", first.unwrap_or_default());
-                                for v in values {
-                                    joined.push(',');
-                                    joined.push_str(v);
-                                }
-                                f.check(Some(joined.as_str()), by_pattern)
-                            }
-                        }
-                    }
-                    _ => unreachable!("matched above"),
-                }
-            }
-            Check::Path(f) => {
-                let Some(h) = &a.http else { return deny };
-                f.check(Some(h.path), |p, v| p.matches(v))
-            }
+            // HTTP conditions: on a TCP connection they hold only in a DENY policy.
+            Check::Host(f) => a.http.as_ref().map_or(deny, |h| {
+                f.check(Some(h.host.to_ascii_lowercase().as_str()), by_pattern)
+            }),
+            Check::Method(f) => a
+                .http
+                .as_ref()
+                .map_or(deny, |h| f.check(Some(h.method), by_pattern)),
+            Check::Header(name, f) => a.http.as_ref().map_or(deny, |h| {
+                f.check(header_value(h.headers, name).as_deref(), by_pattern)
+            }),
+            Check::Path(f) => a
+                .http
+                .as_ref()
+                .map_or(deny, |h| f.check(Some(h.path), |p, v| p.matches(v))),
         }
+    }
+}
+
+/// A header's value; several values are judged as one, comma-joined, as Envoy does.
+fn header_value<'a>(headers: &'a http::HeaderMap, name: &http::HeaderName) -> Option<Cow<'a, str>> {
+    let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+    let first = values.next()?;
+    match values.next() {
+        None => Some(Cow::Borrowed(first)),
+        Some(second) => Some(Cow::Owned(
+            [first, second]
+                .into_iter()
+                .chain(values)
+                .collect::<Vec<_>>()
+                .join(","),
+        )),
     }
 }
 
