@@ -20,6 +20,8 @@ pub struct H2Config {
     pub keepalive_timeout: Duration,
     /// `POOL_UNUSED_RELEASE_TIMEOUT`: idle pooled connections are closed after this, 5 min.
     pub pool_idle_timeout: Duration,
+    /// Budgets on the server side for frames that cost work but carry no request.
+    pub frames: crate::guard::FrameLimits,
 }
 
 pub const CLIENT_MAX_HEADER_LIST: u32 = 16 * 1024;
@@ -42,6 +44,7 @@ impl Default for H2Config {
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(20),
             pool_idle_timeout: Duration::from_secs(300),
+            frames: crate::guard::FrameLimits::default(),
         }
     }
 }

@@ -13,6 +13,12 @@ pub enum HboneError {
     ConnectTimeout(std::net::SocketAddr),
     #[error("TLS handshake: {0}")]
     Tls(std::io::Error),
+    #[error("handshake not complete within the handshake timeout")]
+    HandshakeTimeout,
+    #[error("handshake shed ({0}): too many connections in handshake")]
+    HandshakeShed(&'static str),
+    #[error("peer over its HTTP/2 {0} budget: GOAWAY ENHANCE_YOUR_CALM")]
+    Flood(&'static str),
     #[error("TLS configuration: {0}")]
     TlsConfig(#[from] rustls::Error),
     #[error("HTTP/2 handshake: {0}")]
@@ -35,9 +41,12 @@ impl HboneError {
         match self {
             HboneError::ConnectTimeout(_) => "NETWORK_POLICY",
             HboneError::Connect { .. } => "CONNECT",
-            HboneError::Tls(_) | HboneError::TlsConfig(_) | HboneError::NoPeerIdentity => {
-                "TLS_FAILURE"
-            }
+            HboneError::Tls(_)
+            | HboneError::TlsConfig(_)
+            | HboneError::NoPeerIdentity
+            | HboneError::HandshakeTimeout
+            | HboneError::HandshakeShed(_) => "TLS_FAILURE",
+            HboneError::Flood(_) => "OVERLOAD",
             HboneError::H2Handshake(_) => "H2_HANDSHAKE_FAILURE",
             HboneError::Cert(_) => "IDENTITY_ERROR",
             HboneError::Status(s) if *s == StatusCode::UNAUTHORIZED => "DENY",

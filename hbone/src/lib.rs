@@ -7,9 +7,11 @@
 //! - [`pool`]: pooled client connections.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod guard;
 pub mod io;
 mod keepalive;
 pub mod pool;
@@ -17,6 +19,7 @@ pub mod server;
 pub mod stream;
 pub mod tls;
 
+pub use admission::{HandshakeLimits, Handshakes};
 pub use client::{ConnectRequest, Connection};
 pub use config::H2Config;
 pub use error::HboneError;

@@ -14,14 +14,16 @@ use identity::Identity;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 
+use crate::admission::Handshakes;
 use crate::config::H2Config;
 use crate::error::HboneError;
+use crate::guard::{Budget, FrameGuard};
 use crate::keepalive;
 use crate::stream::H2Stream;
 use crate::tls;
 
-/// Time allowed for the TLS and HTTP/2 handshakes (slow-loris protection).
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection over its frame budget has to take its GOAWAY before it is dropped.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
 /// One CONNECT request received on the server, waiting for an answer.
 pub struct Incoming {
@@ -49,6 +51,14 @@ impl Incoming {
             .and_then(|v| v.to_str().ok())
     }
 
+    /// Completes when the peer resets the stream before it is answered: the handler stops
+    /// what it was doing for it (no upstream dial for a stream already gone).
+    pub async fn reset(&mut self) -> h2::Reason {
+        std::future::poll_fn(|cx| self.respond.poll_reset(cx))
+            .await
+            .unwrap_or(h2::Reason::CANCEL)
+    }
+
     /// Answers with an error status and ends the stream.
     pub fn reject(mut self, status: StatusCode) {
         let resp = Response::builder()
@@ -73,13 +83,17 @@ impl Incoming {
 }
 
 /// Serves one accepted connection until the peer closes it, keepalive fails, or `shutdown`
-/// completes (then GOAWAY is sent and open streams are allowed to finish).
+/// completes (then GOAWAY is sent and open streams are allowed to finish). The handshakes
+/// are admitted by `admission` (and shed by it under a flood); the peer's frames are held to
+/// the budgets of `h2cfg.frames`, and a peer over budget gets GOAWAY ENHANCE_YOUR_CALM.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<IO, H, F>(
     io: IO,
     peer_addr: SocketAddr,
     local_addr: SocketAddr,
     tls_config: Arc<rustls::ServerConfig>,
     h2cfg: &H2Config,
+    admission: &Arc<Handshakes>,
     shutdown: impl Future<Output = ()>,
     handler: H,
 ) -> Result<(), HboneError>
@@ -88,6 +102,7 @@ where
     H: Fn(Incoming) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
+    let budget = Budget::new(&h2cfg.frames);
     let handshakes = async {
         let io = tokio::io::BufReader::with_capacity(crate::TLS_READ_BUFFER, io);
         let mut tls_stream = TlsAcceptor::from(tls_config)
@@ -102,14 +117,23 @@ where
             .ok_or(HboneError::NoPeerIdentity)?;
         let conn = h2cfg
             .server_builder()
-            .handshake::<_, Bytes>(tls_stream)
+            .handshake::<_, Bytes>(FrameGuard::server(tls_stream, budget.clone()))
             .await
             .map_err(HboneError::H2Handshake)?;
         Ok::<_, HboneError>((peer_identity, conn))
     };
-    let (peer_identity, mut conn) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshakes)
-        .await
-        .map_err(|_| HboneError::Tls(std::io::ErrorKind::TimedOut.into()))??;
+    let mut ticket = admission.admit(peer_addr.ip());
+    let (peer_identity, mut conn) = tokio::select! {
+        r = tokio::time::timeout(admission.limits.timeout, handshakes) => match r {
+            Ok(r) => r?,
+            Err(_) => {
+                admission.timed_out();
+                return Err(HboneError::HandshakeTimeout);
+            }
+        },
+        why = ticket.shed() => return Err(HboneError::HandshakeShed(why.as_str())),
+    };
+    drop(ticket);
 
     let ping = conn.ping_pong();
     let keepalive = keepalive::run(ping, h2cfg.keepalive_interval, h2cfg.keepalive_timeout);
@@ -139,6 +163,16 @@ where
                 tracing::warn!(%peer_addr, "HBONE client did not answer PING; closing");
                 conn.abrupt_shutdown(h2::Reason::NO_ERROR);
                 return Ok(());
+            }
+            flood = budget.exceeded() => {
+                conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                // Let the GOAWAY go out, briefly; the streams already handed on end with
+                // the connection.
+                let _ = tokio::time::timeout(GOAWAY_GRACE, async {
+                    while let Some(Ok(_)) = conn.accept().await {}
+                })
+                .await;
+                return Err(HboneError::Flood(flood.as_str()));
             }
         }
     }

@@ -164,8 +164,10 @@ async fn bad_requests_get_400_and_own_ports_are_refused() {
         400,
         "authority IP must match the pod"
     );
-    // ztunnel's own ports are never a destination.
-    for port in [15001, 15006, 15008] {
+    assert_eq!(status(&format!("{server}:0")).await, 400, "port 0");
+    // ztunnel's own ports are never a destination; 15020 (metrics) and 15053 (DNS) are
+    // ztunnel's own listeners in this pod, which it would otherwise dial. 503 as upstream.
+    for port in [15001, 15006, 15008, 15020, 15053] {
         assert_eq!(
             status(&format!("{server}:{port}")).await,
             503,

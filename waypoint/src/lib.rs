@@ -13,7 +13,7 @@
 //! It runs on ztunnel's machinery (`ztunnel::app::run_with`): state and certificates from the
 //! control plane, the HBONE pool, admin, readiness, metrics and drain.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -116,11 +116,20 @@ impl Backend {
     }
 }
 
-fn destination(state: &State, authority: &str) -> Result<Destination, ProxyError> {
+/// The destination a CONNECT `authority` names. `local` is the address the tunnel arrived
+/// on: the waypoint itself is never a destination (forwarding to it would loop without end),
+/// and neither is port 0 or the HBONE port (docs/HARDENING.md, "self-destination").
+fn destination(state: &State, authority: &str, local: IpAddr) -> Result<Destination, ProxyError> {
     let addr: SocketAddr = authority
         .parse()
         .map_err(|_| ProxyError::BadAuthority(authority.to_string()))?;
     let addr = socket::canonical(addr);
+    if addr.port() == 0 {
+        return Err(ProxyError::BadAuthority(authority.to_string()));
+    }
+    if addr.port() == hbone::HBONE_PORT {
+        return Err(ProxyError::OwnPort(addr.port()));
+    }
     if let Some(svc) = state.service_by_vip(addr.ip()) {
         return Ok(Destination::Service {
             svc,
@@ -128,6 +137,9 @@ fn destination(state: &State, authority: &str) -> Result<Destination, ProxyError
         });
     }
     if let Some(w) = state.workload_by_ip(addr.ip()) {
+        if w.addresses.contains(&local) {
+            return Err(ProxyError::SelfDestination(addr));
+        }
         return Ok(Destination::Workload {
             w,
             port: addr.port(),
@@ -146,17 +158,15 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
     let authority = inc.authority().unwrap_or_default().to_string();
     let source = inc.peer_identity.clone();
     let client = inc.peer_addr;
-    let dst = match destination(&pi.state, &authority) {
+    let local = socket::canonical(inc.local_addr).ip();
+    let dst = match destination(&pi.state, &authority, local) {
         Ok(d) => d,
         Err(e) => {
             tracing::event!(target: "access", tracing::Level::INFO, %authority, src.identity = %source, error = %e, "waypoint refused the tunnel");
             return inc.reject(e.status());
         }
     };
-    let source_ip = inc
-        .header("forwarded")
-        .and_then(forwarded_for)
-        .unwrap_or(client.ip());
+    let source_ip = source_address(&pi.state, inc.header("forwarded"), &source, client.ip());
     let destination_ip = authority
         .parse::<SocketAddr>()
         .map_or(client.ip(), |a| socket::canonical(a).ip());
@@ -199,9 +209,34 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
     }
 }
 
+/// The client's address for policy and metrics: the `for=` of the tunnel's `forwarded` header
+/// only when the workload owning that address has the identity the peer proved with its
+/// certificate (the peer's ztunnel speaks for that pod); otherwise the peer's own address. A
+/// forged `for=` thus never buys a caller another address (docs/HARDENING.md, "forwarded").
+fn source_address(
+    state: &State,
+    forwarded: Option<&str>,
+    peer: &identity::Identity,
+    peer_ip: IpAddr,
+) -> IpAddr {
+    let Some(claimed) = forwarded.and_then(forwarded_for) else {
+        return peer_ip;
+    };
+    if claimed == peer_ip {
+        return peer_ip;
+    }
+    match state.workload_by_ip(claimed) {
+        Some(w) if w.identity() == *peer => claimed,
+        _ => {
+            tracing::debug!(%claimed, %peer, %peer_ip, "forwarded for= not owned by the peer's identity; ignored");
+            peer_ip
+        }
+    }
+}
+
 /// The address of a `forwarded` header's `for=` (istio-wire.md §2.2: the client's socket
 /// address, quoted, IPv6 in brackets).
-fn forwarded_for(v: &str) -> Option<std::net::IpAddr> {
+fn forwarded_for(v: &str) -> Option<IpAddr> {
     let f = v
         .split(';')
         .find_map(|p| p.trim().strip_prefix("for="))?
@@ -409,5 +444,34 @@ mod tests {
         assert_eq!(f("host=x; for=10.0.0.8"), Some("10.0.0.8".parse().unwrap()));
         assert_eq!(f("host=x"), None);
         assert_eq!(f("for=\"unknown\""), None);
+    }
+
+    #[test]
+    fn forwarded_is_trusted_only_for_the_peers_own_workload() {
+        let state = ztunnel::state::State::default();
+        let w = |name: &str, ip: &str, sa: &str| -> ztunnel::state::Workload {
+            serde_json::from_value(serde_json::json!({
+                "uid": name, "name": name, "namespace": "default", "addresses": [ip],
+                "trustDomain": "cluster.local", "serviceAccount": sa,
+            }))
+            .unwrap()
+        };
+        state.apply(ztunnel::state::Update {
+            workloads: vec![w("a", "10.0.0.7", "sleep"), w("b", "10.0.0.8", "admin")],
+            ..Default::default()
+        });
+        let sleep = identity::Identity::new("cluster.local", "default", "sleep");
+        let peer: std::net::IpAddr = "10.0.0.99".parse().unwrap();
+        let src = |fwd: Option<&str>| super::source_address(&state, fwd, &sleep, peer);
+        // The peer's identity owns 10.0.0.7: its ztunnel may speak for that address.
+        assert_eq!(
+            src(Some("for=\"10.0.0.7:4000\"")),
+            "10.0.0.7".parse::<std::net::IpAddr>().unwrap()
+        );
+        // 10.0.0.8 belongs to another identity, 10.0.0.50 to nobody: the peer's own address.
+        assert_eq!(src(Some("for=\"10.0.0.8:4000\"")), peer);
+        assert_eq!(src(Some("for=10.0.0.50")), peer);
+        assert_eq!(src(Some("for=garbage")), peer);
+        assert_eq!(src(None), peer);
     }
 }

@@ -20,7 +20,8 @@ use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::time::Instant;
 
 use crate::forward::{Context, ReqBody, REPLAY_LIMIT};
 use crate::h1::{has_token, join, Conn, Spans, MAX_HEADERS};
@@ -32,10 +33,16 @@ const MAX_HEAD: usize = 64 * 1024;
 /// Response data gathered before it is sent (when more of the body is ready at once).
 const SEND_AT: usize = 64 * 1024;
 
-/// Serves the HTTP/1.1 inside one tunnel until the client ends it.
+/// Serves the HTTP/1.1 inside one tunnel until the client ends it. A request head must
+/// arrive whole within the header timeout of its first byte (else 408 and the tunnel ends:
+/// slowloris), and the tunnel may idle between requests, or a body pause, for at most the
+/// idle timeout (docs/HARDENING.md, "slowloris").
 pub async fn serve(ctx: Arc<Context>, stream: H2Stream) {
+    let (header_timeout, idle_timeout) =
+        (ctx.pi.cfg.http_header_timeout, ctx.pi.cfg.http_idle_timeout);
     let mut conn = Conn::new(stream);
     loop {
+        let mut head_deadline = (!conn.buf.is_empty()).then(|| Instant::now() + header_timeout);
         let (parts, length, close) = loop {
             match request(&mut conn.buf) {
                 Parsed::Request {
@@ -46,19 +53,31 @@ pub async fn serve(ctx: Arc<Context>, stream: H2Stream) {
                 Parsed::Partial if conn.buf.len() <= MAX_HEAD => {}
                 Parsed::Partial | Parsed::Other => return hand_over(ctx, conn).await,
             }
-            match conn.fill().await {
-                Ok(true) => {}
+            let limit = head_deadline.unwrap_or_else(|| Instant::now() + idle_timeout);
+            match tokio::time::timeout_at(limit, conn.fill()).await {
+                Ok(Ok(true)) => {
+                    head_deadline.get_or_insert_with(|| Instant::now() + header_timeout);
+                }
                 // The client ended the tunnel between requests (or in a head, which then
                 // has no answer, as with hyper).
-                Ok(false) => return hbone::io::end(conn.stream, true),
-                Err(e) => return tracing::debug!(error = %e, "tunnel from the client failed"),
+                Ok(Ok(false)) => return hbone::io::end(conn.stream, true),
+                Ok(Err(e)) => return tracing::debug!(error = %e, "tunnel from the client failed"),
+                Err(_) if head_deadline.is_some() => return header_timed_out(&ctx, conn).await,
+                Err(_) => {
+                    tracing::debug!(destination = %ctx.dst_name, "tunnel idle past the idle timeout; closing");
+                    return hbone::io::end(conn.stream, false);
+                }
             }
         };
         while conn.buf.len() < length {
-            match conn.fill().await {
-                Ok(true) => {}
-                Ok(false) => return hbone::io::end(conn.stream, true),
-                Err(e) => return tracing::debug!(error = %e, "tunnel from the client failed"),
+            match tokio::time::timeout(idle_timeout, conn.fill()).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return hbone::io::end(conn.stream, true),
+                Ok(Err(e)) => return tracing::debug!(error = %e, "tunnel from the client failed"),
+                Err(_) => {
+                    tracing::info!(destination = %ctx.dst_name, "request body idle past the idle timeout; tunnel reset");
+                    return;
+                }
             }
         }
         let body = conn.buf.split_to(length);
@@ -164,7 +183,18 @@ fn request(buf: &mut Bytes) -> Parsed {
 
 /// The rest of the connection (`conn`'s buffer first) to hyper's server.
 async fn hand_over(ctx: Arc<Context>, conn: Conn) {
-    let io = TokioIo::new(H2Io::with_pending(conn.stream, conn.buf));
+    let cfg = ctx.pi.cfg.clone();
+    // HTTP/2 inside the tunnel: the same frame budgets as the HBONE connection itself.
+    let budget = hbone::guard::Budget::new(&cfg.h2.frames);
+    let http2 =
+        PREFACE.starts_with(&conn.buf[..conn.buf.len().min(PREFACE.len())]) && !conn.buf.is_empty();
+    let io = H2Io::with_pending(conn.stream, conn.buf);
+    let io: Box<dyn Tunnel> = if http2 {
+        Box::new(hbone::guard::FrameGuard::server(io, budget.clone()))
+    } else {
+        Box::new(io)
+    };
+    let dst = ctx.dst_name.clone();
     let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let ctx = ctx.clone();
         async move {
@@ -172,12 +202,44 @@ async fn hand_over(ctx: Arc<Context>, conn: Conn) {
             Ok::<_, std::convert::Infallible>(ctx.handle(req).await)
         }
     });
-    let result = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection_with_upgrades(io, svc)
-        .await;
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "HTTP connection in the tunnel ended");
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.http_header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(cfg.h2.server_max_streams)
+        .max_pending_accept_reset_streams(hbone::config::MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(hbone::config::MAX_LOCAL_ERROR_RESETS);
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::select! {
+        result = served => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "HTTP connection in the tunnel ended");
+            }
+        }
+        flood = budget.exceeded() => {
+            // Dropping the connection resets the tunnel.
+            tracing::info!(destination = %dst, frames = flood.as_str(), "HTTP/2 client over its frame budget; tunnel reset");
+        }
     }
+}
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What hyper serves: the tunnel, with or without a frame guard.
+trait Tunnel: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Tunnel for T {}
+
+/// A request head still incomplete at the header timeout: 408, then the tunnel ends.
+async fn header_timed_out(ctx: &Context, mut conn: Conn) {
+    tracing::info!(destination = %ctx.dst_name, received = conn.buf.len(), "request head not complete within the header timeout; 408");
+    let resp = crate::text(StatusCode::REQUEST_TIMEOUT, "request header timeout");
+    let _ = respond(&mut conn.stream, resp, false, true).await;
+    hbone::io::end(conn.stream, false);
 }
 
 /// Why a response could not be written whole.

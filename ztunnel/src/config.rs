@@ -54,6 +54,17 @@ pub const KEELSON_RESOLV_CONF: &str = "KEELSON_RESOLV_CONF";
 pub const KEELSON_LOCAL_CA_DIR: &str = "KEELSON_LOCAL_CA_DIR";
 /// SO_MARK put on every upstream socket so in-pod redirection rules skip ztunnel's own traffic.
 pub const PACKET_MARK: &str = "PACKET_MARK";
+/// Time allowed for an inbound HBONE connection's TLS and HTTP/2 handshakes (default 10s).
+pub const HBONE_HANDSHAKE_TIMEOUT: &str = "HBONE_HANDSHAKE_TIMEOUT";
+/// Inbound HBONE connections in handshake at once, over every pod of the node (1024).
+pub const HBONE_MAX_HANDSHAKES: &str = "HBONE_MAX_HANDSHAKES";
+/// Inbound HBONE connections in handshake at once from one source IP (64).
+pub const HBONE_MAX_HANDSHAKES_PER_IP: &str = "HBONE_MAX_HANDSHAKES_PER_IP";
+/// Waypoint: time a request head may take from its first byte (default 10s), then 408.
+pub const HTTP_HEADER_READ_TIMEOUT: &str = "HTTP_HEADER_READ_TIMEOUT";
+/// Waypoint: time a tunnel may stay with no request in progress, and a request body may go
+/// without a byte, before it is closed (default 1h, as Envoy's HTTP idle timeout).
+pub const HTTP_IDLE_TIMEOUT: &str = "HTTP_IDLE_TIMEOUT";
 
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
 pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
@@ -104,6 +115,9 @@ pub struct Config {
     pub node_metadata: Vec<(String, String)>,
     pub secret_ttl: Duration,
     pub h2: H2Config,
+    pub handshakes: hbone::HandshakeLimits,
+    pub http_header_timeout: Duration,
+    pub http_idle_timeout: Duration,
     pub worker_threads: usize,
     pub socks5: bool,
     pub orig_src: bool,
@@ -156,7 +170,9 @@ impl Ports {
             self.outbound,
             self.inbound_plaintext,
             self.inbound_hbone,
+            self.metrics,
             self.readiness,
+            self.dns,
         ]
         .contains(&port)
             || (socks5 && port == self.socks5)
@@ -406,6 +422,21 @@ impl Config {
             ),
             secret_ttl: r.duration(SECRET_TTL, identity::ca::DEFAULT_CERT_TTL),
             h2,
+            handshakes: {
+                let d = hbone::HandshakeLimits::default();
+                let at_least_one = |v: &str| match v.parse::<usize>() {
+                    Ok(0) => Err("must be at least 1".to_string()),
+                    Ok(n) => Ok(n),
+                    Err(e) => Err(e.to_string()),
+                };
+                hbone::HandshakeLimits {
+                    timeout: r.duration(HBONE_HANDSHAKE_TIMEOUT, d.timeout),
+                    max_total: r.parse(HBONE_MAX_HANDSHAKES, d.max_total, at_least_one),
+                    max_per_ip: r.parse(HBONE_MAX_HANDSHAKES_PER_IP, d.max_per_ip, at_least_one),
+                }
+            },
+            http_header_timeout: r.duration(HTTP_HEADER_READ_TIMEOUT, Duration::from_secs(10)),
+            http_idle_timeout: r.duration(HTTP_IDLE_TIMEOUT, Duration::from_secs(3600)),
             worker_threads: r.num(ZTUNNEL_WORKER_THREADS, 2usize).max(1),
             socks5: r.boolean(UNSTABLE_ENABLE_SOCKS5, false),
             orig_src: r.boolean(ENABLE_ORIG_SRC, proxy_mode == ProxyMode::Shared),

@@ -143,6 +143,12 @@ pub struct Metrics {
     pub sent_bytes: Family<TrafficLabels, Counter>,
     pub sockets_open: Family<ReporterLabel, Gauge>,
     pub xds: XdsMetrics,
+    /// Inbound HBONE handshakes ended early: `per_source`, `overall` (shed to admit newer
+    /// ones) or `timeout`.
+    pub handshakes_shed: Family<ReasonLabel, Counter>,
+    /// Inbound HBONE connections closed with GOAWAY ENHANCE_YOUR_CALM, by the frame budget
+    /// the peer exhausted (`rst_stream`, `ping`, `settings`, `empty_frames`).
+    pub flood_closed: Family<ReasonLabel, Counter>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -174,7 +180,20 @@ impl Metrics {
             sent_bytes: Family::default(),
             sockets_open: Family::default(),
             xds: XdsMetrics::default(),
+            handshakes_shed: Family::default(),
+            flood_closed: Family::default(),
         };
+        let k = registry.sub_registry_with_prefix("keelson");
+        k.register(
+            "hbone_handshakes_shed",
+            "Inbound HBONE connections ended in their handshake to bound the handshakes in progress, or for taking too long",
+            m.handshakes_shed.clone(),
+        );
+        k.register(
+            "hbone_flood_closed",
+            "Inbound HBONE connections closed with GOAWAY ENHANCE_YOUR_CALM for exceeding a frame budget",
+            m.flood_closed.clone(),
+        );
         let r = registry.sub_registry_with_prefix("istio");
         r.register(
             "tcp_connections_opened",

@@ -52,16 +52,25 @@ pub async fn start_server_with_shutdown(
                         None => std::future::pending().await,
                     }
                 };
-                let _ =
-                    hbone::server::serve(s, peer, addr, tls, &cfg, stop, move |inc| async move {
+                let admission = hbone::Handshakes::new(Default::default());
+                let _ = hbone::server::serve(
+                    s,
+                    peer,
+                    addr,
+                    tls,
+                    &cfg,
+                    &admission,
+                    stop,
+                    move |inc| async move {
                         if !inc.is_connect() {
                             return inc.reject(http::StatusCode::BAD_REQUEST);
                         }
                         let app = TcpStream::connect(echo_addr).await.unwrap();
                         let stream = inc.accept(&[]).unwrap();
                         let _ = copy_bidirectional(&app, stream).await;
-                    })
-                    .await;
+                    },
+                )
+                .await;
             });
         }
     });

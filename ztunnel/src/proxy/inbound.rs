@@ -41,9 +41,35 @@ where
         let pi = pi.clone();
         move |inc: Incoming| handle(pi.clone(), inc)
     };
-    if let Err(e) = hbone::server::serve(tcp, peer, local, tls, &pi.cfg.h2, stop, handler).await {
-        tracing::info!(%peer, error = %e, response_flags = e.response_flag(), "HBONE connection failed");
+    let served = hbone::server::serve(
+        tcp,
+        peer,
+        local,
+        tls,
+        &pi.cfg.h2,
+        &pi.handshakes,
+        stop,
+        handler,
+    )
+    .await;
+    let Err(e) = served else { return };
+    let reason = |r: &'static str| crate::metrics::ReasonLabel { reason: r };
+    match &e {
+        hbone::HboneError::HandshakeShed(why) => {
+            pi.metrics.handshakes_shed.get_or_create(&reason(why)).inc();
+        }
+        hbone::HboneError::HandshakeTimeout => {
+            pi.metrics
+                .handshakes_shed
+                .get_or_create(&reason("timeout"))
+                .inc();
+        }
+        hbone::HboneError::Flood(frame) => {
+            pi.metrics.flood_closed.get_or_create(&reason(frame)).inc();
+        }
+        _ => {}
     }
+    tracing::info!(%peer, error = %e, response_flags = e.response_flag(), "HBONE connection failed");
 }
 
 /// Where an accepted CONNECT goes: the app's address and the service it was addressed to.
@@ -62,6 +88,9 @@ fn check(pi: &ProxyInputs, inc: &Incoming) -> Result<Target, ProxyError> {
     let (addr, service) = match authority.parse::<SocketAddr>() {
         Ok(a) => {
             let a = socket::canonical(a);
+            if a.port() == 0 {
+                return Err(ProxyError::BadAuthority(authority));
+            }
             if a.ip() != local_ip {
                 return Err(ProxyError::IpMismatch {
                     authority: a.ip(),
@@ -182,7 +211,15 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
         peers,
     );
     let src = pi.cfg.orig_src.then_some(peer_ip);
-    let app = match pi.connect(target.addr, src).await {
+    let mut inc = inc;
+    let connected = tokio::select! {
+        r = pi.connect(target.addr, src) => r,
+        reason = inc.reset() => {
+            // Gone before it was answered (a reset flood does this): stop dialling the app.
+            return result.fail_early("CONNECT", format!("stream reset by the client ({reason:?}) before it was answered"));
+        }
+    };
+    let app = match connected {
         Ok(t) => t,
         Err(e) => {
             let e = ProxyError::Connect(target.addr, e);

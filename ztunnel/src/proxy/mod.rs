@@ -30,8 +30,10 @@ pub enum ProxyError {
     NoEndpoints(String, u16),
     #[error("waypoint {0} has no healthy endpoint")]
     NoWaypoint(String),
-    #[error("destination port {0} is one of ztunnel's own ports")]
+    #[error("destination port {0} is one of the proxy's own ports")]
     OwnPort(u16),
+    #[error("destination {0} is this proxy itself")]
+    SelfDestination(SocketAddr),
     #[error("HBONE: {0}")]
     Hbone(#[from] HboneError),
     #[error("connect to {0}: {1}")]
@@ -69,7 +71,8 @@ impl ProxyError {
         match self {
             ProxyError::NotConnect(_)
             | ProxyError::BadAuthority(_)
-            | ProxyError::IpMismatch { .. } => S::BAD_REQUEST,
+            | ProxyError::IpMismatch { .. }
+            | ProxyError::SelfDestination(_) => S::BAD_REQUEST,
             ProxyError::Denied(_) => S::UNAUTHORIZED,
             _ => S::SERVICE_UNAVAILABLE,
         }
@@ -82,6 +85,8 @@ pub struct ProxyInputs {
     pub state: State,
     pub certs: CertStore,
     pub pool: Pool,
+    /// Inbound HBONE handshakes in progress, bounded over every pod of the process.
+    pub handshakes: Arc<hbone::Handshakes>,
     pub metrics: Arc<Metrics>,
     pub drain: Drain,
     /// The workload these proxies serve: namespace, name, service account.
@@ -109,7 +114,10 @@ impl ProxyInputs {
             .clone()
             .expect("validated: dedicated mode has workload info");
         let pool = Pool::new(&cfg.h2);
-        Self::for_pod(cfg, state, certs, pool, metrics, drain, info, None)
+        let handshakes = hbone::Handshakes::new(cfg.handshakes);
+        Self::for_pod(
+            cfg, state, certs, pool, handshakes, metrics, drain, info, None,
+        )
     }
 
     /// The inputs of one pod's proxies (shared mode), sharing the store, certificates, pool
@@ -120,6 +128,7 @@ impl ProxyInputs {
         state: State,
         certs: CertStore,
         pool: Pool,
+        handshakes: Arc<hbone::Handshakes>,
         metrics: Arc<Metrics>,
         drain: Drain,
         info: crate::config::ProxyWorkloadInfo,
@@ -127,6 +136,7 @@ impl ProxyInputs {
     ) -> Arc<Self> {
         Arc::new(ProxyInputs {
             pool,
+            handshakes,
             cfg,
             state,
             certs,

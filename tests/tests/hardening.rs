@@ -1,0 +1,276 @@
+//! Attacks on ztunnel's HBONE server (15008) from a pod outside the mesh, as in
+//! docs/HARDENING.md: a handshake flood without certificates, and HTTP/2 floods (paced Rapid
+//! Reset, PING, SETTINGS) from a client with a valid certificate. Each checks that the
+//! attacker is cut off with the right signal and metric, and that a well-behaved client is
+//! served throughout.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use identity::Identity;
+use keelson_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn options() -> Options {
+    Options {
+        pods: vec![
+            PodSpec::meshed("server").serving_echo(8080),
+            PodSpec::plain("outsider"),
+        ],
+        ..Options::default()
+    }
+}
+
+fn server_id() -> Identity {
+    Identity::new("cluster.local", "default", "server")
+}
+
+fn client_tls(tb: &Testbed) -> std::sync::Arc<rustls::ClientConfig> {
+    let cert = testbed_ca(tb)
+        .issue(&Identity::new("cluster.local", "default", "outsider"))
+        .unwrap();
+    hbone::tls::client_config(&cert, vec![server_id()]).unwrap()
+}
+
+/// A CONNECT through a fresh, well-behaved connection echoes.
+async fn healthy_echo(tb: &Testbed) -> bool {
+    let server = tb.ip("server");
+    let Ok(conn) = hbone_from(tb, "outsider", server, client_tls(tb)).await else {
+        return false;
+    };
+    let req = hbone::ConnectRequest::new(
+        SocketAddr::new(server, 8080).to_string(),
+        "10.10.0.3:1".parse().unwrap(),
+        None,
+    );
+    let Ok(mut s) = conn.connect(&req).await else {
+        return false;
+    };
+    let sent = payload(7, 10_000);
+    if s.send.send_data(sent.clone().into(), true).is_err() {
+        return false;
+    }
+    let mut got = Vec::new();
+    while let Some(Ok(chunk)) = s.recv.data().await {
+        let _ = s.recv.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    got == sent
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn counter(tb: &Testbed, name: &str, label: (&str, &str)) -> f64 {
+    let m = tb.metrics("server").unwrap();
+    metric_value(&m, name, &[label]).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_flood_is_shed_oldest_first_and_others_are_served() {
+    let tb = Testbed::start(options()).unwrap();
+    spawn_echo(&tb, "server", 8080).unwrap();
+    let pid = tb.ztunnel_pid("server");
+    assert!(healthy_echo(&tb).await);
+    let baseline = open_fds(pid);
+
+    // 600 plain TCP connections that never send a byte: each waits in the TLS handshake.
+    let to = SocketAddr::new(tb.ip("server"), hbone::HBONE_PORT);
+    let mut held = Vec::new();
+    for _ in 0..600 {
+        held.push(connect_from(&tb, "outsider", to).unwrap());
+    }
+    // The default per-source bound (64) holds: the oldest were shed to admit the newest.
+    let settled = eventually(Duration::from_secs(10), || async {
+        counter(
+            &tb,
+            "keelson_hbone_handshakes_shed_total",
+            ("reason", "per_source"),
+        ) >= 536.0
+    })
+    .await
+    .is_some();
+    assert!(
+        settled,
+        "sheds: {}",
+        tb.metrics("server").unwrap_or_default()
+    );
+    let during = open_fds(pid);
+    eprintln!("ztunnel fds: baseline {baseline}, during the flood {during}");
+    assert!(
+        during < baseline + 64 + 20,
+        "ztunnel holds {during} fds under the flood (baseline {baseline})"
+    );
+    // The shed connections were closed by ztunnel: the first one reads EOF (or a reset).
+    let mut first = held.remove(0);
+    let mut b = [0u8; 1];
+    let r = tokio::time::timeout(Duration::from_secs(5), first.read(&mut b)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "the oldest handshake was closed: {r:?}"
+    );
+    // A real client, meanwhile, is served.
+    assert!(
+        healthy_echo(&tb).await,
+        "a client with a certificate is served under the flood"
+    );
+    drop(held);
+    drop(first);
+    let back = eventually(Duration::from_secs(10), || async {
+        open_fds(pid) <= baseline + 5
+    })
+    .await
+    .is_some();
+    assert!(
+        back,
+        "fds back to baseline: {} vs {baseline}",
+        open_fds(pid)
+    );
+    assert!(tb.log("server").contains("handshake shed"));
+}
+
+/// A TLS connection speaking raw HTTP/2 frames: what an attacker's client does.
+struct Raw {
+    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let n = payload.len();
+    let mut f = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A HEADERS frame of a CONNECT to `authority`, HPACK literal fields without indexing.
+fn connect_headers(stream: u32, authority: &str) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in [(":method", "CONNECT"), (":authority", authority)] {
+        block.push(0x00);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    frame(0x1, 0x4, stream, &block)
+}
+
+impl Raw {
+    async fn open(tb: &Testbed) -> Raw {
+        let to = SocketAddr::new(tb.ip("server"), hbone::HBONE_PORT);
+        let tcp = connect_from(tb, "outsider", to).unwrap();
+        let tls = tokio_rustls::TlsConnector::from(client_tls(tb))
+            .connect(hbone::tls::placeholder_server_name(), tcp)
+            .await
+            .unwrap();
+        let mut raw = Raw { tls };
+        raw.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        raw.send(&frame(0x4, 0, 0, &[])).await.unwrap();
+        raw
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.tls.write_all(bytes).await?;
+        self.tls.flush().await
+    }
+
+    /// Reads frames until a GOAWAY, the end, or `within`; the GOAWAY's error code.
+    async fn goaway(&mut self, within: Duration) -> Option<u32> {
+        let deadline = Instant::now() + within;
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 16384];
+        loop {
+            while buf.len() >= 9 {
+                let len = (buf[0] as usize) << 16 | (buf[1] as usize) << 8 | buf[2] as usize;
+                if buf.len() < 9 + len {
+                    break;
+                }
+                if buf[3] == 0x7 {
+                    let p = &buf[9..9 + len];
+                    return Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+                }
+                buf.drain(..9 + len);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match tokio::time::timeout(left, self.tls.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => return None,
+            }
+        }
+    }
+}
+
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_floods_get_goaway_enhance_your_calm() {
+    let tb = Testbed::start(options()).unwrap();
+    spawn_echo(&tb, "server", 8080).unwrap();
+    let authority = format!("{}:8080", tb.ip("server"));
+
+    // Rapid Reset, paced as an attacker paces it to slip under a queue limit: 50 CONNECTs,
+    // a pause, their 50 resets, again and again.
+    let mut raw = Raw::open(&tb).await;
+    let mut stream = 1u32;
+    let started = Instant::now();
+    let mut pairs = 0;
+    'flood: while started.elapsed() < Duration::from_secs(10) {
+        let first = stream;
+        let mut heads = Vec::new();
+        for _ in 0..50 {
+            heads.extend(connect_headers(stream, &authority));
+            stream += 2;
+        }
+        if raw.send(&heads).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut resets = Vec::new();
+        for s in (first..stream).step_by(2) {
+            resets.extend(frame(0x3, 0, s, &0x8u32.to_be_bytes()));
+            pairs += 1;
+        }
+        if raw.send(&resets).await.is_err() {
+            break 'flood;
+        }
+        if pairs >= 5_000 {
+            break;
+        }
+    }
+    let code = raw.goaway(Duration::from_secs(5)).await;
+    eprintln!("cut off after {pairs} HEADERS+RST pairs");
+    assert_eq!(
+        code,
+        Some(ENHANCE_YOUR_CALM),
+        "after {pairs} HEADERS+RST pairs"
+    );
+    assert!(pairs < 5_000, "cut off after {pairs} pairs");
+    assert!(
+        counter(
+            &tb,
+            "keelson_hbone_flood_closed_total",
+            ("reason", "rst_stream")
+        ) >= 1.0
+    );
+
+    // PING and SETTINGS floods.
+    for (kind, payload, reason) in [(0x6u8, vec![0u8; 8], "ping"), (0x4u8, vec![], "settings")] {
+        let mut raw = Raw::open(&tb).await;
+        let burst: Vec<u8> = (0..500).flat_map(|_| frame(kind, 0, 0, &payload)).collect();
+        let _ = raw.send(&burst).await;
+        assert_eq!(
+            raw.goaway(Duration::from_secs(5)).await,
+            Some(ENHANCE_YOUR_CALM),
+            "{reason} flood"
+        );
+        assert!(counter(&tb, "keelson_hbone_flood_closed_total", ("reason", reason)) >= 1.0);
+    }
+
+    // A well-behaved client is served after all that.
+    assert!(healthy_echo(&tb).await);
+    let log = tb.log("server");
+    assert!(log.contains("ENHANCE_YOUR_CALM"), "the closes are logged");
+}
