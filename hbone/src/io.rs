@@ -161,3 +161,63 @@ impl AsyncWrite for H2Io {
         Poll::Ready(Ok(()))
     }
 }
+
+/// An I/O object whose writes are counted as the inner object takes them.
+pub struct CountWrites<'a, T> {
+    inner: &'a mut T,
+    written: &'a crate::stream::Counter,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for CountWrites<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for CountWrites<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(Pin::new(&mut *self.inner).poll_write(cx, buf))?;
+        self.written.add(n);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Copies both ways between `a` and `b` with half-close (tokio's `copy_bidirectional`),
+/// counting what was written to `b` in `a_to_b` and to `a` in `b_to_a` as it is written, so
+/// the counts hold however the copy ends.
+pub async fn copy_counted<A, B>(
+    a: &mut A,
+    b: &mut B,
+    a_to_b: &crate::stream::Counter,
+    b_to_a: &crate::stream::Counter,
+) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut a = CountWrites {
+        inner: a,
+        written: b_to_a,
+    };
+    let mut b = CountWrites {
+        inner: b,
+        written: a_to_b,
+    };
+    tokio::io::copy_bidirectional(&mut a, &mut b).await
+}

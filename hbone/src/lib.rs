@@ -24,7 +24,7 @@ pub use client::{ConnectRequest, Connection};
 pub use config::H2Config;
 pub use error::HboneError;
 pub use pool::{Pool, PoolKey, PoolStats};
-pub use stream::{copy_bidirectional, CopyError, CopyStats, H2Stream};
+pub use stream::{copy_bidirectional, copy_counted, CopyError, CopyStats, Counter, H2Stream};
 
 /// Read buffer under TLS: rustls reads at most 4 KiB per call, so without it every 16 KiB
 /// record costs four or more `read` syscalls.

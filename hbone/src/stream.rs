@@ -5,6 +5,7 @@
 
 use std::io;
 use std::net::Shutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -55,8 +56,24 @@ pub enum CopyError {
 }
 
 enum Outcome {
-    Done(u64),
-    Failed(u64, CopyError),
+    Done,
+    Failed(CopyError),
+}
+
+/// Bytes that crossed a copy, counted as they cross, so that they are known however the copy
+/// ends: cleanly, by a reset of either side, or by being dropped (drain, policy close). A
+/// reader may look while the copy runs (metrics of long-lived connections).
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn add(&self, n: usize) {
+        self.0.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// Copies both ways until both directions have ended, propagating half-closes and resets.
@@ -64,37 +81,47 @@ pub async fn copy_bidirectional(
     tcp: &TcpStream,
     stream: H2Stream,
 ) -> Result<CopyStats, (CopyStats, CopyError)> {
+    let (up, down) = (Counter::default(), Counter::default());
+    copy_counted(tcp, stream, &up, &down).await
+}
+
+/// [`copy_bidirectional`], counting the bytes handed to the tunnel in `tcp_to_tunnel` and
+/// those written to the socket in `tunnel_to_tcp` as they go.
+pub async fn copy_counted(
+    tcp: &TcpStream,
+    stream: H2Stream,
+    tcp_to_tunnel: &Counter,
+    tunnel_to_tcp: &Counter,
+) -> Result<CopyStats, (CopyStats, CopyError)> {
     let H2Stream {
         mut send,
         mut recv,
         _guard,
     } = stream;
-    let mut stats = CopyStats::default();
+    let (up0, down0) = (tcp_to_tunnel.get(), tunnel_to_tcp.get());
     let mut failure = None;
     {
-        let up = tcp_to_h2(tcp, &mut send);
-        let down = h2_to_tcp(&mut recv, tcp);
+        let up = tcp_to_h2(tcp, &mut send, tcp_to_tunnel);
+        let down = h2_to_tcp(&mut recv, tcp, tunnel_to_tcp);
         tokio::pin!(up, down);
         let (mut up_done, mut down_done) = (false, false);
         while !(up_done && down_done) && failure.is_none() {
             tokio::select! {
                 r = &mut up, if !up_done => {
                     up_done = true;
-                    match r {
-                        Outcome::Done(n) => stats.tcp_to_tunnel = n,
-                        Outcome::Failed(n, e) => { stats.tcp_to_tunnel = n; failure = Some(e); }
-                    }
+                    if let Outcome::Failed(e) = r { failure = Some(e); }
                 }
                 r = &mut down, if !down_done => {
                     down_done = true;
-                    match r {
-                        Outcome::Done(n) => stats.tunnel_to_tcp = n,
-                        Outcome::Failed(n, e) => { stats.tunnel_to_tcp = n; failure = Some(e); }
-                    }
+                    if let Outcome::Failed(e) = r { failure = Some(e); }
                 }
             }
         }
     }
+    let stats = CopyStats {
+        tcp_to_tunnel: tcp_to_tunnel.get() - up0,
+        tunnel_to_tcp: tunnel_to_tcp.get() - down0,
+    };
     match failure {
         None => Ok(stats),
         Some(e) => {
@@ -114,8 +141,7 @@ pub fn reset_tcp(tcp: &TcpStream) {
     let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
 }
 
-async fn tcp_to_h2(tcp: &TcpStream, send: &mut SendStream<Bytes>) -> Outcome {
-    let mut total = 0u64;
+async fn tcp_to_h2(tcp: &TcpStream, send: &mut SendStream<Bytes>, moved: &Counter) -> Outcome {
     let mut size = MIN_READ;
     // Reused across reads: `split` hands the filled part to h2 and keeps the rest of the
     // allocation, which `reserve` reclaims once h2 has written the earlier data.
@@ -125,29 +151,28 @@ async fn tcp_to_h2(tcp: &TcpStream, send: &mut SendStream<Bytes>) -> Outcome {
         // after the peer's END_STREAM, when nothing reads the receive half any more).
         tokio::select! {
             r = tcp.readable() => if let Err(e) = r {
-                return Outcome::Failed(total, CopyError::Tcp(e));
+                return Outcome::Failed(CopyError::Tcp(e));
             },
             r = poll_fn(|cx| send.poll_reset(cx)) => {
                 let e = match r { Ok(reason) => h2::Error::from(reason), Err(e) => e };
-                return Outcome::Failed(total, CopyError::TunnelReset(e));
+                return Outcome::Failed(CopyError::TunnelReset(e));
             }
         }
         buf.reserve(size);
         let n = match tcp.try_read_buf(&mut buf) {
             Ok(0) => {
                 return match send.send_data(Bytes::new(), true) {
-                    Ok(()) => Outcome::Done(total),
-                    Err(e) => Outcome::Failed(total, classify(e)),
+                    Ok(()) => Outcome::Done,
+                    Err(e) => Outcome::Failed(classify(e)),
                 }
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Outcome::Failed(total, CopyError::Tcp(e)),
+            Err(e) => return Outcome::Failed(CopyError::Tcp(e)),
         };
         let filled = n >= size;
-        total += n as u64;
-        if let Err(e) = send_all(send, buf.split().freeze()).await {
-            return Outcome::Failed(total, e);
+        if let Err(e) = send_all(send, buf.split().freeze(), moved).await {
+            return Outcome::Failed(e);
         }
         if filled {
             // Bulk transfer: keep the buffer and read more at a time.
@@ -160,7 +185,12 @@ async fn tcp_to_h2(tcp: &TcpStream, send: &mut SendStream<Bytes>) -> Outcome {
     }
 }
 
-async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), CopyError> {
+/// Hands `data` to h2 as the stream's capacity allows, counting each piece in `moved`.
+async fn send_all(
+    send: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    moved: &Counter,
+) -> Result<(), CopyError> {
     while !data.is_empty() {
         send.reserve_capacity(data.len());
         let cap = match poll_fn(|cx| send.poll_capacity(cx)).await {
@@ -172,41 +202,45 @@ async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), C
             continue;
         }
         let chunk = data.split_to(cap.min(data.len()));
+        let n = chunk.len();
         send.send_data(chunk, false).map_err(classify)?;
+        moved.add(n);
     }
     Ok(())
 }
 
-async fn h2_to_tcp(recv: &mut RecvStream, tcp: &TcpStream) -> Outcome {
-    let mut total = 0u64;
+async fn h2_to_tcp(recv: &mut RecvStream, tcp: &TcpStream, moved: &Counter) -> Outcome {
     loop {
         match recv.data().await {
             Some(Ok(chunk)) => {
                 let len = chunk.len();
-                if let Err(e) = write_all(tcp, &chunk).await {
-                    return Outcome::Failed(total, CopyError::Tcp(e));
+                if let Err(e) = write_all(tcp, &chunk, moved).await {
+                    return Outcome::Failed(CopyError::Tcp(e));
                 }
-                total += len as u64;
                 let _ = recv.flow_control().release_capacity(len);
             }
             Some(Err(e)) if is_clean_end(&e) => break,
-            Some(Err(e)) => return Outcome::Failed(total, classify(e)),
+            Some(Err(e)) => return Outcome::Failed(classify(e)),
             None => break,
         }
     }
     // END_STREAM (or a NO_ERROR/CANCEL reset): half-close towards the app.
     match socket2::SockRef::from(tcp).shutdown(Shutdown::Write) {
-        Ok(()) => Outcome::Done(total),
-        Err(e) if e.kind() == io::ErrorKind::NotConnected => Outcome::Done(total),
-        Err(e) => Outcome::Failed(total, CopyError::Tcp(e)),
+        Ok(()) => Outcome::Done,
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Outcome::Done,
+        Err(e) => Outcome::Failed(CopyError::Tcp(e)),
     }
 }
 
-async fn write_all(tcp: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+/// Writes `buf` whole, counting in `moved` what the kernel took as it takes it.
+async fn write_all(tcp: &TcpStream, mut buf: &[u8], moved: &Counter) -> io::Result<()> {
     while !buf.is_empty() {
         tcp.writable().await?;
         match tcp.try_write(buf) {
-            Ok(n) => buf = &buf[n..],
+            Ok(n) => {
+                moved.add(n);
+                buf = &buf[n..];
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }

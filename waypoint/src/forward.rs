@@ -49,6 +49,8 @@ pub struct Context {
     pub tables: crate::plan::Tables,
     /// The tunnel's request metric handles.
     pub recorder: crate::metrics::Recorder,
+    /// The tunnel's bytes, counted as they cross (its `istio_tcp_*` series and access line).
+    pub bytes: Arc<ztunnel::connection::Moved>,
 }
 
 /// A request body: held (replayable) or streaming (one use).

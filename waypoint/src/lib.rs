@@ -15,7 +15,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use hbone::client::ConnectRequest;
@@ -27,6 +26,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use tokio::net::TcpStream;
 use ztunnel::admin::Readiness;
+use ztunnel::connection::{ConnectionResult, Direction, Peers};
 use ztunnel::proxy::{socket, ProxyError, ProxyInputs};
 use ztunnel::state::{Service, State, Workload};
 
@@ -187,6 +187,25 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
         Ok(s) => s,
         Err(e) => return tracing::debug!(error = %e, "tunnel closed before it was answered"),
     };
+    // The tunnel's own record: `istio_tcp_*` with reporter "waypoint", advancing while it
+    // is open, and one access line at its end with the bytes that crossed.
+    let labels = metrics::base_labels(&pi, (&principal, source_ip), &dst);
+    let peers = Peers {
+        src_identity: Some(source_name.clone()),
+        dst_hbone_addr: Some(authority),
+        dst_service: match &dst {
+            Destination::Service { svc, .. } => Some(svc.hostname.clone()),
+            Destination::Workload { .. } => None,
+        },
+        ..Default::default()
+    };
+    let mut record = ConnectionResult::new(
+        pi.metrics.clone(),
+        Direction::Inbound,
+        client,
+        labels,
+        peers,
+    );
     if dst.is_http() {
         let ctx = Arc::new(forward::Context {
             pi: pi.clone(),
@@ -201,11 +220,13 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
             config: l7_config(),
             tables: Default::default(),
             recorder: Default::default(),
+            bytes: record.bytes(),
         });
-        serve::serve(ctx, stream).await;
+        // Boxed once per tunnel: the request path inside is large.
+        record.reporting(Box::pin(serve::serve(ctx, stream))).await;
     } else {
         let backend = plan::tcp_backend(&pi, &l7_config(), &dst);
-        l4(&pi, backend, H2Io::new(stream), client, &source_name).await;
+        l4(&pi, backend, H2Io::new(stream), client, &mut record).await;
     }
 }
 
@@ -398,35 +419,37 @@ async fn open_tunnel(
     })
 }
 
-/// L4: the tunnel's bytes to an endpoint, both ways.
+/// L4: the tunnel's bytes to an endpoint, both ways, counted in `record` as they cross
+/// (whatever way the copy ends); the access line is `record`'s.
 async fn l4(
     pi: &ProxyInputs,
     backend: Result<Backend, Unreachable>,
     down: H2Io,
     client: SocketAddr,
-    source: &str,
+    record: &mut ConnectionResult,
 ) {
-    let started = Instant::now();
     let result = async {
         let b = backend?;
         let p = pick(pi, &b, &[], &[], None)?;
         let up = open_tunnel(pi, &p, client).await?;
-        Ok::<_, Unreachable>(((up, p.w), b))
+        Ok::<_, Unreachable>((up, p.w))
     }
     .await;
     match result {
-        Err((_, msg, flag)) => {
-            tracing::event!(target: "access", tracing::Level::INFO, src.identity = %source,
-                response_flags = flag, error = %msg, "tcp connection failed");
-        }
-        Ok(((up, w), b)) => {
-            let mut down = down;
-            let mut up = H2Io::new(up);
-            let r = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-            let (sent, received) = r.unwrap_or_default();
-            tracing::event!(target: "access", tracing::Level::INFO, src.identity = %source, destination = %b.dst.name(),
-                upstream = %w.name, bytes_sent = sent, bytes_recv = received,
-                duration_ms = started.elapsed().as_millis() as u64, "tcp connection complete");
+        Err((_, msg, flag)) => record.fail_early(flag, msg),
+        Ok((up, w)) => {
+            tracing::debug!(upstream = %w.name, "tcp tunnel to the endpoint open");
+            let bytes = record.bytes();
+            let (mut down, mut up) = (down, H2Io::new(up));
+            let copy = hbone::io::copy_counted(
+                &mut down,
+                &mut up,
+                &bytes.client_to_server,
+                &bytes.server_to_client,
+            );
+            if let Err(e) = record.reporting(copy).await {
+                record.fail("CONNECT", e);
+            }
         }
     }
 }

@@ -157,8 +157,9 @@ impl Recorder {
 }
 
 /// The labels every request of a tunnel shares: the client workload (by its address) and
-/// principal, the service addressed, mutual TLS.
-fn base_labels(
+/// principal, the service addressed, mutual TLS. Also the labels of the tunnel's own
+/// `istio_tcp_*` series.
+pub(crate) fn base_labels(
     pi: &ProxyInputs,
     (principal, source_ip): (&str, std::net::IpAddr),
     dst: &Destination,

@@ -26,6 +26,8 @@ use tokio::time::Instant;
 use crate::forward::{Context, ReqBody, REPLAY_LIMIT};
 use crate::h1::{has_token, join, Conn, Spans, MAX_HEADERS};
 use crate::Body;
+use hbone::Counter;
+use ztunnel::connection::Moved;
 
 /// A request head larger than this goes to hyper's server, which refuses it past its own
 /// limit.
@@ -40,6 +42,7 @@ const SEND_AT: usize = 64 * 1024;
 pub async fn serve(ctx: Arc<Context>, stream: H2Stream) {
     let (header_timeout, idle_timeout) =
         (ctx.pi.cfg.http_header_timeout, ctx.pi.cfg.http_idle_timeout);
+    let moved = ctx.bytes.clone();
     let mut conn = Conn::new(stream);
     loop {
         let mut head_deadline = (!conn.buf.is_empty()).then(|| Instant::now() + header_timeout);
@@ -51,10 +54,11 @@ pub async fn serve(ctx: Arc<Context>, stream: H2Stream) {
                     close,
                 } => break (parts, length, close),
                 Parsed::Partial if conn.buf.len() <= MAX_HEAD => {}
-                Parsed::Partial | Parsed::Other => return hand_over(ctx, conn).await,
+                // Boxed: hyper's connection is large, and this path is the rare one.
+                Parsed::Partial | Parsed::Other => return Box::pin(hand_over(ctx, conn)).await,
             }
             let limit = head_deadline.unwrap_or_else(|| Instant::now() + idle_timeout);
-            match tokio::time::timeout_at(limit, conn.fill()).await {
+            match tokio::time::timeout_at(limit, fill(&mut conn, &moved)).await {
                 Ok(Ok(true)) => {
                     head_deadline.get_or_insert_with(|| Instant::now() + header_timeout);
                 }
@@ -70,7 +74,7 @@ pub async fn serve(ctx: Arc<Context>, stream: H2Stream) {
             }
         };
         while conn.buf.len() < length {
-            match tokio::time::timeout(idle_timeout, conn.fill()).await {
+            match tokio::time::timeout(idle_timeout, fill(&mut conn, &moved)).await {
                 Ok(Ok(true)) => {}
                 Ok(Ok(false)) => return hbone::io::end(conn.stream, true),
                 Ok(Err(e)) => return tracing::debug!(error = %e, "tunnel from the client failed"),
@@ -85,7 +89,15 @@ pub async fn serve(ctx: Arc<Context>, stream: H2Stream) {
         let resp = ctx
             .handle(Request::from_parts(parts, ReqBody::Held(body)))
             .await;
-        match respond(&mut conn.stream, resp, head_request, close).await {
+        match respond(
+            &mut conn.stream,
+            resp,
+            head_request,
+            close,
+            &moved.server_to_client,
+        )
+        .await
+        {
             Ok(()) if !close => {}
             Ok(()) => {
                 let ended = conn.stream.recv.is_end_stream();
@@ -94,6 +106,14 @@ pub async fn serve(ctx: Arc<Context>, stream: H2Stream) {
             Err(e) => return tracing::debug!(error = %e, "response to the client failed"),
         }
     }
+}
+
+/// Reads one more DATA frame from the client, counting its bytes.
+async fn fill(conn: &mut Conn, moved: &Moved) -> Result<bool, crate::h1::Error> {
+    let before = conn.buf.len();
+    let more = conn.fill().await?;
+    moved.client_to_server.add(conn.buf.len() - before);
+    Ok(more)
 }
 
 /// What the front of the buffer holds.
@@ -188,7 +208,12 @@ async fn hand_over(ctx: Arc<Context>, conn: Conn) {
     let budget = hbone::guard::Budget::new(&cfg.h2.frames);
     let http2 =
         PREFACE.starts_with(&conn.buf[..conn.buf.len().min(PREFACE.len())]) && !conn.buf.is_empty();
-    let io = H2Io::with_pending(conn.stream, conn.buf);
+    // What the client sent before the hand-over was counted as it came.
+    let io = CountedIo {
+        inner: H2Io::with_pending(conn.stream, conn.buf.clone()),
+        skip: conn.buf.len(),
+        bytes: ctx.bytes.clone(),
+    };
     let io: Box<dyn Tunnel> = if http2 {
         Box::new(hbone::guard::FrameGuard::server(io, budget.clone()))
     } else {
@@ -230,6 +255,58 @@ async fn hand_over(ctx: Arc<Context>, conn: Conn) {
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// The tunnel as hyper reads and writes it, its bytes counted both ways.
+struct CountedIo {
+    inner: H2Io,
+    /// Bytes at the start of the read side already counted.
+    skip: usize,
+    bytes: Arc<Moved>,
+}
+
+impl tokio::io::AsyncRead for CountedIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        let skipped = n.min(self.skip);
+        self.skip -= skipped;
+        self.bytes.client_to_server.add(n - skipped);
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for CountedIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.bytes.server_to_client.add(n);
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// What hyper serves: the tunnel, with or without a frame guard.
 trait Tunnel: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Tunnel for T {}
@@ -238,7 +315,14 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Tunnel for 
 async fn header_timed_out(ctx: &Context, mut conn: Conn) {
     tracing::info!(destination = %ctx.dst_name, received = conn.buf.len(), "request head not complete within the header timeout; 408");
     let resp = crate::text(StatusCode::REQUEST_TIMEOUT, "request header timeout");
-    let _ = respond(&mut conn.stream, resp, false, true).await;
+    let _ = respond(
+        &mut conn.stream,
+        resp,
+        false,
+        true,
+        &ctx.bytes.server_to_client,
+    )
+    .await;
     hbone::io::end(conn.stream, false);
 }
 
@@ -272,6 +356,7 @@ async fn respond(
     resp: Response<Body>,
     head_request: bool,
     close: bool,
+    moved: &Counter,
 ) -> Result<(), WriteError> {
     let (mut parts, mut body) = resp.into_parts();
     let status = parts.status;
@@ -335,9 +420,12 @@ async fn respond(
     }
     out.extend_from_slice(b"\r\n");
     if framing == Framing::None {
-        return Ok(stream.send.send_data(out.freeze(), false)?);
+        let n = out.len();
+        stream.send.send_data(out.freeze(), false)?;
+        moved.add(n);
+        return Ok(());
     }
-    let result = write_body(stream, &mut body, out, framing).await;
+    let result = write_body(stream, &mut body, out, framing, moved).await;
     if result.is_err() {
         stream.send.send_reset(h2::Reason::INTERNAL_ERROR);
     }
@@ -351,6 +439,7 @@ async fn write_body(
     body: &mut Body,
     mut out: BytesMut,
     framing: Framing,
+    moved: &Counter,
 ) -> Result<(), WriteError> {
     let mut sent: u64 = 0;
     // Whether anything was sent yet: the first send is not paced (it is what the handler
@@ -365,7 +454,7 @@ async fn write_body(
             Poll::Ready(f) => f,
             Poll::Pending => {
                 if !out.is_empty() {
-                    send(stream, out.split().freeze(), paced).await?;
+                    send(stream, out.split().freeze(), paced, moved).await?;
                 }
                 paced = true;
                 body.frame().await
@@ -390,7 +479,7 @@ async fn write_body(
             out.extend_from_slice(&data);
         }
         if out.len() >= SEND_AT {
-            send(stream, out.split().freeze(), paced).await?;
+            send(stream, out.split().freeze(), paced, moved).await?;
             paced = true;
         }
     }
@@ -400,16 +489,24 @@ async fn write_body(
         _ => {}
     }
     if !out.is_empty() {
-        send(stream, out.freeze(), paced).await?;
+        send(stream, out.freeze(), paced, moved).await?;
     }
     Ok(())
 }
 
 /// Sends `data`; when `paced`, only as the client's flow-control window allows, so that a
 /// slow client holds back the body rather than have it buffered here.
-async fn send(stream: &mut H2Stream, mut data: Bytes, paced: bool) -> Result<(), WriteError> {
+async fn send(
+    stream: &mut H2Stream,
+    mut data: Bytes,
+    paced: bool,
+    moved: &Counter,
+) -> Result<(), WriteError> {
     if !paced {
-        return Ok(stream.send.send_data(data, false)?);
+        let n = data.len();
+        stream.send.send_data(data, false)?;
+        moved.add(n);
+        return Ok(());
     }
     while !data.is_empty() {
         stream.send.reserve_capacity(data.len());
@@ -420,6 +517,7 @@ async fn send(stream: &mut H2Stream, mut data: Bytes, paced: bool) -> Result<(),
         if cap > 0 {
             let n = cap.min(data.len());
             stream.send.send_data(data.split_to(n), false)?;
+            moved.add(n);
         }
     }
     Ok(())

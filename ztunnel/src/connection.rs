@@ -5,7 +5,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::metrics::{Metrics, ReporterLabel, TrafficLabels};
 
@@ -38,6 +38,18 @@ pub struct Peers {
     pub dst_identity: Option<String>,
 }
 
+/// How often the byte counters of an open connection are brought up to date: a long-lived
+/// connection's traffic shows in `istio_tcp_*_bytes_total` while it lasts, not only at its end.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The bytes a connection moved, counted by the copy as they cross (docs/WIRE.md: bytes in
+/// metrics and access logs are what crossed, whatever way the connection ended).
+#[derive(Debug, Default)]
+pub struct Moved {
+    pub client_to_server: hbone::Counter,
+    pub server_to_client: hbone::Counter,
+}
+
 pub struct ConnectionResult {
     metrics: Arc<Metrics>,
     labels: TrafficLabels,
@@ -46,9 +58,9 @@ pub struct ConnectionResult {
     src: SocketAddr,
     peers: Peers,
     start: Instant,
-    /// Client→server and server→client bytes.
-    client_to_server: u64,
-    server_to_client: u64,
+    bytes: Arc<Moved>,
+    /// What the byte counters already hold of `bytes`: (client→server, server→client).
+    reported: (u64, u64),
     error: Option<String>,
     established: bool,
 }
@@ -76,17 +88,48 @@ impl ConnectionResult {
             src,
             peers,
             start: Instant::now(),
-            client_to_server: 0,
-            server_to_client: 0,
+            bytes: Arc::default(),
+            reported: (0, 0),
             error: None,
             established: true,
         }
     }
 
-    /// Adds bytes moved (client→server, server→client).
-    pub fn add_bytes(&mut self, client_to_server: u64, server_to_client: u64) {
-        self.client_to_server += client_to_server;
-        self.server_to_client += server_to_client;
+    /// The counters the copy of this connection counts its bytes in.
+    pub fn bytes(&self) -> Arc<Moved> {
+        self.bytes.clone()
+    }
+
+    /// Adds what moved since the last report to the byte counters.
+    pub fn report(&mut self) {
+        let now = (
+            self.bytes.client_to_server.get(),
+            self.bytes.server_to_client.get(),
+        );
+        let m = &self.metrics;
+        if now.0 > self.reported.0 {
+            m.received_bytes
+                .get_or_create(&self.labels)
+                .inc_by(now.0 - self.reported.0);
+        }
+        if now.1 > self.reported.1 {
+            m.sent_bytes
+                .get_or_create(&self.labels)
+                .inc_by(now.1 - self.reported.1);
+        }
+        self.reported = now;
+    }
+
+    /// Runs `copy` to its end, reporting the bytes every [`REPORT_INTERVAL`] meanwhile.
+    pub async fn reporting<T>(&mut self, copy: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(copy);
+        let mut tick = report_ticker();
+        loop {
+            tokio::select! {
+                r = &mut copy => return r,
+                _ = tick.tick() => self.report(),
+            }
+        }
     }
 
     /// Records an error that ended (or prevented) the connection.
@@ -104,6 +147,16 @@ impl ConnectionResult {
     }
 }
 
+/// A ticker for [`ConnectionResult::report`], first due one interval from now.
+pub fn report_ticker() -> tokio::time::Interval {
+    let mut t = tokio::time::interval_at(
+        tokio::time::Instant::now() + REPORT_INTERVAL,
+        REPORT_INTERVAL,
+    );
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
 impl Drop for ConnectionResult {
     fn drop(&mut self) {
         let m = &self.metrics;
@@ -111,19 +164,15 @@ impl Drop for ConnectionResult {
             m.failed.get_or_create(&self.labels).inc();
         }
         m.closed.get_or_create(&self.labels).inc();
-        m.received_bytes
-            .get_or_create(&self.labels)
-            .inc_by(self.client_to_server);
-        m.sent_bytes
-            .get_or_create(&self.labels)
-            .inc_by(self.server_to_client);
+        self.report();
+        let m = &self.metrics;
         m.sockets_open.get_or_create(&self.reporter).dec();
         let duration = format!("{}ms", self.start.elapsed().as_millis());
         // For the source reporter, bytes_sent is client→server; for the destination reporter,
         // what the destination sent back (server→client).
         let (sent, recv) = match self.labels.reporter {
-            "source" => (self.client_to_server, self.server_to_client),
-            _ => (self.server_to_client, self.client_to_server),
+            "source" => self.reported,
+            _ => (self.reported.1, self.reported.0),
         };
         let p = &self.peers;
         macro_rules! event {

@@ -241,22 +241,27 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
         dst_ip: target.addr.ip(),
         dst_port: target.addr.port(),
     };
+    let bytes = result.bytes();
     let denied = {
-        let copy = hbone::copy_bidirectional(&app, stream);
+        // Inbound, the tunnel carries client→server and the app socket server→client.
+        let copy = hbone::copy_counted(
+            &app,
+            stream,
+            &bytes.server_to_client,
+            &bytes.client_to_server,
+        );
         tokio::pin!(copy);
         let mut changes = pi.state.subscribe();
+        let mut tick = crate::connection::report_ticker();
         loop {
             tokio::select! {
                 r = &mut copy => {
-                    match r {
-                        Ok(st) => result.add_bytes(st.tunnel_to_tcp, st.tcp_to_tunnel),
-                        Err((st, e)) => {
-                            result.add_bytes(st.tunnel_to_tcp, st.tcp_to_tunnel);
-                            result.fail("CONNECT", e);
-                        }
+                    if let Err((_, e)) = r {
+                        result.fail("CONNECT", e);
                     }
                     break false;
                 }
+                _ = tick.tick() => result.report(),
                 Ok(()) = changes.changed() => {
                     // The workload is looked up again: its selector policies may have changed.
                     let now = pi.local_workload().ok().or_else(|| local.clone());

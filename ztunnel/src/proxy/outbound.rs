@@ -270,17 +270,21 @@ pub fn baggage(w: Option<&Workload>, cluster: &str) -> String {
 
 /// Copies between the downstream socket and the upstream, recording bytes and errors.
 pub async fn relay(downstream: &mut TcpStream, upstream: Upstream, result: &mut ConnectionResult) {
-    match upstream {
-        Upstream::Hbone(stream) => match hbone::copy_bidirectional(downstream, stream).await {
-            Ok(st) => result.add_bytes(st.tcp_to_tunnel, st.tunnel_to_tcp),
-            Err((st, e)) => {
-                result.add_bytes(st.tcp_to_tunnel, st.tunnel_to_tcp);
-                result.fail("CONNECT", e);
-            }
-        },
-        Upstream::Tcp(mut up) => match socket::copy_plain(downstream, &mut up).await {
-            Ok((a, b)) => result.add_bytes(a, b),
-            Err(e) => result.fail("CONNECT", e),
-        },
+    let bytes = result.bytes();
+    let (up, down) = (&bytes.client_to_server, &bytes.server_to_client);
+    let copy = async {
+        match upstream {
+            Upstream::Hbone(stream) => hbone::copy_counted(downstream, stream, up, down)
+                .await
+                .map(drop)
+                .map_err(|(_, e)| e.to_string()),
+            Upstream::Tcp(mut tcp) => socket::copy_plain(downstream, &mut tcp, up, down)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        }
+    };
+    if let Err(e) = result.reporting(copy).await {
+        result.fail("CONNECT", e);
     }
 }

@@ -71,19 +71,26 @@ async fn handle(pi: Arc<ProxyInputs>, mut downstream: TcpStream, src: SocketAddr
         dst_ip: orig.ip(),
         dst_port: orig.port(),
     };
+    let bytes = result.bytes();
     let denied = {
         let mut changes = pi.state.subscribe();
-        let copy = socket::copy_plain(&mut downstream, &mut app);
+        let copy = socket::copy_plain(
+            &mut downstream,
+            &mut app,
+            &bytes.client_to_server,
+            &bytes.server_to_client,
+        );
         tokio::pin!(copy);
+        let mut tick = crate::connection::report_ticker();
         loop {
             tokio::select! {
                 r = &mut copy => {
-                    match r {
-                        Ok((a, b)) => result.add_bytes(a, b),
-                        Err(e) => result.fail("CONNECT", e),
+                    if let Err(e) = r {
+                        result.fail("CONNECT", e);
                     }
                     break false;
                 }
+                _ = tick.tick() => result.report(),
                 Ok(()) = changes.changed() => {
                     // The workload is looked up again: its selector policies may have changed.
                     let now = pi.local_workload().ok().or_else(|| local.clone());

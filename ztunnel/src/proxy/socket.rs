@@ -199,9 +199,14 @@ fn socket(dst: SocketAddr, src: Option<IpAddr>, mark: Option<u32>) -> io::Result
 }
 
 /// Copies plain TCP both ways with half-close; if either side resets, the other is reset too.
-/// Returns (a→b, b→a) bytes.
-pub async fn copy_plain(a: &mut TcpStream, b: &mut TcpStream) -> Result<(u64, u64), io::Error> {
-    match tokio::io::copy_bidirectional(a, b).await {
+/// Bytes are counted in `a_to_b` and `b_to_a` as they are written.
+pub async fn copy_plain(
+    a: &mut TcpStream,
+    b: &mut TcpStream,
+    a_to_b: &hbone::Counter,
+    b_to_a: &hbone::Counter,
+) -> Result<(u64, u64), io::Error> {
+    match hbone::io::copy_counted(a, b, a_to_b, b_to_a).await {
         Ok(n) => Ok(n),
         Err(e) => {
             hbone::stream::reset_tcp(a);
