@@ -38,7 +38,11 @@ pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
 /// Decoded messages may be this large (istio-wire.md §3.1).
+/// The largest response (a whole snapshot for a big cluster).
 const MAX_MESSAGE: usize = 200 << 20;
+/// The largest request a client may send: a subscription's `initial_resource_versions` for
+/// tens of thousands of resources fits; an attacker's 200 MiB message does not.
+pub const MAX_REQUEST: usize = 4 << 20;
 
 /// What the server shares between connections.
 pub struct Shared {
@@ -62,12 +66,14 @@ pub struct Counters {
     pub certs_refused: AtomicU64,
     pub auth_failures: AtomicU64,
     pub resource_file_errors: AtomicU64,
+    pub tls_failures: AtomicU64,
+    pub bad_requests: AtomicU64,
 }
 
 impl Counters {
     /// OpenMetrics text (names after istiod's where one exists).
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &AtomicU64); 8] = [
+        let rows: [(&str, &str, &AtomicU64); 10] = [
             (
                 "pilot_xds_streams",
                 "Delta ADS streams opened",
@@ -95,6 +101,16 @@ impl Counters {
                 "keelson_resource_file_errors",
                 "Resource files rejected",
                 &self.resource_file_errors,
+            ),
+            (
+                "keelson_tls_handshake_failures",
+                "Connections whose TLS handshake failed or timed out",
+                &self.tls_failures,
+            ),
+            (
+                "keelson_xds_bad_requests",
+                "Delta ADS streams ended for a request that did not decode",
+                &self.bad_requests,
             ),
         ];
         let mut out = String::new();
@@ -198,7 +214,23 @@ async fn delta_stream(
                 let req = match req {
                     Some(Ok(r)) => r,
                     Some(Err(e)) => {
-                        tracing::debug!(%peer, node = %node_id, error = %e, "delta stream error");
+                        // A request that does not decode (or is too large) ends the stream
+                        // with a status saying why, not with OK.
+                        // (Decode failures are Internal, an oversize length prefix
+                        // OutOfRange; the rest is the connection going away.)
+                        if !matches!(e.code(), tonic::Code::Internal | tonic::Code::OutOfRange) {
+                            tracing::debug!(%peer, node = %node_id, error = %e, "delta stream ended");
+                            return;
+                        }
+                        counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%peer, node = %node_id, code = ?e.code(), error = %e.message(), "delta stream closed: bad request");
+                        let status = match e.code() {
+                            tonic::Code::OutOfRange => Status::resource_exhausted(format!(
+                                "request over {MAX_REQUEST} bytes: {}", e.message()
+                            )),
+                            _ => Status::invalid_argument(format!("bad DeltaDiscoveryRequest: {}", e.message())),
+                        };
+                        let _ = out.send(Err(status)).await;
                         return;
                     }
                     None => return,
@@ -497,6 +529,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let counters = shared.counters.clone();
     let (tx, rx) = mpsc::channel::<Result<TlsConn, std::io::Error>>(64);
     let accept_loop = tokio::spawn(async move {
         loop {
@@ -511,19 +544,27 @@ pub async fn serve(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let counters = counters.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(inner)) => {
                         let _ = tx.send(Ok(TlsConn { inner, peer })).await;
                     }
-                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    // Anyone can cause these: counted, and logged at debug only.
+                    Ok(Err(e)) => {
+                        counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                    }
                 }
             });
         }
     });
     let ads = AggregatedDiscoveryServiceServer::new(Ads(shared.clone()))
-        .max_decoding_message_size(MAX_MESSAGE)
+        .max_decoding_message_size(MAX_REQUEST)
         .max_encoding_message_size(MAX_MESSAGE);
     let ca = IstioCertificateServiceServer::new(Ca(shared));
     let result = tonic::transport::Server::builder()

@@ -129,7 +129,11 @@ async fn a_handshake_flood_is_shed_oldest_first_and_others_are_served() {
         "fds back to baseline: {} vs {baseline}",
         open_fds(pid)
     );
-    assert!(tb.log("server").contains("handshake shed"));
+    // Logged, but not a line per connection: 600 sheds leave at most a window's share.
+    let log = tb.log("server");
+    assert!(log.contains("handshake shed"));
+    let lines = log.matches("HBONE connection failed").count();
+    assert!(lines <= 12, "{lines} lines for 600 failed handshakes");
 }
 
 /// A TLS connection speaking raw HTTP/2 frames: what an attacker's client does.

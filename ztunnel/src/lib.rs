@@ -14,6 +14,7 @@ pub mod inpod;
 pub mod logbuf;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelog;
 pub mod rbac;
 pub mod state;
 pub mod xds_client;

@@ -69,7 +69,11 @@ where
         }
         _ => {}
     }
-    tracing::info!(%peer, error = %e, response_flags = e.response_flag(), "HBONE connection failed");
+    // An unauthenticated peer can make these at will: limited per kind of failure.
+    let flag = e.response_flag();
+    if let Some(suppressed) = crate::ratelog::allow(flag) {
+        tracing::info!(%peer, error = %e, response_flags = flag, suppressed, "HBONE connection failed");
+    }
 }
 
 /// Where an accepted CONNECT goes: the app's address and the service it was addressed to.
