@@ -45,6 +45,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     ztunnel::logbuf::flush_on_panic();
+    ztunnel::app::return_freed_memory();
     // One worker: the current-thread scheduler, whose wake-ups need no cross-thread
     // synchronisation.
     let built = if cfg.worker_threads == 1 {

@@ -39,6 +39,7 @@ fn main() -> ExitCode {
     };
     init_logging(cfg.json_logs);
     raise_fd_limit();
+    ztunnel::app::return_freed_memory();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.worker_threads)
         .enable_all()
