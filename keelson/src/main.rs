@@ -41,6 +41,7 @@ fn main() -> ExitCode {
         ["bench", "l7", rest @ ..] => bench_l7(rest),
         ["up", rest @ ..] => up(rest),
         ["down"] => mesh::down(&Paths::default()),
+        ["supervise"] => supervise(),
         ["status"] => mesh::status(&Paths::default()).map(|s| print!("{s}")),
         ["apply", "-f", file] => mesh::apply(&Paths::default(), std::path::Path::new(file)),
         ["delete", "-f", file] => mesh::delete(&Paths::default(), std::path::Path::new(file)),
@@ -71,6 +72,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The local mesh's supervisor (started by `keelson up`; see `mesh::supervise`).
+fn supervise() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    mesh::supervise::run(&Paths::default())
 }
 
 fn bench_l4(args: &[&str]) -> anyhow::Result<()> {

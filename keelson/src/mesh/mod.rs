@@ -17,6 +17,7 @@
 //! `up` made, and how `up` finds the leftovers of a crashed run.
 
 pub mod manifest;
+pub mod supervise;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -125,12 +126,40 @@ pub struct ProcRecord {
     /// `/proc/<pid>/stat` start time: a recycled pid is never taken for ours.
     pub start: u64,
     pub log: PathBuf,
+    /// How to start it again (the supervisor's), when it can be.
+    #[serde(default)]
+    pub spec: Option<supervise::Spawn>,
 }
 
 impl ProcRecord {
     pub fn alive(&self) -> bool {
         proc_start(self.pid) == Some(self.start)
     }
+
+    /// When it started, in seconds since the epoch.
+    pub fn start_epoch(&self) -> u64 {
+        boot_time() + self.start / clock_ticks()
+    }
+}
+
+/// The system's boot time, seconds since the epoch (`btime` in /proc/stat).
+fn boot_time() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Clock ticks per second, the unit of `/proc/<pid>/stat` times.
+fn clock_ticks() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100, |t| t.max(1) as u64)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -235,7 +264,11 @@ pub fn up(paths: &Paths, opts: &UpOptions) -> Result<MeshState> {
         say("cleaning up a previous local mesh");
         down(paths)?;
     }
-    let result = build(paths, opts, &manifest);
+    let result = build(paths, opts, &manifest).and_then(|mut state| {
+        state.procs.push(supervise::start(paths)?);
+        state.save(paths)?;
+        Ok(state)
+    });
     if result.is_err() {
         say("keelson up failed; the partial mesh is left for `keelson status` and the logs; `keelson down` removes it");
     }
@@ -1106,8 +1139,19 @@ pub fn exec(paths: &Paths, pod: &str, namespace: Option<&str>, cmd: &[String]) -
 pub fn status(paths: &Paths) -> Result<String> {
     use std::fmt::Write as _;
     let state = MeshState::load(paths)?;
+    let supervisor = supervise::Record::load(paths);
     let mut out = String::new();
-    let alive = |p: &ProcRecord| if p.alive() { "running" } else { "EXITED" };
+    let alive = |p: &ProcRecord| {
+        let state = if supervisor.current(p).alive() {
+            "running"
+        } else {
+            "EXITED"
+        };
+        match supervisor.restarts(&p.role) {
+            0 => state.to_string(),
+            n => format!("{state} (restarts {n})"),
+        }
+    };
     writeln!(out, "NODE      ADDRESS       PODS            PROCESSES")?;
     for n in &state.nodes {
         let procs: Vec<String> = state
@@ -1159,8 +1203,11 @@ pub fn status(paths: &Paths) -> Result<String> {
         out,
         "\nNAMESPACE   POD                     NODE     IP             MESH  STATUS"
     )?;
+    if let Some(sup) = state.procs.iter().find(|p| p.role == "supervisor") {
+        writeln!(out, "supervisor: {}", alive(sup))?;
+    }
     for p in &state.pods {
-        let running = p.procs.iter().all(ProcRecord::alive);
+        let running = p.procs.iter().all(|pr| supervisor.current(pr).alive());
         let enrolled = netns::redirect_installed(&netns::netns_path(&p.netns));
         writeln!(
             out,
@@ -1219,7 +1266,11 @@ pub fn down(paths: &Paths) -> Result<()> {
                 paths.prefix
             );
         }
-        // Pods' processes first, then the node agents and ztunnels, then the control plane.
+        // The supervisor first (it would start again what is stopped here), then pods'
+        // processes, then the node agents and ztunnels, then the control plane.
+        for pr in s.procs.iter().filter(|p| p.role == "supervisor") {
+            stop(pr, Duration::from_secs(2));
+        }
         for p in &s.pods {
             for pr in &p.procs {
                 stop(pr, Duration::from_secs(2));
@@ -1347,6 +1398,15 @@ fn spawn_in(
         pid,
         start,
         log: log.to_path_buf(),
+        spec: Some(supervise::Spawn {
+            netns: netns.to_string(),
+            program: program.to_path_buf(),
+            args: args.to_vec(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }),
     })
 }
 

@@ -1,0 +1,229 @@
+//! What the DaemonSet and Deployment controllers and the kubelet do for a cluster: a process
+//! of the local mesh that exits (the control plane, a node agent, a ztunnel, a waypoint or an
+//! app container) is started again, with a back-off that doubles from 1 s up to 30 s and
+//! starts over once a process has run 30 s. `keelson up` starts this loop as a process of its
+//! own (`keelson supervise`); `keelson status` shows each process's restarts, and `keelson
+//! down` stops the loop before anything else.
+//!
+//! The loop never writes `mesh.json` (the other commands do): what it restarted, and how
+//! often, is in `supervisor.json` beside it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use super::{spawn_in, MeshState, Paths, ProcRecord};
+
+const POLL: Duration = Duration::from_millis(500);
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A process that ran this long before exiting starts its back-off over.
+const STABLE: Duration = Duration::from_secs(30);
+
+/// How to start a process again: what `spawn_in` was given.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Spawn {
+    pub netns: String,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+/// One supervised process: the one running now, and its history.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Supervised {
+    /// The process started last (by `keelson up` or by this loop).
+    pub current: ProcRecord,
+    pub restarts: u32,
+    /// Seconds since the epoch when it was last seen to exit, and when it may start again.
+    pub exited_at: u64,
+    pub retry_at: u64,
+    pub backoff_secs: u64,
+    pub started_at: u64,
+}
+
+/// `supervisor.json`: supervised processes by role.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Record {
+    pub processes: BTreeMap<String, Supervised>,
+}
+
+impl Record {
+    pub fn load(paths: &Paths) -> Record {
+        std::fs::read_to_string(file(paths))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+
+    fn save(&self, paths: &Paths) -> Result<()> {
+        let tmp = file(paths).with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(tmp, file(paths))?;
+        Ok(())
+    }
+
+    /// The process running for `p`'s role now: a restarted one, or `p` itself.
+    pub fn current<'a>(&'a self, p: &'a ProcRecord) -> &'a ProcRecord {
+        match self.processes.get(&p.role) {
+            Some(s) if s.started_at >= p.start_epoch() => &s.current,
+            _ => p,
+        }
+    }
+
+    pub fn restarts(&self, role: &str) -> u32 {
+        self.processes.get(role).map_or(0, |s| s.restarts)
+    }
+}
+
+fn file(paths: &Paths) -> PathBuf {
+    paths.home.join("supervisor.json")
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Every process of the mesh that can be started again, by role.
+fn supervised(state: &MeshState) -> Vec<&ProcRecord> {
+    state
+        .procs
+        .iter()
+        .chain(state.pods.iter().flat_map(|p| p.procs.iter()))
+        .filter(|p| p.spec.is_some())
+        .collect()
+}
+
+/// `keelson supervise`: runs until the mesh is gone (no `mesh.json`).
+pub fn run(paths: &Paths) -> Result<()> {
+    let mut record = Record::load(paths);
+    loop {
+        let Ok(state) = MeshState::load(paths) else {
+            tracing::info!("the mesh is gone; supervisor stopping");
+            return Ok(());
+        };
+        if pass(&state, &mut record) {
+            record.save(paths)?;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// One look at every process; true when the record changed.
+fn pass(state: &MeshState, record: &mut Record) -> bool {
+    let mut changed = false;
+    let roles: Vec<&str> = supervised(state).iter().map(|p| p.role.as_str()).collect();
+    // Roles gone from the mesh (a deleted pod) are forgotten.
+    let before = record.processes.len();
+    record
+        .processes
+        .retain(|role, _| roles.contains(&role.as_str()));
+    changed |= record.processes.len() != before;
+    for p in supervised(state) {
+        let t = now();
+        let entry = record
+            .processes
+            .entry(p.role.clone())
+            .or_insert_with(|| Supervised {
+                current: p.clone(),
+                restarts: 0,
+                exited_at: 0,
+                retry_at: 0,
+                backoff_secs: 0,
+                started_at: p.start_epoch(),
+            });
+        if p.start_epoch() > entry.started_at {
+            // Started anew by a mesh command (a pod deleted and applied again).
+            *entry = Supervised {
+                current: p.clone(),
+                restarts: 0,
+                exited_at: 0,
+                retry_at: 0,
+                backoff_secs: 0,
+                started_at: p.start_epoch(),
+            };
+            changed = true;
+        }
+        if entry.current.alive() {
+            continue;
+        }
+        if entry.exited_at < entry.started_at || entry.exited_at == 0 {
+            // Newly seen dead: schedule its restart.
+            let ran = t.saturating_sub(entry.started_at);
+            entry.backoff_secs = if ran >= STABLE.as_secs() || entry.backoff_secs == 0 {
+                FIRST_BACKOFF.as_secs()
+            } else {
+                (entry.backoff_secs * 2).min(MAX_BACKOFF.as_secs())
+            };
+            entry.exited_at = t;
+            entry.retry_at = t + entry.backoff_secs;
+            tracing::warn!(role = %p.role, pid = entry.current.pid, retry_in_secs = entry.backoff_secs, "process exited");
+            changed = true;
+        }
+        if t < entry.retry_at {
+            continue;
+        }
+        let Some(spec) = &p.spec else { continue };
+        let env: Vec<(&str, &str)> = spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        match spawn_in(
+            &spec.netns,
+            &spec.program,
+            &spec.args,
+            &env,
+            &p.log,
+            &p.role,
+        ) {
+            Ok(new) => {
+                entry.restarts += 1;
+                entry.started_at = now();
+                tracing::info!(role = %p.role, pid = new.pid, restarts = entry.restarts, "process restarted");
+                entry.current = new;
+            }
+            Err(e) => {
+                entry.backoff_secs = (entry.backoff_secs * 2).min(MAX_BACKOFF.as_secs());
+                entry.retry_at = now() + entry.backoff_secs;
+                tracing::warn!(role = %p.role, error = format!("{e:#}"), "restart failed");
+            }
+        }
+        changed = true;
+    }
+    changed
+}
+
+/// Starts `keelson supervise` for the mesh at `paths`, as a process of its own.
+pub fn start(paths: &Paths) -> Result<ProcRecord> {
+    use std::os::unix::process::CommandExt as _;
+    let log = paths.logs().join("supervisor.log");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .arg("supervise")
+        .env("KEELSON_HOME", &paths.home)
+        .env("KEELSON_PREFIX", &paths.prefix)
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .process_group(0)
+        .spawn()?;
+    let pid = child.id() as i32;
+    let start =
+        super::proc_start(pid).ok_or_else(|| anyhow::anyhow!("the supervisor exited at once"))?;
+    Ok(ProcRecord {
+        role: "supervisor".into(),
+        pid,
+        start,
+        log,
+        spec: None,
+    })
+}
