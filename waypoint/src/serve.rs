@@ -133,6 +133,17 @@ enum Parsed {
     Other,
 }
 
+/// [`request`] on arbitrary bytes, repeatedly as pipelined requests are (fuzzing).
+pub(crate) fn parse_for_fuzzing(bytes: &[u8]) {
+    let mut buf = Bytes::copy_from_slice(bytes);
+    while let Parsed::Request { length, .. } = request(&mut buf) {
+        if length > buf.len() {
+            break;
+        }
+        let _ = buf.split_to(length);
+    }
+}
+
 /// Parses a request head at the front of `buf`; consumes it only when it is one this module
 /// serves.
 fn request(buf: &mut Bytes) -> Parsed {

@@ -49,7 +49,7 @@ fn is_netns(fd: &OwnedFd) -> bool {
 }
 
 /// Checks one request; the event, or the error its Ack carries.
-fn check(
+pub fn check(
     req: pb::WorkloadRequest,
     fd: Option<OwnedFd>,
     snapshot_done: bool,

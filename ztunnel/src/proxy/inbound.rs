@@ -134,7 +134,7 @@ fn check(pi: &ProxyInputs, inc: &Incoming) -> Result<Target, ProxyError> {
 }
 
 /// `host:port` with a DNS-style host and a non-zero port.
-fn split_host_port(s: &str) -> Option<(&str, u16)> {
+pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
     let (host, port) = s.rsplit_once(':')?;
     let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
     let ok = !host.is_empty()
@@ -146,7 +146,7 @@ fn split_host_port(s: &str) -> Option<(&str, u16)> {
 }
 
 /// `host=` of the `forwarded` header, if any.
-fn forwarded_host(v: &str) -> Option<&str> {
+pub fn forwarded_host(v: &str) -> Option<&str> {
     v.split(';')
         .find_map(|kv| kv.trim().strip_prefix("host="))
         .map(|h| h.trim_matches('"'))

@@ -109,9 +109,9 @@ pub fn original_dst(tcp: &TcpStream) -> io::Result<SocketAddr> {
     let sock = SockRef::from(tcp);
     let local = tcp.local_addr()?;
     let orig = if local.is_ipv6() && !is_v4_mapped(&local) {
-        sock.original_dst_ipv6()
+        sock.original_dst_v6()
     } else {
-        sock.original_dst()
+        sock.original_dst_v4()
     };
     match orig.ok().and_then(|a| a.as_socket()) {
         Some(a) => Ok(canonical(a)),
@@ -177,7 +177,7 @@ pub async fn connect_in(
 fn socket(dst: SocketAddr, src: Option<IpAddr>, mark: Option<u32>) -> io::Result<TcpSocket> {
     let s = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
     s.set_nonblocking(true)?;
-    s.set_nodelay(true)?;
+    s.set_tcp_nodelay(true)?;
     let ka = TcpKeepalive::new()
         .with_time(KEEPALIVE_TIME)
         .with_interval(KEEPALIVE_INTERVAL)
@@ -187,8 +187,8 @@ fn socket(dst: SocketAddr, src: Option<IpAddr>, mark: Option<u32>) -> io::Result
         s.set_mark(m)?;
     }
     if let Some(src) = src {
-        s.set_ip_transparent(true)?;
-        s.set_freebind(true)?;
+        s.set_ip_transparent_v4(true)?;
+        s.set_freebind_v4(true)?;
         let src = match (src, dst) {
             (IpAddr::V4(v4), SocketAddr::V6(_)) => IpAddr::V6(v4.to_ipv6_mapped()),
             (s, _) => s,

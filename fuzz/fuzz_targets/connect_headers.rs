@@ -1,0 +1,15 @@
+//! The CONNECT `:authority` and the `forwarded` header, as ztunnel and the waypoint read them.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Some((host, port)) = ztunnel::proxy::inbound::split_host_port(s) {
+        assert!(port != 0 && !host.is_empty() && host.len() <= 253);
+    }
+    let _ = s.parse::<std::net::SocketAddr>();
+    let _ = ztunnel::proxy::inbound::forwarded_host(s);
+    let _ = waypoint::forwarded_for(s);
+});
