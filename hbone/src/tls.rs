@@ -93,7 +93,9 @@ pub fn client_config(
 /// The peer's identity: the first valid SPIFFE URI SAN of its leaf.
 pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Option<Identity> {
     let leaf = certs?.first()?;
-    LeafInfo::parse(leaf).ok()?.identities.into_iter().next()
+    let mut ids = LeafInfo::parse(leaf).ok()?.identities;
+    // The verifiers let only single-identity certificates through.
+    (ids.len() == 1).then(|| ids.remove(0))
 }
 
 /// Client-side check: chain to the mesh roots (serverAuth), then a URI SAN equal to one of the
@@ -124,7 +126,9 @@ impl ServerCertVerifier for IdentityVerifier {
         )?;
         let info = LeafInfo::parse(end_entity)
             .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        if info.identities.iter().any(|id| self.expected.contains(id)) {
+        // An SVID names exactly one identity (SPIFFE X509-SVID §2); a certificate naming
+        // several is refused rather than read one way or another.
+        if matches!(info.identities.as_slice(), [id] if self.expected.contains(id)) {
             Ok(ServerCertVerified::assertion())
         } else {
             tracing::warn!(
@@ -184,14 +188,12 @@ impl ClientCertVerifier for TrustDomainVerifier {
             .verify_client_cert(end_entity, intermediates, now)?;
         let info = LeafInfo::parse(end_entity)
             .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        if info
-            .identities
-            .iter()
-            .any(|id| id.trust_domain == self.trust_domain)
-        {
+        // Exactly one identity (SPIFFE X509-SVID §2), in our trust domain.
+        if matches!(info.identities.as_slice(), [id] if id.trust_domain == self.trust_domain) {
             Ok(ClientCertVerified::assertion())
         } else {
-            tracing::warn!(trust_domain = %self.trust_domain, "client certificate is not in our trust domain");
+            tracing::debug!(trust_domain = %self.trust_domain, identities = info.identities.len(),
+                "client certificate is not one identity in our trust domain");
             Err(Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
             ))

@@ -202,3 +202,155 @@ async fn bad_requests_get_400_and_own_ports_are_refused() {
         "access log of the failures"
     );
 }
+
+/// A certificate for `outsider` made by the testbed's CA with `edit` applied to it, and the
+/// chain to present (`intermediates` CAs between the root and the leaf).
+fn crafted(
+    tb: &Testbed,
+    intermediates: usize,
+    edit: impl FnOnce(&mut rcgen::CertificateParams),
+) -> identity::WorkloadCertificate {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
+    };
+    let dir = tb.ca_dir();
+    let root_pem = std::fs::read_to_string(dir.join("root-cert.pem")).unwrap();
+    let mut issuer_key =
+        KeyPair::from_pem(&std::fs::read_to_string(dir.join("root-key.pem")).unwrap()).unwrap();
+    let mut issuer = CertificateParams::from_ca_cert_pem(&root_pem)
+        .unwrap()
+        .self_signed(&issuer_key)
+        .unwrap();
+    let mut chain = Vec::new();
+    for i in 0..intermediates {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, format!("intermediate {i}"));
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &issuer, &issuer_key).unwrap();
+        chain.insert(0, cert.der().clone());
+        (issuer, issuer_key) = (cert, key);
+    }
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.subject_alt_names = vec![SanType::URI(
+        "spiffe://cluster.local/ns/default/sa/outsider"
+            .try_into()
+            .unwrap(),
+    )];
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let now = std::time::SystemTime::now();
+    p.not_before = (now - std::time::Duration::from_secs(3600)).into();
+    p.not_after = (now + std::time::Duration::from_secs(3600)).into();
+    edit(&mut p);
+    let key = KeyPair::generate().unwrap();
+    let leaf = p.signed_by(&key, &issuer, &issuer_key).unwrap();
+    chain.insert(0, leaf.der().clone());
+    let root = rustls_pemfile_root(&root_pem);
+    identity::WorkloadCertificate {
+        identity: Identity::new("cluster.local", "default", "outsider"),
+        chain,
+        key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        roots: vec![root],
+        not_before: now,
+        not_after: now,
+    }
+}
+
+fn rustls_pemfile_root(pem: &str) -> rustls::pki_types::CertificateDer<'static> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+}
+
+/// The certificate cases of the test plan (docs/HARDENING.md, bad input 11-16): each is
+/// refused by ztunnel's HBONE server in well under a second; a well-made one is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crafted_client_certificates_are_refused() {
+    use rcgen::{BasicConstraints, ExtendedKeyUsagePurpose, IsCa, SanType};
+    let tb = Testbed::start(options()).unwrap();
+    spawn_echo(&tb, "server", 8080).unwrap();
+    let server = tb.ip("server");
+    let req = hbone::ConnectRequest::new(
+        SocketAddr::new(server, 8080).to_string(),
+        "10.10.0.3:1".parse().unwrap(),
+        None,
+    );
+    let day = std::time::Duration::from_secs(24 * 3600);
+    let now = std::time::SystemTime::now();
+    let try_cert = |cert: identity::WorkloadCertificate| {
+        let tls = hbone::tls::client_config(&cert, vec![server_id()]).unwrap();
+        let (tb, req) = (&tb, &req);
+        async move {
+            let started = std::time::Instant::now();
+            let r = async {
+                let c = hbone_from(tb, "outsider", server, tls).await?;
+                c.connect(req).await
+            }
+            .await;
+            (r.is_ok(), started.elapsed())
+        }
+    };
+    let (ok, _) = try_cert(crafted(&tb, 0, |_| {})).await;
+    assert!(ok, "a well-made certificate is accepted");
+    let (ok, _) = try_cert(crafted(&tb, 1, |_| {})).await;
+    assert!(ok, "one intermediate is fine");
+
+    let cases: Vec<(&str, identity::WorkloadCertificate)> = vec![
+        (
+            "expired",
+            crafted(&tb, 0, |p| {
+                p.not_before = (now - 2 * day).into();
+                p.not_after = (now - day).into();
+            }),
+        ),
+        (
+            "not yet valid",
+            crafted(&tb, 0, |p| {
+                p.not_before = (now + day).into();
+                p.not_after = (now + 2 * day).into();
+            }),
+        ),
+        (
+            "DNS SAN only",
+            crafted(&tb, 0, |p| {
+                p.subject_alt_names =
+                    vec![SanType::DnsName("spiffe.cluster.local".try_into().unwrap())];
+            }),
+        ),
+        (
+            "two URI SANs",
+            crafted(&tb, 0, |p| {
+                p.subject_alt_names.push(SanType::URI(
+                    "spiffe://cluster.local/ns/default/sa/admin"
+                        .try_into()
+                        .unwrap(),
+                ));
+            }),
+        ),
+        (
+            "CA certificate as leaf",
+            crafted(&tb, 0, |p| {
+                p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained)
+            }),
+        ),
+        (
+            "serverAuth only",
+            crafted(&tb, 0, |p| {
+                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth]
+            }),
+        ),
+        ("a chain of 12 intermediates", crafted(&tb, 12, |_| {})),
+    ];
+    for (what, cert) in cases {
+        let (ok, took) = try_cert(cert).await;
+        assert!(!ok, "{what}: accepted");
+        assert!(took < std::time::Duration::from_secs(2), "{what}: {took:?}");
+    }
+    // The server is fine.
+    let (ok, _) = try_cert(crafted(&tb, 0, |_| {})).await;
+    assert!(ok);
+}
