@@ -341,3 +341,153 @@ async fn memory_comes_back_after_a_burst() {
         rss_kib(pid)
     );
 }
+
+/// An HPACK string (no Huffman): its length as a 7-bit-prefix integer, then the bytes.
+fn hpack_string(out: &mut Vec<u8>, s: &[u8]) {
+    let mut n = s.len();
+    if n < 127 {
+        out.push(n as u8);
+    } else {
+        out.push(127);
+        n -= 127;
+        while n >= 128 {
+            out.push((n % 128) as u8 | 0x80);
+            n /= 128;
+        }
+        out.push(n as u8);
+    }
+    out.extend_from_slice(s);
+}
+
+/// HEADERS (+ CONTINUATION) frames of a request with the given fields, each a literal
+/// without indexing, in frames of at most 16 KiB.
+fn request_frames(stream: u32, fields: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in fields {
+        block.push(0x00);
+        hpack_string(&mut block, name);
+        hpack_string(&mut block, value);
+    }
+    let chunks: Vec<&[u8]> = block.chunks(16 * 1024).collect();
+    let mut out = Vec::new();
+    for (i, c) in chunks.iter().enumerate() {
+        let end_headers = if i + 1 == chunks.len() { 0x4 } else { 0 };
+        let kind = if i == 0 { 0x1 } else { 0x9 };
+        out.extend(frame(kind, end_headers, stream, c));
+    }
+    out
+}
+
+/// What the server did with each stream: answered 200, answered otherwise, or reset (with
+/// the code); and the GOAWAY code if one came. Reads for `within`.
+async fn outcomes(
+    raw: &mut Raw,
+    within: Duration,
+) -> (std::collections::BTreeMap<u32, String>, Option<u32>) {
+    let deadline = Instant::now() + within;
+    let mut seen = std::collections::BTreeMap::new();
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16384];
+    let mut goaway = None;
+    loop {
+        while buf.len() >= 9 {
+            let len = (buf[0] as usize) << 16 | (buf[1] as usize) << 8 | buf[2] as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            let p = &buf[9..9 + len];
+            match buf[3] {
+                // An indexed :status 200 is 0x88 (RFC 7541 static table).
+                0x1 => {
+                    seen.entry(stream).or_insert_with(|| {
+                        if p.first() == Some(&0x88) {
+                            "200"
+                        } else {
+                            "answered"
+                        }
+                        .to_string()
+                    });
+                }
+                0x3 => {
+                    let code = u32::from_be_bytes([p[0], p[1], p[2], p[3]]);
+                    seen.insert(stream, format!("reset {code}"));
+                }
+                0x7 => goaway = Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]])),
+                _ => {}
+            }
+            buf.drain(..9 + len);
+        }
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return (seen, goaway);
+        };
+        match tokio::time::timeout(left, raw.tls.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return (seen, goaway),
+        }
+    }
+}
+
+/// Malformed requests are refused stream by stream and the connection goes on; streams past
+/// the concurrency limit are refused (docs/HARDENING.md, bad input 1, 19, 22, 27).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_excess_streams_are_refused_one_by_one() {
+    let tb = Testbed::start(options()).unwrap();
+    spawn_echo(&tb, "server", 8080).unwrap();
+    let authority = format!("{}:8080", tb.ip("server"));
+    let a = authority.as_bytes();
+    let big = vec![b'a'; 70 * 1024];
+    // Each on a connection of its own: a missing :authority (400), CR LF in a value and an
+    // upper-case name (malformed: h2 ends that connection with GOAWAY PROTOCOL_ERROR), a
+    // 70 KiB header (over the 64 KiB header list: the stream is reset).
+    let connect = (&b":method"[..], &b"CONNECT"[..]);
+    for (name, fields) in [
+        ("no :authority", vec![connect]),
+        (
+            "CR LF in a value",
+            vec![connect, (b":authority", a), (b"x-evil", b"a\r\nb: c")],
+        ),
+        (
+            "an upper-case name",
+            vec![connect, (b":authority", a), (b"X-Upper", b"1")],
+        ),
+        (
+            "a 70 KiB header",
+            vec![connect, (b":authority", a), (b"x-big", &big[..])],
+        ),
+    ] {
+        let mut raw = Raw::open(&tb).await;
+        raw.send(&request_frames(1, &fields)).await.unwrap();
+        let (seen, goaway) = outcomes(&mut raw, Duration::from_secs(2)).await;
+        let o = seen.get(&1).map(String::as_str);
+        assert!(
+            o != Some("200") && (o.is_some() || goaway.is_some()),
+            "{name}: {seen:?}, goaway {goaway:?}"
+        );
+    }
+    // A good request on a connection that also carried an oversized one is still served.
+    let mut raw = Raw::open(&tb).await;
+    let mut out = request_frames(1, &[connect, (b":authority", a), (b"x-big", &big[..])]);
+    out.extend(request_frames(3, &[connect, (b":authority", a)]));
+    raw.send(&out).await.unwrap();
+    let (seen, goaway) = outcomes(&mut raw, Duration::from_secs(3)).await;
+    assert_eq!(seen.get(&3).map(String::as_str), Some("200"), "{seen:?}");
+    assert_eq!(goaway, None, "the connection lives on");
+
+    // 250 tunnels held open at once: past the advertised 200, streams are refused.
+    let mut raw = Raw::open(&tb).await;
+    let mut out = Vec::new();
+    for i in 0..250u32 {
+        out.extend(request_frames(
+            1 + 2 * i,
+            &[(b":method", b"CONNECT"), (b":authority", a)],
+        ));
+    }
+    raw.send(&out).await.unwrap();
+    let (seen, goaway) = outcomes(&mut raw, Duration::from_secs(5)).await;
+    let ok = seen.values().filter(|o| *o == "200").count();
+    let refused = seen.values().filter(|o| *o == "reset 7").count();
+    eprintln!("250 streams: {ok} answered 200, {refused} refused, goaway {goaway:?}");
+    assert!(ok <= 200 && refused >= 50, "{seen:?}");
+    assert!(healthy_echo(&tb).await);
+}
