@@ -41,7 +41,7 @@ fn main() -> ExitCode {
         ["bench", "l7", rest @ ..] => bench_l7(rest),
         ["up", rest @ ..] => up(rest),
         ["down"] => mesh::down(&Paths::default()),
-        ["supervise"] => supervise(),
+        ["supervise", instance] => supervise(instance),
         ["status"] => mesh::status(&Paths::default()).map(|s| print!("{s}")),
         ["apply", "-f", file] => mesh::apply(&Paths::default(), std::path::Path::new(file)),
         ["delete", "-f", file] => mesh::delete(&Paths::default(), std::path::Path::new(file)),
@@ -75,12 +75,12 @@ fn main() -> ExitCode {
 }
 
 /// The local mesh's supervisor (started by `keelson up`; see `mesh::supervise`).
-fn supervise() -> anyhow::Result<()> {
+fn supervise(instance: &str) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
-    mesh::supervise::run(&Paths::default())
+    mesh::supervise::run(&Paths::default(), instance)
 }
 
 fn bench_l4(args: &[&str]) -> anyhow::Result<()> {

@@ -171,6 +171,9 @@ pub struct MeshState {
     pub services: BTreeMap<String, Ipv4Addr>,
     /// Control plane, node agents and ztunnels.
     pub procs: Vec<ProcRecord>,
+    /// Which `keelson up` made this mesh: its supervisor serves that mesh only.
+    #[serde(default)]
+    pub instance: String,
     next_vip: u32,
     next_veth: u32,
     next_node: usize,
@@ -265,7 +268,7 @@ pub fn up(paths: &Paths, opts: &UpOptions) -> Result<MeshState> {
         down(paths)?;
     }
     let result = build(paths, opts, &manifest).and_then(|mut state| {
-        state.procs.push(supervise::start(paths)?);
+        state.procs.push(supervise::start(paths, &state.instance)?);
         state.save(paths)?;
         Ok(state)
     });
@@ -285,6 +288,13 @@ fn build(paths: &Paths, opts: &UpOptions, manifest: &Manifest) -> Result<MeshSta
         pods: Vec::new(),
         services: BTreeMap::new(),
         procs: Vec::new(),
+        instance: format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ),
         next_vip: FIRST_VIP,
         next_veth: 0,
         next_node: 0,

@@ -99,13 +99,17 @@ fn supervised(state: &MeshState) -> Vec<&ProcRecord> {
         .collect()
 }
 
-/// `keelson supervise`: runs until the mesh is gone (no `mesh.json`).
-pub fn run(paths: &Paths) -> Result<()> {
+/// `keelson supervise INSTANCE`: runs until the mesh made by that `keelson up` is gone (no
+/// `mesh.json`, or one of another mesh).
+pub fn run(paths: &Paths, instance: &str) -> Result<()> {
     let mut record = Record::load(paths);
     loop {
-        let Ok(state) = MeshState::load(paths) else {
-            tracing::info!("the mesh is gone; supervisor stopping");
-            return Ok(());
+        let state = match MeshState::load(paths) {
+            Ok(s) if s.instance == instance => s,
+            _ => {
+                tracing::info!("the mesh is gone; supervisor stopping");
+                return Ok(());
+            }
         };
         if pass(&state, &mut record) {
             record.save(paths)?;
@@ -200,7 +204,7 @@ fn pass(state: &MeshState, record: &mut Record) -> bool {
 }
 
 /// Starts `keelson supervise` for the mesh at `paths`, as a process of its own.
-pub fn start(paths: &Paths) -> Result<ProcRecord> {
+pub fn start(paths: &Paths, instance: &str) -> Result<ProcRecord> {
     use std::os::unix::process::CommandExt as _;
     let log = paths.logs().join("supervisor.log");
     let file = std::fs::OpenOptions::new()
@@ -208,7 +212,7 @@ pub fn start(paths: &Paths) -> Result<ProcRecord> {
         .append(true)
         .open(&log)?;
     let child = std::process::Command::new(std::env::current_exe()?)
-        .arg("supervise")
+        .args(["supervise", instance])
         .env("KEELSON_HOME", &paths.home)
         .env("KEELSON_PREFIX", &paths.prefix)
         .stdin(std::process::Stdio::null())
