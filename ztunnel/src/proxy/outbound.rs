@@ -272,19 +272,39 @@ pub fn baggage(w: Option<&Workload>, cluster: &str) -> String {
 pub async fn relay(downstream: &mut TcpStream, upstream: Upstream, result: &mut ConnectionResult) {
     let bytes = result.bytes();
     let (up, down) = (&bytes.client_to_server, &bytes.server_to_client);
-    let copy = async {
-        match upstream {
-            Upstream::Hbone(stream) => hbone::copy_counted(downstream, stream, up, down)
-                .await
-                .map(drop)
-                .map_err(|(_, e)| e.to_string()),
-            Upstream::Tcp(mut tcp) => socket::copy_plain(downstream, &mut tcp, up, down)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string()),
+    // The copy is polled here, beside the report ticker (not moved into a wrapper future,
+    // which would make the connection's task hold it twice).
+    let mut tick = crate::connection::report_ticker();
+    match upstream {
+        Upstream::Hbone(stream) => {
+            let copy = hbone::copy_counted(downstream, stream, up, down);
+            tokio::pin!(copy);
+            loop {
+                tokio::select! {
+                    r = &mut copy => {
+                        if let Err((_, e)) = r {
+                            result.fail("CONNECT", e);
+                        }
+                        return;
+                    }
+                    _ = tick.tick() => result.report(),
+                }
+            }
         }
-    };
-    if let Err(e) = result.reporting(copy).await {
-        result.fail("CONNECT", e);
+        Upstream::Tcp(mut tcp) => {
+            let copy = socket::copy_plain(downstream, &mut tcp, up, down);
+            tokio::pin!(copy);
+            loop {
+                tokio::select! {
+                    r = &mut copy => {
+                        if let Err(e) = r {
+                            result.fail("CONNECT", e);
+                        }
+                        return;
+                    }
+                    _ = tick.tick() => result.report(),
+                }
+            }
+        }
     }
 }
