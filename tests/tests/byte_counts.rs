@@ -60,6 +60,16 @@ async fn drain(s: &mut TcpStream) -> usize {
     read_n(s, usize::MAX).await
 }
 
+/// Echoes until the client ends or the connection fails.
+async fn echo(mut s: TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = s.read(&mut buf).await {
+        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+}
+
 /// Closes with RST (SO_LINGER 0), as an app that aborts does.
 fn reset(s: TcpStream) {
     hbone::stream::reset_tcp(&s);
@@ -190,14 +200,7 @@ async fn bytes_are_counted_however_a_connection_ends() {
 
     // 4. Long-lived: the counters advance while the connection is open; then a policy that
     //    denies it closes it, and the line has what crossed before.
-    serve_once(&tb, "server", 9104, |mut s| async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        while let Ok(n) = s.read(&mut buf).await {
-            if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
-        }
-    });
+    serve_once(&tb, "server", 9104, echo);
     let dst0 = counters(&tb, "server", "destination");
     let mut c = connect_from(&tb, "client", at(9104)).unwrap();
     c.write_all(&payload(4, 100_000)).await.unwrap();
@@ -261,14 +264,7 @@ async fn bytes_are_counted_however_a_connection_ends() {
 
     // 6. ztunnel's own shutdown: the server's ztunnel drains (1 s here), then closes what is
     //    left open; its line still has what crossed.
-    serve_once(&tb, "server", 9105, |mut s| async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        while let Ok(n) = s.read(&mut buf).await {
-            if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
-        }
-    });
+    serve_once(&tb, "server", 9105, echo);
     let mut c = connect_from(&tb, "client", at(9105)).unwrap();
     c.write_all(&payload(7, 150_000)).await.unwrap();
     assert_eq!(read_n(&mut c, 150_000).await, 150_000);

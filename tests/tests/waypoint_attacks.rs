@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use identity::Identity;
 use keelson_tests::mesh::{eventually_sync as eventually, Mesh, WAYPOINT};
+use keelson_tests::rss_kib;
 
 const POLICY: &str = r#"
 apiVersion: v1
@@ -89,20 +90,11 @@ async fn read_status(stream: &mut hbone::H2Stream, within: Duration) -> u16 {
         .unwrap_or(0)
 }
 
-fn rss_kib(pid: u64) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn waypoint_pid(mesh: &Mesh) -> u64 {
+fn waypoint_pid(mesh: &Mesh) -> u32 {
     let pod = mesh.pod("waypoint-0");
     pod["procs"][0]["pid"]
         .as_u64()
-        .unwrap_or_else(|| panic!("no waypoint process in {pod}"))
+        .unwrap_or_else(|| panic!("no waypoint process in {pod}")) as u32
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,6 +45,20 @@ pub struct Supervised {
     pub started_at: u64,
 }
 
+impl Supervised {
+    /// A process as a mesh command started it: no restarts yet.
+    fn new(p: &ProcRecord) -> Supervised {
+        Supervised {
+            current: p.clone(),
+            restarts: 0,
+            exited_at: 0,
+            retry_at: 0,
+            backoff_secs: 0,
+            started_at: p.start_epoch(),
+        }
+    }
+}
+
 /// `supervisor.json`: supervised processes by role.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Record {
@@ -133,24 +147,10 @@ fn pass(state: &MeshState, record: &mut Record) -> bool {
         let entry = record
             .processes
             .entry(p.role.clone())
-            .or_insert_with(|| Supervised {
-                current: p.clone(),
-                restarts: 0,
-                exited_at: 0,
-                retry_at: 0,
-                backoff_secs: 0,
-                started_at: p.start_epoch(),
-            });
+            .or_insert_with(|| Supervised::new(p));
         if p.start_epoch() > entry.started_at {
             // Started anew by a mesh command (a pod deleted and applied again).
-            *entry = Supervised {
-                current: p.clone(),
-                restarts: 0,
-                exited_at: 0,
-                retry_at: 0,
-                backoff_secs: 0,
-                started_at: p.start_epoch(),
-            };
+            *entry = Supervised::new(p);
             changed = true;
         }
         if entry.current.alive() {
