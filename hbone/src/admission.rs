@@ -20,7 +20,9 @@ pub struct HandshakeLimits {
     pub timeout: Duration,
     /// `HBONE_MAX_HANDSHAKES`: connections in handshake at once, over all listeners, 1024.
     pub max_total: usize,
-    /// `HBONE_MAX_HANDSHAKES_PER_IP`: connections in handshake at once from one source IP, 64.
+    /// `HBONE_MAX_HANDSHAKES_PER_IP`: connections in handshake at once from one source IP, 256:
+    /// a pod dialling many pods of one node at once (one handshake per destination pod, as
+    /// the pool dials one at a time per key) stays well under it.
     pub max_per_ip: usize,
 }
 
@@ -29,7 +31,7 @@ impl Default for HandshakeLimits {
         HandshakeLimits {
             timeout: Duration::from_secs(10),
             max_total: 1024,
-            max_per_ip: 64,
+            max_per_ip: 256,
         }
     }
 }

@@ -58,7 +58,7 @@ pub const PACKET_MARK: &str = "PACKET_MARK";
 pub const HBONE_HANDSHAKE_TIMEOUT: &str = "HBONE_HANDSHAKE_TIMEOUT";
 /// Inbound HBONE connections in handshake at once, over every pod of the node (1024).
 pub const HBONE_MAX_HANDSHAKES: &str = "HBONE_MAX_HANDSHAKES";
-/// Inbound HBONE connections in handshake at once from one source IP (64).
+/// Inbound HBONE connections in handshake at once from one source IP (256).
 pub const HBONE_MAX_HANDSHAKES_PER_IP: &str = "HBONE_MAX_HANDSHAKES_PER_IP";
 /// Waypoint: time a request head may take from its first byte (default 10s), then 408.
 pub const HTTP_HEADER_READ_TIMEOUT: &str = "HTTP_HEADER_READ_TIMEOUT";
