@@ -318,7 +318,10 @@ fn a_waypoint_counts_the_bytes_of_its_tunnels() {
     mesh.ok(&["apply", "-f", wp.to_str().unwrap()]);
     let svc = mesh.write("bytes.yaml", SERVICES);
     mesh.ok(&["apply", "-f", svc.to_str().unwrap()]);
-    let body = mesh.write("body.bin", &"x".repeat(100_000));
+    // A request the app reads whole before it answers (a 60 KB header; a body it may answer
+    // before reading, closing on the rest, would make the count depend on timing), so every
+    // byte the client's ztunnel sent crosses the waypoint.
+    let pad = format!("x-pad: {}", "x".repeat(60_000));
     let node = mesh.pod("curl-0")["node"].as_str().unwrap().to_string();
     let node_log = || {
         std::fs::read_to_string(mesh.home.join(format!("logs/{node}-ztunnel.log")))
@@ -326,12 +329,8 @@ fn a_waypoint_counts_the_bytes_of_its_tunnels() {
     };
     for name in ["bytes-http", "bytes-tcp"] {
         let url = format!("http://{name}:9080/details/0");
-        let data = format!("@{}", body.display());
         assert!(
-            eventually_sync(20, || mesh
-                .curl_i(&["-X", "POST", "--data-binary", &data, &url])
-                .0
-                == 200),
+            eventually_sync(20, || mesh.curl_i(&["-H", &pad, &url]).0 == 200),
             "{name}: {}",
             mesh.waypoint_log()
         );
@@ -357,7 +356,7 @@ fn a_waypoint_counts_the_bytes_of_its_tunnels() {
         let (client_sent, client_recv) = line_bytes(&node_log(), &authority).unwrap();
         let (wp_sent, wp_recv) = line_bytes(&mesh.waypoint_log(), &authority).unwrap();
         eprintln!("{name}: client ({client_sent}, {client_recv}), waypoint ({wp_sent}, {wp_recv})");
-        assert!(client_sent > 100_000, "{name}: {client_sent}");
+        assert!(client_sent > 60_000, "{name}: {client_sent}");
         assert_eq!(
             (wp_recv, wp_sent),
             (client_sent, client_recv),
@@ -373,5 +372,5 @@ fn a_waypoint_counts_the_bytes_of_its_tunnels() {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    assert!(received >= 200_000.0, "{metrics}");
+    assert!(received >= 120_000.0, "{metrics}");
 }
