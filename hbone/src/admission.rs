@@ -1,5 +1,5 @@
 //! A bound on connections still in their TLS/HTTP/2 handshake, overall and per source IP
-//! (docs/HARDENING.md, "handshake flood"). Anyone who can reach 15008 can open connections
+//! (docs/HARDENING.md, finding 2). Anyone who can reach 15008 can open connections
 //! without a certificate; each holds a descriptor and a task until its handshake ends. Past a
 //! limit the *oldest* handshake (of that source, or overall) is shed to admit the new one: a
 //! real client completes its handshake in milliseconds, so the connections that stay long in

@@ -1,7 +1,7 @@
 //! Per-connection budgets on the HTTP/2 frames a peer sends that cost the server work but
 //! carry no request of their own: RST_STREAM (Rapid Reset, CVE-2023-44487, also paced),
 //! PING and SETTINGS (CVE-2019-9512/9515) and empty DATA/HEADERS/CONTINUATION frames
-//! (CVE-2019-9518). See docs/HARDENING.md, "HTTP/2 floods".
+//! (CVE-2019-9518). See docs/HARDENING.md, finding 4.
 //!
 //! [`FrameGuard`] reads the frame headers (RFC 9113 §4.1) as the bytes go by towards the
 //! HTTP/2 library, without copying or buffering them. Each kind of frame draws on a token

@@ -60,6 +60,14 @@ async fn drain(s: &mut TcpStream) -> usize {
     read_n(s, usize::MAX).await
 }
 
+/// Reads 1 MB, answers `len` bytes, then resets: an app that aborts mid-transfer.
+async fn read_answer_reset(mut s: TcpStream, seed: u64, len: usize) {
+    read_n(&mut s, MB).await;
+    let _ = s.write_all(&payload(seed, len)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    reset(s);
+}
+
 /// Echoes until the client ends or the connection fails.
 async fn echo(mut s: TcpStream) {
     let mut buf = vec![0u8; 64 * 1024];
@@ -174,12 +182,7 @@ async fn bytes_are_counted_however_a_connection_ends() {
     );
 
     // 2. The server resets after reading 1 MB and writing 300 KB (this was logged as 0/0).
-    serve_once(&tb, "server", 9102, |mut s| async move {
-        read_n(&mut s, MB).await;
-        let _ = s.write_all(&payload(3, 300_000)).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        reset(s);
-    });
+    serve_once(&tb, "server", 9102, |s| read_answer_reset(s, 3, 300_000));
     let mut c = connect_from(&tb, "client", at(9102)).unwrap();
     c.write_all(&payload(1, MB)).await.unwrap();
     let got = drain(&mut c).await as u64;
@@ -227,12 +230,7 @@ async fn bytes_are_counted_however_a_connection_ends() {
 
     // 5. Plain TCP both ways: from the outsider to the server (inbound plaintext), and from
     //    the client to the outsider (outbound passthrough); the servers reset.
-    serve_once(&tb, "server", 9106, |mut s| async move {
-        read_n(&mut s, MB).await;
-        let _ = s.write_all(&payload(5, 50_000)).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        reset(s);
-    });
+    serve_once(&tb, "server", 9106, |s| read_answer_reset(s, 5, 50_000));
     let mut c = connect_from(&tb, "outsider", at(9106)).unwrap();
     c.write_all(&payload(1, MB)).await.unwrap();
     let got = drain(&mut c).await as u64;
@@ -245,12 +243,7 @@ async fn bytes_are_counted_however_a_connection_ends() {
     );
 
     let outsider = SocketAddr::new(tb.ip("outsider"), 9107);
-    serve_once(&tb, "outsider", 9107, |mut s| async move {
-        read_n(&mut s, MB).await;
-        let _ = s.write_all(&payload(6, 70_000)).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        reset(s);
-    });
+    serve_once(&tb, "outsider", 9107, |s| read_answer_reset(s, 6, 70_000));
     let mut c = connect_from(&tb, "client", outsider).unwrap();
     c.write_all(&payload(1, MB)).await.unwrap();
     let got = drain(&mut c).await as u64;
@@ -368,7 +361,9 @@ fn a_waypoint_counts_the_bytes_of_its_tunnels() {
     let received: f64 = metrics
         .lines()
         .filter(|l| {
-            l.starts_with("istio_tcp_received_bytes_total") && l.contains("reporter=\"waypoint\"")
+            l.starts_with("istio_tcp_received_bytes_total")
+                && l.contains("reporter=\"waypoint\"")
+                && l.contains("source_principal=\"spiffe://cluster.local/ns/default/sa/curl\"")
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();

@@ -321,7 +321,7 @@ async fn memory_comes_back_after_a_burst() {
         }
     }
     // Seen once under full CPU load (a fuzzer and three other testbeds): one connection of
-    // the 1,000 reset during its echo; not reproduced since (docs/HARDENING.md, open).
+    // the 1,000 reset during its echo; not reproduced since (docs/HARDENING.md, load L2).
     assert!(
         failed.len() <= 2,
         "{} connections failed: {failed:?}",

@@ -127,7 +127,7 @@ impl Backend {
 
 /// The destination a CONNECT `authority` names. `local` is the address the tunnel arrived
 /// on: the waypoint itself is never a destination (forwarding to it would loop without end),
-/// and neither is port 0 or the HBONE port (docs/HARDENING.md, "self-destination").
+/// and neither is port 0 or the HBONE port (docs/HARDENING.md, finding 1).
 fn destination(state: &State, authority: &str, local: IpAddr) -> Result<Destination, ProxyError> {
     let addr: SocketAddr = authority
         .parse()
@@ -198,7 +198,7 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
     };
     // The tunnel's own record: `istio_tcp_*` with reporter "waypoint", advancing while it
     // is open, and one access line at its end with the bytes that crossed.
-    let labels = metrics::base_labels(&pi, (&principal, source_ip), &dst);
+    let labels = metrics::base_labels(&pi, (&source_name, source_ip), &dst);
     let peers = Peers {
         src_identity: Some(source_name.clone()),
         dst_hbone_addr: Some(authority),
@@ -212,7 +212,7 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
         pi.metrics.clone(),
         Direction::Inbound,
         client,
-        labels,
+        labels.clone(),
         peers,
     );
     if dst.is_http() {
@@ -228,7 +228,7 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
             destination_ip,
             config: l7_config(),
             tables: Default::default(),
-            recorder: Default::default(),
+            recorder: metrics::Recorder::with_base(labels),
             bytes: record.bytes(),
         });
         // Boxed once per tunnel: the request path inside is large.
@@ -242,7 +242,7 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
 /// The client's address for policy and metrics: the `for=` of the tunnel's `forwarded` header
 /// only when the workload owning that address has the identity the peer proved with its
 /// certificate (the peer's ztunnel speaks for that pod); otherwise the peer's own address. A
-/// forged `for=` thus never buys a caller another address (docs/HARDENING.md, "forwarded").
+/// forged `for=` thus never buys a caller another address (docs/HARDENING.md, finding 3).
 fn source_address(
     state: &State,
     forwarded: Option<&str>,

@@ -73,12 +73,22 @@ pub struct Outcome<'a> {
     pub grpc_status: Option<&'a [u8]>,
 }
 
-/// A tunnel's metric handles, by outcome; the labels common to its requests are built on
-/// its first request.
+/// A tunnel's metric handles, by outcome; the labels common to its requests are the
+/// tunnel's own ([`Recorder::with_base`]), or built on its first request.
 #[derive(Default)]
 pub struct Recorder {
     base: OnceLock<TrafficLabels>,
     seen: Mutex<Vec<Seen>>,
+}
+
+impl Recorder {
+    /// A recorder whose base labels are the tunnel's, already built for its own record.
+    pub fn with_base(base: TrafficLabels) -> Recorder {
+        Recorder {
+            base: OnceLock::from(base),
+            seen: Mutex::default(),
+        }
+    }
 }
 
 struct Seen {

@@ -38,7 +38,7 @@ const SEND_AT: usize = 64 * 1024;
 /// Serves the HTTP/1.1 inside one tunnel until the client ends it. A request head must
 /// arrive whole within the header timeout of its first byte (else 408 and the tunnel ends:
 /// slowloris), and the tunnel may idle between requests, or a body pause, for at most the
-/// idle timeout (docs/HARDENING.md, "slowloris").
+/// idle timeout (docs/HARDENING.md, finding 5).
 pub async fn serve(ctx: Arc<Context>, stream: H2Stream) {
     let (header_timeout, idle_timeout) =
         (ctx.pi.cfg.http_header_timeout, ctx.pi.cfg.http_idle_timeout);

@@ -282,7 +282,7 @@ async fn watch_local_config(path: std::path::PathBuf, state: State) {
 
 /// Has jemalloc return freed memory to the system from a background thread, once its decay
 /// time (10 s) has passed, instead of only when the allocator is next busy: a proxy's RSS
-/// comes back down after a burst of connections or a flood (docs/HARDENING.md, "memory").
+/// comes back down after a burst of connections or a flood (docs/HARDENING.md, finding 6g).
 pub fn return_freed_memory() {
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
         tracing::warn!(error = %e, "jemalloc background purging is not available");

@@ -42,8 +42,8 @@ pub struct Peers {
 /// connection's traffic shows in `istio_tcp_*_bytes_total` while it lasts, not only at its end.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The bytes a connection moved, counted by the copy as they cross (docs/WIRE.md: bytes in
-/// metrics and access logs are what crossed, whatever way the connection ended).
+/// The bytes a connection moved, counted by the copy as they cross: metrics and access logs
+/// show what crossed, whatever way the connection ended (docs/HARDENING.md, "Byte counts").
 #[derive(Debug, Default)]
 pub struct Moved {
     pub client_to_server: hbone::Counter,

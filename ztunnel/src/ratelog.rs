@@ -1,6 +1,6 @@
 //! Log lines limited per reason: what an unauthenticated peer can make the proxy write
-//! (a failed handshake, a flood) must not let it fill the disk (docs/HARDENING.md, "log
-//! flood"). Each reason may write [`PER_WINDOW`] lines per [`WINDOW`]; the first line
+//! (a failed handshake, a flood) must not let it fill the disk (docs/HARDENING.md,
+//! finding 6h). Each reason may write [`PER_WINDOW`] lines per [`WINDOW`]; the first line
 //! written after some were held back says how many were (`suppressed=N`).
 
 use std::collections::HashMap;
