@@ -79,6 +79,8 @@ fn supervise(instance: &str) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_ansi(false)
         .with_writer(std::io::stderr)
+        // A failed write (a full disk) loses the line; reporting it to stderr would panic.
+        .log_internal_errors(false)
         .init();
     mesh::supervise::run(&Paths::default(), instance)
 }
@@ -317,6 +319,8 @@ fn init_logs() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // A failed write (a full disk) loses the line; reporting it to stderr would panic.
+        .log_internal_errors(false)
         // Colours only on a terminal: logs written to files stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

@@ -84,6 +84,8 @@ pub struct Options {
     pub ztunnel_bin: Option<PathBuf>,
     /// Where ztunnel logs go: inherited (visible in test output) or a file per pod.
     pub log_to_files: bool,
+    /// Where every dedicated ztunnel writes its logs instead (`/dev/full` to test a full disk).
+    pub log_sink: Option<PathBuf>,
     /// A `policies:` section (L4 authorization, see ztunnel/src/rbac.rs) for the YAML.
     pub policies_yaml: Option<String>,
     pub source: Source,
@@ -104,6 +106,7 @@ impl Default for Options {
             env: Vec::new(),
             ztunnel_bin: None,
             log_to_files: true,
+            log_sink: None,
             policies_yaml: None,
             source: Source::LocalFiles,
             shared_ztunnel: false,
@@ -301,12 +304,37 @@ impl Testbed {
             )
             .envs(self.opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null());
-        if self.opts.log_to_files {
-            let log = std::fs::File::create(self.log_path(&p.name))?;
+        if let Some(sink) = &self.opts.log_sink {
+            let log = std::fs::OpenOptions::new().write(true).open(sink)?;
+            cmd.stdout(log.try_clone()?).stderr(log);
+        } else if self.opts.log_to_files {
+            // Appends, so a respawned ztunnel's log follows its predecessor's.
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.log_path(&p.name))?;
             cmd.stdout(log.try_clone()?).stderr(log);
         }
         let child = cmd.spawn().context("starting ztunnel")?;
         Ok(Proc::new(&format!("ztunnel-{}", p.name), child))
+    }
+
+    /// Starts a new dedicated ztunnel for `pod` after its previous one was killed (or kills
+    /// it first, SIGKILL, if it still runs); returns once the new one is ready.
+    pub fn respawn_ztunnel(&mut self, pod: &str) -> Result<()> {
+        if let Some(mut old) = self.ztunnels.remove(pod) {
+            let _ = old.signal(nix::sys::signal::Signal::SIGKILL);
+            old.wait_timeout(Duration::from_secs(5));
+        }
+        let bin = match &self.opts.ztunnel_bin {
+            Some(b) => b.clone(),
+            None => find_binary("ztunnel")?,
+        };
+        let spec = self.pod_spec(pod);
+        let yaml = self.dir.join(format!("{pod}.yaml"));
+        let proc = self.spawn_ztunnel(&bin, &spec, &yaml)?;
+        self.ztunnels.insert(pod.to_string(), proc);
+        self.wait_ready(pod, Duration::from_secs(20))
     }
 
     /// The node a pod runs on.

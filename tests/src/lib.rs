@@ -44,6 +44,12 @@ impl Checksum {
     pub fn finish(&self) -> (u64, u64) {
         (self.0, self.1)
     }
+    /// The checksum and length of `data`.
+    pub fn sum(data: &[u8]) -> (u64, u64) {
+        let mut c = Checksum::new();
+        c.update(data);
+        c.finish()
+    }
 }
 
 impl Hasher for Checksum {

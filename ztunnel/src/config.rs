@@ -60,6 +60,10 @@ pub const HBONE_HANDSHAKE_TIMEOUT: &str = "HBONE_HANDSHAKE_TIMEOUT";
 pub const HBONE_MAX_HANDSHAKES: &str = "HBONE_MAX_HANDSHAKES";
 /// Inbound HBONE connections in handshake at once from one source IP (256).
 pub const HBONE_MAX_HANDSHAKES_PER_IP: &str = "HBONE_MAX_HANDSHAKES_PER_IP";
+/// HTTP/2 PING interval on every HBONE connection, both sides (default 10s).
+pub const HBONE_KEEPALIVE_INTERVAL: &str = "HBONE_KEEPALIVE_INTERVAL";
+/// Time a PING may go unanswered before its HBONE connection is dropped (default 20s).
+pub const HBONE_KEEPALIVE_TIMEOUT: &str = "HBONE_KEEPALIVE_TIMEOUT";
 /// Waypoint: time a request head may take from its first byte (default 10s), then 408.
 pub const HTTP_HEADER_READ_TIMEOUT: &str = "HTTP_HEADER_READ_TIMEOUT";
 /// Waypoint: time a tunnel may stay with no request in progress, and a request body may go
@@ -275,6 +279,13 @@ impl Reader<'_> {
     }
 }
 
+fn positive_duration(v: &str) -> Result<Duration, String> {
+    match parse_duration(v)? {
+        Duration::ZERO => Err("must be more than zero".into()),
+        d => Ok(d),
+    }
+}
+
 /// Parses Go-style durations (`500ms`, `30s`, `5m`, `24h`, `1h30m`); a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if let Ok(secs) = s.parse::<f64>() {
@@ -360,6 +371,16 @@ impl Config {
                 },
             ),
             pool_idle_timeout: r.duration(POOL_UNUSED_RELEASE_TIMEOUT, defaults.pool_idle_timeout),
+            keepalive_interval: r.parse(
+                HBONE_KEEPALIVE_INTERVAL,
+                defaults.keepalive_interval,
+                positive_duration,
+            ),
+            keepalive_timeout: r.parse(
+                HBONE_KEEPALIVE_TIMEOUT,
+                defaults.keepalive_timeout,
+                positive_duration,
+            ),
             ..defaults
         };
         let local_ca_dir = r.parse(KEELSON_LOCAL_CA_DIR, None, |v| Ok(Some(PathBuf::from(v))));

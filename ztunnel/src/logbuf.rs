@@ -4,9 +4,12 @@
 //! Warnings and errors go out at once, with everything before them, in order; so does a
 //! batch that has grown past [`FLUSH_BYTES`]. [`flush`] empties the buffer (at exit, and
 //! from the panic hook).
+//!
+//! A failed write (a full disk, a closed pipe) loses the lines, never the process: it is
+//! counted in `keelson_log_write_failures_total` (docs/HARDENING.md, "disk full for logs").
 
 use std::io::Write;
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Condvar, LazyLock, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tracing::{Level, Metadata};
@@ -16,6 +19,43 @@ use tracing_subscriber::fmt::MakeWriter;
 pub const FLUSH_DELAY: Duration = Duration::from_millis(100);
 /// A batch this large is written at once.
 pub const FLUSH_BYTES: usize = 32 * 1024;
+
+/// Log writes that failed since the process started.
+pub static WRITE_FAILURES: LazyLock<prometheus_client::metrics::counter::Counter> =
+    LazyLock::new(Default::default);
+
+/// Writes `bytes` to stderr; a failure is counted, not returned.
+fn to_stderr(bytes: &[u8]) {
+    if std::io::stderr().write_all(bytes).is_err() {
+        WRITE_FAILURES.inc();
+    }
+}
+
+/// A `tracing_subscriber` writer to stderr, unbuffered, that never fails: the subscriber
+/// reports a failed write by printing to stderr, which panics when stderr is what failed.
+#[derive(Clone, Copy, Default)]
+pub struct Stderr;
+
+pub struct Unfailing;
+
+impl Write for Unfailing {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        to_stderr(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Stderr {
+    type Writer = Unfailing;
+
+    fn make_writer(&'a self) -> Unfailing {
+        Unfailing
+    }
+}
 
 #[derive(Default)]
 struct Pending {
@@ -74,7 +114,7 @@ fn flusher() {
 /// Writes the batch to stderr (under the lock, so batches stay in order).
 fn write_out(p: &mut Pending) {
     if !p.buf.is_empty() {
-        let _ = std::io::stderr().write_all(&p.buf);
+        to_stderr(&p.buf);
         p.buf.clear();
     }
     p.armed = false;

@@ -26,14 +26,14 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         other => {
-            eprintln!("unknown arguments {other:?}\n{USAGE}");
+            say(&format!("unknown arguments {other:?}\n{USAGE}"));
             return ExitCode::from(2);
         }
     }
     let cfg = match Config::from_source(&ProcessEnv) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("ztunnel: {e}");
+            say(&format!("ztunnel: {e}"));
             return ExitCode::from(2);
         }
     };
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("ztunnel: cannot start the runtime: {e}");
+            say(&format!("ztunnel: cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -60,11 +60,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// A line on stderr for a fatal error; the exit code still tells if stderr is unwritable.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 fn init_logging(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(ztunnel::logbuf::Stderr)
         // Colours only on a terminal: logs written to files stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {

@@ -194,6 +194,11 @@ impl Metrics {
             "Inbound HBONE connections closed with GOAWAY ENHANCE_YOUR_CALM for exceeding a frame budget",
             m.flood_closed.clone(),
         );
+        k.register(
+            "log_write_failures",
+            "Log writes that failed (a full disk, a closed pipe); their lines are lost",
+            crate::logbuf::WRITE_FAILURES.clone(),
+        );
         let r = registry.sub_registry_with_prefix("istio");
         r.register(
             "tcp_connections_opened",
