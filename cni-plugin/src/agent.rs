@@ -3,7 +3,14 @@
 //! plane also reads, decides enrolment (`istio.io/dataplane-mode=ambient` on the pod or its
 //! namespace, not `none`), installs the in-pod redirection (idempotent) and hands the netns to
 //! the node's ztunnel over ZDS. An enrolment that fails fails the pod: never a silent bypass.
+//!
+//! The agent keeps the pods it enrolled in a state file. Started again (a DaemonSet rollout,
+//! a crash, a node reboot), it reads them back, re-checks each pod's rules (restoring any
+//! that went missing) and hands them all to ztunnel in its snapshot: without that, ztunnel
+//! would take the empty snapshot of a fresh agent as "no pods" and drop every one
+//! (docs/HARDENING.md, F11).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -30,10 +37,96 @@ pub struct AgentOptions {
     pub host_netns: Option<PathBuf>,
     /// iptables or nftables for the in-pod rules.
     pub redirect: netns::Redirect,
+    /// Where the enrolled pods are recorded (`None`: nowhere, a restart forgets them).
+    pub state: Option<PathBuf>,
+}
+
+impl AgentOptions {
+    /// The state file beside the plugin socket: `enrolled-pods.json`.
+    pub fn default_state(socket: &Path) -> PathBuf {
+        socket
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("enrolled-pods.json")
+    }
+}
+
+/// The pods this agent enrolled, by uid, kept in a file (written whole, then renamed).
+struct Enrolled {
+    file: Option<PathBuf>,
+    pods: BTreeMap<String, PodInfo>,
+}
+
+impl Enrolled {
+    fn load(file: Option<PathBuf>) -> Enrolled {
+        let pods: Vec<PodInfo> = file
+            .as_ref()
+            .and_then(|f| std::fs::read(f).ok())
+            .and_then(|bytes| match serde_json::from_slice(&bytes) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    eprintln!("keelson-cni agent: ignoring an unreadable state file: {e}");
+                    None
+                }
+            })
+            .unwrap_or_default();
+        Enrolled {
+            file,
+            pods: pods.into_iter().map(|p| (p.uid.clone(), p)).collect(),
+        }
+    }
+
+    fn save(&self) {
+        let Some(file) = &self.file else { return };
+        let pods: Vec<&PodInfo> = self.pods.values().collect();
+        let tmp = file.with_extension("json.tmp");
+        let written = serde_json::to_vec_pretty(&pods)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, file));
+        if let Err(e) = written {
+            eprintln!(
+                "keelson-cni agent: cannot record enrolled pods in {}: {e}",
+                file.display()
+            );
+        }
+    }
+}
+
+/// The recorded pods that are still there to serve: their network namespace exists, and
+/// their rules are in place (installed again, idempotently, if they went missing).
+fn still_enrolled(pods: &BTreeMap<String, PodInfo>, redirect: netns::Redirect) -> Vec<PodInfo> {
+    pods.values()
+        .filter(|p| {
+            if !p.netns.exists() {
+                eprintln!(
+                    "keelson-cni agent: {}/{} is gone (no {}); forgetting it",
+                    p.namespace,
+                    p.name,
+                    p.netns.display()
+                );
+                return false;
+            }
+            match netns::install_redirect_with(&p.netns, redirect) {
+                Ok(true) => eprintln!(
+                    "keelson-cni agent: {}/{} had lost its rules; installed again",
+                    p.namespace, p.name
+                ),
+                Ok(false) => {}
+                Err(e) => eprintln!(
+                    "keelson-cni agent: checking the rules of {}/{}: {e:#}",
+                    p.namespace, p.name
+                ),
+            }
+            true
+        })
+        .cloned()
+        .collect()
 }
 
 pub struct Agent {
     zds: NodeAgent,
+    enrolled: Mutex<Enrolled>,
     resources: Mutex<ResourceDir>,
     host_netns: Option<PathBuf>,
     redirect: netns::Redirect,
@@ -48,8 +141,19 @@ fn ns_of(p: &Pod) -> String {
 
 impl Agent {
     pub fn new(opts: &AgentOptions) -> Result<Agent> {
+        let mut enrolled = Enrolled::load(opts.state.clone());
+        let pods = still_enrolled(&enrolled.pods, opts.redirect);
+        if !pods.is_empty() {
+            eprintln!(
+                "keelson-cni agent: {} pods enrolled before this start, replayed to ztunnel",
+                pods.len()
+            );
+        }
+        enrolled.pods = pods.iter().map(|p| (p.uid.clone(), p.clone())).collect();
+        enrolled.save();
         Ok(Agent {
-            zds: NodeAgent::start(&opts.zds_socket, Vec::new())?,
+            zds: NodeAgent::start(&opts.zds_socket, pods)?,
+            enrolled: Mutex::new(enrolled),
             resources: Mutex::new(ResourceDir::new(&opts.resources)),
             host_netns: opts.host_netns.clone(),
             redirect: opts.redirect,
@@ -145,24 +249,29 @@ impl Agent {
                         .unwrap_or_else(|| "default".into()),
                     netns: netns.to_path_buf(),
                 };
-                match self.zds.add(info) {
-                    Ok(()) => AgentReply {
-                        ok: true,
-                        enrolled: true,
-                        error: String::new(),
-                    },
+                match self.zds.add(info.clone()) {
+                    Ok(()) => {
+                        self.record(&info.uid.clone(), Some(info));
+                        AgentReply {
+                            ok: true,
+                            enrolled: true,
+                            error: String::new(),
+                        }
+                    }
                     Err(e) => fail(format!("ztunnel did not take the pod: {e:#}")),
                 }
             }
             "del" => {
-                if let Ok((pod, _)) = self.lookup(&ev.namespace, &ev.pod) {
+                let uid = if let Ok((pod, _)) = self.lookup(&ev.namespace, &ev.pod) {
                     if let (Some(host), Some(ip)) = (&self.host_netns, Self::pod_ip(&pod)) {
                         let _ = netns::remove_host_probe_snat(host, ip);
                     }
-                    let _ = self.zds.del(&Self::uid(&pod));
+                    Self::uid(&pod)
                 } else {
-                    let _ = self.zds.del(&format!("{}/{}", ev.namespace, ev.pod));
-                }
+                    format!("{}/{}", ev.namespace, ev.pod)
+                };
+                let _ = self.zds.del(&uid);
+                self.record(&uid, None);
                 // ztunnel has let go of the pod: now its rules go (a sandbox torn down
                 // later takes them anyway).
                 let sandbox = Path::new(&ev.netns);
@@ -182,6 +291,18 @@ impl Agent {
             }
             other => fail(format!("unknown operation {other:?}")),
         }
+    }
+}
+
+impl Agent {
+    /// Records that `uid` is now `pod` (enrolled) or nothing (removed).
+    fn record(&self, uid: &str, pod: Option<PodInfo>) {
+        let mut e = self.enrolled.lock().unwrap_or_else(|p| p.into_inner());
+        match pod {
+            Some(p) => e.pods.insert(uid.to_string(), p),
+            None => e.pods.remove(uid),
+        };
+        e.save();
     }
 }
 

@@ -1,7 +1,9 @@
 //! `keelson-cni`: run by the container runtime as a chained CNI plugin (no arguments), or as
 //! the node agent (`keelson-cni agent --socket S --zds-socket Z --resources DIR
-//! [--host-probe-snat]`; the last installs istio-wire.md §5.5's rules in the agent's own
-//! network namespace, which must then be the node's).
+//! [--host-probe-snat] [--state FILE]`; `--host-probe-snat` installs istio-wire.md §5.5's
+//! rules in the agent's own network namespace, which must then be the node's; `--state` is
+//! where the enrolled pods are recorded for the next start, by default `enrolled-pods.json`
+//! beside the socket).
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -49,6 +51,7 @@ fn agent(args: &[String]) -> ExitCode {
     let mut resources = None;
     let mut host_netns = None;
     let mut redirect = netns::Redirect::default();
+    let mut state = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--host-probe-snat" {
@@ -61,6 +64,7 @@ fn agent(args: &[String]) -> ExitCode {
             "--socket" => socket = v,
             "--zds-socket" => zds = v,
             "--resources" => resources = v,
+            "--state" => state = v,
             "--redirect" => match v.as_deref().unwrap_or_default().parse() {
                 Ok(r) => redirect = r,
                 Err(e) => {
@@ -75,11 +79,16 @@ fn agent(args: &[String]) -> ExitCode {
         }
     }
     let (Some(socket), Some(zds), Some(resources)) = (socket, zds, resources) else {
-        eprintln!("usage: keelson-cni agent --socket PATH --zds-socket PATH --resources DIR [--host-probe-snat] [--redirect iptables|nftables]");
+        eprintln!("usage: keelson-cni agent --socket PATH --zds-socket PATH --resources DIR [--host-probe-snat] [--redirect iptables|nftables] [--state FILE]");
         return ExitCode::from(2);
     };
+    let socket = std::path::PathBuf::from(socket);
+    let state = state
+        .map(Into::into)
+        .unwrap_or_else(|| cni_plugin::agent::AgentOptions::default_state(&socket));
     let opts = cni_plugin::agent::AgentOptions {
-        socket: socket.into(),
+        state: Some(state),
+        socket,
         zds_socket: zds.into(),
         resources: resources.into(),
         host_netns,

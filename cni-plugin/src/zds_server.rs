@@ -17,7 +17,7 @@ use xds::workload::zds as pb;
 /// Each write and read waits at most this long (istio-wire.md §5.3).
 pub const DEADLINE: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PodInfo {
     pub uid: String,
     pub name: String,

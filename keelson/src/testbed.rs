@@ -247,6 +247,7 @@ impl Testbed {
                 resources: tb.resources_dir(),
                 host_netns: None,
                 redirect: tb.opts.redirect,
+                state: Some(tb.dir.join("enrolled-pods.json")),
             })?;
             tb.agent = Some(agent);
             let proc = tb.spawn_shared_ztunnel(&bin)?;

@@ -4,7 +4,15 @@
 
 use keelson_tests::mesh::{eventually_sync as eventually, Mesh, WAYPOINT};
 
+/// The pid of the process in `role` now: the supervisor's record once it restarted it.
 fn pid_of(mesh: &Mesh, role: &str) -> i32 {
+    let restarted = std::fs::read_to_string(mesh.home.join("supervisor.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|s| s["processes"][role]["current"]["pid"].as_i64());
+    if let Some(pid) = restarted {
+        return pid as i32;
+    }
     let state = mesh.state();
     state["procs"]
         .as_array()
@@ -73,4 +81,95 @@ fn killed_processes_are_started_again() {
     );
     let log = std::fs::read_to_string(mesh.home.join("logs/supervisor.log")).unwrap();
     assert!(log.contains("process restarted"), "{log}");
+}
+
+fn in_pod_rules(mesh: &Mesh, pod: &str) -> String {
+    let out = mesh.exec(pod, &["iptables-save"]);
+    assert!(out.ok, "{}", out.stderr);
+    out.stdout
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn enrolled(mesh: &Mesh, node: &str) -> Vec<String> {
+    let mut pods: Vec<String> = mesh.config_dump(node)["workloadState"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(String::from))
+        .collect();
+    pods.sort();
+    pods
+}
+
+/// F11 of docs/HARDENING.md: the node agent (the CNI DaemonSet) killed and started again.
+/// Its ztunnel must keep every pod it had (the new agent's snapshot names them all), their
+/// in-pod rules stay as they were (not doubled, not removed), and traffic from the pods
+/// still goes through ztunnel: never a bypass, never an outage. The second time the pod's
+/// rules were removed while the agent was down (a node reboot): the agent restores them.
+#[test]
+fn a_restarted_node_agent_keeps_its_pods_captured() {
+    let mesh = Mesh::tagged("a");
+    mesh.ok(&["up"]);
+    mesh.curl(
+        "curl",
+        "http://productpage:9080/productpage",
+        "productpage-v1",
+    );
+    let node = mesh.pod("curl-0")["node"].as_str().unwrap().to_string();
+    let pods_before = enrolled(&mesh, &node);
+    assert!(
+        pods_before.iter().any(|p| p.starts_with("curl")),
+        "{pods_before:?}"
+    );
+    let rules_before = in_pod_rules(&mesh, "curl");
+    assert!(rules_before.contains("KEELSON"), "{rules_before}");
+    let opened = |mesh: &Mesh| {
+        let (_, m) = netns::http_get_at(
+            &mesh.node_netns(&node),
+            "127.0.0.1:15020".parse().unwrap(),
+            "/metrics",
+        )
+        .unwrap();
+        keelson_tests::metric_value(
+            &m,
+            "istio_tcp_connections_opened_total",
+            &[("reporter", "source")],
+        )
+        .unwrap_or(0.0)
+    };
+
+    for round in 1..=2 {
+        if round == 2 {
+            // As after a node reboot: the pod's rules are gone when the agent starts; it
+            // must put them back, or the pod's traffic would bypass ztunnel.
+            let ns = mesh.pod("curl-0")["netns"].as_str().unwrap().to_string();
+            netns::remove_redirect_at(&netns::netns_path(&ns)).unwrap();
+            assert!(!in_pod_rules(&mesh, "curl").contains("KEELSON"));
+        }
+        kill(pid_of(&mesh, &format!("cni-agent/{node}")));
+        let restarted = eventually(30, || {
+            mesh.ok(&["status"]).lines().any(|l| {
+                l.starts_with(&node) && l.contains(&format!("cni-agent running (restarts {round})"))
+            })
+        });
+        assert!(restarted, "{}", mesh.ok(&["status"]));
+        // Give ztunnel time to reconnect to the new agent and take its snapshot.
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        assert_eq!(enrolled(&mesh, &node), pods_before, "round {round}");
+        assert_eq!(in_pod_rules(&mesh, "curl"), rules_before, "round {round}");
+        let before = opened(&mesh);
+        mesh.curl(
+            "curl",
+            "http://productpage:9080/productpage",
+            "productpage-v1",
+        );
+        assert!(
+            opened(&mesh) > before,
+            "round {round}: the request did not pass ztunnel"
+        );
+    }
 }
