@@ -94,14 +94,18 @@ impl Mesh {
         }
     }
 
-    pub fn run(&self, args: &[&str]) -> Out {
-        let out = Command::new(&self.bin)
-            .args(args)
+    /// `keelson ARGS` on this mesh, to spawn (for commands that run on in the background).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
             .env("KEELSON_HOME", &self.home)
             .env("KEELSON_PREFIX", &self.prefix)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Out {
+        let out = self.command(args).output().unwrap();
         Out {
             ok: out.status.success(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

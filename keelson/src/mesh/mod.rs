@@ -91,7 +91,6 @@ pub struct NodeState {
     pub index: u8,
     pub netns: String,
     pub ip: Ipv4Addr,
-    next_host: u8,
 }
 
 impl NodeState {
@@ -317,7 +316,6 @@ fn build(paths: &Paths, opts: &UpOptions, manifest: &Manifest) -> Result<MeshSta
             index: i,
             netns: paths.netns(&format!("node-{i}")),
             ip: Ipv4Addr::new(172, 30, 0, 10 + i),
-            next_host: 2,
         };
         attach_to_fabric(&fabric, &node.netns, &format!("n{i}"), node.ip)?;
         ip(&node.netns, &["link", "add", "cni0", "type", "bridge"])?;
@@ -675,16 +673,24 @@ fn create_pod(
     {
         bail!("a pod of that name already exists");
     }
+    // The lowest free address of the node's range, as a cluster's IPAM hands them out: a
+    // deleted pod's address goes to the next pod (docs/HARDENING.md, F13).
+    let taken: std::collections::BTreeSet<Ipv4Addr> = state
+        .pods
+        .iter()
+        .filter(|p| p.node == node_name)
+        .map(|p| p.ip)
+        .collect();
     let node = state
         .nodes
-        .iter_mut()
+        .iter()
         .find(|n| n.name == node_name)
         .context("no such node")?;
-    if node.next_host == 255 {
+    let Some(host) = (2..255u8).find(|h| !taken.contains(&Ipv4Addr::new(10, 244, node.index, *h)))
+    else {
         bail!("node {} has no pod address left", node.name);
-    }
-    let pod_ip = Ipv4Addr::new(10, 244, node.index, node.next_host);
-    node.next_host += 1;
+    };
+    let pod_ip = Ipv4Addr::new(10, 244, node.index, host);
     let node = node.clone();
     let veth = format!("vp{}", state.next_veth);
     state.next_veth += 1;
