@@ -3,7 +3,8 @@
 # the local mesh and the benchmarks use. Idempotent; safe to run repeatedly.
 set -euo pipefail
 
-PACKAGES=(iproute2 iptables nftables procps tcpdump curl python3 python3-venv ca-certificates ethtool)
+# faketime: the clock-skew test runs one ztunnel with its clock shifted (docs/HARDENING.md).
+PACKAGES=(iproute2 iptables nftables procps tcpdump curl python3 python3-venv ca-certificates ethtool faketime)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -118,6 +118,13 @@ pub fn metric_value(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option
 /// A TLS client configuration with no client certificate that accepts any server (to test
 /// that the HBONE server rejects such clients).
 pub fn tls_without_client_cert() -> std::sync::Arc<rustls::ClientConfig> {
+    tls_without_client_cert_speaking(&[&rustls::version::TLS13])
+}
+
+/// The same, speaking only the TLS `versions` given.
+pub fn tls_without_client_cert_speaking(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> std::sync::Arc<rustls::ClientConfig> {
     use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
     use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
     use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -156,8 +163,10 @@ pub fn tls_without_client_cert() -> std::sync::Arc<rustls::ClientConfig> {
                 .supported_schemes()
         }
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(hbone::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
+    // Keelson's provider has TLS 1.3 suites only; rustls' default has the TLS 1.2 ones too.
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAny))

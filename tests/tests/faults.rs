@@ -248,3 +248,59 @@ async fn a_full_log_disk_does_not_stop_traffic() {
     let lost = metric_value(&m, "keelson_log_write_failures_total", &[]).unwrap_or(0.0);
     assert!(lost >= 1.0, "{lost} failed log writes counted");
 }
+
+/// A ztunnel binary that runs the server pod's ztunnel with its clock shifted by `skew`
+/// (libfaketime; the monotonic clock, which timers use, stays true).
+fn skewed_ztunnel(skew: &str) -> std::path::PathBuf {
+    let real = keelson::testbed::find_binary("ztunnel").unwrap();
+    let script = std::env::temp_dir().join(format!(
+        "keelson-skew-{}-{}.sh",
+        std::process::id(),
+        skew.trim_start_matches('-')
+    ));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ \"$POD_NAME\" = server ]; then\n  \
+             FAKETIME_DONT_FAKE_MONOTONIC=1 exec faketime -f '{skew}' {real} \"$@\"\nfi\nexec {real} \"$@\"\n",
+            real = real.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+/// Clock skew between nodes: certificates are valid from 60 s before they are issued
+/// (identity's CA backdates them), so a server whose clock is 45 s behind still accepts its
+/// clients; at 5 minutes behind, a client's certificate is not valid yet for it: the
+/// connection is refused and the server's log says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_skew_is_tolerated_within_the_backdate_and_explained_beyond() {
+    for (skew, tolerated) in [("-45s", true), ("-5m", false)] {
+        let script = skewed_ztunnel(skew);
+        let tb = Testbed::start(Options {
+            ztunnel_bin: Some(script.clone()),
+            ..Options::default()
+        })
+        .unwrap();
+        let _ = std::fs::remove_file(&script);
+        let to = spawn_echo(&tb, "server", 8080).unwrap();
+        let r = fresh_roundtrip(&tb, to).await;
+        if tolerated {
+            r.unwrap_or_else(|e| panic!("skew {skew}: {e}"));
+        } else {
+            assert!(r.is_err(), "skew {skew}: served");
+            let said = eventually(Duration::from_secs(5), || async {
+                plain(&tb.log("server")).contains("NotValidYet")
+                    || plain(&tb.log("server")).contains("not valid yet")
+            })
+            .await;
+            assert!(said.is_some(), "skew {skew}:\n{}", tb.log("server"));
+            let log = plain(&tb.log("server"));
+            let line = log.lines().find(|l| l.contains("alid")).unwrap_or_default();
+            eprintln!("skew {skew}: {line}");
+        }
+    }
+}

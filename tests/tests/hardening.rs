@@ -386,6 +386,15 @@ async fn outcomes(
     raw: &mut Raw,
     within: Duration,
 ) -> (std::collections::BTreeMap<u32, String>, Option<u32>) {
+    let (seen, goaway, _) = outcomes_and_end(raw, within).await;
+    (seen, goaway)
+}
+
+/// As [`outcomes`], and whether the server closed the connection (before `within`).
+async fn outcomes_and_end(
+    raw: &mut Raw,
+    within: Duration,
+) -> (std::collections::BTreeMap<u32, String>, Option<u32>, bool) {
     let deadline = Instant::now() + within;
     let mut seen = std::collections::BTreeMap::new();
     let mut buf = Vec::new();
@@ -421,11 +430,12 @@ async fn outcomes(
             buf.drain(..9 + len);
         }
         let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-            return (seen, goaway);
+            return (seen, goaway, false);
         };
         match tokio::time::timeout(left, raw.tls.read(&mut chunk)).await {
             Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-            _ => return (seen, goaway),
+            Ok(_) => return (seen, goaway, true),
+            Err(_) => return (seen, goaway, false),
         }
     }
 }
@@ -491,5 +501,155 @@ async fn malformed_and_excess_streams_are_refused_one_by_one() {
     let refused = seen.values().filter(|o| *o == "reset 7").count();
     eprintln!("250 streams: {ok} answered 200, {refused} refused, goaway {goaway:?}");
     assert!(ok <= 200 && refused >= 50, "{seen:?}");
+    assert!(healthy_echo(&tb).await);
+}
+
+const PROTOCOL_ERROR: u32 = 0x1;
+const FRAME_SIZE_ERROR: u32 = 0x6;
+
+/// The TLS records of a ClientHello from a client with a certificate.
+fn client_hello(tb: &Testbed) -> Vec<u8> {
+    let mut conn =
+        rustls::ClientConnection::new(client_tls(tb), hbone::tls::placeholder_server_name())
+            .unwrap();
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).unwrap();
+    }
+    out
+}
+
+/// The handshake bytes of TLS records, re-cut into records of one byte each.
+fn one_byte_records(records: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut rest = records;
+    while rest.len() >= 5 {
+        let len = (rest[3] as usize) << 8 | rest[4] as usize;
+        for b in &rest[5..5 + len] {
+            out.extend_from_slice(&[rest[0], 3, 1, 0, 1, *b]);
+        }
+        rest = &rest[5 + len..];
+    }
+    out
+}
+
+/// Sends `bytes` raw on a new TCP connection to the server's 15008 from the outsider pod;
+/// what the server did within 5 s: the first byte of its answer (a record type) or `None`
+/// if it closed without a word, or a panic if it neither answered nor closed.
+async fn raw_tls_answer(tb: &Testbed, bytes: &[u8], wait_for_close: bool) -> Option<u8> {
+    let to = SocketAddr::new(tb.ip("server"), hbone::HBONE_PORT);
+    let mut s = connect_from(tb, "outsider", to).unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut first = None;
+    let mut buf = vec![0u8; 16384];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                first.get_or_insert(buf[0]);
+                if !wait_for_close {
+                    return first;
+                }
+            }
+            Ok(_) => return first,
+            Err(_) => panic!("the server neither answered nor closed within 5 s ({first:?})"),
+        }
+    }
+}
+
+/// TLS and HTTP/2 framing abuse (docs/HARDENING.md, bad input 17, 18, 20, 25, 26): each
+/// ends with the right signal within seconds, and a well-behaved client is served after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_framing_abuse_ends_cleanly() {
+    let tb = Testbed::start(options()).unwrap();
+    spawn_echo(&tb, "server", 8080).unwrap();
+    let authority = format!("{}:8080", tb.ip("server"));
+    let a = authority.as_bytes();
+    let connect = (&b":method"[..], &b"CONNECT"[..]);
+
+    // 17: a ClientHello in 1-byte records is reassembled and answered with a ServerHello
+    // (handshake record, 22); one followed by close_notify is closed.
+    let hello = client_hello(&tb);
+    assert_eq!(
+        raw_tls_answer(&tb, &one_byte_records(&hello), false).await,
+        Some(22),
+        "1-byte records"
+    );
+    let mut closing = hello.clone();
+    closing.extend_from_slice(&[21, 3, 3, 0, 2, 1, 0]);
+    raw_tls_answer(&tb, &closing, true).await;
+
+    // 18: TLS 1.2 is refused: an alert (21), never a handshake.
+    let tls12 = tls_without_client_cert_speaking(&[&rustls::version::TLS12]);
+    let mut conn =
+        rustls::ClientConnection::new(tls12, hbone::tls::placeholder_server_name()).unwrap();
+    let mut hello12 = Vec::new();
+    conn.write_tls(&mut hello12).unwrap();
+    assert_eq!(
+        raw_tls_answer(&tb, &hello12, true).await,
+        Some(21),
+        "TLS 1.2"
+    );
+
+    // 20: CONTINUATION flood: HEADERS without END_HEADERS, then CONTINUATION frames without
+    // end. The connection is closed once the header list passes its limit.
+    let mut raw = Raw::open(&tb).await;
+    let mut flood = frame(0x1, 0, 1, &[0x00, 1, b'x', 1, b'y']);
+    let piece: Vec<u8> = (0..1000).flat_map(|_| [0x00, 1, b'x', 1, b'y']).collect();
+    for _ in 0..200 {
+        flood.extend(frame(0x9, 0, 1, &piece));
+    }
+    let _ = raw.send(&flood).await;
+    let (seen, goaway, closed) = outcomes_and_end(&mut raw, Duration::from_secs(5)).await;
+    assert!(
+        closed || goaway.is_some(),
+        "CONTINUATION flood: {seen:?}, goaway {goaway:?}, closed {closed}"
+    );
+    eprintln!("CONTINUATION flood: goaway {goaway:?}, closed {closed}");
+
+    // 25: a client stream with an even id, stream ids going down, an oversize frame: each
+    // ends its connection with GOAWAY (PROTOCOL_ERROR, FRAME_SIZE_ERROR).
+    let even = request_frames(2, &[connect, (b":authority", a)]);
+    let mut down = request_frames(5, &[connect, (b":authority", a)]);
+    down.extend(request_frames(3, &[connect, (b":authority", a)]));
+    let mut oversize = request_frames(1, &[connect, (b":authority", a)]);
+    // A DATA frame announcing 2 MiB: over the 1 MiB SETTINGS_MAX_FRAME_SIZE.
+    oversize.extend_from_slice(&[0x20, 0, 0, 0x0, 0, 0, 0, 0, 1]);
+    oversize.extend_from_slice(&[0u8; 1024]);
+    for (what, bytes, code) in [
+        ("an even stream id", even, PROTOCOL_ERROR),
+        ("stream ids going down", down, PROTOCOL_ERROR),
+        ("a 2 MiB frame", oversize, FRAME_SIZE_ERROR),
+    ] {
+        let mut raw = Raw::open(&tb).await;
+        let _ = raw.send(&bytes).await;
+        let (seen, goaway, _) = outcomes_and_end(&mut raw, Duration::from_secs(5)).await;
+        assert_eq!(goaway, Some(code), "{what}: {seen:?}");
+    }
+
+    // 26: HPACK bomb: one 4 KiB header put in the dynamic table, then referenced 1,000 times
+    // by its index (1 byte each): 4 MB decoded from 5 KB. Refused (over the 64 KiB header
+    // list), never served.
+    let mut block = Vec::new();
+    for (name, value) in [(&b":method"[..], &b"CONNECT"[..]), (b":authority", a)] {
+        block.push(0x00);
+        hpack_string(&mut block, name);
+        hpack_string(&mut block, value);
+    }
+    block.push(0x40); // literal with incremental indexing, new name: dynamic index 62
+    hpack_string(&mut block, b"x-bomb");
+    hpack_string(&mut block, &[b'b'; 4000]);
+    block.extend(std::iter::repeat_n(0x80 | 62, 1000));
+    let mut raw = Raw::open(&tb).await;
+    let _ = raw.send(&frame(0x1, 0x4, 1, &block)).await;
+    let (seen, goaway, closed) = outcomes_and_end(&mut raw, Duration::from_secs(5)).await;
+    let o = seen.get(&1).map(String::as_str);
+    assert!(
+        o != Some("200") && (o.is_some() || goaway.is_some() || closed),
+        "HPACK bomb: {seen:?}, goaway {goaway:?}, closed {closed}"
+    );
+    eprintln!("HPACK bomb: {seen:?}, goaway {goaway:?}, closed {closed}");
+
     assert!(healthy_echo(&tb).await);
 }

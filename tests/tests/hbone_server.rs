@@ -267,7 +267,8 @@ fn rustls_pemfile_root(pem: &str) -> rustls::pki_types::CertificateDer<'static> 
 }
 
 /// The certificate cases of the test plan (docs/HARDENING.md, bad input 11-16): each is
-/// refused by ztunnel's HBONE server in well under a second; a well-made one is accepted.
+/// refused by ztunnel's HBONE server in well under a second (a NUL or another scheme in the
+/// URI SAN too); a well-made one is accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crafted_client_certificates_are_refused() {
     use rcgen::{BasicConstraints, ExtendedKeyUsagePurpose, IsCa, SanType};
@@ -329,6 +330,26 @@ async fn crafted_client_certificates_are_refused() {
                         .try_into()
                         .unwrap(),
                 ));
+            }),
+        ),
+        (
+            "a NUL inside the URI SAN",
+            crafted(&tb, 0, |p| {
+                p.subject_alt_names = vec![SanType::URI(
+                    "spiffe://cluster.local/ns/default/sa/outsider\0.admin"
+                        .try_into()
+                        .unwrap(),
+                )];
+            }),
+        ),
+        (
+            "a URI SAN that is not SPIFFE",
+            crafted(&tb, 0, |p| {
+                p.subject_alt_names = vec![SanType::URI(
+                    "https://cluster.local/ns/default/sa/outsider"
+                        .try_into()
+                        .unwrap(),
+                )];
             }),
         ),
         (
