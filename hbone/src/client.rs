@@ -91,6 +91,12 @@ impl Connection {
 
     /// Sends CONNECT and waits for the answer; any status other than 200 is an error.
     pub async fn connect(&self, req: &ConnectRequest) -> Result<H2Stream, HboneError> {
+        // Waiting for a stream slot would wait for ever on a peer that allows none: this
+        // connection is no use for new streams (docs/HARDENING.md, F3).
+        if self.peer_max_streams() == 0 {
+            self.mark_closed();
+            return Err(HboneError::NoStreams);
+        }
         let mut sender = self
             .sender
             .clone()

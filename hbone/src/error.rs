@@ -33,6 +33,8 @@ pub enum HboneError {
     NoPeerIdentity,
     #[error("bad CONNECT request: {0}")]
     BadRequest(String),
+    #[error("peer allows no streams (SETTINGS_MAX_CONCURRENT_STREAMS 0)")]
+    NoStreams,
 }
 
 impl HboneError {
@@ -50,12 +52,21 @@ impl HboneError {
             HboneError::H2Handshake(_) => "H2_HANDSHAKE_FAILURE",
             HboneError::Cert(_) => "IDENTITY_ERROR",
             HboneError::Status(s) if *s == StatusCode::UNAUTHORIZED => "DENY",
-            HboneError::Status(_) | HboneError::H2(_) | HboneError::BadRequest(_) => "CONNECT",
+            HboneError::Status(_)
+            | HboneError::H2(_)
+            | HboneError::BadRequest(_)
+            | HboneError::NoStreams => "CONNECT",
         }
     }
 
     /// Whether a new connection might succeed where this one failed.
     pub fn is_retryable_on_new_connection(&self) -> bool {
-        matches!(self, HboneError::H2(e) if e.is_go_away() || e.is_io() || e.reason() == Some(h2::Reason::REFUSED_STREAM))
+        match self {
+            HboneError::NoStreams => true,
+            HboneError::H2(e) => {
+                e.is_go_away() || e.is_io() || e.reason() == Some(h2::Reason::REFUSED_STREAM)
+            }
+            _ => false,
+        }
     }
 }

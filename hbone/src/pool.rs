@@ -88,14 +88,37 @@ impl Pool {
 
     /// Opens a CONNECT stream for `key`, on a pooled connection when one has room, else on a
     /// new one made by `connect`.
+    ///
+    /// A new connection whose first stream fails in a way another connection may fix (the
+    /// peer allows no streams, refused it, or sent GOAWAY at once) is replaced once
+    /// (docs/HARDENING.md, F3).
     pub async fn connect<C, Fut>(
         &self,
         key: &PoolKey,
         req: &ConnectRequest,
-        connect: C,
+        mut connect: C,
     ) -> Result<H2Stream, HboneError>
     where
-        C: FnOnce() -> Fut,
+        C: FnMut() -> Fut,
+        Fut: Future<Output = Result<Connection, HboneError>>,
+    {
+        match self.connect_once(key, req, &mut connect).await {
+            Err(e) if e.is_retryable_on_new_connection() => {
+                tracing::debug!(error = %e, "new HBONE connection unusable; trying another");
+                self.connect_once(key, req, &mut connect).await
+            }
+            r => r,
+        }
+    }
+
+    async fn connect_once<C, Fut>(
+        &self,
+        key: &PoolKey,
+        req: &ConnectRequest,
+        connect: &mut C,
+    ) -> Result<H2Stream, HboneError>
+    where
+        C: FnMut() -> Fut,
         Fut: Future<Output = Result<Connection, HboneError>>,
     {
         if let Some(r) = self.try_pooled(key, req).await {
@@ -131,7 +154,11 @@ impl Pool {
         drop(guard);
         self.inner.connecting.lock().unwrap().remove(key);
         let sg = StreamGuard(usage);
-        let mut stream = conn.connect(req).await?;
+        let mut stream = conn.connect(req).await.inspect_err(|e| {
+            if e.is_retryable_on_new_connection() {
+                conn.mark_closed();
+            }
+        })?;
         stream._guard = Some(Box::new(sg));
         Ok(stream)
     }
@@ -165,7 +192,8 @@ impl Pool {
         let slots = conns.get_mut(key)?;
         slots.retain(|s| !s.conn.is_closed());
         for s in slots.iter() {
-            let limit = self.max_streams.min(s.conn.peer_max_streams().max(1));
+            // A peer that allows no streams now gets none (F3).
+            let limit = self.max_streams.min(s.conn.peer_max_streams());
             let active = s.usage.active.load(Ordering::Acquire);
             if active < limit {
                 s.usage.active.fetch_add(1, Ordering::AcqRel);

@@ -304,3 +304,119 @@ async fn clock_skew_is_tolerated_within_the_backdate_and_explained_beyond() {
         }
     }
 }
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum PeerQuirk {
+    /// GOAWAY (graceful) right after the first stream of each connection.
+    GoAwayAfterOneStream,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS = 0 on the first connection.
+    NoStreamsOnTheFirstConnection,
+}
+
+/// A stand-in for the server's ztunnel (killed first) on its 15008: TLS with the server's
+/// identity, HTTP/2 that answers each CONNECT with 200 and echoes the stream, with `quirk`.
+/// Counts the connections it accepted.
+fn spawn_quirky_peer(
+    tb: &mut Testbed,
+    quirk: PeerQuirk,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    tb.ztunnel("server")
+        .signal(nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    tb.ztunnel("server").wait_timeout(Duration::from_secs(5));
+    let cert = testbed_ca(tb)
+        .issue(&identity::Identity::new(
+            "cluster.local",
+            "default",
+            "server",
+        ))
+        .unwrap();
+    let tls = tokio_rustls::TlsAcceptor::from(hbone::tls::server_config(&cert).unwrap());
+    let addr = SocketAddr::new(tb.ip("server"), hbone::HBONE_PORT);
+    let l = tokio::net::TcpListener::from_std(tb.pod("server").tcp_listen(addr).unwrap()).unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = tls.accept(tcp).await else {
+                    return;
+                };
+                let mut b = h2::server::Builder::new();
+                if quirk == PeerQuirk::NoStreamsOnTheFirstConnection && n == 0 {
+                    b.max_concurrent_streams(0);
+                }
+                let Ok(mut conn) = b.handshake::<_, bytes::Bytes>(tls).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let ok = http::Response::builder().status(200).body(()).unwrap();
+                    let Ok(mut send) = respond.send_response(ok, false) else {
+                        continue;
+                    };
+                    let mut body = req.into_body();
+                    tokio::spawn(async move {
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            send.reserve_capacity(chunk.len());
+                            if send.send_data(chunk, false).is_err() {
+                                return;
+                            }
+                        }
+                        let _ = send.send_data(bytes::Bytes::new(), true);
+                    });
+                    if quirk == PeerQuirk::GoAwayAfterOneStream {
+                        conn.graceful_shutdown();
+                    }
+                }
+            });
+        }
+    });
+    accepted
+}
+
+/// F3: a peer that sends GOAWAY after each stream, and one that allows no streams on its
+/// first connection (SETTINGS_MAX_CONCURRENT_STREAMS = 0). Neither connection is used
+/// again: each app connection is served, on a new HBONE connection, with no hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_sends_goaway_or_allows_no_streams_is_not_reused() {
+    use std::sync::atomic::Ordering;
+    for quirk in [
+        PeerQuirk::GoAwayAfterOneStream,
+        PeerQuirk::NoStreamsOnTheFirstConnection,
+    ] {
+        let mut tb = start(Vec::new());
+        let accepted = spawn_quirky_peer(&mut tb, quirk);
+        let to = SocketAddr::new(tb.ip("server"), 8080);
+        let mut served = 0;
+        for i in 0..3 {
+            let started = Instant::now();
+            let r = fresh_roundtrip(&tb, to).await;
+            eprintln!(
+                "{quirk:?}: connection {i}: {r:?} in {:?}",
+                started.elapsed()
+            );
+            if r.is_ok() {
+                served += 1;
+            }
+        }
+        let conns = accepted.load(Ordering::SeqCst);
+        eprintln!("{quirk:?}: {served} of 3 served over {conns} HBONE connections");
+        match quirk {
+            PeerQuirk::GoAwayAfterOneStream => {
+                assert_eq!(served, 3);
+                assert_eq!(conns, 3, "one connection per stream after each GOAWAY");
+            }
+            PeerQuirk::NoStreamsOnTheFirstConnection => {
+                assert_eq!(served, 3);
+                assert_eq!(
+                    conns, 2,
+                    "the first connection, unusable, was replaced once"
+                );
+            }
+        }
+    }
+}
