@@ -150,6 +150,12 @@ pub fn load_state(
         .with_context(|| format!("creating {}", state_dir.display()))?;
     let ca = LocalCa::load_or_create(state_dir, &mesh.trust_domain, server::DEFAULT_CERT_TTL)
         .context("loading or creating the root CA")?;
+    if ca.roots().len() > 1 {
+        tracing::info!(
+            roots = ca.roots().len(),
+            "trusting more than the signing root (root rotation)"
+        );
+    }
     let tokens = TokenAuthority::load_or_create(state_dir)?;
     let (ns, sa) = ZTUNNEL_ACCOUNT.split_once('/').unwrap_or_default();
     identity::ca::write_private(&state_dir.join(TOKEN_FILE), &tokens.mint(ns, sa, None))?;

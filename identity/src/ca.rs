@@ -21,12 +21,19 @@ const BACKDATE: Duration = Duration::from_secs(60);
 /// File names the local CA reads and writes in its directory.
 pub const ROOT_CERT_FILE: &str = "root-cert.pem";
 pub const ROOT_KEY_FILE: &str = "root-key.pem";
+/// Roots trusted beside the signing one, during a root rotation (docs/HARDENING.md, F7):
+/// first the new root before it signs, then the old one until every certificate it signed
+/// has been replaced.
+pub const EXTRA_ROOTS_FILE: &str = "extra-roots.pem";
 
 pub struct LocalCa {
     issuer: rcgen::Certificate,
     issuer_key: KeyPair,
     root_pem: String,
     root_der: CertificateDer<'static>,
+    /// Trusted too, not signing: PEM and DER.
+    extra_roots_pem: String,
+    extra_roots: Vec<CertificateDer<'static>>,
     ttl: Duration,
 }
 
@@ -55,6 +62,8 @@ impl LocalCa {
             issuer: cert,
             issuer_key: key,
             root_pem,
+            extra_roots_pem: String::new(),
+            extra_roots: Vec::new(),
             ttl,
         })
     }
@@ -72,11 +81,43 @@ impl LocalCa {
             issuer_key: key,
             root_pem: cert_pem.to_string(),
             root_der,
+            extra_roots_pem: String::new(),
+            extra_roots: Vec::new(),
             ttl,
         })
     }
 
-    /// Reads `root-cert.pem` and `root-key.pem` from `dir`, or creates and writes them.
+    /// The signing key, PEM (to install this CA elsewhere, as a rotation does).
+    pub fn key_pem(&self) -> String {
+        self.issuer_key.serialize_pem()
+    }
+
+    /// Trusts the roots in `pem` too (they sign nothing here).
+    pub fn with_extra_roots(mut self, pem: &str) -> Result<Self, CertError> {
+        self.extra_roots = crate::cert::certs_from_pem(pem)?;
+        self.extra_roots_pem = pem.to_string();
+        Ok(self)
+    }
+
+    /// Every trusted root, the signing one first.
+    pub fn roots(&self) -> Vec<CertificateDer<'static>> {
+        std::iter::once(self.root_der.clone())
+            .chain(self.extra_roots.iter().cloned())
+            .collect()
+    }
+
+    /// The trust bundle handed out with every certificate: the signing root, then the others.
+    pub fn bundle_pem(&self) -> String {
+        let mut pem = self.root_pem.clone();
+        if !pem.ends_with('\n') {
+            pem.push('\n');
+        }
+        pem.push_str(&self.extra_roots_pem);
+        pem
+    }
+
+    /// Reads `root-cert.pem` and `root-key.pem` from `dir`, or creates and writes them; and
+    /// `extra-roots.pem` when present.
     pub fn load_or_create(
         dir: &Path,
         trust_domain: &str,
@@ -87,7 +128,11 @@ impl LocalCa {
         if cert_path.exists() && key_path.exists() {
             let cert = std::fs::read_to_string(&cert_path)?;
             let key = std::fs::read_to_string(&key_path)?;
-            return Self::from_pem(&cert, &key, ttl);
+            let ca = Self::from_pem(&cert, &key, ttl)?;
+            return match std::fs::read_to_string(dir.join(EXTRA_ROOTS_FILE)) {
+                Ok(extra) if !extra.trim().is_empty() => ca.with_extra_roots(&extra),
+                _ => Ok(ca),
+            };
         }
         std::fs::create_dir_all(dir)?;
         let ca = Self::generate(trust_domain, ttl)?;
@@ -136,7 +181,7 @@ impl LocalCa {
             identity.clone(),
             vec![cert.der().clone()],
             key_der,
-            vec![self.root_der.clone()],
+            self.roots(),
         )
     }
 }

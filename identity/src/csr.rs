@@ -72,7 +72,7 @@ impl LocalCa {
         let mut req = CertificateSigningRequestParams::from_pem(csr_pem)?;
         crate::ca::set_leaf_params(&mut req.params, id, ttl)?;
         let cert = req.signed_by(self.issuer(), self.issuer_key())?;
-        Ok(vec![cert.pem(), self.root_pem().to_string()])
+        Ok(vec![cert.pem(), self.bundle_pem()])
     }
 }
 

@@ -61,6 +61,8 @@ pub struct CertSummary {
     pub state: &'static str,
     pub not_before: Option<u64>,
     pub not_after: Option<u64>,
+    /// Roots the certificate's holder trusts (more than one during a root rotation).
+    pub roots: usize,
     pub last_error: Option<String>,
 }
 
@@ -142,6 +144,7 @@ impl CertStore {
                     },
                     not_before: slot.cert.as_ref().and_then(|c| secs(c.not_before)),
                     not_after: slot.cert.as_ref().and_then(|c| secs(c.not_after)),
+                    roots: slot.cert.as_ref().map_or(0, |c| c.roots.len()),
                     last_error: slot.last_error.clone(),
                 }
             })
