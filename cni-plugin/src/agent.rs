@@ -312,10 +312,17 @@ fn serve_one(agent: &Agent, stream: UnixStream) -> Result<()> {
     BufReader::new(&stream).read_line(&mut line)?;
     let reply = match serde_json::from_str::<PodEvent>(&line) {
         Ok(ev) => {
+            let started = std::time::Instant::now();
             let r = agent.handle(&ev);
             eprintln!(
-                "keelson-cni agent: {} {}/{}: ok={} enrolled={} {}",
-                ev.op, ev.namespace, ev.pod, r.ok, r.enrolled, r.error
+                "keelson-cni agent: {} {}/{}: ok={} enrolled={} took_ms={} {}",
+                ev.op,
+                ev.namespace,
+                ev.pod,
+                r.ok,
+                r.enrolled,
+                started.elapsed().as_millis(),
+                r.error
             );
             r
         }

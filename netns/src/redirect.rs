@@ -112,6 +112,40 @@ fn rand_suffix() -> u64 {
         .unwrap_or_default()
 }
 
+/// `iptables-restore --noflush` of: each hook deleted (`-t TABLE -D ...`), then each chain
+/// flushed and deleted, table by table.
+fn remove_in_one_transaction(
+    path: &Path,
+    hooks: &[&[&str]],
+    chains: &[(&str, &str)],
+) -> Result<()> {
+    let mut script = String::new();
+    for table in ["mangle", "nat"] {
+        script.push_str(&format!("*{table}\n"));
+        for h in hooks.iter().filter(|h| h.get(1) == Some(&table)) {
+            script.push_str(&h[2..].join(" "));
+            script.push('\n');
+        }
+        for (_, chain) in chains.iter().filter(|(t, _)| *t == table) {
+            script.push_str(&format!("-F {chain}\n-X {chain}\n"));
+        }
+        script.push_str("COMMIT\n");
+    }
+    let file = std::env::temp_dir().join(format!(
+        "keelson-ipt-{}-{}.rules",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::write(&file, script).with_context(|| format!("writing {}", file.display()))?;
+    let result = exec_at(
+        path,
+        "iptables-restore",
+        &["--noflush", file.to_str().context("path")?],
+    );
+    let _ = std::fs::remove_file(&file);
+    result.map(|_| ())
+}
+
 /// Removes the redirection (either flavour) and its routing rule: the pod's traffic flows
 /// as if it had never been enrolled. Nothing there is not an error.
 pub fn remove_redirect_at(path: &Path) -> Result<()> {
@@ -148,17 +182,23 @@ pub fn remove_redirect_at(path: &Path) -> Result<()> {
             ],
             &crate::udp_dns_rule("-D"),
         ];
-        for h in hooks {
-            let _ = ipt(h);
-        }
-        for (table, chain) in [
+        let chains = [
             ("mangle", "KEELSON_PRERT"),
             ("mangle", "KEELSON_OUTPUT"),
             ("nat", "KEELSON_OUTPUT"),
             ("nat", "KEELSON_PRERT"),
-        ] {
-            let _ = ipt(&["-t", table, "-F", chain]);
-            ipt(&["-t", table, "-X", chain])?;
+        ];
+        // One iptables-restore transaction: deleting is slow one command at a time with
+        // the nft backend (~20 ms each, ~200 ms for a pod). One by one only if it fails
+        // (some hook already gone).
+        if remove_in_one_transaction(path, hooks, &chains).is_err() {
+            for h in hooks {
+                let _ = ipt(h);
+            }
+            for (table, chain) in chains {
+                let _ = ipt(&["-t", table, "-F", chain]);
+                ipt(&["-t", table, "-X", chain])?;
+            }
         }
     }
     let ip = |args: &[&str]| exec_at(path, "ip", args);
