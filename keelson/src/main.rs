@@ -15,6 +15,8 @@ const USAGE: &str = "usage:
   keelson exec [-n NS] POD -- CMD...
       run CMD in a pod's network namespace (POD: a pod, or a Deployment's first pod)
   keelson status              nodes, processes, pods, services, rejected resources
+  keelson restart ROLE        restart one process (ROLE as in supervisor.json, e.g.
+                              ztunnel/node-1: handed off to a new ztunnel with no downtime)
   keelson down                remove everything the local mesh made
   keelson app NAME [--version V] [--port P]
       run a bundled demo app (productpage, details, reviews, ratings, echo; raw: a
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         ["up", rest @ ..] => up(rest),
         ["down"] => mesh::down(&Paths::default()),
         ["supervise", instance] => supervise(instance),
+        ["restart", role] => mesh::restart(&Paths::default(), role),
         ["status"] => mesh::status(&Paths::default()).map(|s| print!("{s}")),
         ["apply", "-f", file] => mesh::apply(&Paths::default(), std::path::Path::new(file)),
         ["delete", "-f", file] => mesh::delete(&Paths::default(), std::path::Path::new(file)),

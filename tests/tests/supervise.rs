@@ -173,3 +173,87 @@ fn a_restarted_node_agent_keeps_its_pods_captured() {
         );
     }
 }
+
+/// `keelson restart ztunnel/NODE`, the rollout of a node's ztunnel: handed off to a new
+/// process with no downtime. Requests keep flowing from a pod of that node to the other
+/// (a new connection every 100 ms, and a slow one open across the hand-off): none fails,
+/// and `keelson status` counts the restart.
+#[test]
+fn a_requested_ztunnel_restart_fails_no_request() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let mesh = Arc::new(Mesh::tagged("h"));
+    mesh.ok(&["up"]);
+    mesh.curl(
+        "curl",
+        "http://productpage:9080/productpage",
+        "productpage-v1",
+    );
+    let node = mesh.pod("curl-0")["node"].as_str().unwrap().to_string();
+    let old_pid = pid_of(&mesh, &format!("ztunnel/{node}"));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (made, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let traffic = {
+        let (mesh, stop, made, failed) = (mesh.clone(), stop.clone(), made.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let out = mesh.exec(
+                    "curl",
+                    &["curl", "-sS", "-m", "10", "http://details:9080/details/0"],
+                );
+                made.fetch_add(1, Ordering::SeqCst);
+                if !(out.ok && out.stdout.contains("details")) {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    errors.push(format!("{}{}", out.stdout, out.stderr));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            errors
+        })
+    };
+    // A slow request, open while the old ztunnel drains.
+    let slow = {
+        let mesh = mesh.clone();
+        std::thread::spawn(move || {
+            mesh.exec(
+                "curl",
+                &["curl", "-sS", "-m", "20", "http://details:9080/delay/3000"],
+            )
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let said = mesh.ok(&["restart", &format!("ztunnel/{node}")]);
+    assert!(said.contains("restarted"), "{said}");
+    let slow = slow.join().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    stop.store(true, Ordering::SeqCst);
+    let errors = traffic.join().unwrap();
+    let (made, failed) = (made.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    eprintln!("{made} requests across the hand-off, {failed} failed");
+    assert!(
+        slow.ok && slow.stdout.contains("details"),
+        "the slow request: {}{}",
+        slow.stdout,
+        slow.stderr
+    );
+    assert_eq!(failed, 0, "{errors:?}");
+    assert!(made >= 10, "{made}");
+    let new_pid = pid_of(&mesh, &format!("ztunnel/{node}"));
+    assert_ne!(new_pid, old_pid);
+    let status = mesh.ok(&["status"]);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with(&node) && l.contains("ztunnel running (restarts 1)")),
+        "{status}"
+    );
+    // The old process is gone once it drained.
+    assert!(eventually(15, || std::fs::metadata(format!(
+        "/proc/{old_pid}"
+    ))
+    .is_err()
+        || std::fs::read_to_string(format!("/proc/{old_pid}/stat"))
+            .is_ok_and(|s| s.contains(") Z"))));
+}

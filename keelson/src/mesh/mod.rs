@@ -1150,6 +1150,62 @@ pub fn exec(paths: &Paths, pod: &str, namespace: Option<&str>, cmd: &[String]) -
     Ok(status.code().unwrap_or(1))
 }
 
+/// `keelson restart ROLE`: a deliberate restart of one process of the mesh by its
+/// supervisor (a node's ztunnel is handed off with no downtime; see `supervise`). Returns
+/// once the new process runs.
+pub fn restart(paths: &Paths, role: &str) -> Result<()> {
+    let state = MeshState::load(paths)?;
+    let roles: Vec<String> = supervise::Record::load(paths)
+        .processes
+        .keys()
+        .cloned()
+        .chain(
+            state
+                .procs
+                .iter()
+                .chain(state.pods.iter().flat_map(|p| p.procs.iter()))
+                .filter(|p| p.spec.is_some())
+                .map(|p| p.role.clone()),
+        )
+        .collect();
+    if !roles.iter().any(|r| r == role) {
+        let mut known: Vec<&String> = roles.iter().collect();
+        known.sort();
+        known.dedup();
+        bail!(
+            "no process {role} in the mesh; its processes: {}",
+            known
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let supervisor = state.procs.iter().find(|p| p.role == "supervisor");
+    if !supervisor.is_some_and(ProcRecord::alive) {
+        bail!("the mesh's supervisor is not running (keelson up starts it)");
+    }
+    let before = supervise::Record::load(paths).restarts(role);
+    supervise::request_restart(paths, role)?;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let record = supervise::Record::load(paths);
+        if let Some(s) = record.processes.get(role) {
+            if s.restarts > before && s.current.alive() {
+                say(format!("{role}: restarted (pid {})", s.current.pid));
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{role} was not restarted within 40 s (see {})",
+                paths.logs().join("supervisor.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A human-readable account of the mesh: nodes, processes, pods, services, and the resources
 /// the control plane rejected.
 pub fn status(paths: &Paths) -> Result<String> {

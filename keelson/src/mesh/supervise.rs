@@ -7,6 +7,12 @@
 //!
 //! The loop never writes `mesh.json` (the other commands do): what it restarted, and how
 //! often, is in `supervisor.json` beside it.
+//!
+//! `keelson restart ROLE` asks the loop for a deliberate restart (a rollout): a node's
+//! ztunnel is handed off with no downtime, as a DaemonSet rolling update with the in-pod
+//! hand-off does: the new process starts beside the old one (its listeners join the old
+//! ones' SO_REUSEPORT groups), takes every pod from the node agent, and only then is the old
+//! one told to drain (SIGTERM). Other processes are stopped, then started.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -125,11 +131,130 @@ pub fn run(paths: &Paths, instance: &str) -> Result<()> {
                 return Ok(());
             }
         };
-        if pass(&state, &mut record) {
+        let mut changed = false;
+        for role in take_requests(paths) {
+            changed |= restart_on_request(&state, &mut record, &role);
+        }
+        if pass(&state, &mut record) || changed {
             record.save(paths)?;
         }
         std::thread::sleep(POLL);
     }
+}
+
+fn requests_dir(paths: &Paths) -> PathBuf {
+    paths.home.join("restart-requests")
+}
+
+/// Asks the supervisor of the mesh at `paths` to restart `role` (`keelson restart`).
+pub fn request_restart(paths: &Paths, role: &str) -> Result<()> {
+    let dir = requests_dir(paths);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(role.replace('/', "__")), role)?;
+    Ok(())
+}
+
+/// The roles asked for since the last look; each request is taken once.
+fn take_requests(paths: &Paths) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(requests_dir(paths)) else {
+        return Vec::new();
+    };
+    let mut roles = Vec::new();
+    for e in entries.flatten() {
+        if let Ok(role) = std::fs::read_to_string(e.path()) {
+            roles.push(role);
+        }
+        let _ = std::fs::remove_file(e.path());
+    }
+    roles
+}
+
+/// How long a new ztunnel may take to serve every pod of its node before a hand-off is
+/// abandoned (the old one keeps serving).
+const HAND_OFF_WITHIN: Duration = Duration::from_secs(20);
+
+/// A deliberate restart of `role`; true when the record changed.
+fn restart_on_request(state: &MeshState, record: &mut Record, role: &str) -> bool {
+    let Some(p) = supervised(state).into_iter().find(|p| p.role == role) else {
+        tracing::warn!(%role, "restart asked for a process the mesh does not have");
+        return false;
+    };
+    let entry = record
+        .processes
+        .entry(p.role.clone())
+        .or_insert_with(|| Supervised::new(p));
+    let old = entry.current.clone();
+    let started = match role.strip_prefix("ztunnel/") {
+        Some(node) => hand_off(state, p, &old, node),
+        None => {
+            super::stop(&old, Duration::from_secs(10));
+            respawn(p)
+        }
+    };
+    match started {
+        Ok(new) => {
+            entry.restarts += 1;
+            entry.started_at = now();
+            tracing::info!(%role, old_pid = old.pid, pid = new.pid, restarts = entry.restarts, "process restarted on request");
+            entry.current = new;
+            true
+        }
+        Err(e) => {
+            tracing::warn!(%role, error = format!("{e:#}"), "restart on request failed; the running process stays");
+            false
+        }
+    }
+}
+
+/// Starts `p` again from its spec.
+fn respawn(p: &ProcRecord) -> Result<ProcRecord> {
+    let spec = p
+        .spec
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("{} cannot be started again", p.role))?;
+    let env: Vec<(&str, &str)> = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    spawn_in(
+        &spec.netns,
+        &spec.program,
+        &spec.args,
+        &env,
+        &p.log,
+        &p.role,
+    )
+}
+
+/// A new ztunnel for `node` beside `old`; once it serves every enrolled pod of the node
+/// (its log, appended to the same file, says so), `old` gets SIGTERM and drains.
+fn hand_off(state: &MeshState, p: &ProcRecord, old: &ProcRecord, node: &str) -> Result<ProcRecord> {
+    let pods = state
+        .pods
+        .iter()
+        .filter(|x| x.node == node && x.enrolled)
+        .count();
+    let offset = std::fs::metadata(&p.log).map_or(0, |m| m.len());
+    let new = respawn(p)?;
+    let deadline = std::time::Instant::now() + HAND_OFF_WITHIN;
+    loop {
+        let text = std::fs::read(&p.log).unwrap_or_default();
+        let since = String::from_utf8_lossy(text.get(offset as usize..).unwrap_or_default());
+        if since.matches("pod enrolled").count() >= pods && since.contains("xds stream open") {
+            break;
+        }
+        if !new.alive() || std::time::Instant::now() > deadline {
+            super::stop(&new, Duration::from_secs(1));
+            anyhow::bail!("the new ztunnel did not take the node's {pods} pods over");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if old.alive() {
+        use nix::sys::signal::{kill, Signal};
+        let _ = kill(nix::unistd::Pid::from_raw(old.pid), Signal::SIGTERM);
+    }
+    Ok(new)
 }
 
 /// One look at every process; true when the record changed.
