@@ -163,7 +163,8 @@ fn a_deleted_pod_leaves_nothing_behind_in_ztunnel() {
 /// L4 in small: 100 pods on one node, then 50 deletions and re-creations at up to 10 a
 /// second through the CNI plugin and node agent. ztunnel ends with exactly the pods that
 /// exist, a re-created pod is served, and its descriptors come back after every pod is
-/// gone. Prints the CNI ADD latencies (what the plan's "ZDS latency" measures).
+/// gone. Prints the CNI ADD latencies (what the plan's "ZDS latency" measures). Each
+/// enrolment costs the CA one certificate (load L7).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_pods_come_and_go_and_ztunnel_follows() {
     use keelson_tests::*;
@@ -213,6 +214,18 @@ async fn a_hundred_pods_come_and_go_and_ztunnel_follows() {
             v[v.len() * 99 / 100]
         );
     }
+    // L7: 100 service accounts prefetched, then each of the 50 re-created pods fetched
+    // again: one certificate per enrolment (the node's ztunnel asks at most 8 at a time,
+    // ztunnel::ca_client::MAX_CONCURRENT), none refused, no retry storm.
+    let m = tb.control_plane_metrics().unwrap();
+    let issued = metric_value(&m, "citadel_server_success_cert_issuance_count_total", &[]).unwrap_or(0.0);
+    let refused = metric_value(&m, "citadel_server_csr_refused_count_total", &[]).unwrap_or(0.0);
+    eprintln!("certificates issued: {issued}, refused: {refused}");
+    assert!(
+        (150.0..=152.0).contains(&issued),
+        "{issued} certificates for 150 enrolments"
+    );
+    assert_eq!(refused, 0.0);
     // A re-created pod is captured and served.
     let to = spawn_echo(&tb, "p0", 8080).unwrap();
     let s = connect_from(&tb, "p7", to).unwrap();
