@@ -84,6 +84,93 @@ pub fn run_l4(opts: &BenchOptions) -> Result<Report> {
     })
 }
 
+/// Throughput at one number of parallel streams: no proxy, then through the mesh with each
+/// number of ztunnel worker threads (load L3 of docs/HARDENING.md).
+#[derive(Debug, Serialize)]
+pub struct ScalingRow {
+    pub streams: usize,
+    pub direct_gbps: f64,
+    /// (worker threads, Gbit/s)
+    pub mesh_gbps: Vec<(usize, f64)>,
+}
+
+/// `keelson bench l4 --scaling`: 1, 10 and 100 streams, direct and through ztunnels with 1
+/// and 2 worker threads; each figure the median of `opts.runs`.
+pub fn run_scaling(opts: &BenchOptions) -> Result<Vec<ScalingRow>> {
+    netns::raise_fd_limit();
+    const STREAMS: [usize; 3] = [1, 10, 100];
+    const THREADS: [usize; 2] = [1, 2];
+    let measure_all = |tb: &Testbed| -> Result<Vec<f64>> {
+        start_servers(tb)?;
+        let server = tb.ip("server");
+        let client = tb.pod("client");
+        let connect = |port: u16| -> Result<TcpStream> {
+            let s = client.tcp_connect(SocketAddr::new(server, port))?;
+            s.set_nonblocking(false)?;
+            Ok(s)
+        };
+        STREAMS
+            .iter()
+            .map(|n| Ok(throughput(&connect, *n, opts.seconds)?.0))
+            .collect()
+    };
+    let mut direct: Vec<Vec<f64>> = vec![Vec::new(); STREAMS.len()];
+    let mut mesh: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); STREAMS.len()]; THREADS.len()];
+    for run in 1..=opts.runs.max(1) {
+        eprintln!("scaling run {run}: direct");
+        let tb = Testbed::start(Options {
+            pods: vec![PodSpec::plain("client"), PodSpec::plain("server")],
+            ..Options::default()
+        })?;
+        for (i, g) in measure_all(&tb)?.into_iter().enumerate() {
+            direct[i].push(g);
+        }
+        drop(tb);
+        for (t, threads) in THREADS.iter().enumerate() {
+            eprintln!("scaling run {run}: mesh, {threads} worker thread(s) per ztunnel");
+            let tb = Testbed::start(Options {
+                env: vec![
+                    ("RUST_LOG".into(), "warn".into()),
+                    ("ZTUNNEL_WORKER_THREADS".into(), threads.to_string()),
+                ],
+                ..Options::default()
+            })?;
+            for (i, g) in measure_all(&tb)?.into_iter().enumerate() {
+                mesh[t][i].push(g);
+            }
+        }
+    }
+    Ok(STREAMS
+        .iter()
+        .enumerate()
+        .map(|(i, n)| ScalingRow {
+            streams: *n,
+            direct_gbps: percentile(&direct[i], 50.0),
+            mesh_gbps: THREADS
+                .iter()
+                .enumerate()
+                .map(|(t, threads)| (*threads, percentile(&mesh[t][i], 50.0)))
+                .collect(),
+        })
+        .collect())
+}
+
+pub fn scaling_table(rows: &[ScalingRow]) -> String {
+    let mut out = String::from("streams  direct Gbit/s");
+    for (threads, _) in rows.first().map(|r| r.mesh_gbps.as_slice()).unwrap_or_default() {
+        out.push_str(&format!("  mesh {threads}T Gbit/s (ratio)"));
+    }
+    out.push('\n');
+    for r in rows {
+        out.push_str(&format!("{:>7}  {:>13.2}", r.streams, r.direct_gbps));
+        for (_, g) in &r.mesh_gbps {
+            out.push_str(&format!("  {:>10.2} ({:>4.2})      ", g, g / r.direct_gbps));
+        }
+        out.push('\n');
+    }
+    out
+}
+
 fn median_figures(runs: &[Figures]) -> Figures {
     let med = |f: fn(&Figures) -> f64| percentile(&runs.iter().map(f).collect::<Vec<_>>(), 50.0);
     let med_opt = |f: fn(&Figures) -> Option<f64>| {

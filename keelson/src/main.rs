@@ -21,7 +21,8 @@ const USAGE: &str = "usage:
   keelson app NAME [--version V] [--port P]
       run a bundled demo app (productpage, details, reviews, ratings, echo; raw: a
       hand-written HTTP/1.1 server for framing tests)
-  keelson bench l4 [--json] [--runs N] [--seconds N] [--idle-connections N]
+  keelson bench l4 [--json] [--runs N] [--seconds N] [--idle-connections N] [--scaling]
+      (--scaling: throughput at 1, 10, 100 streams, direct and with 1 and 2 ztunnel threads)
   keelson bench l7 [--json] [--runs N] [--seconds N] [--rate R] [--setups direct,ztunnel,waypoint]
                    [--node-links threaded|inline]
       two pods in network namespaces, measured direct and through two ztunnels;
@@ -91,10 +92,12 @@ fn supervise(instance: &str) -> anyhow::Result<()> {
 fn bench_l4(args: &[&str]) -> anyhow::Result<()> {
     let mut opts = BenchOptions::default();
     let mut json = false;
+    let mut scaling = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match *a {
             "--json" => json = true,
+            "--scaling" => scaling = true,
             "--seconds" => {
                 opts.seconds = it
                     .next()
@@ -115,6 +118,15 @@ fn bench_l4(args: &[&str]) -> anyhow::Result<()> {
             }
             other => anyhow::bail!("unknown option {other}\n{USAGE}"),
         }
+    }
+    if scaling {
+        let rows = bench::run_scaling(&opts)?;
+        if json {
+            println!("{}", serde_json::to_string(&rows)?);
+        } else {
+            print!("{}", bench::scaling_table(&rows));
+        }
+        return Ok(());
     }
     let report = bench::run_l4(&opts)?;
     if json {
