@@ -157,7 +157,11 @@ pub fn run_scaling(opts: &BenchOptions) -> Result<Vec<ScalingRow>> {
 
 pub fn scaling_table(rows: &[ScalingRow]) -> String {
     let mut out = String::from("streams  direct Gbit/s");
-    for (threads, _) in rows.first().map(|r| r.mesh_gbps.as_slice()).unwrap_or_default() {
+    for (threads, _) in rows
+        .first()
+        .map(|r| r.mesh_gbps.as_slice())
+        .unwrap_or_default()
+    {
         out.push_str(&format!("  mesh {threads}T Gbit/s (ratio)"));
     }
     out.push('\n');

@@ -218,7 +218,8 @@ async fn a_hundred_pods_come_and_go_and_ztunnel_follows() {
     // again: one certificate per enrolment (the node's ztunnel asks at most 8 at a time,
     // ztunnel::ca_client::MAX_CONCURRENT), none refused, no retry storm.
     let m = tb.control_plane_metrics().unwrap();
-    let issued = metric_value(&m, "citadel_server_success_cert_issuance_count_total", &[]).unwrap_or(0.0);
+    let issued =
+        metric_value(&m, "citadel_server_success_cert_issuance_count_total", &[]).unwrap_or(0.0);
     let refused = metric_value(&m, "citadel_server_csr_refused_count_total", &[]).unwrap_or(0.0);
     eprintln!("certificates issued: {issued}, refused: {refused}");
     assert!(
