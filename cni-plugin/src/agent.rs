@@ -32,7 +32,7 @@ pub struct AgentOptions {
     pub zds_socket: PathBuf,
     /// The Kubernetes YAML directory (pods and namespaces).
     pub resources: PathBuf,
-    /// The node's network namespace, where the host-side probe rules of istio-wire.md §5.5
+    /// The node's network namespace, where the host-side probe rules of docs/WIRE.md §5.5
     /// go (`None`: no host rules, for a node that is not a network namespace of its own).
     pub host_netns: Option<PathBuf>,
     /// iptables or nftables for the in-pod rules.

@@ -1,6 +1,6 @@
 //! `keelson-cni`: run by the container runtime as a chained CNI plugin (no arguments), or as
 //! the node agent (`keelson-cni agent --socket S --zds-socket Z --resources DIR
-//! [--host-probe-snat] [--state FILE]`; `--host-probe-snat` installs istio-wire.md §5.5's
+//! [--host-probe-snat] [--state FILE]`; `--host-probe-snat` installs docs/WIRE.md §5.5's
 //! rules in the agent's own network namespace, which must then be the node's; `--state` is
 //! where the enrolled pods are recorded for the next start, by default `enrolled-pods.json`
 //! beside the socket).

@@ -1,4 +1,4 @@
-//! The node agent's side of ZDS (istio-wire.md §5.3): it listens on the node's socket, and to
+//! The node agent's side of ZDS (docs/WIRE.md §5.3): it listens on the node's socket, and to
 //! every ztunnel that connects it replays its pod cache (Add with the netns descriptor, then
 //! SnapshotSent), then forwards Add and Del as pods come and go, each waiting for its Ack.
 //! Runs on its own thread and runtime; callers talk to it through blocking calls.
@@ -14,7 +14,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 use xds::workload::zds as pb;
 
-/// Each write and read waits at most this long (istio-wire.md §5.3).
+/// Each write and read waits at most this long (docs/WIRE.md §5.3).
 pub const DEADLINE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

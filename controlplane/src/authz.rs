@@ -1,5 +1,5 @@
 //! AuthorizationPolicy and PeerAuthentication → `istio.security.Authorization`, the L4 policies
-//! ztunnel enforces (istio-wire.md §3.6–§3.7, l7-semantics.md §6.5).
+//! ztunnel enforces (docs/WIRE.md §3.6–§3.7, docs/WIRE.md §8).
 //!
 //! * Scope: a selector makes a WORKLOAD_SELECTOR policy, listed by name in the selected
 //!   workloads' `authorization_policies`; no selector makes a NAMESPACE policy, or GLOBAL in

@@ -192,7 +192,7 @@ pub enum MtlsMode {
 }
 
 /// A Gateway API `Gateway` (gateway.networking.k8s.io). Class `istio-waypoint` makes it a
-/// waypoint (istio-wire.md §7.1).
+/// waypoint (docs/WIRE.md §7.1).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Gateway {
     pub metadata: ObjectMeta,

@@ -1,7 +1,7 @@
 //! The gRPC server on one TLS port (default 15012): delta ADS
 //! (`envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources`) and the
 //! certificate service (`istio.v1.auth.IstioCertificateService/CreateCertificate`), both behind
-//! a bearer token (istio-wire.md §3.1, §3.3, §4).
+//! a bearer token (docs/WIRE.md §3.1, §3.3, §4).
 
 // tonic's handlers return `Status` by value; helpers feeding them do the same.
 #![allow(clippy::result_large_err)]
@@ -37,7 +37,7 @@ use crate::token::{Claims, TokenAuthority};
 pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
-/// Decoded messages may be this large (istio-wire.md §3.1).
+/// Decoded messages may be this large (docs/WIRE.md §3.1).
 /// The largest response (a whole snapshot for a big cluster).
 const MAX_MESSAGE: usize = 200 << 20;
 /// The largest request a client may send: a subscription's `initial_resource_versions` for

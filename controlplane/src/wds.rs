@@ -1,5 +1,5 @@
 //! Kubernetes resources → WDS `Address` resources, computed the way istiod computes them for
-//! ztunnel (istio-wire.md §3.4, §7.1): one Workload per pod with an IP, keyed by
+//! ztunnel (docs/WIRE.md §3.4, §7.1): one Workload per pod with an IP, keyed by
 //! `<cluster>//Pod/<ns>/<name>`, with its service membership map; one Service per Kubernetes
 //! Service, keyed by `<ns>/<hostname>`.
 
@@ -27,7 +27,7 @@ pub enum WaypointUse {
     Workload,
 }
 
-/// The waypoint of a Service or Pod (istio-wire.md §7.1): its `istio.io/use-waypoint` label,
+/// The waypoint of a Service or Pod (docs/WIRE.md §7.1): its `istio.io/use-waypoint` label,
 /// else its namespace's (`none` opts out); the named Gateway must exist, be of class
 /// `istio-waypoint`, and be for that kind of traffic (`istio.io/waypoint-for`: `service` by
 /// default, `workload`, `all`, `none`). A waypoint's own pods and Service have none.

@@ -15,7 +15,7 @@ use crate::keepalive;
 use crate::stream::H2Stream;
 use crate::tls;
 
-/// The CONNECT request of one proxied connection (istio-wire.md §1.4).
+/// The CONNECT request of one proxied connection (docs/WIRE.md §1.4).
 #[derive(Debug, Clone)]
 pub struct ConnectRequest {
     /// `ip:port` of the final destination (or `host:port`).

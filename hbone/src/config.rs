@@ -1,4 +1,4 @@
-//! HTTP/2 settings of HBONE (istio-wire.md §1.3). Each value is overridable by the ztunnel
+//! HTTP/2 settings of HBONE (docs/WIRE.md §1.3). Each value is overridable by the ztunnel
 //! environment variable named in its doc comment.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! HBONE: HTTP/2 CONNECT over mutual TLS with SPIFFE identities (istio-wire.md §1).
+//! HBONE: HTTP/2 CONNECT over mutual TLS with SPIFFE identities (docs/WIRE.md §1).
 //!
 //! - [`tls`]: rustls configurations and the identity checks on both sides;
 //! - [`client`]: handshake to a peer's 15008 and CONNECT requests;

@@ -1,4 +1,4 @@
-//! The HBONE connection pool (istio-wire.md §1.6): keyed by (source identity, expected
+//! The HBONE connection pool (docs/WIRE.md §1.6): keyed by (source identity, expected
 //! destination identities, destination address, source IP); streams are multiplexed on a
 //! connection up to min(POOL_MAX_STREAMS_PER_CONNECTION, the peer's limit), then another
 //! connection is opened; a connection that saw GOAWAY or an I/O error is never reused; idle

@@ -1,5 +1,5 @@
 //! The HBONE server side: TLS (client certificate required) + HTTP/2 on an accepted socket,
-//! handing each CONNECT stream to the caller's handler, which answers it (istio-wire.md §1.5).
+//! handing each CONNECT stream to the caller's handler, which answers it (docs/WIRE.md §1.5).
 
 use std::future::Future;
 use std::net::SocketAddr;

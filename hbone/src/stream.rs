@@ -1,4 +1,4 @@
-//! One CONNECT stream and the copy between it and a TCP socket (istio-wire.md §1.3):
+//! One CONNECT stream and the copy between it and a TCP socket (docs/WIRE.md §1.3):
 //! a TCP FIN becomes END_STREAM and back; a TCP reset becomes RST_STREAM(CONNECT_ERROR), and a
 //! RST_STREAM other than NO_ERROR/CANCEL becomes a TCP reset (SO_LINGER 0), so neither side
 //! mistakes an abort for a clean end.

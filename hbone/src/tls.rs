@@ -1,4 +1,4 @@
-//! TLS for HBONE (istio-wire.md §1.1–§1.2): TLS 1.3 only, AES-GCM suites, ALPN `h2`, no SNI,
+//! TLS for HBONE (docs/WIRE.md §1.1–§1.2): TLS 1.3 only, AES-GCM suites, ALPN `h2`, no SNI,
 //! no resumption; mutual authentication by SPIFFE URI SANs.
 
 use std::net::{IpAddr, Ipv4Addr};

@@ -1,4 +1,4 @@
-//! Certificate requests and responses of the CA protocol (istio-wire.md §4): the client's
+//! Certificate requests and responses of the CA protocol (docs/WIRE.md §4): the client's
 //! ECDSA P-256 CSR with one critical SPIFFE URI SAN, the CA signing it for the identity it
 //! decides (istiod ignores the CSR's SAN), and the response chain (leaf first, intermediates,
 //! the root bundle last, which may hold several roots).

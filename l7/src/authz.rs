@@ -1,6 +1,6 @@
 //! Istio `AuthorizationPolicy` (security.istio.io/v1): the spec, shared with the control
 //! plane (which turns selector and namespace policies into ztunnel's L4 policies), and its
-//! evaluation at a waypoint (l7-semantics.md §6): the policies attached by `targetRefs`,
+//! evaluation at a waypoint (docs/WIRE.md §8): the policies attached by `targetRefs`,
 //! judged CUSTOM, then DENY, then ALLOW (AP-07), on every source, operation and condition
 //! field.
 
@@ -926,7 +926,7 @@ pub fn evaluate(policies: &[std::sync::Arc<Policy>], a: &Attributes<'_>) -> Verd
     }
 }
 
-/// The path as matched and forwarded (l7-semantics.md AP-21, mesh `pathNormalization`
+/// The path as matched and forwarded (docs/WIRE.md §8, AP-21, mesh `pathNormalization`
 /// BASE): `\` as `/`, percent-encoded unreserved characters decoded, other escapes in upper
 /// case, and `.` and `..` segments removed (RFC 3986 §5.2.4). `path` has no query.
 pub fn normalize_path(path: &str) -> Cow<'_, str> {

@@ -1,5 +1,5 @@
 //! Gateway API `HTTPRoute` (gateway.networking.k8s.io/v1), the fields the waypoint applies,
-//! with validation that names the failing field (l7-semantics.md §3).
+//! with validation that names the failing field (docs/WIRE.md §8).
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
 //! Istio `VirtualService` and `DestinationRule` (networking.istio.io/v1), the fields the
-//! waypoint applies, with validation that names the failing field (l7-semantics.md §1, §2).
+//! waypoint applies, with validation that names the failing field (docs/WIRE.md §8).
 //!
 //! Unknown fields are refused (a typo would otherwise silently change routing); fields of
 //! the API that a waypoint does not apply are accepted where Istio's waypoints ignore them
@@ -603,7 +603,7 @@ pub struct Ejection {
 }
 
 impl OutlierDetection {
-    /// With the defaults of l7-semantics.md DR-39 … DR-44: 5 consecutive 5xx, gateway errors
+    /// With the defaults of docs/WIRE.md §8, DR-39 … DR-44: 5 consecutive 5xx, gateway errors
     /// off, 10 s interval, 30 s base ejection time, 10 %, no panic threshold.
     pub fn effective(&self) -> Ejection {
         let duration = |d: &Option<String>, default: u64| {

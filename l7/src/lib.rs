@@ -1,6 +1,6 @@
 //! L7 configuration for waypoints, shared by the control plane (types, validation) and the
 //! waypoint (selection): Gateway API `HTTPRoute` with its precedence-sorted route table
-//! (l7-semantics.md §3, §5), Istio `VirtualService` and `DestinationRule` with first-match
+//! (docs/WIRE.md §8), Istio `VirtualService` and `DestinationRule` with first-match
 //! rule tables (§1, §2), and retry policies for both.
 
 pub mod authz;

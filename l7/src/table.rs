@@ -1,4 +1,4 @@
-//! The routes of one service port, in Gateway API precedence (l7-semantics.md §3.5, §5), and
+//! The routes of one service port, in Gateway API precedence (docs/WIRE.md §8), and
 //! what a selected rule does to a request.
 
 use std::sync::Arc;

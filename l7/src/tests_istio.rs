@@ -1,4 +1,4 @@
-//! VirtualService, DestinationRule and retry semantics (l7-semantics.md §1, §2, §8).
+//! VirtualService, DestinationRule and retry semantics (docs/WIRE.md §8).
 
 use std::sync::Arc;
 

@@ -1,6 +1,6 @@
 //! VirtualService rules of one service port, in first-match order (VS-03), and what a
 //! selected rule does to a request: redirect `Location`, URI rewrite, header operations and
-//! CORS (l7-semantics.md §1).
+//! CORS (docs/WIRE.md §8).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

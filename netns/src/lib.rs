@@ -272,7 +272,7 @@ impl Lan {
     }
 }
 
-/// The source address node probes are SNATed to (istio-wire.md §5.4–§5.5).
+/// The source address node probes are SNATed to (docs/WIRE.md §5.4–§5.5).
 pub const PROBE_SNAT_V4: &str = "169.254.7.127";
 
 impl Netns {
@@ -286,7 +286,7 @@ impl Netns {
     }
 }
 
-/// In-pod redirection for a dedicated (sidecar-like) ztunnel, after istio-wire.md §5.4:
+/// In-pod redirection for a dedicated (sidecar-like) ztunnel, after docs/WIRE.md §5.4:
 /// outbound TCP to 15001, DNS (UDP and TCP port 53) to 15053, inbound TCP except 15008 to 15006; packets carrying ztunnel's mark
 /// 0x539 and traffic to loopback or to the pod itself are left alone. The mangle rules and
 /// route table 100 send the app's replies to a spoofed (original) source back to ztunnel.
@@ -547,7 +547,7 @@ fn install_iptables(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The host-side chain of istio-wire.md §5.5 (nat POSTROUTING, first rule).
+/// The host-side chain of docs/WIRE.md §5.5 (nat POSTROUTING, first rule).
 const HOST_CHAIN: &str = "KEELSON_POSTRT";
 
 fn host_probe_rule(pod_ip: Ipv4Addr, op: &'static str) -> Vec<String> {

@@ -1,4 +1,4 @@
-//! The nftables flavour of the in-pod redirection (istio-wire.md §5.4, "nftables flavour"),
+//! The nftables flavour of the in-pod redirection (docs/WIRE.md §5.4, "nftables flavour"),
 //! the choice between the flavours, and removal of either.
 
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! Unix SOCK_SEQPACKET sockets for ZDS (istio-wire.md §5.1): one datagram per message, at
+//! Unix SOCK_SEQPACKET sockets for ZDS (docs/WIRE.md §5.1): one datagram per message, at
 //! most one file descriptor passed alongside with SCM_RIGHTS, truncation treated as an error.
 //! Async over tokio's `AsyncFd`.
 #![allow(unsafe_code)]

@@ -1,4 +1,4 @@
-//! Endpoint picking by DestinationRule `loadBalancer` (l7-semantics.md DR-09 … DR-16), among
+//! Endpoint picking by DestinationRule `loadBalancer` (docs/WIRE.md §8, DR-09 … DR-16), among
 //! the endpoints left after subsets, tried ones and ejections. Without one the pick is
 //! weighted random (ztunnel's own). Endpoint weights are not used by these:
 //!

@@ -1,4 +1,4 @@
-//! Circuit breakers (DestinationRule `connectionPool`, l7-semantics.md DR-25, DR-30, DR-31):
+//! Circuit breakers (DestinationRule `connectionPool`, docs/WIRE.md §8, DR-25, DR-30, DR-31):
 //! per service, port and subset, at most `min(maxConnections, http2MaxRequests)` requests
 //! in flight (with HTTP/1.1 each holds an upstream connection of its own; HTTP/2 is counted
 //! by `http2MaxRequests` only), and at most `http1MaxPendingRequests` waiting for one. A

@@ -1,4 +1,4 @@
-//! The waypoint (istio-wire.md §7): terminates HBONE from ztunnels on 15008 as its own
+//! The waypoint (docs/WIRE.md §7): terminates HBONE from ztunnels on 15008 as its own
 //! identity, takes the CONNECT `:authority` (the original `VIP:port` or `podIP:port`) as the
 //! destination, and:
 //!
@@ -264,7 +264,7 @@ fn source_address(
     }
 }
 
-/// The address of a `forwarded` header's `for=` (istio-wire.md §2.2: the client's socket
+/// The address of a `forwarded` header's `for=` (docs/WIRE.md §2.2: the client's socket
 /// address, quoted, IPv6 in brackets).
 pub fn forwarded_for(v: &str) -> Option<IpAddr> {
     let f = v

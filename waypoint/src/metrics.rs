@@ -1,6 +1,6 @@
 //! Istio's request metrics, as its Envoy waypoints report them (`reporter="waypoint"`):
 //! `istio_requests_total` and `istio_request_duration_milliseconds`, with ztunnel's traffic
-//! labels (istio-wire.md §6.1) plus `response_code` and `grpc_response_status`. Dashboards
+//! labels (docs/WIRE.md §6.1) plus `response_code` and `grpc_response_status`. Dashboards
 //! and Kiali read these.
 //!
 //! A request's labels are built once per tunnel and outcome: each tunnel keeps the metric

@@ -1,4 +1,4 @@
-//! Outlier detection (DestinationRule `outlierDetection`, l7-semantics.md DR-39 … DR-44):
+//! Outlier detection (DestinationRule `outlierDetection`, docs/WIRE.md §8, DR-39 … DR-44):
 //! endpoints that answer with too many consecutive errors are ejected, left out of endpoint
 //! picking, for the base ejection time × how many times they were ejected, counted in whole
 //! review intervals. At most `maxEjectionPercent` of the endpoints are out at once, but

@@ -1,5 +1,5 @@
 //! What to do with one request: the HTTPRoutes attached to the service port it was
-//! addressed to decide (Gateway API precedence, l7-semantics.md §3, §5); else the
+//! addressed to decide (Gateway API precedence, docs/WIRE.md §8); else the
 //! VirtualServices for the service (first match, §1); else it goes to that service.
 
 use std::sync::Arc;
@@ -172,7 +172,7 @@ pub fn plan<B>(f: &Facts<'_>, dst: &Destination, req: &mut Request<B>, host: &st
             }
         }
     };
-    // Authorization comes before any route action (l7-semantics.md §0 step 2).
+    // Authorization comes before any route action (docs/WIRE.md §8).
     if !policies.is_empty() {
         if let Some(denied) = authorize(f, dst, &policies, req, host) {
             return denied;

@@ -1,5 +1,5 @@
 //! Wire types of Istio's ambient data plane, generated from Keelson's own `.proto` files
-//! (`proto/`), written from the field tables of istio-wire.md §3–§5: package names and field
+//! (`proto/`), written from the field tables of docs/WIRE.md §3–§5: package names and field
 //! numbers are Istio's (and Envoy's, for delta xDS), so the bytes on the wire are the same.
 #![allow(clippy::all, missing_docs, rust_2018_idioms)]
 
@@ -33,7 +33,7 @@ pub mod l7 {
     tonic::include_proto!("keelson.l7.v1");
 }
 
-/// Type URLs (istio-wire.md §3.2), and Keelson's own L7 types for waypoints.
+/// Type URLs (docs/WIRE.md §3.2), and Keelson's own L7 types for waypoints.
 pub mod type_url {
     /// Keelson's HTTPRoute for waypoints.
     pub const HTTP_ROUTE: &str = "type.googleapis.com/keelson.l7.v1.HTTPRoute";

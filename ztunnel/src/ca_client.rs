@@ -1,4 +1,4 @@
-//! The CA client (istio-wire.md §4): a fresh ECDSA P-256 key and CSR per request, the SPIFFE
+//! The CA client (docs/WIRE.md §4): a fresh ECDSA P-256 key and CSR per request, the SPIFFE
 //! id as a critical URI SAN, `SECRET_TTL` as the requested lifetime, `ImpersonatedIdentity` in
 //! shared mode, and the returned chain checked: the leaf must name the identity asked for. At
 //! most 8 requests are in flight. Rotation and backoff are the certificate store's.

@@ -137,7 +137,7 @@ pub struct Config {
     pub ports: Ports,
 }
 
-/// Listener ports (istio-wire.md §2).
+/// Listener ports (docs/WIRE.md §2).
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Ports {
     pub admin: u16,
@@ -222,7 +222,7 @@ impl Source for HashMap<String, String> {
     }
 }
 
-/// An address with no scheme gets `https://` (istio-wire.md §3.1).
+/// An address with no scheme gets `https://` (docs/WIRE.md §3.1).
 pub fn normalize_address(a: &str) -> Result<String, String> {
     let a = if a.contains("://") {
         a.to_string()
@@ -461,7 +461,7 @@ impl Config {
             worker_threads: r.num(ZTUNNEL_WORKER_THREADS, 2usize).max(1),
             socks5: r.boolean(UNSTABLE_ENABLE_SOCKS5, false),
             orig_src: r.boolean(ENABLE_ORIG_SRC, proxy_mode == ProxyMode::Shared),
-            // Shared mode marks every socket it makes in a pod (istio-wire.md §2.1).
+            // Shared mode marks every socket it makes in a pod (docs/WIRE.md §2.1).
             packet_mark: r.parse(
                 PACKET_MARK,
                 (proxy_mode == ProxyMode::Shared).then_some(1337),

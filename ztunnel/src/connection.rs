@@ -1,6 +1,6 @@
 //! The record of one proxied connection: counts it opened in metrics when created, and when
 //! dropped (however the connection ended, even by a forced drain) adds its bytes, counts it
-//! closed, and emits exactly one access-log event (istio-wire.md §6.2).
+//! closed, and emits exactly one access-log event (docs/WIRE.md §6.2).
 
 use std::fmt;
 use std::net::SocketAddr;

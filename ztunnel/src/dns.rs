@@ -1,4 +1,4 @@
-//! The DNS proxy (istio-wire.md §2.2) on 127.0.0.1:15053, UDP and TCP: A and AAAA for the
+//! The DNS proxy (docs/WIRE.md §2.2) on 127.0.0.1:15053, UDP and TCP: A and AAAA for the
 //! service hostnames ztunnel knows (short names and search-domain forms too), TTL 30 s;
 //! everything else is forwarded to the resolvers of ztunnel's own `/etc/resolv.conf`, from
 //! sockets carrying ztunnel's mark so they are not captured again.

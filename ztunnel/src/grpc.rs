@@ -1,7 +1,7 @@
 //! gRPC channels to the control plane (xDS and the CA): TLS verified against a configured root
 //! file (re-read on every new connection, so a rotated root takes effect on the next
 //! connect), ALPN h2, no client certificate, the bearer token and `clusterid` on every request
-//! (istio-wire.md §3.1, §4). Sockets carry ztunnel's packet mark so in-pod redirection lets
+//! (docs/WIRE.md §3.1, §4). Sockets carry ztunnel's packet mark so in-pod redirection lets
 //! them through.
 
 use std::path::Path;

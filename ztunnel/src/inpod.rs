@@ -1,4 +1,4 @@
-//! Shared (in-pod) mode (istio-wire.md §2.1, §5.3): one ztunnel per node serving every pod the
+//! Shared (in-pod) mode (docs/WIRE.md §2.1, §5.3): one ztunnel per node serving every pod the
 //! CNI node agent hands over. For each pod, listeners 15001, 15006, 15008 (and 15053 DNS,
 //! 15080 SOCKS5 when on) are opened inside the pod's network namespace and every upstream
 //! socket is made there too; its certificate is prefetched; a deleted pod's proxies drain.

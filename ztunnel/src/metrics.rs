@@ -1,4 +1,4 @@
-//! Istio's TCP metrics (istio-wire.md §6.1) with typed labels. The registry is created in
+//! Istio's TCP metrics (docs/WIRE.md §6.1) with typed labels. The registry is created in
 //! `app` and passed in; nothing here is global.
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -162,7 +162,7 @@ pub struct UrlLabel {
     pub url: String,
 }
 
-/// The xDS client's metrics (istio-wire.md §6.1).
+/// The xDS client's metrics (docs/WIRE.md §6.1).
 #[derive(Clone, Default)]
 pub struct XdsMetrics {
     pub connection_terminations: Family<ReasonLabel, Counter>,

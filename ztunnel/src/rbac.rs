@@ -1,4 +1,4 @@
-//! L4 authorization (istio-wire.md §3.6–§3.7): the policy model, strict conversion from
+//! L4 authorization (docs/WIRE.md §3.6–§3.7): the policy model, strict conversion from
 //! `istio.security.Authorization`, and evaluation. Pure: data in, decision out.
 //!
 //! A policy's rules are OR-ed; a rule's clauses are AND-ed; a clause's matches are OR-ed.

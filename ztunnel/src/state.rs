@@ -1,5 +1,5 @@
 //! What ztunnel knows of the mesh: workloads and services, shaped after WDS `Workload` and
-//! `Service` (istio-wire.md §3.4) so that xDS can fill the same store later. For now it is
+//! `Service` (docs/WIRE.md §3.4) so that xDS can fill the same store later. For now it is
 //! loaded from the YAML file named by `LOCAL_XDS_PATH`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -388,7 +388,7 @@ impl State {
         self.changes.subscribe()
     }
 
-    /// The policies that apply to connections to `w` (istio-wire.md §3.7): every GLOBAL one,
+    /// The policies that apply to connections to `w` (docs/WIRE.md §3.7): every GLOBAL one,
     /// the NAMESPACE ones of its namespace, and the selector ones it names (missing ones skipped).
     pub fn policies_for(&self, w: &Workload) -> Vec<Arc<Policy>> {
         let res = self.resources.lock().unwrap();

@@ -1,4 +1,4 @@
-//! The delta-ADS client (istio-wire.md §3.1–§3.3): one stream to the control plane carrying
+//! The delta-ADS client (docs/WIRE.md §3.1–§3.3): one stream to the control plane carrying
 //! wildcard subscriptions to Address and Authorization. Every response is applied (its valid
 //! resources, even when others in it fail) and answered with an ACK, or a NACK naming each
 //! rejected resource. On reconnect the versions held are sent as `initial_resource_versions`;

@@ -1,4 +1,4 @@
-//! The ztunnel side of ZDS (istio-wire.md §5): connect to the CNI node agent's SEQPACKET
+//! The ztunnel side of ZDS (docs/WIRE.md §5): connect to the CNI node agent's SEQPACKET
 //! socket, say hello, then answer every workload request with an Ack once the handler has
 //! acted on it. Requests are checked before they reach the handler: an Add needs its workload
 //! info and exactly one descriptor that is a network namespace; Keep is only valid in the

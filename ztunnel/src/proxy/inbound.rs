@@ -1,5 +1,5 @@
 //! Inbound HBONE (15008): terminates mTLS as the local workload, checks each CONNECT
-//! (istio-wire.md §1.5) and connects it to the app.
+//! (docs/WIRE.md §1.5) and connects it to the app.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -65,7 +65,7 @@ impl ProxyError {
         }
     }
 
-    /// The status the HBONE server answers with (istio-wire.md §1.5).
+    /// The status the HBONE server answers with (docs/WIRE.md §1.5).
     pub fn status(&self) -> http::StatusCode {
         use http::StatusCode as S;
         match self {

@@ -1,5 +1,5 @@
 //! Outbound (15001): connections the app made, redirected here by iptables. The original
-//! destination is resolved through WDS (istio-wire.md §3.5): a service VIP to one healthy
+//! destination is resolved through WDS (docs/WIRE.md §3.5): a service VIP to one healthy
 //! endpoint, a workload IP to that workload, anything else passes through untouched. HBONE
 //! workloads are reached through a pooled tunnel to their 15008, others with plain TCP.
 
@@ -73,7 +73,7 @@ fn resolve(
 ) -> Result<Route, ProxyError> {
     if let Some(svc) = state.service_by_vip(orig.ip()) {
         // Service-addressed traffic to a service with a waypoint goes to the waypoint, with
-        // the VIP:port as the authority (istio-wire.md §3.5, §7.2).
+        // the VIP:port as the authority (docs/WIRE.md §3.5, §7.2).
         if let Some(wp) = &svc.waypoint {
             let (workload, port) = state
                 .resolve_waypoint(wp)
@@ -239,7 +239,7 @@ pub async fn establish(
     (r, up)
 }
 
-/// `baggage` describing the source workload (istio-wire.md §1.4).
+/// `baggage` describing the source workload (docs/WIRE.md §1.4).
 pub fn baggage(w: Option<&Workload>, cluster: &str) -> String {
     let Some(w) = w else { return String::new() };
     let mut items = vec![format!(

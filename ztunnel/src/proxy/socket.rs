@@ -8,7 +8,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-/// Upstream connect timeout (istio-wire.md §1.6).
+/// Upstream connect timeout (docs/WIRE.md §1.6).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIME: Duration = Duration::from_secs(180);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(180);
@@ -20,7 +20,7 @@ static HOME_NETNS: std::sync::OnceLock<io::Result<std::fs::File>> = std::sync::O
 
 /// Runs `f` (which creates sockets) with the current thread inside `netns`, then switches
 /// back. A socket stays in the namespace it was created in, so this is how ztunnel listens and
-/// connects inside a pod (istio-wire.md §2.1). Nothing awaits in between: the thread cannot
+/// connects inside a pod (docs/WIRE.md §2.1). Nothing awaits in between: the thread cannot
 /// run another task while it is away.
 pub fn in_netns<T>(
     netns: Option<&std::fs::File>,
