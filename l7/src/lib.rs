@@ -1,7 +1,7 @@
 //! L7 configuration for waypoints, shared by the control plane (types, validation) and the
 //! waypoint (selection): Gateway API `HTTPRoute` with its precedence-sorted route table
 //! (docs/WIRE.md §8), Istio `VirtualService` and `DestinationRule` with first-match
-//! rule tables (§1, §2), and retry policies for both.
+//! rule tables, and retry policies for both.
 
 pub mod authz;
 pub mod httproute;

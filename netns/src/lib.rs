@@ -573,7 +573,7 @@ fn host_probe_rule(pod_ip: Ipv4Addr, op: &'static str) -> Vec<String> {
     .collect()
 }
 
-/// Host-side probe rule for an enrolled pod, in the node's namespace at `host` (§5.5): TCP
+/// Host-side probe rule for an enrolled pod, in the node's namespace at `host` (docs/WIRE.md §5.5): TCP
 /// from a local socket of the node (the kubelet's probes) to the pod is SNATed to the probe
 /// address, which the in-pod rules let through uncaptured; traffic the node forwards (from
 /// other pods) is untouched. Upstream keeps the pod IPs in an ipset; one rule per pod does

@@ -1,6 +1,6 @@
 //! What to do with one request: the HTTPRoutes attached to the service port it was
 //! addressed to decide (Gateway API precedence, docs/WIRE.md §8); else the
-//! VirtualServices for the service (first match, §1); else it goes to that service.
+//! VirtualServices for the service (first match, VS-03); else it goes to that service.
 
 use std::sync::Arc;
 use std::time::Duration;
