@@ -36,7 +36,7 @@ pub struct AgentOptions {
     /// go (`None`: no host rules, for a node that is not a network namespace of its own).
     pub host_netns: Option<PathBuf>,
     /// iptables or nftables for the in-pod rules.
-    pub redirect: netns::Redirect,
+    pub redirect: crate::redirect::Redirect,
     /// Where the enrolled pods are recorded (`None`: nowhere, a restart forgets them).
     pub state: Option<PathBuf>,
 }
@@ -95,7 +95,10 @@ impl Enrolled {
 
 /// The recorded pods that are still there to serve: their network namespace exists, and
 /// their rules are in place (installed again, idempotently, if they went missing).
-fn still_enrolled(pods: &BTreeMap<String, PodInfo>, redirect: netns::Redirect) -> Vec<PodInfo> {
+fn still_enrolled(
+    pods: &BTreeMap<String, PodInfo>,
+    redirect: crate::redirect::Redirect,
+) -> Vec<PodInfo> {
     pods.values()
         .filter(|p| {
             if !p.netns.exists() {
@@ -107,7 +110,7 @@ fn still_enrolled(pods: &BTreeMap<String, PodInfo>, redirect: netns::Redirect) -
                 );
                 return false;
             }
-            match netns::install_redirect_with(&p.netns, redirect) {
+            match crate::redirect::install(&p.netns, redirect) {
                 Ok(true) => eprintln!(
                     "keelson-cni agent: {}/{} had lost its rules; installed again",
                     p.namespace, p.name
@@ -129,7 +132,7 @@ pub struct Agent {
     enrolled: Mutex<Enrolled>,
     resources: Mutex<ResourceDir>,
     host_netns: Option<PathBuf>,
-    redirect: netns::Redirect,
+    redirect: crate::redirect::Redirect,
 }
 
 fn ns_of(p: &Pod) -> String {
@@ -217,7 +220,7 @@ impl Agent {
                 }
                 let netns = Path::new(&ev.netns);
                 if ev.op == "check" {
-                    return if netns::redirect_installed(netns) {
+                    return if crate::redirect::installed(netns) {
                         AgentReply {
                             ok: true,
                             enrolled: true,
@@ -227,14 +230,14 @@ impl Agent {
                         fail("the pod's redirection rules are missing".into())
                     };
                 }
-                if let Err(e) = netns::install_redirect_with(netns, self.redirect) {
+                if let Err(e) = crate::redirect::install(netns, self.redirect) {
                     return fail(format!("installing the redirection rules: {e:#}"));
                 }
                 if let Some(host) = &self.host_netns {
                     let Some(ip) = Self::pod_ip(&pod) else {
                         return fail("the pod has no IPv4 address in its status".into());
                     };
-                    if let Err(e) = netns::add_host_probe_snat(host, ip) {
+                    if let Err(e) = crate::redirect::add_probe_snat(host, ip) {
                         return fail(format!("installing the host probe rule: {e:#}"));
                     }
                 }
@@ -264,7 +267,7 @@ impl Agent {
             "del" => {
                 let uid = if let Ok((pod, _)) = self.lookup(&ev.namespace, &ev.pod) {
                     if let (Some(host), Some(ip)) = (&self.host_netns, Self::pod_ip(&pod)) {
-                        let _ = netns::remove_host_probe_snat(host, ip);
+                        let _ = crate::redirect::remove_probe_snat(host, ip);
                     }
                     Self::uid(&pod)
                 } else {
@@ -276,7 +279,7 @@ impl Agent {
                 // later takes them anyway).
                 let sandbox = Path::new(&ev.netns);
                 if !ev.netns.is_empty() && sandbox.exists() {
-                    if let Err(e) = netns::remove_redirect_at(sandbox) {
+                    if let Err(e) = crate::redirect::remove(sandbox) {
                         eprintln!(
                             "keelson-cni agent: removing the rules of {}/{}: {e:#}",
                             ev.namespace, ev.pod

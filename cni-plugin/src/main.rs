@@ -50,7 +50,7 @@ fn agent(args: &[String]) -> ExitCode {
     let mut zds = None;
     let mut resources = None;
     let mut host_netns = None;
-    let mut redirect = netns::Redirect::default();
+    let mut redirect = cni_plugin::redirect::Redirect::default();
     let mut state = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {

@@ -93,7 +93,7 @@ pub struct Options {
     /// agent over ZDS, instead of a dedicated ztunnel per pod. Needs a control plane.
     pub shared_ztunnel: bool,
     /// The node agent's in-pod rules: iptables or nftables (shared mode).
-    pub redirect: netns::Redirect,
+    pub redirect: cni_plugin::redirect::Redirect,
 }
 
 impl Default for Options {
@@ -110,7 +110,7 @@ impl Default for Options {
             policies_yaml: None,
             source: Source::LocalFiles,
             shared_ztunnel: false,
-            redirect: netns::Redirect::Iptables,
+            redirect: cni_plugin::redirect::Redirect::Iptables,
         }
     }
 }
@@ -232,7 +232,7 @@ impl Testbed {
                 continue;
             }
             let ns = tb.pod(&p.name);
-            netns::install_redirect(ns)?;
+            cni_plugin::redirect::install(&ns.path(), cni_plugin::redirect::Redirect::Iptables)?;
             let yaml = tb.dir.join(format!("{}.yaml", p.name));
             std::fs::write(&yaml, tb.wds_yaml(Some(&p)))?;
             let proc = tb.spawn_ztunnel(&bin, &p, &yaml)?;

@@ -374,7 +374,7 @@ async fn the_nftables_flavour_captures_the_same_way() {
         ],
         source: Source::ControlPlane,
         shared_ztunnel: true,
-        redirect: netns::Redirect::Nftables,
+        redirect: cni_plugin::redirect::Redirect::Nftables,
         ..Options::default()
     })
     .unwrap();

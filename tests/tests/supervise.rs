@@ -147,7 +147,7 @@ fn a_restarted_node_agent_keeps_its_pods_captured() {
             // As after a node reboot: the pod's rules are gone when the agent starts; it
             // must put them back, or the pod's traffic would bypass ztunnel.
             let ns = mesh.pod("curl-0")["netns"].as_str().unwrap().to_string();
-            netns::remove_redirect_at(&netns::netns_path(&ns)).unwrap();
+            cni_plugin::redirect::remove(&netns::netns_path(&ns)).unwrap();
             assert!(!in_pod_rules(&mesh, "curl").contains("KEELSON"));
         }
         kill(pid_of(&mesh, &format!("cni-agent/{node}")));

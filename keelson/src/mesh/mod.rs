@@ -227,7 +227,7 @@ pub struct UpOptions {
     pub source: Option<PathBuf>,
     pub nodes: u8,
     /// The CNI agents' in-pod rules: iptables or nftables.
-    pub redirect: netns::Redirect,
+    pub redirect: cni_plugin::redirect::Redirect,
 }
 
 impl Default for UpOptions {
@@ -235,7 +235,7 @@ impl Default for UpOptions {
         UpOptions {
             source: None,
             nodes: 2,
-            redirect: netns::Redirect::Iptables,
+            redirect: cni_plugin::redirect::Redirect::Iptables,
         }
     }
 }
@@ -426,8 +426,8 @@ fn build(paths: &Paths, opts: &UpOptions, manifest: &Manifest) -> Result<MeshSta
                 "--host-probe-snat".into(),
                 "--redirect".into(),
                 match opts.redirect {
-                    netns::Redirect::Iptables => "iptables".into(),
-                    netns::Redirect::Nftables => "nftables".into(),
+                    cni_plugin::redirect::Redirect::Iptables => "iptables".into(),
+                    cni_plugin::redirect::Redirect::Nftables => "nftables".into(),
                 },
             ],
             &[],
@@ -786,7 +786,7 @@ fn create_pod(
 
     // The CNI plugin, called as a runtime calls it.
     cni(paths, "ADD", &pod, &node)?;
-    pod.enrolled = netns::redirect_installed(&netns::netns_path(&ns_name));
+    pod.enrolled = cni_plugin::redirect::installed(&netns::netns_path(&ns_name));
 
     // The containers.
     let keelson = std::env::current_exe()?;
@@ -1280,7 +1280,7 @@ pub fn status(paths: &Paths) -> Result<String> {
     }
     for p in &state.pods {
         let running = p.procs.iter().all(|pr| supervisor.current(pr).alive());
-        let enrolled = netns::redirect_installed(&netns::netns_path(&p.netns));
+        let enrolled = cni_plugin::redirect::installed(&netns::netns_path(&p.netns));
         writeln!(
             out,
             "{:<11} {:<23} {:<8} {:<14} {:<5} {}",
