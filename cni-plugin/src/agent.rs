@@ -22,7 +22,7 @@ use controlplane::k8s::Pod;
 use controlplane::run::ResourceDir;
 
 use crate::spec::{AgentReply, PodEvent};
-use crate::zds_server::{NodeAgent, PodInfo};
+use zds::server::{NodeAgent, PodInfo};
 
 #[derive(Debug, Clone)]
 pub struct AgentOptions {

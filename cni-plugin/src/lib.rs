@@ -7,4 +7,3 @@
 pub mod agent;
 pub mod redirect;
 pub mod spec;
-pub mod zds_server;

@@ -5,7 +5,7 @@ use prost::Message;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(req) = xds::workload::zds::WorkloadRequest::decode(data) {
-        let _ = ztunnel::zds::check(req.clone(), None, false);
-        let _ = ztunnel::zds::check(req, None, true);
+        let _ = zds::client::check(req.clone(), None, false);
+        let _ = zds::client::check(req, None, true);
     }
 });

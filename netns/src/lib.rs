@@ -5,7 +5,6 @@
 #![deny(unsafe_code)]
 
 mod process;
-pub mod seqpacket;
 
 use std::fs::File;
 use std::net::Ipv4Addr;

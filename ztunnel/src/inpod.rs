@@ -19,7 +19,7 @@ use crate::drain::Drain;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ProxyInputs};
 use crate::state::State;
-use crate::zds::{self, Event, Handler};
+use zds::client::{self as zds_client, Event, Handler};
 
 pub const READY_TASK: &str = "inpod snapshot";
 
@@ -197,7 +197,7 @@ pub async fn run(path: PathBuf, mut manager: WorkloadManager) {
     let mut backoff = Duration::from_millis(10);
     loop {
         manager.snapshot.clear();
-        match zds::session(&path, &mut manager).await {
+        match zds_client::session(&path, &mut manager).await {
             Ok(()) => {
                 tracing::info!(path = %path.display(), "node agent closed the connection");
                 backoff = Duration::from_millis(10);

@@ -18,4 +18,3 @@ pub mod ratelog;
 pub mod rbac;
 pub mod state;
 pub mod xds_client;
-pub mod zds;

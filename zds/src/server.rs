@@ -8,8 +8,8 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::socket::{Listener, SeqPacket};
 use anyhow::{anyhow, bail, Context, Result};
-use netns::seqpacket::{Listener, SeqPacket};
 use prost::Message;
 use tokio::sync::mpsc;
 use xds::workload::zds as pb;

@@ -1,6 +1,6 @@
 use std::os::fd::AsFd;
 
-use netns::seqpacket::Listener;
+use crate::socket::Listener;
 
 use super::*;
 

@@ -7,7 +7,7 @@
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use netns::seqpacket::SeqPacket;
+use crate::socket::SeqPacket;
 use prost::Message;
 use xds::workload::zds as pb;
 
