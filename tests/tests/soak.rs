@@ -11,6 +11,12 @@ use std::time::{Duration, Instant};
 use keelson_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// 20 workers, one connection each per period: 300 connections a second. One client address
+/// to one server port has ~28,000 ephemeral ports, each held 60 s in TIME_WAIT after a close:
+/// above ~470 connections a second a client runs out of them (`EADDRNOTAVAIL`), proxy or not
+/// (docs/HARDENING.md, load L2).
+const CHURN_PERIOD: Duration = Duration::from_micros(1_000_000 / 15);
+
 fn soak_secs() -> u64 {
     std::env::var("KEELSON_SOAK_SECS")
         .ok()
@@ -104,33 +110,57 @@ async fn memory_plateaus_under_sustained_load_and_churn() {
     }
     let held_msgs = messages.swap(0, Ordering::Relaxed);
 
-    // L2: churn, 20 workers each opening, echoing 4 KB through and closing connections.
+    // L2: churn, 20 workers each opening, echoing 4 KB through and closing a connection
+    // every CHURN_PERIOD.
     let until = Instant::now() + Duration::from_secs(secs);
     let client = tb.pod("client").path();
+    let errors = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
     let mut workers = Vec::new();
     for w in 0..20u64 {
-        let (failures, messages, client) = (failures.clone(), messages.clone(), client.clone());
+        let (failures, messages, client, errors) = (
+            failures.clone(),
+            messages.clone(),
+            client.clone(),
+            errors.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let mut n = 0u64;
+            let mut tick = tokio::time::interval(CHURN_PERIOD);
             while Instant::now() < until {
+                tick.tick().await;
                 let c = client.clone();
                 let s = netns::run_at(&c, move || std::net::TcpStream::connect(to)).unwrap();
                 let sent = payload(w << 32 | n, 4096);
-                let r = match s {
+                let r: Result<Vec<u8>, String> = match s {
                     Ok(s) => {
                         s.set_nonblocking(true).unwrap();
                         let s = tokio::net::TcpStream::from_std(s).unwrap();
-                        tokio::time::timeout(Duration::from_secs(10), roundtrip(s, sent.clone()))
-                            .await
-                            .ok()
-                            .and_then(Result::ok)
+                        match tokio::time::timeout(
+                            Duration::from_secs(10),
+                            roundtrip(s, sent.clone()),
+                        )
+                        .await
+                        {
+                            Ok(Ok(back)) => Ok(back),
+                            Ok(Err(e)) => Err(format!("echo: {e}")),
+                            Err(_) => Err("echo: no answer in 10 s".into()),
+                        }
                     }
-                    Err(_) => None,
+                    Err(e) => Err(format!("connect: {e}")),
                 };
-                if r.as_deref() == Some(&sent[..]) {
-                    messages.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    failures.fetch_add(1, Ordering::Relaxed);
+                match r {
+                    Ok(back) if back == sent => {
+                        messages.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        let what = match other {
+                            Ok(back) => format!("{} of {} bytes came back", back.len(), sent.len()),
+                            Err(e) => e,
+                        };
+                        let mut seen = errors.lock().unwrap();
+                        *seen.entry(what).or_insert(0u64) += 1;
+                    }
                 }
                 n += 1;
             }
@@ -169,7 +199,12 @@ async fn memory_plateaus_under_sustained_load_and_churn() {
         rss_after[0] / 1024,
         rss_after[1] / 1024,
     );
-    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "churn failures by kind: {:?}",
+        errors.lock().unwrap()
+    );
     assert!(held_msgs >= 1000 * (secs / 3), "{held_msgs} messages");
     assert!(
         plateaued(&held_samples),
