@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use controlplane::k8s::Pod;
-use controlplane::run::ResourceDir;
+use resources::Pod;
+use resources::ResourceDir;
 
 use crate::spec::{AgentReply, PodEvent};
 use zds::server::{NodeAgent, PodInfo};
@@ -179,7 +179,7 @@ impl Agent {
             .cloned()
             .ok_or_else(|| format!("pod {namespace}/{name} is not in the resources"))?;
         let ns = res.namespaces.iter().find(|n| n.metadata.name == namespace);
-        let ambient = controlplane::wds::is_ambient(&pod, ns);
+        let ambient = resources::is_ambient(&pod, ns);
         Ok((pod, ambient))
     }
 

@@ -17,11 +17,11 @@ use std::net::IpAddr;
 
 use xds::security as pb;
 
-use crate::k8s::{
+use resources::MeshSettings;
+use resources::{
     parse_cidr, parse_port, AuthorizationPolicy, MtlsMode, Operation, Pattern, PeerAuthentication,
     Pod, PolicyAction, PolicyRule, Resources, Source,
 };
-use crate::wds::MeshSettings;
 
 pub const STATIC_STRICT: &str = "istio_converted_static_strict";
 pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
@@ -243,7 +243,7 @@ pub fn authorization(
 /// namespace (or the root namespace, which selects across the mesh) and matching labels.
 fn selects(
     policy_ns: &str,
-    selector: &crate::k8s::WorkloadSelector,
+    selector: &resources::WorkloadSelector,
     pod: &Pod,
     mesh: &MeshSettings,
 ) -> bool {
@@ -482,7 +482,8 @@ pub fn waypoint_policies(
                         .iter()
                         .filter(|pod| ns_of(&pod.metadata.namespace) == ns)
                         .filter(|pod| {
-                            pod.metadata.labels.get(crate::wds::GATEWAY_NAME) == Some(&t.name)
+                            pod.metadata.labels.get(resources::labels::GATEWAY_NAME)
+                                == Some(&t.name)
                         })
                         .map(|pod| format!("{}//Pod/{ns}/{}", mesh.cluster_id, pod.metadata.name)),
                 ),

@@ -4,7 +4,6 @@
 #![forbid(unsafe_code)]
 
 pub mod authz;
-pub mod k8s;
 pub mod run;
 pub mod server;
 pub mod snapshot;

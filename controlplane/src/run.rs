@@ -1,21 +1,19 @@
 //! `keelson controlplane`: read a directory of Kubernetes YAML, keep watching it, and serve
 //! what it describes over delta ADS and the CA on one TLS port.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
 use identity::LocalCa;
 use tokio::sync::watch;
 
-use crate::k8s::Resources;
 use crate::server::{self, Counters, Shared};
 use crate::snapshot::Snapshot;
 use crate::token::{TokenAuthority, TOKEN_FILE};
-use crate::wds::MeshSettings;
+use resources::{MeshSettings, ResourceDir};
 
 pub const DEFAULT_PORT: u16 = 15012;
 pub const DEFAULT_MONITORING_PORT: u16 = 15014;
@@ -36,93 +34,6 @@ pub struct Options {
     pub mesh: MeshSettings,
     /// Plain-HTTP `/metrics`; `None` to not serve it.
     pub monitoring: Option<SocketAddr>,
-}
-
-/// The last good parse of every file in the directory.
-#[derive(Default)]
-pub struct ResourceDir {
-    dir: PathBuf,
-    files: BTreeMap<PathBuf, (Option<(SystemTime, u64)>, Resources)>,
-    /// Files rejected so far.
-    pub errors: u64,
-}
-
-fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        let hidden = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'));
-        if hidden {
-            continue;
-        }
-        if p.is_dir() {
-            yaml_files(&p, out);
-        } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
-            out.push(p);
-        }
-    }
-}
-
-impl ResourceDir {
-    pub fn new(dir: &Path) -> Self {
-        ResourceDir {
-            dir: dir.to_path_buf(),
-            files: BTreeMap::new(),
-            errors: 0,
-        }
-    }
-
-    /// Re-reads files that changed and forgets files that are gone. A file that fails to parse
-    /// is reported (file, resource, field) and its last good content is kept. Returns whether
-    /// anything changed.
-    pub fn scan(&mut self) -> bool {
-        let mut paths = Vec::new();
-        yaml_files(&self.dir, &mut paths);
-        let mut changed = false;
-        let before = self.files.len();
-        self.files.retain(|p, _| paths.contains(p));
-        if self.files.len() != before {
-            changed = true;
-            tracing::info!("resource file(s) removed");
-        }
-        for p in paths {
-            let stamp = std::fs::metadata(&p)
-                .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len())));
-            if self.files.get(&p).is_some_and(|(s, _)| *s == stamp) {
-                continue;
-            }
-            let mut res = Resources::default();
-            match res.add_file(&p) {
-                Ok(()) => {
-                    tracing::info!(file = %p.display(), "resources loaded");
-                    self.files.insert(p, (stamp, res));
-                    changed = true;
-                }
-                Err(e) => {
-                    self.errors += 1;
-                    tracing::error!(error = %e, "resource file rejected; keeping its last good content");
-                    // Remember the stamp so the same bad content is reported once.
-                    let last = self.files.remove(&p).map(|(_, r)| r).unwrap_or_default();
-                    self.files.insert(p, (stamp, last));
-                }
-            }
-        }
-        changed
-    }
-
-    pub fn merged(&self) -> Resources {
-        let mut all = Resources::default();
-        for (_, r) in self.files.values() {
-            all.extend(r.clone());
-        }
-        all
-    }
 }
 
 /// Writes a node-bound ztunnel token for every node that runs pods.

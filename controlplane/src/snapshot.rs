@@ -7,8 +7,8 @@ use std::sync::Arc;
 use prost::Message;
 use prost_types::Any;
 
-use crate::k8s::Resources;
-use crate::wds::MeshSettings;
+use resources::MeshSettings;
+use resources::Resources;
 
 /// A resource as it goes on the wire, with its version: the first 8 bytes of the SHA-256 of
 /// its encoding, in hex. It only changes when the bytes do, and survives restarts, so a

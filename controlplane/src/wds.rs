@@ -8,16 +8,10 @@ use std::net::IpAddr;
 
 use xds::workload as pb;
 
-use crate::k8s::{IntOrString, Namespace, Pod, Resources, Service};
-
-pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
-pub const REDIRECTION: &str = "ambient.istio.io/redirection";
-pub const TUNNEL_LABEL: &str = "networking.istio.io/tunnel";
-pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
-pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
-pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
-/// On a waypoint's own pods and Service: the Gateway they implement.
-pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
+use resources::labels::{
+    GATEWAY_NAME, TUNNEL_LABEL, USE_WAYPOINT, USE_WAYPOINT_NAMESPACE, WAYPOINT_FOR,
+};
+use resources::{is_ambient, IntOrString, MeshSettings, Pod, Resources, Service};
 
 /// What a waypoint is asked for by: a Service (service-addressed traffic) or a Pod
 /// (workload-addressed traffic).
@@ -32,7 +26,7 @@ pub enum WaypointUse {
 /// `istio-waypoint`, and be for that kind of traffic (`istio.io/waypoint-for`: `service` by
 /// default, `workload`, `all`, `none`). A waypoint's own pods and Service have none.
 pub fn waypoint(
-    meta: &crate::k8s::ObjectMeta,
+    meta: &resources::ObjectMeta,
     use_: WaypointUse,
     res: &Resources,
     mesh: &MeshSettings,
@@ -84,27 +78,6 @@ fn hbone_port() -> u16 {
     15008
 }
 
-/// Mesh-wide settings the translation needs.
-#[derive(Debug, Clone)]
-pub struct MeshSettings {
-    pub cluster_id: String,
-    pub trust_domain: String,
-    pub domain_suffix: String,
-    /// Istio's root namespace: its policies without a selector apply mesh-wide.
-    pub root_namespace: String,
-}
-
-impl Default for MeshSettings {
-    fn default() -> Self {
-        MeshSettings {
-            cluster_id: "Kubernetes".into(),
-            trust_domain: "cluster.local".into(),
-            domain_suffix: "cluster.local".into(),
-            root_namespace: "istio-system".into(),
-        }
-    }
-}
-
 /// A named WDS resource, as it goes into a delta response.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NamedAddress {
@@ -123,25 +96,6 @@ pub fn hostname(svc: &Service, mesh: &MeshSettings) -> String {
         namespace_of(&svc.metadata.namespace),
         mesh.domain_suffix
     )
-}
-
-/// Whether the pod is enrolled in ambient: the CNI marked it, or it (or its namespace) asks for
-/// ambient and it does not opt out.
-pub fn is_ambient(pod: &Pod, ns: Option<&Namespace>) -> bool {
-    let m = &pod.metadata;
-    if m.annotations.get(REDIRECTION).map(String::as_str) == Some("enabled") {
-        return true;
-    }
-    if pod.spec.host_network {
-        return false;
-    }
-    match m.labels.get(DATAPLANE_MODE).map(String::as_str) {
-        Some("ambient") => true,
-        Some(_) => false,
-        None => ns.is_some_and(|n| {
-            n.metadata.labels.get(DATAPLANE_MODE).map(String::as_str) == Some("ambient")
-        }),
-    }
 }
 
 fn is_ready(pod: &Pod) -> bool {
@@ -195,7 +149,7 @@ fn canonical(pod: &Pod, workload_name: &str) -> (String, String) {
 /// The workloads of each subset of a DestinationRule: the endpoints of its host's service
 /// whose labels include the subset's (DR-04: empty labels select every endpoint).
 pub fn subset_members(
-    dr: &crate::k8s::DestinationRule,
+    dr: &resources::DestinationRule,
     res: &Resources,
     mesh: &MeshSettings,
 ) -> Vec<xds::l7::SubsetMembers> {
@@ -245,7 +199,7 @@ pub(crate) fn selects(svc: &Service, pod: &Pod) -> bool {
 
 /// This pod's target port for a service port: numeric, named (looked up in the pod's container
 /// ports), or the service port itself when unset.
-fn pod_target_port(pod: &Pod, port: &crate::k8s::ServicePort) -> Option<u16> {
+fn pod_target_port(pod: &Pod, port: &resources::ServicePort) -> Option<u16> {
     match &port.target_port {
         None => Some(port.port),
         Some(IntOrString::Int(p)) => Some(*p),
@@ -259,7 +213,7 @@ fn pod_target_port(pod: &Pod, port: &crate::k8s::ServicePort) -> Option<u16> {
     }
 }
 
-fn app_protocol(port: &crate::k8s::ServicePort) -> pb::AppProtocol {
+fn app_protocol(port: &resources::ServicePort) -> pb::AppProtocol {
     let proto = port
         .app_protocol
         .as_deref()

@@ -6,9 +6,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let mut res = controlplane::k8s::Resources::default();
+    let mut res = resources::Resources::default();
     if res.add_text("fuzz.yaml", text).is_ok() {
-        let mesh = controlplane::wds::MeshSettings::default();
+        let mesh = resources::MeshSettings::default();
         let _ = controlplane::snapshot::Snapshot::build(&res, &mesh);
     }
 });

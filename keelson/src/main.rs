@@ -272,7 +272,7 @@ fn controlplane(args: &[&str]) -> anyhow::Result<()> {
     let mut state_dir = None;
     let mut listen: std::net::SocketAddr = ([0, 0, 0, 0], DEFAULT_PORT).into();
     let mut sans = Vec::new();
-    let mut mesh = controlplane::wds::MeshSettings::default();
+    let mut mesh = resources::MeshSettings::default();
     let mut monitoring: Option<std::net::SocketAddr> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {

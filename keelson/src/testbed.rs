@@ -204,7 +204,7 @@ impl Testbed {
             // or the caller's) reads the same files.
             let (_, tokens) = controlplane::run::load_state(
                 &tb.cp_state_dir(),
-                &controlplane::wds::MeshSettings::default(),
+                &resources::MeshSettings::default(),
             )?;
             std::fs::create_dir_all(tb.dir.join("tokens"))?;
             for p in &tb.opts.pods {

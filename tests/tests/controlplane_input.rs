@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use controlplane::k8s::Resources;
 use controlplane::server::{Counters, Shared};
 use controlplane::snapshot::Snapshot;
-use controlplane::wds::MeshSettings;
+use resources::MeshSettings;
+use resources::Resources;
 
 const ADS: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 

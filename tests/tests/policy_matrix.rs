@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use controlplane::k8s::Resources;
-use controlplane::wds::MeshSettings;
 use keelson_tests::*;
+use resources::MeshSettings;
+use resources::Resources;
 
 const ALL: [bool; 3] = [true, true, true];
 const NONE: [bool; 3] = [false, false, false];

@@ -1,8 +1,9 @@
 //! Kubernetes YAML → control-plane WDS translation → ztunnel's strict conversion → ztunnel's
 //! store: a service VIP resolves to the right pod and target port.
 
-use controlplane::k8s::Resources;
-use controlplane::wds::{addresses, MeshSettings};
+use controlplane::wds::addresses;
+use resources::MeshSettings;
+use resources::Resources;
 use ztunnel::state::wds::{convert_address, Converted};
 use ztunnel::state::{State, Update};
 

@@ -7,12 +7,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use controlplane::k8s::Resources;
 use controlplane::server::{Counters, Shared};
 use controlplane::snapshot::Snapshot;
-use controlplane::wds::MeshSettings;
 use keelson_tests::*;
 use prost::Message;
+use resources::MeshSettings;
+use resources::Resources;
 use xds::workload as pb;
 
 fn workload(name: &str, ip: [u8; 4], tunnel_protocol: i32) -> Vec<u8> {

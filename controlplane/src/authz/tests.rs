@@ -1,6 +1,6 @@
 use super::*;
-use crate::k8s::Resources;
 use pb::string_match::MatchType;
+use resources::Resources;
 
 const PODS: &str = r#"
 apiVersion: v1

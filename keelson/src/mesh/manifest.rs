@@ -339,10 +339,10 @@ impl Manifest {
                         .get("spec")
                         .and_then(|s| s.get("gatewayClassName"))
                         .and_then(|c| c.as_str())
-                        == Some(controlplane::k8s::WAYPOINT_CLASS) =>
+                        == Some(resources::WAYPOINT_CLASS) =>
                 {
                     let text = serde_yaml::to_string(&value)?;
-                    controlplane::k8s::Resources::default()
+                    resources::Resources::default()
                         .add_text(file, &text)
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
                     self.add_waypoint(&name, namespace.as_deref().unwrap_or("default"))?;
@@ -357,7 +357,7 @@ impl Manifest {
                     // Checked now with the control plane's own reader, so a bad policy is
                     // reported before anything is built.
                     let text = serde_yaml::to_string(&value)?;
-                    controlplane::k8s::Resources::default()
+                    resources::Resources::default()
                         .add_text(file, &text)
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
                     self.resources.push(Resource {
@@ -378,11 +378,11 @@ impl Manifest {
     /// running the waypoint as the Gateway's own service account, outside the mesh's
     /// capture, and a Service on 15008 that WDS names the waypoint by.
     fn add_waypoint(&mut self, gateway: &str, namespace: &str) -> Result<()> {
-        let label = controlplane::wds::GATEWAY_NAME;
+        let label = resources::labels::GATEWAY_NAME;
         let labels: BTreeMap<String, String> = [
             (label.to_string(), gateway.to_string()),
             (
-                controlplane::wds::DATAPLANE_MODE.to_string(),
+                resources::labels::DATAPLANE_MODE.to_string(),
                 "none".to_string(),
             ),
         ]

@@ -358,7 +358,7 @@ fn build(paths: &Paths, opts: &UpOptions, manifest: &Manifest) -> Result<MeshSta
 
     // The control plane's CA, token key and a node-bound token per node, made before it
     // starts so the ztunnels can be pointed at them.
-    let mesh = controlplane::wds::MeshSettings::default();
+    let mesh = resources::MeshSettings::default();
     let (_ca, tokens) = controlplane::run::load_state(&paths.cp_state(), &mesh)?;
     write_resources(paths, &mut state, manifest)?;
     let keelson = std::env::current_exe()?;
@@ -1267,7 +1267,7 @@ pub fn status(paths: &Paths) -> Result<String> {
         .collect();
     files.sort();
     for f in files {
-        if let Err(e) = controlplane::k8s::Resources::default().add_file(&f) {
+        if let Err(e) = resources::Resources::default().add_file(&f) {
             writeln!(out, "  rejected: {e}")?;
         }
     }

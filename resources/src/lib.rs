@@ -7,6 +7,14 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+mod dir;
+pub mod labels;
+mod mesh;
+
+pub use dir::ResourceDir;
+pub use labels::is_ambient;
+pub use mesh::MeshSettings;
+
 pub use l7::authz::{
     parse_cidr, parse_port, AuthorizationPolicySpec, Operation, Pattern, PolicyAction, PolicyRule,
     RuleCondition, RuleFrom, RuleTo, Source, TargetRef, WorkloadSelector, IP_KEYS, PORT_KEYS,
