@@ -113,179 +113,15 @@ fn build(paths: &Paths, opts: &UpOptions, manifest: &Manifest) -> Result<MeshSta
         next_node: 0,
     };
     state.save(paths)?;
-
-    say(format!(
-        "network: fabric 172.30.0.0/24, {} nodes, control plane at {CP_IP}",
-        opts.nodes
-    ));
-    let fabric = paths.netns("fabric");
-    create_netns(&fabric)?;
-    ip(&fabric, &["link", "add", "br0", "type", "bridge"])?;
-    ip(&fabric, &["link", "set", "br0", "up"])?;
-    let cp_ns = paths.netns("controlplane");
-    attach_to_fabric(&fabric, &cp_ns, "cp", CP_IP)?;
-    for i in 1..=opts.nodes {
-        let node = NodeState {
-            name: format!("node-{i}"),
-            index: i,
-            netns: paths.netns(&format!("node-{i}")),
-            ip: Ipv4Addr::new(172, 30, 0, 10 + i),
-        };
-        attach_to_fabric(&fabric, &node.netns, &format!("n{i}"), node.ip)?;
-        ip(&node.netns, &["link", "add", "cni0", "type", "bridge"])?;
-        ip(
-            &node.netns,
-            &[
-                "addr",
-                "add",
-                &format!("{}/24", node.gateway()),
-                "dev",
-                "cni0",
-            ],
-        )?;
-        ip(&node.netns, &["link", "set", "cni0", "up"])?;
-        in_netns(
-            &node.netns,
-            "sysctl",
-            &["-q", "-w", "net.ipv4.ip_forward=1"],
-        )?;
-        state.nodes.push(node);
-        state.save(paths)?;
-    }
-    // The control plane answers pods too (waypoints run in pods and talk to it).
-    for n in &state.nodes {
-        ip(
-            &cp_ns,
-            &["route", "add", &n.pod_cidr(), "via", &n.ip.to_string()],
-        )?;
-    }
-    for a in &state.nodes {
-        for b in &state.nodes {
-            if a.name != b.name {
-                ip(
-                    &a.netns,
-                    &["route", "add", &b.pod_cidr(), "via", &b.ip.to_string()],
-                )?;
-            }
-        }
-    }
-
+    build_network(paths, opts, &mut state)?;
     // The control plane's CA, token key and a node-bound token per node, made before it
     // starts so the ztunnels can be pointed at them.
     let mesh = resources::MeshSettings::default();
     let (_ca, tokens) = controlplane::run::load_state(&paths.cp_state(), &mesh)?;
     write_resources(paths, &mut state, manifest)?;
-    let keelson = std::env::current_exe()?;
-    let cp_log = paths.logs().join("controlplane.log");
-    let cp = spawn_in(
-        &cp_ns,
-        &keelson,
-        &[
-            "controlplane".into(),
-            "--resources".into(),
-            paths.resources().display().to_string(),
-            "--state-dir".into(),
-            paths.cp_state().display().to_string(),
-            "--listen".into(),
-            format!("{CP_IP}:{CP_PORT}"),
-        ],
-        &[("RUST_LOG", "info")],
-        &cp_log,
-        "controlplane",
-    )?;
-    state.procs.push(cp);
-    state.save(paths)?;
-    say(format!(
-        "control plane: starting (log {})",
-        cp_log.display()
-    ));
-    wait_for(
-        "the control plane",
-        || {
-            netns::http_get_at(
-                &netns::netns_path(&cp_ns),
-                SocketAddr::from((CP_IP, controlplane::run::DEFAULT_MONITORING_PORT)),
-                "/ready",
-            )
-            .is_ok_and(|(s, _)| s == 200)
-        },
-        &cp_log,
-    )?;
-
-    let cni_bin = find_binary("keelson-cni")?;
-    let ztunnel_bin = find_binary("ztunnel")?;
+    start_control_plane(paths, &mut state)?;
     for node in state.nodes.clone() {
-        let dir = paths.node_dir(&node.name);
-        std::fs::create_dir_all(&dir)?;
-        let token = dir.join("token");
-        let (ns, sa) = controlplane::run::ZTUNNEL_ACCOUNT
-            .split_once('/')
-            .unwrap_or_default();
-        identity::ca::write_private(&token, &tokens.mint(ns, sa, Some(&node.name)))?;
-        // ztunnel forwards the names it does not know to these; nothing answers them here,
-        // so they fail fast instead of waiting on the machine's resolver.
-        std::fs::write(dir.join("resolv.conf"), "nameserver 127.0.0.1\n")?;
-        let agent_log = paths.logs().join(format!("{}-cni-agent.log", node.name));
-        let agent = spawn_in(
-            &node.netns,
-            &cni_bin,
-            &[
-                "agent".into(),
-                "--socket".into(),
-                dir.join("cni.sock").display().to_string(),
-                "--zds-socket".into(),
-                dir.join("ztunnel.sock").display().to_string(),
-                "--resources".into(),
-                paths.resources().display().to_string(),
-                "--host-probe-snat".into(),
-                "--redirect".into(),
-                match opts.redirect {
-                    cni_plugin::redirect::Redirect::Iptables => "iptables".into(),
-                    cni_plugin::redirect::Redirect::Nftables => "nftables".into(),
-                },
-            ],
-            &[],
-            &agent_log,
-            &format!("cni-agent/{}", node.name),
-        )?;
-        state.procs.push(agent);
-        let zt_log = paths.logs().join(format!("{}-ztunnel.log", node.name));
-        let env: Vec<(&str, String)> = vec![
-            ("PROXY_MODE", "shared".into()),
-            ("INPOD_UDS", dir.join("ztunnel.sock").display().to_string()),
-            ("POD_NAME", format!("ztunnel-{}", node.name)),
-            ("POD_NAMESPACE", "istio-system".into()),
-            ("INSTANCE_IP", node.ip.to_string()),
-            ("NODE_NAME", node.name.clone()),
-            ("XDS_ADDRESS", format!("https://{CP_IP}:{CP_PORT}")),
-            (
-                "XDS_ROOT_CA",
-                paths.cp_state().join("root-cert.pem").display().to_string(),
-            ),
-            ("AUTH_TOKEN", token.display().to_string()),
-            (
-                "KEELSON_RESOLV_CONF",
-                dir.join("resolv.conf").display().to_string(),
-            ),
-            ("RUST_LOG", "info".into()),
-        ];
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let zt = spawn_in(
-            &node.netns,
-            &ztunnel_bin,
-            &["proxy".into(), "ztunnel".into()],
-            &env,
-            &zt_log,
-            &format!("ztunnel/{}", node.name),
-        )?;
-        state.procs.push(zt);
-        state.save(paths)?;
-        say(format!(
-            "{}: {} (pods {}), cni agent and ztunnel starting",
-            node.name,
-            node.ip,
-            node.pod_cidr()
-        ));
+        start_node(paths, opts, &mut state, &node, &tokens)?;
     }
     for node in &state.nodes {
         let zt_log = paths.logs().join(format!("{}-ztunnel.log", node.name));
@@ -304,6 +140,173 @@ fn build(paths: &Paths, opts: &UpOptions, manifest: &Manifest) -> Result<MeshSta
     create_workloads(paths, &mut state, &manifest.workloads)?;
     wait_pods(paths, &state, &state.pods)?;
     Ok(state)
+}
+
+/// The fabric bridge, the control plane's namespace on it, and each node: its namespace on
+/// the fabric, its pods' bridge and routes to the other nodes' pods.
+fn build_network(paths: &Paths, opts: &UpOptions, state: &mut MeshState) -> Result<()> {
+    say(format!(
+        "network: fabric 172.30.0.0/24, {} nodes, control plane at {CP_IP}",
+        opts.nodes
+    ));
+    let fabric = paths.netns("fabric");
+    create_netns(&fabric)?;
+    ip(&fabric, &["link", "add", "br0", "type", "bridge"])?;
+    ip(&fabric, &["link", "set", "br0", "up"])?;
+    let cp_ns = paths.netns("controlplane");
+    attach_to_fabric(&fabric, &cp_ns, "cp", CP_IP)?;
+    for i in 1..=opts.nodes {
+        let node = NodeState {
+            name: format!("node-{i}"),
+            index: i,
+            netns: paths.netns(&format!("node-{i}")),
+            ip: Ipv4Addr::new(172, 30, 0, 10 + i),
+        };
+        attach_to_fabric(&fabric, &node.netns, &format!("n{i}"), node.ip)?;
+        let gateway = format!("{}/24", node.gateway());
+        ip(&node.netns, &["link", "add", "cni0", "type", "bridge"])?;
+        ip(&node.netns, &["addr", "add", &gateway, "dev", "cni0"])?;
+        ip(&node.netns, &["link", "set", "cni0", "up"])?;
+        in_netns(
+            &node.netns,
+            "sysctl",
+            &["-q", "-w", "net.ipv4.ip_forward=1"],
+        )?;
+        state.nodes.push(node);
+        state.save(paths)?;
+    }
+    // The control plane answers pods too (waypoints run in pods and talk to it).
+    for n in &state.nodes {
+        let via = n.ip.to_string();
+        ip(&cp_ns, &["route", "add", &n.pod_cidr(), "via", &via])?;
+    }
+    for a in &state.nodes {
+        for b in state.nodes.iter().filter(|b| b.name != a.name) {
+            let via = b.ip.to_string();
+            ip(&a.netns, &["route", "add", &b.pod_cidr(), "via", &via])?;
+        }
+    }
+    Ok(())
+}
+
+/// `keelson controlplane` in its namespace, once it answers `/ready`.
+fn start_control_plane(paths: &Paths, state: &mut MeshState) -> Result<()> {
+    let cp_ns = paths.netns("controlplane");
+    let keelson = std::env::current_exe()?;
+    let cp_log = paths.logs().join("controlplane.log");
+    let args: Vec<String> = [
+        "controlplane",
+        "--resources",
+        &paths.resources().display().to_string(),
+        "--state-dir",
+        &paths.cp_state().display().to_string(),
+        "--listen",
+        &format!("{CP_IP}:{CP_PORT}"),
+    ]
+    .map(String::from)
+    .to_vec();
+    let cp = spawn_in(
+        &cp_ns,
+        &keelson,
+        &args,
+        &[("RUST_LOG", "info")],
+        &cp_log,
+        "controlplane",
+    )?;
+    state.procs.push(cp);
+    state.save(paths)?;
+    say(format!(
+        "control plane: starting (log {})",
+        cp_log.display()
+    ));
+    let ready = SocketAddr::from((CP_IP, controlplane::run::DEFAULT_MONITORING_PORT));
+    wait_for(
+        "the control plane",
+        || {
+            netns::http_get_at(&netns::netns_path(&cp_ns), ready, "/ready")
+                .is_ok_and(|(s, _)| s == 200)
+        },
+        &cp_log,
+    )
+}
+
+/// A node's own processes, as its DaemonSets would run them: the CNI node agent and the
+/// shared-mode ztunnel (with a node-bound token), both in the node's namespace.
+fn start_node(
+    paths: &Paths,
+    opts: &UpOptions,
+    state: &mut MeshState,
+    node: &NodeState,
+    tokens: &controlplane::token::TokenAuthority,
+) -> Result<()> {
+    let dir = paths.node_dir(&node.name);
+    std::fs::create_dir_all(&dir)?;
+    let token = dir.join("token");
+    let (ns, sa) = controlplane::run::ZTUNNEL_ACCOUNT
+        .split_once('/')
+        .unwrap_or_default();
+    identity::ca::write_private(&token, &tokens.mint(ns, sa, Some(&node.name)))?;
+    // ztunnel forwards the names it does not know to these; nothing answers them here,
+    // so they fail fast instead of waiting on the machine's resolver.
+    std::fs::write(dir.join("resolv.conf"), "nameserver 127.0.0.1\n")?;
+    let at = |file: &str| dir.join(file).display().to_string();
+    let agent_args: Vec<String> = [
+        "agent",
+        "--socket",
+        &at("cni.sock"),
+        "--zds-socket",
+        &at("ztunnel.sock"),
+        "--resources",
+        &paths.resources().display().to_string(),
+        "--host-probe-snat",
+        "--redirect",
+        opts.redirect.name(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let agent = spawn_in(
+        &node.netns,
+        &find_binary("keelson-cni")?,
+        &agent_args,
+        &[],
+        &paths.logs().join(format!("{}-cni-agent.log", node.name)),
+        &format!("cni-agent/{}", node.name),
+    )?;
+    state.procs.push(agent);
+    let env: Vec<(&str, String)> = vec![
+        ("PROXY_MODE", "shared".into()),
+        ("INPOD_UDS", at("ztunnel.sock")),
+        ("POD_NAME", format!("ztunnel-{}", node.name)),
+        ("POD_NAMESPACE", "istio-system".into()),
+        ("INSTANCE_IP", node.ip.to_string()),
+        ("NODE_NAME", node.name.clone()),
+        ("XDS_ADDRESS", format!("https://{CP_IP}:{CP_PORT}")),
+        (
+            "XDS_ROOT_CA",
+            paths.cp_state().join("root-cert.pem").display().to_string(),
+        ),
+        ("AUTH_TOKEN", token.display().to_string()),
+        ("KEELSON_RESOLV_CONF", at("resolv.conf")),
+        ("RUST_LOG", "info".into()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let zt = spawn_in(
+        &node.netns,
+        &find_binary("ztunnel")?,
+        &["proxy".into(), "ztunnel".into()],
+        &env,
+        &paths.logs().join(format!("{}-ztunnel.log", node.name)),
+        &format!("ztunnel/{}", node.name),
+    )?;
+    state.procs.push(zt);
+    state.save(paths)?;
+    say(format!(
+        "{}: {} (pods {}), cni agent and ztunnel starting",
+        node.name,
+        node.ip,
+        node.pod_cidr()
+    ));
+    Ok(())
 }
 
 /// Adds or updates what `file` describes: resources are (re)written for the control plane,

@@ -87,25 +87,13 @@ pub(super) fn create_pod(
     {
         bail!("a pod of that name already exists");
     }
-    // The lowest free address of the node's range, as a cluster's IPAM hands them out: a
-    // deleted pod's address goes to the next pod (docs/HARDENING.md, F13).
-    let taken: std::collections::BTreeSet<Ipv4Addr> = state
-        .pods
-        .iter()
-        .filter(|p| p.node == node_name)
-        .map(|p| p.ip)
-        .collect();
     let node = state
         .nodes
         .iter()
         .find(|n| n.name == node_name)
-        .context("no such node")?;
-    let Some(host) = (2..255u8).find(|h| !taken.contains(&Ipv4Addr::new(10, 244, node.index, *h)))
-    else {
-        bail!("node {} has no pod address left", node.name);
-    };
-    let pod_ip = Ipv4Addr::new(10, 244, node.index, host);
-    let node = node.clone();
+        .context("no such node")?
+        .clone();
+    let pod_ip = free_address(state, &node)?;
     let veth = format!("vp{}", state.next_veth);
     state.next_veth += 1;
     let ns_name = paths.netns(&format!("pod-{}-{name}", w.namespace));
@@ -126,42 +114,80 @@ pub(super) fn create_pod(
     state.save(paths)?;
 
     // The runtime's part: the sandbox network.
-    create_netns(&ns_name)?;
-    ip(
-        &node.netns,
-        &[
-            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns_name,
-        ],
+    create_sandbox(&pod, &node, &veth, &w.namespace)?;
+    // The API server's part: the pod object, which the node agent and the control plane read.
+    std::fs::write(
+        paths.resources().join(pod_file(&w.namespace, name)),
+        serde_yaml::to_string(&pod_object(w, name, &node, pod_ip))?,
     )?;
-    ip(&node.netns, &["link", "set", &veth, "master", "cni0", "up"])?;
-    ip(
-        &ns_name,
-        &["addr", "add", &format!("{pod_ip}/24"), "dev", "eth0"],
-    )?;
-    ip(&ns_name, &["link", "set", "eth0", "up"])?;
-    ip(
-        &ns_name,
-        &[
-            "route",
-            "add",
-            "default",
-            "via",
-            &node.gateway().to_string(),
-        ],
-    )?;
-    let etc = Path::new("/etc/netns").join(&ns_name);
+    // The control plane publishes the pod before the sandbox is handed over (as the API
+    // server has the pod before the kubelet runs the CNI plugin): the CA then knows it runs
+    // on this node when ztunnel asks for its certificate.
+    wait_published(&node, &w.namespace, name)?;
+
+    // The CNI plugin, called as a runtime calls it.
+    cni(paths, "ADD", &pod, &node)?;
+    pod.enrolled = cni_plugin::redirect::installed(&netns::netns_path(&ns_name));
+
+    // The containers.
+    for c in &w.containers {
+        pod.procs
+            .push(start_container(paths, w, name, &ns_name, c)?);
+    }
+    if let Some(p) = state
+        .pods
+        .iter_mut()
+        .find(|p| p.name == name && p.namespace == w.namespace)
+    {
+        *p = pod.clone();
+    }
+    state.save(paths)?;
+    Ok(pod)
+}
+
+/// The lowest free address of the node's range, as a cluster's IPAM hands them out: a
+/// deleted pod's address goes to the next pod (docs/HARDENING.md, F13).
+fn free_address(state: &MeshState, node: &NodeState) -> Result<Ipv4Addr> {
+    let taken: std::collections::BTreeSet<Ipv4Addr> = state
+        .pods
+        .iter()
+        .filter(|p| p.node == node.name)
+        .map(|p| p.ip)
+        .collect();
+    (2..255u8)
+        .map(|h| Ipv4Addr::new(10, 244, node.index, h))
+        .find(|a| !taken.contains(a))
+        .with_context(|| format!("node {} has no pod address left", node.name))
+}
+
+/// The pod's namespace, its veth into the node's bridge, address and default route, and
+/// the `resolv.conf` and `hostname` its processes see.
+fn create_sandbox(pod: &PodState, node: &NodeState, veth: &str, namespace: &str) -> Result<()> {
+    let ns_name = &pod.netns;
+    create_netns(ns_name)?;
+    let peer = ["link", "add", veth, "type", "veth", "peer", "name", "eth0"];
+    ip(&node.netns, &[&peer[..], &["netns", ns_name]].concat())?;
+    ip(&node.netns, &["link", "set", veth, "master", "cni0", "up"])?;
+    let addr = format!("{}/24", pod.ip);
+    ip(ns_name, &["addr", "add", &addr, "dev", "eth0"])?;
+    ip(ns_name, &["link", "set", "eth0", "up"])?;
+    let gateway = node.gateway().to_string();
+    ip(ns_name, &["route", "add", "default", "via", &gateway])?;
+    let etc = Path::new("/etc/netns").join(ns_name);
     std::fs::create_dir_all(&etc)?;
     std::fs::write(
         etc.join("resolv.conf"),
         format!(
-            "search {ns}.svc.cluster.local svc.cluster.local cluster.local\nnameserver {DNS_VIP}\noptions ndots:5\n",
-            ns = w.namespace
+            "search {namespace}.svc.cluster.local svc.cluster.local cluster.local\nnameserver {DNS_VIP}\noptions ndots:5\n"
         ),
     )?;
-    std::fs::write(etc.join("hostname"), format!("{name}\n"))?;
+    std::fs::write(etc.join("hostname"), format!("{}\n", pod.name))?;
+    Ok(())
+}
 
-    // The API server's part: the pod object, which the node agent and the control plane read.
-    let pod_yaml = serde_json::json!({
+/// The Pod object as the API server would hold it once scheduled and running.
+fn pod_object(w: &Workload, name: &str, node: &NodeState, pod_ip: Ipv4Addr) -> serde_json::Value {
+    serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -187,97 +213,78 @@ pub(super) fn create_pod(
             "podIPs": [{"ip": pod_ip.to_string()}],
             "conditions": [{"type": "Ready", "status": "True"}],
         },
-    });
-    std::fs::write(
-        paths.resources().join(pod_file(&w.namespace, name)),
-        serde_yaml::to_string(&pod_yaml)?,
-    )?;
+    })
+}
 
-    // The control plane publishes the pod before the sandbox is handed over (as the API
-    // server has the pod before the kubelet runs the CNI plugin): the CA then knows it runs
-    // on this node when ztunnel asks for its certificate.
-    wait_published(&node, &w.namespace, name)?;
-
-    // The CNI plugin, called as a runtime calls it.
-    cni(paths, "ADD", &pod, &node)?;
-    pod.enrolled = cni_plugin::redirect::installed(&netns::netns_path(&ns_name));
-
-    // The containers.
-    let keelson = std::env::current_exe()?;
-    for c in &w.containers {
-        let log = paths
-            .logs()
-            .join(format!("pod-{}-{name}-{}.log", w.namespace, c.name));
-        let (program, args): (PathBuf, Vec<String>) = match &c.program {
-            Program::App {
-                name: app,
+/// One container of the pod, as a process in its namespace: a bundled app, the container's
+/// command, or the waypoint (with a token for its own service account: no impersonation).
+fn start_container(
+    paths: &Paths,
+    w: &Workload,
+    name: &str,
+    ns_name: &str,
+    c: &manifest::ContainerPlan,
+) -> Result<ProcRecord> {
+    let log = paths
+        .logs()
+        .join(format!("pod-{}-{name}-{}.log", w.namespace, c.name));
+    let (program, args): (PathBuf, Vec<String>) = match &c.program {
+        Program::App {
+            name: app,
+            version,
+            port,
+        } => (
+            std::env::current_exe()?,
+            [
+                "app",
+                app,
+                "--version",
                 version,
-                port,
-            } => (
-                keelson.clone(),
-                vec![
-                    "app".into(),
-                    app.clone(),
-                    "--version".into(),
-                    version.clone(),
-                    "--port".into(),
-                    port.to_string(),
-                ],
+                "--port",
+                &port.to_string(),
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        Program::Command(cmd) => (PathBuf::from(&cmd[0]), cmd[1..].to_vec()),
+        Program::Waypoint => (find_binary("waypoint")?, Vec::new()),
+    };
+    let mut owned: Vec<(String, String)> = c.env.clone();
+    owned.push(("HOSTNAME".into(), name.to_string()));
+    if c.program == Program::Waypoint {
+        let tokens = controlplane::token::TokenAuthority::load_or_create(&paths.cp_state())?;
+        let token = paths
+            .home
+            .join("tokens")
+            .join(format!("{}.{name}", w.namespace));
+        std::fs::create_dir_all(paths.home.join("tokens"))?;
+        identity::ca::write_private(&token, &tokens.mint(&w.namespace, &w.service_account, None))?;
+        owned.extend([
+            (
+                "PROXY_WORKLOAD_INFO".to_string(),
+                format!("{}/{name}/{}", w.namespace, w.service_account),
             ),
-            Program::Command(cmd) => (PathBuf::from(&cmd[0]), cmd[1..].to_vec()),
-            Program::Waypoint => (find_binary("waypoint")?, Vec::new()),
-        };
-        let mut owned: Vec<(String, String)> = c.env.clone();
-        owned.push(("HOSTNAME".into(), name.to_string()));
-        if c.program == Program::Waypoint {
-            // Its own identity (no impersonation): a token for the Gateway's service account.
-            let tokens = controlplane::token::TokenAuthority::load_or_create(&paths.cp_state())?;
-            let token = paths
-                .home
-                .join("tokens")
-                .join(format!("{}.{name}", w.namespace));
-            std::fs::create_dir_all(paths.home.join("tokens"))?;
-            identity::ca::write_private(
-                &token,
-                &tokens.mint(&w.namespace, &w.service_account, None),
-            )?;
-            owned.extend([
-                (
-                    "PROXY_WORKLOAD_INFO".to_string(),
-                    format!("{}/{name}/{}", w.namespace, w.service_account),
-                ),
-                ("XDS_ADDRESS".into(), format!("https://{CP_IP}:{CP_PORT}")),
-                (
-                    "XDS_ROOT_CA".into(),
-                    paths.cp_state().join("root-cert.pem").display().to_string(),
-                ),
-                ("AUTH_TOKEN".into(), token.display().to_string()),
-                ("RUST_LOG".into(), "info".into()),
-            ]);
-        }
-        let env: Vec<(&str, &str)> = owned
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let proc = spawn_in(
-            &ns_name,
-            &program,
-            &args,
-            &env,
-            &log,
-            &format!("pod/{}/{name}/{}", w.namespace, c.name),
-        )?;
-        pod.procs.push(proc);
+            ("XDS_ADDRESS".into(), format!("https://{CP_IP}:{CP_PORT}")),
+            (
+                "XDS_ROOT_CA".into(),
+                paths.cp_state().join("root-cert.pem").display().to_string(),
+            ),
+            ("AUTH_TOKEN".into(), token.display().to_string()),
+            ("RUST_LOG".into(), "info".into()),
+        ]);
     }
-    if let Some(p) = state
-        .pods
-        .iter_mut()
-        .find(|p| p.name == name && p.namespace == w.namespace)
-    {
-        *p = pod.clone();
-    }
-    state.save(paths)?;
-    Ok(pod)
+    let env: Vec<(&str, &str)> = owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    spawn_in(
+        ns_name,
+        &program,
+        &args,
+        &env,
+        &log,
+        &format!("pod/{}/{name}/{}", w.namespace, c.name),
+    )
 }
 
 /// Waits until the node's ztunnel has the pod's workload from the control plane.
