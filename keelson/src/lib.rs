@@ -4,7 +4,6 @@
 
 pub mod apps;
 pub mod bench;
-pub mod bench_l7;
 pub mod cni;
 pub mod mesh;
 pub mod testbed;

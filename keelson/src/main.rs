@@ -138,7 +138,7 @@ fn bench_l4(args: &[&str]) -> anyhow::Result<()> {
 }
 
 fn bench_l7(args: &[&str]) -> anyhow::Result<()> {
-    let mut opts = keelson::bench_l7::L7Options::default();
+    let mut opts = keelson::bench::l7::L7Options::default();
     let mut json = false;
     let mut it = args.iter();
     let value = |name: &str, it: &mut std::slice::Iter<'_, &str>| -> anyhow::Result<f64> {
@@ -168,7 +168,7 @@ fn bench_l7(args: &[&str]) -> anyhow::Result<()> {
                 if let Some(bad) = opts
                     .setups
                     .iter()
-                    .find(|s| !keelson::bench_l7::SETUPS.contains(&s.as_str()))
+                    .find(|s| !keelson::bench::l7::SETUPS.contains(&s.as_str()))
                 {
                     anyhow::bail!("--setups: unknown setup {bad} (direct, ztunnel, waypoint)");
                 }
@@ -176,11 +176,11 @@ fn bench_l7(args: &[&str]) -> anyhow::Result<()> {
             other => anyhow::bail!("unknown option {other}\n{USAGE}"),
         }
     }
-    let report = keelson::bench_l7::run(&opts)?;
+    let report = keelson::bench::l7::run(&opts)?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        print!("{}", keelson::bench_l7::table(&report));
+        print!("{}", keelson::bench::l7::table(&report));
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 
+use super::stats::{cpu_seconds, median_of, median_of_some, percentile, rss_kib};
 use crate::testbed::{Options, PodSpec, Testbed};
 
 const SINK_PORT: u16 = 5001;
@@ -176,11 +177,8 @@ pub fn scaling_table(rows: &[ScalingRow]) -> String {
 }
 
 fn median_figures(runs: &[Figures]) -> Figures {
-    let med = |f: fn(&Figures) -> f64| percentile(&runs.iter().map(f).collect::<Vec<_>>(), 50.0);
-    let med_opt = |f: fn(&Figures) -> Option<f64>| {
-        let v: Vec<f64> = runs.iter().filter_map(f).collect();
-        (!v.is_empty()).then(|| percentile(&v, 50.0))
-    };
+    let med = |f: fn(&Figures) -> f64| median_of(runs, f);
+    let med_opt = |f: fn(&Figures) -> Option<f64>| median_of_some(runs, f);
     Figures {
         throughput_1_gbps: med(|f| f.throughput_1_gbps),
         throughput_8_gbps: med(|f| f.throughput_8_gbps),
@@ -192,37 +190,6 @@ fn median_figures(runs: &[Figures]) -> Figures {
         cpu_s_per_gb: med_opt(|f| f.cpu_s_per_gb),
         rss_kib_per_idle_conn: med_opt(|f| f.rss_kib_per_idle_conn),
     }
-}
-
-/// CPU seconds (user + system) of a process so far.
-pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
-    let (user, system) = cpu_split(pid)?;
-    Ok(user + system)
-}
-
-/// User and system CPU seconds a process has used so far.
-pub(crate) fn cpu_split(pid: u32) -> Result<(f64, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').context("bad /proc stat")?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<f64> {
-        Ok(f.get(i).context("short /proc stat")?.parse::<f64>()? / 100.0)
-    };
-    Ok((ticks(11)?, ticks(12)?))
-}
-
-/// Resident set size of a process, in KiB.
-pub(crate) fn rss_kib(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("no VmRSS")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("bad VmRSS")?
-        .parse()?)
 }
 
 struct Cpu(Vec<u32>);
@@ -505,16 +472,6 @@ fn exchange(conns: &[TcpStream]) -> Result<()> {
         s.read_exact(&mut b)?;
     }
     Ok(())
-}
-
-pub fn percentile(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let idx = ((p / 100.0) * (s.len() - 1) as f64).round() as usize;
-    s[idx]
 }
 
 /// The human-readable table, with mesh/direct ratios and added latencies.

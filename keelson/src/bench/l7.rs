@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 
-use crate::bench::{cpu_seconds, cpu_split, percentile, rss_kib};
+use super::stats::{cpu_seconds, cpu_split, median_of, median_of_some, percentile, rss_kib};
 use crate::mesh::{self, MeshState, Paths, UpOptions};
 
 const BODY: usize = 1024;
@@ -217,12 +217,8 @@ fn measure_all(state: &MeshState, opts: &L7Options) -> Result<L7Report> {
         }
     }
     let med = |runs: &[L7Figures]| {
-        let m =
-            |f: fn(&L7Figures) -> f64| percentile(&runs.iter().map(f).collect::<Vec<_>>(), 50.0);
-        let mo = |f: fn(&L7Figures) -> Option<f64>| {
-            let v: Vec<f64> = runs.iter().filter_map(f).collect();
-            (!v.is_empty()).then(|| percentile(&v, 50.0))
-        };
+        let m = |f: fn(&L7Figures) -> f64| median_of(runs, f);
+        let mo = |f: fn(&L7Figures) -> Option<f64>| median_of_some(runs, f);
         L7Figures {
             max_rps: m(|f| f.max_rps),
             p50_us: m(|f| f.p50_us),
