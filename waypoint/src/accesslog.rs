@@ -7,7 +7,17 @@
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// `LOG_FORMAT=json`: lines are JSON objects, as tracing's JSON format writes an `access`
+/// event (flattened fields).
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Chooses the line format (at start, with the logging subscriber's).
+pub fn set_json(json: bool) {
+    JSON.store(json, Ordering::Relaxed);
+}
 
 /// One request's line.
 pub struct Request<'a> {
@@ -36,7 +46,11 @@ pub fn request(r: &Request<'_>) {
     }
     LINE.with_borrow_mut(|line| {
         line.clear();
-        format_request(line, SystemTime::now(), r);
+        if JSON.load(Ordering::Relaxed) {
+            format_request_json(line, SystemTime::now(), r);
+        } else {
+            format_request(line, SystemTime::now(), r);
+        }
         ztunnel::logbuf::append(line.as_bytes());
     });
 }
@@ -68,6 +82,33 @@ fn format_request(line: &mut String, now: SystemTime, r: &Request<'_>) {
         " attempts={} duration_ms={}",
         r.attempts, r.duration_ms
     );
+}
+
+fn format_request_json(line: &mut String, now: SystemTime, r: &Request<'_>) {
+    let mut time = String::new();
+    timestamp(&mut time, now);
+    let mut v = serde_json::json!({
+        "timestamp": time,
+        "level": "INFO",
+        "message": "request",
+        "src.identity": r.source,
+        "destination": r.destination,
+        "method": r.method,
+        "path": r.path,
+        "authority": r.authority,
+        "route": r.route,
+        "upstream": r.upstream,
+        "status": r.status,
+        "response_flags": r.flags,
+        "attempts": r.attempts,
+        "duration_ms": r.duration_ms,
+        "target": "access",
+    });
+    if let Some(d) = r.details {
+        v["details"] = d.into();
+    }
+    line.push_str(&v.to_string());
+    line.push('\n');
 }
 
 /// A `str` value as `tracing_subscriber` writes one: Rust's `Debug` (quoted, escaped).
@@ -136,6 +177,34 @@ mod tests {
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert_eq!(civil_from_days(20_414), (2025, 11, 22));
         assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn json_lines_are_objects_with_the_same_fields() {
+        let r = Request {
+            source: "spiffe://cluster.local/ns/default/sa/curl",
+            destination: "details.default.svc.cluster.local:9080",
+            method: "GET",
+            path: "/\"quoted\"",
+            authority: "details:9080",
+            route: "-",
+            upstream: "details-v1-0",
+            status: 403,
+            flags: "-",
+            attempts: 1,
+            duration_ms: 0,
+            details: Some("rbac_access_denied"),
+        };
+        let mut line = String::new();
+        format_request_json(&mut line, UNIX_EPOCH, &r);
+        assert!(line.ends_with('\n'));
+        let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(v["target"], "access");
+        assert_eq!(v["src.identity"], r.source);
+        assert_eq!(v["path"], "/\"quoted\"");
+        assert_eq!(v["status"], 403);
+        assert_eq!(v["details"], "rbac_access_denied");
+        assert_eq!(v["timestamp"], "1970-01-01T00:00:00.000000Z");
     }
 
     #[test]

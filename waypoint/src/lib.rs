@@ -30,7 +30,7 @@ use ztunnel::connection::{ConnectionResult, Direction, Peers};
 use ztunnel::proxy::{socket, ProxyError, ProxyInputs};
 use ztunnel::state::{Service, State, Workload};
 
-mod accesslog;
+pub mod accesslog;
 mod balance;
 mod breaker;
 pub mod config;

@@ -36,14 +36,20 @@ fn main() -> ExitCode {
     if std::env::var_os(ztunnel::config::ZTUNNEL_WORKER_THREADS).is_none() {
         cfg.worker_threads = 1;
     }
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         // A line per request: written in batches (ztunnel::logbuf).
         .with_writer(ztunnel::logbuf::Batched)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // LOG_FORMAT=json, as ztunnel honours it.
+    waypoint::accesslog::set_json(cfg.json_logs);
+    if cfg.json_logs {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
     ztunnel::logbuf::flush_on_panic();
     ztunnel::app::return_freed_memory();
     // One worker: the current-thread scheduler, whose wake-ups need no cross-thread
