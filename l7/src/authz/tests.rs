@@ -2,6 +2,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::*;
+use std::borrow::Cow;
 
 fn spec(yaml: &str) -> AuthorizationPolicySpec {
     let s: AuthorizationPolicySpec = serde_yaml::from_str(yaml).unwrap();
