@@ -30,16 +30,11 @@ pub struct ConnectRequest {
 
 impl ConnectRequest {
     pub fn new(authority: String, client: SocketAddr, service_host: Option<&str>) -> Self {
-        let mut forwarded = format!("for=\"{client}\"");
-        if let Some(h) = service_host {
-            forwarded.push_str(";host=");
-            forwarded.push_str(h);
-        }
         ConnectRequest {
             authority,
             baggage: String::new(),
-            forwarded,
-            traceparent: random_traceparent(),
+            forwarded: crate::headers::forwarded(client, service_host),
+            traceparent: crate::headers::random_traceparent(),
         }
     }
 
@@ -53,13 +48,6 @@ impl ConnectRequest {
             .body(())
             .map_err(|e| HboneError::BadRequest(e.to_string()))
     }
-}
-
-/// `00-<32 hex>-<16 hex>-00` with random trace and parent ids.
-pub fn random_traceparent() -> String {
-    let trace: u128 = rand::random::<u128>() | 1;
-    let parent: u64 = rand::random::<u64>() | 1;
-    format!("00-{trace:032x}-{parent:016x}-00")
 }
 
 /// An established HBONE connection: cloneable request handle plus liveness flag.

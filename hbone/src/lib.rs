@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod guard;
+pub mod headers;
 pub mod io;
 mod keepalive;
 pub mod pool;

@@ -249,7 +249,7 @@ fn source_address(
     peer: &identity::Identity,
     peer_ip: IpAddr,
 ) -> IpAddr {
-    let Some(claimed) = forwarded.and_then(forwarded_for) else {
+    let Some(claimed) = forwarded.and_then(hbone::headers::forwarded_for) else {
         return peer_ip;
     };
     if claimed == peer_ip {
@@ -262,19 +262,6 @@ fn source_address(
             peer_ip
         }
     }
-}
-
-/// The address of a `forwarded` header's `for=` (docs/WIRE.md §2.2: the client's socket
-/// address, quoted, IPv6 in brackets).
-pub fn forwarded_for(v: &str) -> Option<IpAddr> {
-    let f = v
-        .split(';')
-        .find_map(|p| p.trim().strip_prefix("for="))?
-        .trim_matches('"');
-    if let Ok(a) = f.parse::<SocketAddr>() {
-        return Some(a.ip());
-    }
-    f.trim_start_matches('[').trim_end_matches(']').parse().ok()
 }
 
 /// The AuthorizationPolicies' answer for a TCP connection; `Err` has the denial's details.
@@ -465,19 +452,6 @@ async fn l4(
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn the_client_address_comes_from_forwarded() {
-        let f = super::forwarded_for;
-        assert_eq!(
-            f("for=\"10.0.0.7:41234\";host=a.b.svc"),
-            Some("10.0.0.7".parse().unwrap())
-        );
-        assert_eq!(f("for=\"[fd00::7]:80\""), Some("fd00::7".parse().unwrap()));
-        assert_eq!(f("host=x; for=10.0.0.8"), Some("10.0.0.8".parse().unwrap()));
-        assert_eq!(f("host=x"), None);
-        assert_eq!(f("for=\"unknown\""), None);
-    }
-
     #[test]
     fn forwarded_is_trusted_only_for_the_peers_own_workload() {
         let state = ztunnel::state::State::default();

@@ -104,7 +104,7 @@ fn check(pi: &ProxyInputs, inc: &Incoming) -> Result<Target, ProxyError> {
             (a, None)
         }
         Err(_) => {
-            let (host, port) = split_host_port(&authority)
+            let (host, port) = hbone::headers::split_host_port(&authority)
                 .ok_or_else(|| ProxyError::BadAuthority(authority.clone()))?;
             let svc = pi
                 .state
@@ -131,25 +131,6 @@ fn check(pi: &ProxyInputs, inc: &Incoming) -> Result<Target, ProxyError> {
         },
     )?;
     Ok(Target { addr, service })
-}
-
-/// `host:port` with a DNS-style host and a non-zero port.
-pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
-    let (host, port) = s.rsplit_once(':')?;
-    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
-    let ok = !host.is_empty()
-        && host.len() <= 253
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    ok.then_some((host, port))
-}
-
-/// `host=` of the `forwarded` header, if any.
-pub fn forwarded_host(v: &str) -> Option<&str> {
-    v.split(';')
-        .find_map(|kv| kv.trim().strip_prefix("host="))
-        .map(|h| h.trim_matches('"'))
 }
 
 async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
@@ -195,7 +176,7 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
     peers.dst_addr = Some(target.addr);
     let svc_host = target.service.or_else(|| {
         inc.header("forwarded")
-            .and_then(forwarded_host)
+            .and_then(hbone::headers::forwarded_host)
             .map(str::to_string)
     });
     let svc = match (&svc_host, &local) {
@@ -283,39 +264,4 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
         hbone::stream::reset_tcp(&app);
     }
     drop(app);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_port_parsing() {
-        assert_eq!(
-            split_host_port("echo.default.svc.cluster.local:80"),
-            Some(("echo.default.svc.cluster.local", 80))
-        );
-        for bad in [
-            "",
-            "host",
-            "host:",
-            ":80",
-            "host:0",
-            "host:99999",
-            "a b:80",
-            "[::1",
-            "a:b:c",
-        ] {
-            assert_eq!(split_host_port(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn forwarded_host_is_extracted() {
-        assert_eq!(
-            forwarded_host("for=\"10.0.0.1:5\";host=echo.ns.svc"),
-            Some("echo.ns.svc")
-        );
-        assert_eq!(forwarded_host("for=\"10.0.0.1:5\""), None);
-    }
 }

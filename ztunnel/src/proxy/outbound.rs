@@ -242,30 +242,19 @@ pub async fn establish(
 /// `baggage` describing the source workload (docs/WIRE.md §1.4).
 pub fn baggage(w: Option<&Workload>, cluster: &str) -> String {
     let Some(w) = w else { return String::new() };
-    let mut items = vec![format!(
-        "k8s.cluster.name={}",
-        if w.cluster_id.is_empty() {
+    hbone::headers::Baggage {
+        cluster: if w.cluster_id.is_empty() {
             cluster
         } else {
             &w.cluster_id
-        }
-    )];
-    items.push(format!("k8s.namespace.name={}", w.namespace));
-    if !w.workload_name.is_empty() {
-        let kind = if w.workload_type.is_empty() {
-            "deployment".to_string()
-        } else {
-            w.workload_type.to_ascii_lowercase()
-        };
-        items.push(format!("k8s.{kind}.name={}", w.workload_name));
+        },
+        namespace: &w.namespace,
+        workload_type: &w.workload_type,
+        workload_name: &w.workload_name,
+        service: &w.canonical_name,
+        version: &w.canonical_revision,
     }
-    if !w.canonical_name.is_empty() {
-        items.push(format!("service.name={}", w.canonical_name));
-    }
-    if !w.canonical_revision.is_empty() {
-        items.push(format!("service.version={}", w.canonical_revision));
-    }
-    items.join(",")
+    .header()
 }
 
 /// Copies between the downstream socket and the upstream, recording bytes and errors.
