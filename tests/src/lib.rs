@@ -275,3 +275,65 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// One connection from inside the namespace at `ns` to `to` (through its redirection): `data`
+/// sent and echoed back whole within `within`; otherwise what went wrong (`connect: …`,
+/// `echo: …`, or how much came back).
+pub async fn echo_from(
+    ns: &std::path::Path,
+    to: SocketAddr,
+    data: Vec<u8>,
+    within: std::time::Duration,
+) -> std::result::Result<(), String> {
+    let s = netns::run_at(ns, move || std::net::TcpStream::connect(to))
+        .map_err(|e| format!("connect: {e}"))?
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let s = TcpStream::from_std(s).map_err(|e| e.to_string())?;
+    let _ = s.set_nodelay(true);
+    match tokio::time::timeout(within, roundtrip(s, data.clone())).await {
+        Ok(Ok(back)) if back == data => Ok(()),
+        Ok(Ok(back)) => Err(format!("{} of {} bytes came back", back.len(), data.len())),
+        Ok(Err(e)) => Err(format!("echo: {e}")),
+        Err(_) => Err(format!("echo: no answer in {within:?}")),
+    }
+}
+
+/// New connections in the background, one every `period`, each a checked echo of `len`
+/// bytes, until [`Traffic::stop`].
+pub struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Traffic {
+    pub fn start(
+        ns: std::path::PathBuf,
+        to: SocketAddr,
+        period: std::time::Duration,
+        len: usize,
+    ) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let (mut made, mut errors) = (0, Vec::new());
+            while !flag.load(Ordering::SeqCst) {
+                let data = payload(made as u64, len);
+                if let Err(e) = echo_from(&ns, to, data, std::time::Duration::from_secs(5)).await {
+                    errors.push(e);
+                }
+                made += 1;
+                tokio::time::sleep(period).await;
+            }
+            (made, errors)
+        });
+        Traffic { stop, task }
+    }
+
+    /// Stops it; how many connections were made, and the failures.
+    pub async fn stop(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.await.unwrap_or_default()
+    }
+}

@@ -3,7 +3,6 @@
 //! one while still trusting the old, then drops the old. New connections made all along
 //! never fail, and at the end a certificate from the old root is refused.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,40 +71,7 @@ async fn the_root_is_rotated_without_a_failed_connection() {
     // Traffic all along: a new connection every 300 ms, each checked; each on a new HBONE
     // connection (the pool lets one go after 100 ms unused), so with the certificates of
     // the moment.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (made, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let client = tb.pod("client").path();
-    let traffic = {
-        let (stop, made, failed) = (stop.clone(), made.clone(), failed.clone());
-        tokio::spawn(async move {
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::SeqCst) {
-                let c = client.clone();
-                let s = netns::run_at(&c, move || std::net::TcpStream::connect(to)).unwrap();
-                let r = match s {
-                    Ok(s) => {
-                        s.set_nonblocking(true).unwrap();
-                        let s = tokio::net::TcpStream::from_std(s).unwrap();
-                        s.set_nodelay(true).unwrap();
-                        roundtrip(s, b"rotate".to_vec())
-                            .await
-                            .map_err(|e| e.to_string())
-                    }
-                    Err(e) => Err(e.to_string()),
-                };
-                made.fetch_add(1, Ordering::SeqCst);
-                match r {
-                    Ok(back) if back == b"rotate" => {}
-                    other => {
-                        failed.fetch_add(1, Ordering::SeqCst);
-                        errors.push(format!("{other:?}"));
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            errors
-        })
-    };
+    let traffic = Traffic::start(tb.pod("client").path(), to, Duration::from_millis(300), 6);
 
     // A node that has not renewed since the previous phase holds a certificate from that
     // phase: it must be served too (the ztunnels here renew in step, so it is the test that
@@ -153,12 +119,13 @@ async fn the_root_is_rotated_without_a_failed_connection() {
         .await
         .expect("phase 3, a node of phase 2");
 
-    stop.store(true, Ordering::SeqCst);
-    let errors = traffic.await.unwrap();
-    let (made, failed) = (made.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
-    eprintln!("{made} connections during the rotation, {failed} failed");
+    let (made, errors) = traffic.stop().await;
+    eprintln!(
+        "{made} connections during the rotation, {} failed",
+        errors.len()
+    );
     assert!(made > 40, "{made} connections");
-    assert_eq!(failed, 0, "{errors:?}");
+    assert!(errors.is_empty(), "{errors:?}");
 
     // A client holding a certificate from the old root is refused now; one from the new
     // root is served.

@@ -80,37 +80,7 @@ async fn traffic_is_untouched_by_thousands_of_workloads_churning() {
         started.elapsed()
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (made, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let client = tb.pod("client").path();
-    let traffic = {
-        let (stop, made, failed) = (stop.clone(), made.clone(), failed.clone());
-        tokio::spawn(async move {
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::SeqCst) {
-                let c = client.clone();
-                let s = netns::run_at(&c, move || std::net::TcpStream::connect(to)).unwrap();
-                let r = match s {
-                    Ok(s) => {
-                        s.set_nonblocking(true).unwrap();
-                        let s = tokio::net::TcpStream::from_std(s).unwrap();
-                        tokio::time::timeout(Duration::from_secs(5), roundtrip(s, b"n".to_vec()))
-                            .await
-                            .map_err(|_| "timed out".to_string())
-                            .and_then(|r| r.map_err(|e| e.to_string()))
-                    }
-                    Err(e) => Err(e.to_string()),
-                };
-                made.fetch_add(1, Ordering::SeqCst);
-                if r.as_deref() != Ok(b"n") {
-                    failed.fetch_add(1, Ordering::SeqCst);
-                    errors.push(format!("{r:?}"));
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            errors
-        })
-    };
+    let traffic = Traffic::start(tb.pod("client").path(), to, Duration::from_millis(50), 1);
 
     let rounds = 20;
     for g in 1..=rounds {
@@ -129,9 +99,8 @@ async fn traffic_is_untouched_by_thousands_of_workloads_churning() {
         })
     })
     .await;
-    stop.store(true, Ordering::SeqCst);
-    let errors = traffic.await.unwrap();
-    let (made, failed) = (made.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    let (made, errors) = traffic.stop().await;
+    let failed = errors.len();
     eprintln!(
         "{rounds} rounds of 1% churn: ztunnels caught up {:?} after the last; {made} \
          connections, {failed} failed; ztunnel RSS {} MiB",
@@ -139,7 +108,7 @@ async fn traffic_is_untouched_by_thousands_of_workloads_churning() {
         rss_kib(tb.ztunnel_pid("client")) / 1024
     );
     assert!(caught_up.is_some(), "{:?}", known(&tb, "client", &last));
-    assert_eq!(failed, 0, "{errors:?}");
+    assert!(errors.is_empty(), "{errors:?}");
     assert!(made > 100, "{made}");
 }
 
