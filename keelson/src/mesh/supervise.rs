@@ -297,20 +297,10 @@ fn pass(state: &MeshState, record: &mut Record) -> bool {
         if t < entry.retry_at {
             continue;
         }
-        let Some(spec) = &p.spec else { continue };
-        let env: Vec<(&str, &str)> = spec
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        match spawn_in(
-            &spec.netns,
-            &spec.program,
-            &spec.args,
-            &env,
-            &p.log,
-            &p.role,
-        ) {
+        if p.spec.is_none() {
+            continue;
+        }
+        match respawn(p) {
             Ok(new) => {
                 entry.restarts += 1;
                 entry.started_at = now();
