@@ -6,10 +6,10 @@ use prost::Message;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(a) = xds::workload::Address::decode(data) {
-        let _ = ztunnel::state::wds::convert_address("fuzz", a);
+        let _ = proxycore::state::wds::convert_address("fuzz", a);
     }
     if let Ok(p) = xds::security::Authorization::decode(data) {
-        let _ = ztunnel::rbac::convert(p);
+        let _ = proxycore::rbac::convert(p);
     }
     let _ = xds::discovery::DeltaDiscoveryResponse::decode(data);
     let _ = xds::discovery::DeltaDiscoveryRequest::decode(data);

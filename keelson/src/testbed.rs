@@ -86,7 +86,7 @@ pub struct Options {
     pub log_to_files: bool,
     /// Where every dedicated ztunnel writes its logs instead (`/dev/full` to test a full disk).
     pub log_sink: Option<PathBuf>,
-    /// A `policies:` section (L4 authorization, see ztunnel/src/rbac.rs) for the YAML.
+    /// A `policies:` section (L4 authorization, see proxycore/src/rbac.rs) for the YAML.
     pub policies_yaml: Option<String>,
     pub source: Source,
     /// One shared (in-pod mode) ztunnel for all meshed pods, on one node, fed pods by a node

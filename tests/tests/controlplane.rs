@@ -376,8 +376,8 @@ async fn ca_outage_keeps_traffic_until_expiry() {
 #[test]
 fn the_ca_refuses_impersonation_beyond_the_callers_node() {
     use identity::Identity;
-    use ztunnel::ca_client::CaClient;
-    use ztunnel::config::GrpcTarget;
+    use proxycore::ca_client::CaClient;
+    use proxycore::config::GrpcTarget;
 
     let tb = Testbed::start(Options {
         source: Source::ControlPlane,
@@ -452,7 +452,7 @@ fn the_ca_refuses_impersonation_beyond_the_callers_node() {
             rt.block_on(async move {
                 let mut out = Vec::new();
                 for (what, token, impersonate, id, want) in cases {
-                    let auth = ztunnel::grpc::Auth::new(&token, "Kubernetes", &[]).unwrap();
+                    let auth = proxycore::grpc::Auth::new(&token, "Kubernetes", &[]).unwrap();
                     let ca =
                         CaClient::new(&target, None, auth, Duration::from_secs(600), impersonate)
                             .unwrap();

@@ -216,7 +216,7 @@ async fn a_hundred_pods_come_and_go_and_ztunnel_follows() {
     }
     // L7: 100 service accounts prefetched, then each of the 50 re-created pods fetched
     // again: one certificate per enrolment (the node's ztunnel asks at most 8 at a time,
-    // ztunnel::ca_client::MAX_CONCURRENT), none refused, no retry storm.
+    // proxycore::ca_client::MAX_CONCURRENT), none refused, no retry storm.
     let m = tb.control_plane_metrics().unwrap();
     let issued =
         metric_value(&m, "citadel_server_success_cert_issuance_count_total", &[]).unwrap_or(0.0);

@@ -2,10 +2,10 @@
 //! store: a service VIP resolves to the right pod and target port.
 
 use controlplane::wds::addresses;
+use proxycore::state::wds::{convert_address, Converted};
+use proxycore::state::{State, Update};
 use resources::MeshSettings;
 use resources::Resources;
-use ztunnel::state::wds::{convert_address, Converted};
-use ztunnel::state::{State, Update};
 
 const YAML: &str = r#"
 kind: Namespace
@@ -49,6 +49,6 @@ fn a_vip_from_kubernetes_yaml_resolves_in_ztunnel() {
     );
     assert_eq!(
         ep.workload.tunnel_protocol,
-        ztunnel::state::TunnelProtocol::Hbone
+        proxycore::state::TunnelProtocol::Hbone
     );
 }

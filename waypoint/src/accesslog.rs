@@ -3,7 +3,7 @@
 //! level, target, message, `key=value` fields, `str` values quoted), at about a fifth of the
 //! cost (`docs/BENCHMARKS.md`: the formatter was 5 % of the waypoint's CPU). The line is
 //! written only when the `access` target is enabled at INFO, and goes into the same batched
-//! writer as every other line ([`ztunnel::logbuf`]).
+//! writer as every other line ([`proxycore::logbuf`]).
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -51,7 +51,7 @@ pub fn request(r: &Request<'_>) {
         } else {
             format_request(line, SystemTime::now(), r);
         }
-        ztunnel::logbuf::append(line.as_bytes());
+        proxycore::logbuf::append(line.as_bytes());
     });
 }
 

@@ -13,11 +13,11 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use l7::istio::{Balance, HashOn};
+use proxycore::state::Endpoint;
 use rand::Rng;
-use ztunnel::state::Endpoint;
 
 /// The hash of a request's key, if it has one.
 pub fn key(on: &HashOn, headers: &http::HeaderMap, uri: &http::Uri, client: IpAddr) -> Option<u64> {
@@ -47,86 +47,81 @@ pub fn key(on: &HashOn, headers: &http::HeaderMap, uri: &http::Uri, client: IpAd
     Some(h.finish())
 }
 
-/// Requests in flight per endpoint uid (for `LEAST_REQUEST`).
+/// The load balancers' state: requests in flight per endpoint uid (for `LEAST_REQUEST`)
+/// and round-robin positions per cluster.
 #[derive(Default)]
-struct InFlight(Mutex<HashMap<String, u32>>);
-
-fn in_flight() -> &'static InFlight {
-    static I: std::sync::OnceLock<InFlight> = std::sync::OnceLock::new();
-    I.get_or_init(InFlight::default)
+pub struct Balancer {
+    in_flight: Arc<Mutex<HashMap<String, u32>>>,
+    turns: Mutex<HashMap<String, usize>>,
 }
 
 /// A request in flight to an endpoint, counted until dropped.
-pub struct Counted(String);
+pub struct Counted(Arc<Mutex<HashMap<String, u32>>>, String);
 
-impl Counted {
-    pub fn new(uid: &str) -> Counted {
-        *in_flight()
-            .0
+impl Balancer {
+    /// Counts a request to `uid` until the returned guard is dropped.
+    pub fn count(&self, uid: &str) -> Counted {
+        *self
+            .in_flight
             .lock()
             .unwrap()
             .entry(uid.to_string())
             .or_default() += 1;
-        Counted(uid.to_string())
+        Counted(self.in_flight.clone(), uid.to_string())
+    }
+
+    /// One of `eps` (not empty) for `cluster` by `balance`; `hash`: the request's key.
+    pub fn choose(
+        &self,
+        balance: &Balance,
+        cluster: &str,
+        mut eps: Vec<Endpoint>,
+        hash: Option<u64>,
+    ) -> Endpoint {
+        let n = eps.len();
+        let i = match (balance, hash) {
+            (Balance::RoundRobin, _) => {
+                let mut t = self.turns.lock().unwrap();
+                let at = t.entry(cluster.to_string()).or_default();
+                let i = *at % n;
+                *at = at.wrapping_add(1);
+                i
+            }
+            (Balance::LeastRequest, _) if n > 1 => {
+                let mut rng = rand::thread_rng();
+                let a = rng.gen_range(0..n);
+                let b = (a + rng.gen_range(1..n)) % n;
+                let counts = self.in_flight.lock().unwrap();
+                let load = |i: usize| counts.get(&eps[i].workload.uid).copied().unwrap_or(0);
+                if load(b) < load(a) {
+                    b
+                } else {
+                    a
+                }
+            }
+            (Balance::Hash(_), Some(key)) => (0..n)
+                .max_by_key(|&i| {
+                    let mut h = std::hash::DefaultHasher::new();
+                    (key, &eps[i].workload.uid).hash(&mut h);
+                    h.finish()
+                })
+                .unwrap_or(0),
+            _ => rand::thread_rng().gen_range(0..n),
+        };
+        eps.swap_remove(i)
     }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        let mut counts = in_flight().0.lock().unwrap();
-        if let Some(n) = counts.get_mut(&self.0) {
+        let mut counts = self.0.lock().unwrap();
+        if let Some(n) = counts.get_mut(&self.1) {
             *n -= 1;
             if *n == 0 {
-                counts.remove(&self.0);
+                counts.remove(&self.1);
             }
         }
     }
-}
-
-/// Round-robin positions per cluster.
-fn turns() -> &'static Mutex<HashMap<String, usize>> {
-    static T: std::sync::OnceLock<Mutex<HashMap<String, usize>>> = std::sync::OnceLock::new();
-    T.get_or_init(Default::default)
-}
-
-/// One of `eps` (not empty) for `cluster` by `balance`; `hash`: the request's key.
-pub fn choose(
-    balance: &Balance,
-    cluster: &str,
-    mut eps: Vec<Endpoint>,
-    hash: Option<u64>,
-) -> Endpoint {
-    let n = eps.len();
-    let i = match (balance, hash) {
-        (Balance::RoundRobin, _) => {
-            let mut t = turns().lock().unwrap();
-            let at = t.entry(cluster.to_string()).or_default();
-            let i = *at % n;
-            *at = at.wrapping_add(1);
-            i
-        }
-        (Balance::LeastRequest, _) if n > 1 => {
-            let mut rng = rand::thread_rng();
-            let a = rng.gen_range(0..n);
-            let b = (a + rng.gen_range(1..n)) % n;
-            let counts = in_flight().0.lock().unwrap();
-            let load = |i: usize| counts.get(&eps[i].workload.uid).copied().unwrap_or(0);
-            if load(b) < load(a) {
-                b
-            } else {
-                a
-            }
-        }
-        (Balance::Hash(_), Some(key)) => (0..n)
-            .max_by_key(|&i| {
-                let mut h = std::hash::DefaultHasher::new();
-                (key, &eps[i].workload.uid).hash(&mut h);
-                h.finish()
-            })
-            .unwrap_or(0),
-        _ => rand::thread_rng().gen_range(0..n),
-    };
-    eps.swap_remove(i)
 }
 
 #[cfg(test)]

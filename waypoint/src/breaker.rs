@@ -18,7 +18,7 @@ use hyper::body::{Frame, SizeHint};
 use l7::istio::Limits;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::Body;
+use crate::body::Body;
 
 struct Cluster {
     slots: Arc<Semaphore>,
@@ -35,11 +35,6 @@ pub struct Breakers {
 pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
 
 impl Breakers {
-    pub fn get() -> &'static Breakers {
-        static B: std::sync::OnceLock<Breakers> = std::sync::OnceLock::new();
-        B.get_or_init(Breakers::default)
-    }
-
     /// A slot for a request to `key`, waiting for one while fewer than the pending limit
     /// wait; `None`: overflow.
     pub async fn admit(&self, key: &str, limits: &Limits, http2: bool) -> Option<Slot> {

@@ -1,7 +1,7 @@
-//! The waypoint's L7 configuration: Keelson's HTTPRoute, VirtualService and DestinationRule
-//! xDS types (xds/proto/l7.proto), decoded and checked once per state change, and the route
-//! tables of each frontend, built (regexes compiled, precedence sorted) once per state
-//! change instead of per request.
+//! The waypoint's L7 configuration: Keelson's HTTPRoute, VirtualService, DestinationRule and
+//! AuthorizationPolicy xDS types (xds/proto/l7.proto), decoded and checked as they arrive
+//! ([`crate::store`]), and the route tables of each frontend, built (regexes compiled,
+//! precedence sorted) once per change instead of per request.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use l7::table::{Route, RouteTable};
 use l7::vsroute::{DestinationRule, SubsetMembers, VirtualService, VsTable};
 use prost::Message;
-use ztunnel::state::State;
+use proxycore::state::State;
+
+use crate::store::L7Store;
 
 /// An HTTPRoute resource from the control plane, checked.
 pub fn decode_route(bytes: &[u8]) -> Result<Route, String> {
@@ -94,40 +96,14 @@ pub fn decode_policy(bytes: &[u8]) -> Result<WaypointPolicy, String> {
     })
 }
 
-/// The extra xDS types a waypoint subscribes to; a resource that does not decode or
-/// validate is NACKed by name.
-pub fn extra_types() -> Vec<ztunnel::xds_client::ExtraType> {
-    vec![
-        ztunnel::xds_client::ExtraType {
-            type_url: xds::type_url::HTTP_ROUTE,
-            ready: "xds http routes",
-            validate: Arc::new(|b: &[u8]| decode_route(b).map(|_| ())),
-        },
-        ztunnel::xds_client::ExtraType {
-            type_url: xds::type_url::VIRTUAL_SERVICE,
-            ready: "xds virtual services",
-            validate: Arc::new(|b: &[u8]| decode_virtual_service(b).map(|_| ())),
-        },
-        ztunnel::xds_client::ExtraType {
-            type_url: xds::type_url::DESTINATION_RULE,
-            ready: "xds destination rules",
-            validate: Arc::new(|b: &[u8]| decode_destination_rule(b).map(|_| ())),
-        },
-        ztunnel::xds_client::ExtraType {
-            type_url: xds::type_url::WAYPOINT_POLICY,
-            ready: "xds authorization policies",
-            validate: Arc::new(|b: &[u8]| decode_policy(b).map(|_| ())),
-        },
-    ]
-}
-
 /// HTTPRoute frontend: (service namespace, service name, port, client namespace).
 type RouteKey = (String, String, u16, String);
 
 #[derive(Default)]
 struct Cache {
-    /// The state version the rest was built from; `None` before the first build.
-    version: Option<u64>,
+    /// The versions (workload state, L7 store) the rest was built from; `None` before the
+    /// first build.
+    version: Option<(u64, u64)>,
     routes: Vec<Arc<Route>>,
     virtual_services: Vec<Arc<VirtualService>>,
     destination_rules: Vec<Arc<DestinationRule>>,
@@ -146,48 +122,34 @@ struct Cache {
 /// The authorization policies of one destination, in name order.
 pub type AppliedPolicies = Arc<[Arc<l7::authz::Policy>]>;
 
-/// The process-wide L7 configuration.
+/// The waypoint's L7 configuration: its store, and what is built from it.
 #[derive(Default)]
 pub struct L7Config {
+    pub store: Arc<L7Store>,
     cached: Mutex<Cache>,
 }
 
-fn decoded<T>(
-    state: &State,
-    type_url: &str,
-    decode: fn(&[u8]) -> Result<T, String>,
-) -> Vec<Arc<T>> {
-    state
-        .extras(type_url)
-        .values()
-        .filter_map(|b| decode(b).ok())
-        .map(Arc::new)
-        .collect()
-}
-
 impl L7Config {
-    /// Runs `f` on the cache, rebuilt first when the state changed since.
+    /// What the tables built from the configuration depend on: they are rebuilt when this
+    /// changes.
+    pub fn version(&self, state: &State) -> (u64, u64) {
+        (state.version(), self.store.version())
+    }
+
+    /// Runs `f` on the cache, rebuilt first when the state or the store changed since.
     fn with<R>(&self, state: &State, f: impl FnOnce(&mut Cache) -> R) -> R {
-        let version = state.version();
+        let version = self.version(state);
         let mut c = self.cached.lock().unwrap();
         if c.version != Some(version) {
-            *c = Cache {
+            *c = self.store.read(|r| Cache {
                 version: Some(version),
-                routes: decoded(state, xds::type_url::HTTP_ROUTE, decode_route),
-                virtual_services: decoded(
-                    state,
-                    xds::type_url::VIRTUAL_SERVICE,
-                    decode_virtual_service,
-                ),
-                destination_rules: decoded(
-                    state,
-                    xds::type_url::DESTINATION_RULE,
-                    decode_destination_rule,
-                ),
+                routes: r.routes.values().cloned().collect(),
+                virtual_services: r.virtual_services.values().cloned().collect(),
+                destination_rules: r.destination_rules.values().cloned().collect(),
+                policies: r.policies.values().cloned().collect(),
                 ..Cache::default()
-            };
+            });
             c.any_policy = c.destination_rules.iter().any(|d| sets_policy(&d.spec));
-            c.policies = decoded(state, xds::type_url::WAYPOINT_POLICY, decode_policy);
         }
         f(&mut c)
     }

@@ -12,16 +12,16 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use l7::retry::Outcome;
-use ztunnel::proxy::ProxyInputs;
-use ztunnel::state::Workload;
+use proxycore::state::Workload;
+use proxycore::ProxyInputs;
 
-use crate::breaker::{Breakers, Held};
-use crate::h1::{self, BoxError};
-use crate::outlier::Outliers;
+use crate::body::{full, Body};
+use crate::breaker::Held;
+use crate::error::Failure;
+use crate::h1;
 use crate::plan::{Action, Facts, Plan};
-use crate::{
-    full, open_tunnel, pick, text, Backend, Body, Destination, L7Config, Picked, Unreachable,
-};
+use crate::process::Waypoint;
+use crate::upstream::{open_tunnel, pick, Backend, Destination, Picked};
 use l7::istio::Ejection;
 
 /// Bodies up to this size are held so a request can be retried or mirrored; larger (or
@@ -32,7 +32,7 @@ const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Per tunnel: what the requests inside it are for and who sent them.
 pub struct Context {
-    pub pi: Arc<ProxyInputs>,
+    pub wp: Arc<Waypoint>,
     pub dst: Destination,
     /// `dst`'s name, for the access log.
     pub dst_name: String,
@@ -45,12 +45,11 @@ pub struct Context {
     /// The client's own address (the tunnel's `forwarded` header), and the one it addressed.
     pub source_ip: std::net::IpAddr,
     pub destination_ip: std::net::IpAddr,
-    pub config: Arc<L7Config>,
     pub tables: crate::plan::Tables,
     /// The tunnel's request metric handles.
     pub recorder: crate::metrics::Recorder,
     /// The tunnel's bytes, counted as they cross (its `istio_tcp_*` series and access line).
-    pub bytes: Arc<ztunnel::connection::Moved>,
+    pub bytes: Arc<proxycore::connection::Moved>,
 }
 
 /// A request body: held (replayable) or streaming (one use).
@@ -59,12 +58,54 @@ pub enum ReqBody {
     Stream(Body),
 }
 
-/// What the forwarding came to.
-struct Result {
+/// What the forwarding came to: the response and its access-log facts.
+struct Answer {
     resp: Response<Body>,
     upstream: Option<Arc<Workload>>,
     flag: &'static str,
     tries: u32,
+}
+
+impl Answer {
+    /// The answer to a request that failed with `f`.
+    fn failed(f: &Failure, upstream: Option<Arc<Workload>>, tries: u32) -> Answer {
+        Answer {
+            resp: f.response(),
+            upstream,
+            flag: f.flag(),
+            tries,
+        }
+    }
+}
+
+/// One try: the endpoint's response or why there was none, and the endpoint picked.
+struct Try {
+    result: Result<Response<Body>, Failure>,
+    upstream: Option<Arc<Workload>>,
+}
+
+impl Try {
+    fn failed(f: Failure, upstream: Option<Arc<Workload>>) -> Try {
+        Try {
+            result: Err(f),
+            upstream,
+        }
+    }
+
+    /// What the retry policy sees.
+    fn outcome(&self) -> Outcome {
+        match &self.result {
+            Ok(r) => Outcome::Response {
+                status: r.status().as_u16(),
+                grpc: r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok()),
+            },
+            Err(f) => f.outcome(),
+        }
+    }
 }
 
 impl Context {
@@ -87,8 +128,7 @@ impl Context {
             .or(authority.as_ref().map(|a| a.as_str()))
             .unwrap_or_default();
         let facts = Facts {
-            pi: &self.pi,
-            config: &self.config,
+            wp: &self.wp,
             source_namespace: &self.source_namespace,
             tables: Some(&self.tables),
             principal: Some(&self.principal),
@@ -113,7 +153,7 @@ impl Context {
             ..
         } = plan;
         let mut out = match action {
-            Action::Respond(resp, flag) => Result {
+            Action::Respond(resp, flag) => Answer {
                 resp,
                 upstream: None,
                 flag,
@@ -126,12 +166,7 @@ impl Context {
                     Some(limit) => match tokio::time::timeout(limit, work).await {
                         Ok(r) => r,
                         // The route's timeout, retries included: 504 (ERR-07).
-                        Err(_) => Result {
-                            resp: text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
-                            upstream: None,
-                            flag: "UT",
-                            tries: 0,
-                        },
+                        Err(_) => Answer::failed(&Failure::Timeout, None, 0),
                     },
                 }
             }
@@ -160,7 +195,8 @@ impl Context {
             details: details.as_deref(),
         });
         self.recorder.record(
-            &self.pi,
+            &self.wp.metrics,
+            &self.wp.pi,
             (&self.source, self.source_ip),
             &self.dst,
             &crate::metrics::Outcome {
@@ -184,7 +220,7 @@ impl Context {
         host: &str,
         retry: &l7::retry::RetryPolicy,
         mirrors: Vec<Backend>,
-    ) -> Result {
+    ) -> Answer {
         let (mut parts, body) = req.into_parts();
         let on_down = upstream_form(&mut parts, &backend, host);
         let replayable = match &body {
@@ -199,17 +235,7 @@ impl Context {
         let mut body = match body {
             ReqBody::Stream(body) if replayable => match body.collect().await {
                 Ok(b) => ReqBody::Held(b.to_bytes()),
-                Err(e) => {
-                    return Result {
-                        resp: text(
-                            StatusCode::BAD_REQUEST,
-                            &format!("reading the request: {e}"),
-                        ),
-                        upstream: None,
-                        flag: "DPE",
-                        tries: 0,
-                    }
-                }
+                Err(e) => return Answer::failed(&Failure::RequestBody(e.to_string()), None, 0),
             },
             body => body,
         };
@@ -237,24 +263,29 @@ impl Context {
                 ReqBody::Stream(s) => Upstream::Built(rebuild(&parts, s)),
             };
             let streaming_used = n == 1 && !replayable;
-            let (outcome, mut resp, upstream, flag) = self
+            let one = self
                 .try_once(&backend, req, retry.per_try_timeout, &tried)
                 .await;
-            if streaming_used || flag == "UO" || !retry.again(n, outcome) {
-                if let Some(down) = on_down {
-                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        join_upgrade(down, &mut resp);
+            let retriable = one.result.as_ref().err().is_none_or(Failure::retriable);
+            if streaming_used || !retriable || !retry.again(n, one.outcome()) {
+                return match one.result {
+                    Ok(mut resp) => {
+                        if let Some(down) = on_down {
+                            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                                join_upgrade(down, &mut resp);
+                            }
+                        }
+                        Answer {
+                            resp,
+                            upstream: one.upstream,
+                            flag: "-",
+                            tries: n,
+                        }
                     }
-                }
-                return Result {
-                    resp,
-                    upstream,
-                    flag,
-                    tries: n,
+                    Err(f) => Answer::failed(&f, one.upstream, n),
                 };
             }
-            drop(resp);
-            if let Some(w) = &upstream {
+            if let Some(w) = &one.upstream {
                 tried.push(w.uid.clone());
             }
             tokio::time::sleep(retry.wait(n)).await;
@@ -269,13 +300,15 @@ impl Context {
         req: Upstream<'_>,
         per_try: Option<Duration>,
         tried: &[String],
-    ) -> (Outcome, Response<Body>, Option<Arc<Workload>>, &'static str) {
+    ) -> Try {
         let attempt = async {
             let cluster = self.cluster(backend);
-            let outlier = cluster.as_ref().and_then(|c| c.outlier(&self.pi, backend));
+            let outlier = cluster
+                .as_ref()
+                .and_then(|c| c.outlier(&self.wp.pi, backend));
             let ejected = match &outlier {
                 Some((policy, key, total)) => {
-                    let out = Outliers::get().ejected(key, Instant::now());
+                    let out = self.wp.outliers.ejected(key, Instant::now());
                     if crate::outlier::panic(policy, *total, out.len()) {
                         Vec::new()
                     } else {
@@ -295,24 +328,18 @@ impl Context {
                 };
                 Some((balance, c.key.as_str(), hash))
             });
-            let picked = match pick(&self.pi, backend, tried, &ejected, lb) {
+            let picked = match pick(&self.wp, backend, tried, &ejected, lb) {
                 Ok(p) => p,
-                Err((status, msg, flag)) => {
-                    let o = Outcome::Response {
-                        status: 503,
-                        grpc: None,
-                    };
-                    return (o, text(status, &msg), None, flag);
-                }
+                Err(f) => return Try::failed(f, None),
             };
             let limits = cluster
                 .as_ref()
                 .and_then(|c| Some((c.policies.limits?, &c.key)));
             let slot = match limits {
                 Some((limits, key)) => {
-                    match Breakers::get().admit(key, &limits, req.is_http2()).await {
+                    match self.wp.breakers.admit(key, &limits, req.is_http2()).await {
                         Some(slot) => Some(slot),
-                        None => return overflow(),
+                        None => return Try::failed(Failure::Overflow, None),
                     }
                 }
                 None => None,
@@ -320,12 +347,12 @@ impl Context {
             let per_conn = limits.map_or(0, |(l, _)| l.max_requests_per_connection);
             let counted = lb
                 .filter(|(b, ..)| **b == l7::istio::Balance::LeastRequest)
-                .map(|_| crate::balance::Counted::new(&picked.w.uid));
-            let result = exchange(&self.pi, &picked, self.client, req, per_conn).await;
+                .map(|_| self.wp.balancer.count(&picked.w.uid));
+            let result = exchange(&self.wp, &picked, self.client, req, per_conn).await;
             if let Some((policy, key, total)) = &outlier {
                 // A failed connection or a reset counts as the 503 it is answered with.
                 let status = result.as_ref().map_or(503, |r| r.status().as_u16());
-                if Outliers::get().record(
+                if self.wp.outliers.record(
                     key,
                     &picked.w.uid,
                     status,
@@ -337,60 +364,24 @@ impl Context {
                         "outlier detection ejected an endpoint");
                 }
             }
-            match result {
-                Ok(mut r) => {
-                    let upgraded = r.status() == StatusCode::SWITCHING_PROTOCOLS;
-                    strip_hop_by_hop(r.headers_mut(), upgraded);
-                    let grpc = r
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse().ok());
-                    let o = Outcome::Response {
-                        status: r.status().as_u16(),
-                        grpc,
-                    };
-                    if slot.is_some() || counted.is_some() {
-                        r = r.map(|b| Held::wrap(b, Box::new((slot, counted))));
-                    }
-                    (o, r, Some(picked.w), "-")
+            let result = result.map(|mut r| {
+                let upgraded = r.status() == StatusCode::SWITCHING_PROTOCOLS;
+                strip_hop_by_hop(r.headers_mut(), upgraded);
+                if slot.is_some() || counted.is_some() {
+                    r = r.map(|b| Held::wrap(b, Box::new((slot, counted))));
                 }
-                Err(Failure::Connect((status, msg, flag))) => (
-                    Outcome::ConnectFailure,
-                    text(status, &msg),
-                    Some(picked.w),
-                    flag,
-                ),
-                Err(Failure::Reset(e)) => (
-                    if refused_stream(&e) {
-                        Outcome::RefusedStream
-                    } else {
-                        Outcome::Reset
-                    },
-                    text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &format!("upstream connect error or disconnect/reset before headers: {e}"),
-                    ),
-                    Some(picked.w),
-                    // A response that is not HTTP: Envoy's upstream protocol error.
-                    if matches!(e.downcast_ref(), Some(h1::Error::Malformed(_))) {
-                        "UPE"
-                    } else {
-                        "UC"
-                    },
-                ),
+                r
+            });
+            Try {
+                result,
+                upstream: Some(picked.w),
             }
         };
         match per_try {
             None => attempt.await,
             Some(limit) => match tokio::time::timeout(limit, attempt).await {
                 Ok(r) => r,
-                Err(_) => (
-                    Outcome::Timeout,
-                    text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
-                    None,
-                    "UT",
-                ),
+                Err(_) => Try::failed(Failure::Timeout, None),
             },
         }
     }
@@ -404,12 +395,13 @@ impl Context {
         let subset = backend.subset.as_deref().map(|s| s.name.as_str());
         let namespaces = [
             svc.namespace.as_str(),
-            self.pi.cfg.pod_namespace.as_deref().unwrap_or(""),
+            self.wp.pi.cfg.pod_namespace.as_deref().unwrap_or(""),
             "istio-system",
         ];
         let policies =
-            self.config
-                .policies(&self.pi.state, &svc.hostname, namespaces, *port, subset);
+            self.wp
+                .config
+                .policies(&self.wp.pi.state, &svc.hostname, namespaces, *port, subset);
         if policies.ejection.is_none() && policies.limits.is_none() && policies.balance.is_none() {
             return None;
         }
@@ -425,19 +417,14 @@ impl Context {
         if let Ok(v) = http::HeaderValue::from_str(&shadow_host(host)) {
             parts.headers.insert(http::header::HOST, v);
         }
-        let (pi, client) = (self.pi.clone(), self.client);
+        let (wp, client) = (self.wp.clone(), self.client);
         tokio::spawn(async move {
             let copy = async {
-                let picked = pick(&pi, &to, &[], &[], None).map_err(|e| e.1)?;
-                let resp = exchange(&pi, &picked, client, Upstream::Whole(&parts, body), 0)
-                    .await
-                    .map_err(|e| match e {
-                        Failure::Connect(u) => u.1,
-                        Failure::Reset(e) => e.to_string(),
-                    })?;
+                let picked = pick(&wp, &to, &[], &[], None)?;
+                let resp = exchange(&wp, &picked, client, Upstream::Whole(&parts, body), 0).await?;
                 let status = resp.status();
                 let _ = resp.into_body().collect().await;
-                Ok::<_, String>((picked.w, status))
+                Ok::<_, Failure>((picked.w, status))
             };
             match tokio::time::timeout(MIRROR_TIMEOUT, copy).await {
                 Ok(Ok((w, status))) => tracing::debug!(upstream = %w.name, %status, "mirrored"),
@@ -471,41 +458,6 @@ impl Cluster {
     }
 }
 
-/// A circuit breaker's answer (DR-25, DR-30): not sent, not retried.
-fn overflow() -> (Outcome, Response<Body>, Option<Arc<Workload>>, &'static str) {
-    let mut resp = text(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "upstream connect error or disconnect/reset before headers. reset reason: overflow",
-    );
-    resp.headers_mut()
-        .insert("x-envoy-overloaded", http::HeaderValue::from_static("true"));
-    let o = Outcome::Response {
-        status: 503,
-        grpc: None,
-    };
-    (o, resp, None, "UO")
-}
-
-/// Whether an HTTP/2 endpoint refused the request's stream (REFUSED_STREAM: nothing of it
-/// was processed), which `retryOn: refused-stream` retries.
-fn refused_stream(e: &BoxError) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
-    while let Some(s) = source {
-        if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        source = s.source();
-    }
-    false
-}
-
-enum Failure {
-    /// No connection to the endpoint.
-    Connect(Unreachable),
-    /// Connected; no response.
-    Reset(BoxError),
-}
-
 /// A request as it goes to an endpoint.
 enum Upstream<'a> {
     /// Its head and whole body: spoken by [`h1`] on a kept or new connection (HTTP/1.1), or
@@ -537,12 +489,12 @@ impl Upstream<'_> {
 /// gets hyper's HTTP/1.1 client on a connection of its own, not kept. A kept connection
 /// serves at most `per_conn` requests (0: no limit; DR-32).
 async fn exchange(
-    pi: &ProxyInputs,
+    wp: &Waypoint,
     p: &Picked,
     client: SocketAddr,
     req: Upstream<'_>,
     per_conn: u32,
-) -> std::result::Result<Response<Body>, Failure> {
+) -> Result<Response<Body>, Failure> {
     let ip = p.w.addresses.first().copied();
     let key: h1::Key = (
         SocketAddr::new(ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()), p.port),
@@ -553,11 +505,11 @@ async fn exchange(
             if parts.version != http::Version::HTTP_2
                 && !parts.headers.contains_key(http::header::UPGRADE) =>
         {
-            let conn = match h1::Kept::get().take(&key) {
+            let conn = match wp.kept.take(&key) {
                 Some(c) => c,
-                None => h1::Conn::new(open_tunnel(pi, p, client).await.map_err(Failure::Connect)?),
+                None => h1::Conn::new(open_tunnel(&wp.pi, p, client).await?),
             };
-            return h1::send(conn, key, parts, &body, per_conn)
+            return h1::send(&wp.kept, conn, key, parts, &body, per_conn)
                 .await
                 .map_err(|e| Failure::Reset(e.into()));
         }
@@ -565,9 +517,9 @@ async fn exchange(
         Upstream::Built(req) => req,
     };
     if req.version() == http::Version::HTTP_2 {
-        return exchange_h2(pi, p, client, key, req).await;
+        return exchange_h2(wp, p, client, key, req).await;
     }
-    let stream = open_tunnel(pi, p, client).await.map_err(Failure::Connect)?;
+    let stream = open_tunnel(&wp.pi, p, client).await?;
     let io = TokioIo::new(hbone::io::H2Io::new(stream));
     let (mut s, conn) = hyper::client::conn::http1::handshake(io)
         .await
@@ -693,29 +645,22 @@ fn speaks_h2(dst: &Destination) -> bool {
 /// HTTP/2 connections to endpoints, one per endpoint and client, shared by concurrent
 /// requests.
 #[derive(Default)]
-struct H2Upstreams {
+pub struct H2Upstreams {
     conns: std::sync::Mutex<HashMap<h1::Key, H2Sender>>,
 }
 
 type H2Sender = hyper::client::conn::http2::SendRequest<Body>;
 
-impl H2Upstreams {
-    fn get() -> &'static H2Upstreams {
-        static U: std::sync::OnceLock<H2Upstreams> = std::sync::OnceLock::new();
-        U.get_or_init(H2Upstreams::default)
-    }
-}
-
 /// The request over HTTP/2 to `p`: on the shared connection, opened when there is none.
 async fn exchange_h2(
-    pi: &ProxyInputs,
+    wp: &Waypoint,
     p: &Picked,
     client: SocketAddr,
     key: h1::Key,
     req: Request<Body>,
-) -> std::result::Result<Response<Body>, Failure> {
+) -> Result<Response<Body>, Failure> {
     let shared = {
-        let mut conns = H2Upstreams::get().conns.lock().unwrap();
+        let mut conns = wp.h2.conns.lock().unwrap();
         match conns.get(&key) {
             Some(s) if !s.is_closed() => Some(s.clone()),
             Some(_) => {
@@ -728,7 +673,7 @@ async fn exchange_h2(
     let mut s = match shared {
         Some(s) => s,
         None => {
-            let stream = open_tunnel(pi, p, client).await.map_err(Failure::Connect)?;
+            let stream = open_tunnel(&wp.pi, p, client).await?;
             let io = TokioIo::new(hbone::io::H2Io::new(stream));
             let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                 .await
@@ -736,7 +681,7 @@ async fn exchange_h2(
             tokio::spawn(async move {
                 let _ = conn.await;
             });
-            let mut conns = H2Upstreams::get().conns.lock().unwrap();
+            let mut conns = wp.h2.conns.lock().unwrap();
             // Connections that closed since (endpoints that went away) go now.
             conns.retain(|_, s| !s.is_closed());
             conns.insert(key, s.clone());

@@ -3,11 +3,26 @@
 
 use std::process::ExitCode;
 
+use proxycore::config::{Config, ProcessEnv, ProxyMode, Source, PROXY_MODE};
 use tracing_subscriber::EnvFilter;
-use ztunnel::config::{Config, ProcessEnv, ProxyMode};
 
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// The process environment, where `PROXY_MODE` defaults to `dedicated`: a waypoint serves
+/// one workload, itself.
+struct WaypointEnv;
+
+impl Source for WaypointEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        ProcessEnv
+            .get(key)
+            .or_else(|| (key == PROXY_MODE).then(|| "dedicated".to_string()))
+    }
+    fn prefixed(&self, prefix: &str) -> Vec<(String, String)> {
+        ProcessEnv.prefixed(prefix)
+    }
+}
 
 fn main() -> ExitCode {
     if let Some(a) = std::env::args().nth(1) {
@@ -16,11 +31,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     }
-    // A waypoint serves one workload, itself: ztunnel's dedicated mode.
-    if std::env::var_os("PROXY_MODE").is_none() {
-        std::env::set_var("PROXY_MODE", "dedicated");
-    }
-    let mut cfg = match Config::from_source(&ProcessEnv) {
+    let mut cfg = match Config::from_source(&WaypointEnv) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("waypoint: {e}");
@@ -33,15 +44,15 @@ fn main() -> ExitCode {
     // One thread unless set: fewer cross-thread wake-ups per request. Measured with
     // `keelson bench l7`: 0.187 against 0.225 CPU s per 1,000 requests, and +0.34 against
     // +1.16 ms at p50 (docs/BENCHMARKS.md). More threads for more than ~5,000 requests/s.
-    if std::env::var_os(ztunnel::config::ZTUNNEL_WORKER_THREADS).is_none() {
+    if std::env::var_os(proxycore::config::ZTUNNEL_WORKER_THREADS).is_none() {
         cfg.worker_threads = 1;
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        // A line per request: written in batches (ztunnel::logbuf).
-        .with_writer(ztunnel::logbuf::Batched)
+        // A line per request: written in batches (proxycore::logbuf).
+        .with_writer(proxycore::logbuf::Batched)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     // LOG_FORMAT=json, as ztunnel honours it.
     waypoint::accesslog::set_json(cfg.json_logs);
@@ -50,8 +61,8 @@ fn main() -> ExitCode {
     } else {
         builder.init();
     }
-    ztunnel::logbuf::flush_on_panic();
-    ztunnel::app::return_freed_memory();
+    proxycore::logbuf::flush_on_panic();
+    proxycore::runtime::return_freed_memory();
     // One worker: the current-thread scheduler, whose wake-ups need no cross-thread
     // synchronisation.
     let built = if cfg.worker_threads == 1 {
@@ -78,6 +89,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     };
-    ztunnel::logbuf::flush();
+    proxycore::logbuf::flush();
     code
 }

@@ -15,11 +15,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use ztunnel::metrics::{Reporter, TrafficLabels};
-use ztunnel::proxy::ProxyInputs;
-use ztunnel::state::Workload;
+use proxycore::metrics::{Reporter, TrafficLabels};
+use proxycore::state::Workload;
+use proxycore::ProxyInputs;
 
-use crate::Destination;
+use crate::upstream::Destination;
 
 /// Istio's default buckets for request durations, in milliseconds.
 const BUCKETS_MS: [f64; 19] = [
@@ -44,24 +44,30 @@ pub struct HttpMetrics {
     pub duration: Durations,
 }
 
-fn metrics() -> &'static HttpMetrics {
-    static M: OnceLock<HttpMetrics> = OnceLock::new();
-    M.get_or_init(|| HttpMetrics {
-        requests: Family::default(),
-        duration: Family::new_with_constructor(|| Histogram::new(BUCKETS_MS.iter().copied())),
-    })
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        HttpMetrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(|| Histogram::new(BUCKETS_MS.iter().copied())),
+        }
+    }
 }
 
-/// Adds the request metrics to the waypoint's registry (served on 15020).
-pub fn register(registry: &mut Registry) {
-    let m = metrics();
-    let r = registry.sub_registry_with_prefix("istio");
-    r.register("requests", "Total number of requests", m.requests.clone());
-    r.register(
-        "request_duration_milliseconds",
-        "Duration of requests in milliseconds",
-        m.duration.clone(),
-    );
+impl HttpMetrics {
+    /// Adds the request metrics to the waypoint's registry (served on 15020).
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("istio");
+        r.register(
+            "requests",
+            "Total number of requests",
+            self.requests.clone(),
+        );
+        r.register(
+            "request_duration_milliseconds",
+            "Duration of requests in milliseconds",
+            self.duration.clone(),
+        );
+    }
 }
 
 /// One request's outcome, as the labels tell it apart.
@@ -107,6 +113,7 @@ const KEPT: usize = 16;
 impl Recorder {
     pub fn record(
         &self,
+        m: &HttpMetrics,
         pi: &ProxyInputs,
         source: (&str, std::net::IpAddr),
         dst: &Destination,
@@ -146,7 +153,6 @@ impl Recorder {
             response_code: o.status,
             grpc_response_status: String::from_utf8_lossy(grpc_status).into_owned(),
         };
-        let m = metrics();
         let requests = m.requests.get_or_create(&labels).clone();
         let duration = m.duration.get_or_create(&labels).clone();
         requests.inc();

@@ -44,11 +44,6 @@ pub struct Outliers {
 }
 
 impl Outliers {
-    pub fn get() -> &'static Outliers {
-        static O: std::sync::OnceLock<Outliers> = std::sync::OnceLock::new();
-        O.get_or_init(Outliers::default)
-    }
-
     /// The uids ejected now in `key`.
     pub fn ejected(&self, key: &Key, now: Instant) -> Vec<String> {
         let clusters = self.clusters.lock().unwrap();

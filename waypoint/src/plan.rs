@@ -9,11 +9,13 @@ use http::{HeaderName, Request, Response, StatusCode};
 use l7::istio::{HeaderOps, HttpRule};
 use l7::retry::RetryPolicy;
 use l7::vsroute::Cors;
+use proxycore::state::Service;
 use rand::Rng;
-use ztunnel::proxy::ProxyInputs;
-use ztunnel::state::Service;
 
-use crate::{full, text, Backend, Body, Destination, L7Config, Unreachable};
+use crate::body::{full, text, Body};
+use crate::error::Failure;
+use crate::process::Waypoint;
+use crate::upstream::{Backend, Destination};
 
 pub enum Action {
     /// Answered here, with a response flag.
@@ -94,8 +96,7 @@ fn chance(percent: f64) -> bool {
 
 /// The request facts the planners look at.
 pub struct Facts<'a> {
-    pub pi: &'a ProxyInputs,
-    pub config: &'a L7Config,
+    pub wp: &'a Waypoint,
     pub source_namespace: &'a str,
     /// The tunnel's tables, when it keeps them ([`Tables`]).
     pub tables: Option<&'a Tables>,
@@ -114,10 +115,10 @@ type Found = (
 );
 
 /// The HTTPRoute and VirtualService tables of one tunnel's destination and client, kept for
-/// the state version they were looked up in: the requests of a tunnel do not look them up
+/// the versions they were looked up in: the requests of a tunnel do not look them up
 /// (three key strings, two locks) each time.
 #[derive(Default)]
-pub struct Tables(std::sync::Mutex<Option<(u64, Found)>>);
+pub struct Tables(std::sync::Mutex<Option<((u64, u64), Found)>>);
 
 pub fn plan<B>(f: &Facts<'_>, dst: &Destination, req: &mut Request<B>, host: &str) -> Plan {
     normalize(req);
@@ -126,8 +127,8 @@ pub fn plan<B>(f: &Facts<'_>, dst: &Destination, req: &mut Request<B>, host: &st
         Destination::Workload { .. } => None,
     };
     let look_up = || {
-        let pi = f.pi;
-        let policies = f.config.authorization(
+        let pi = &f.wp.pi;
+        let policies = f.wp.config.authorization(
             &pi.state,
             (&pi.local_ns, &pi.local_name),
             service.map_or("", |(svc, _)| svc.hostname.as_str()),
@@ -142,7 +143,7 @@ pub fn plan<B>(f: &Facts<'_>, dst: &Destination, req: &mut Request<B>, host: &st
             port_name: None,
             client_namespace: f.source_namespace,
         };
-        let routes = f.config.route_table(&pi.state, &frontend);
+        let routes = f.wp.config.route_table(&pi.state, &frontend);
         if routes.is_some() {
             return (routes, None, policies);
         }
@@ -153,14 +154,14 @@ pub fn plan<B>(f: &Facts<'_>, dst: &Destination, req: &mut Request<B>, host: &st
         };
         (
             routes,
-            Some(f.config.vs_table(&pi.state, &vs_frontend)),
+            Some(f.wp.config.vs_table(&pi.state, &vs_frontend)),
             policies,
         )
     };
     let (routes, vss, policies) = match f.tables {
         None => look_up(),
         Some(Tables(kept)) => {
-            let version = f.pi.state.version();
+            let version = f.wp.config.version(&f.wp.pi.state);
             let mut kept = kept.lock().unwrap();
             match kept.as_ref() {
                 Some((v, found)) if *v == version => found.clone(),
@@ -368,7 +369,7 @@ fn gateway_backend(
     let ns = b.namespace.as_deref().unwrap_or(route_ns);
     let host = format!("{}.{ns}.{}", b.name, l7::vsroute::CLUSTER_SUFFIX);
     b.is_service()
-        .then(|| f.pi.state.service_by_host(&host, ns))
+        .then(|| f.wp.pi.state.service_by_host(&host, ns))
         .flatten()
 }
 
@@ -487,11 +488,12 @@ fn vs_backend(
     d: &l7::istio::Destination,
     vs_ns: &str,
     addressed_port: u16,
-) -> Result<Backend, Unreachable> {
+) -> Result<Backend, Failure> {
     let host = l7::vsroute::fqdn(&d.host, vs_ns);
-    let not_found = |what: String| (StatusCode::SERVICE_UNAVAILABLE, what, "NC");
+    let not_found = Failure::NoCluster;
     let svc =
-        f.pi.state
+        f.wp.pi
+            .state
             .service_by_host(&host, vs_ns)
             .ok_or_else(|| not_found(format!("no service {host}")))?;
     let port = match &d.port {
@@ -502,13 +504,13 @@ fn vs_backend(
     let subset = match &d.subset {
         None => None,
         Some(name) => Some(
-            f.config
+            f.wp.config
                 .subset(
-                    &f.pi.state,
+                    &f.wp.pi.state,
                     &svc.hostname,
                     [
                         &svc.namespace,
-                        f.pi.cfg.pod_namespace.as_deref().unwrap_or(""),
+                        f.wp.pi.cfg.pod_namespace.as_deref().unwrap_or(""),
                         "istio-system",
                     ],
                     name,
@@ -577,8 +579,8 @@ fn virtual_service<B>(
     vs_request_changes(rule, dest, &mut plan, req, &sel);
     match vs_backend(f, &dest.destination, &sel.vs.namespace, port) {
         Ok(b) => plan.action = Action::Forward(b),
-        Err((status, msg, flag)) => {
-            plan.action = Action::Respond(text(status, &msg), flag);
+        Err(f) => {
+            plan.action = Action::Respond(f.response(), f.flag());
             return plan;
         }
     }
@@ -727,8 +729,8 @@ fn vs_mirrors(f: &Facts<'_>, rule: &HttpRule, vs_ns: &str, port: u16) -> Vec<Bac
         .filter(|(_, pct)| chance(*pct))
         .filter_map(|(d, _)| match vs_backend(f, d, vs_ns, port) {
             Ok(b) => Some(b),
-            Err((_, msg, _)) => {
-                tracing::debug!(error = %msg, "mirror destination not found; not mirrored");
+            Err(e) => {
+                tracing::debug!(error = %e, "mirror destination not found; not mirrored");
                 None
             }
         })
@@ -758,15 +760,12 @@ fn abort_response(a: &l7::istio::FaultAbort) -> Response<Body> {
 
 /// The backend of a TCP connection to `dst`: the first VirtualService `tcp` rule that
 /// matches picks one destination per connection (VS-81..84); without one, `dst` itself.
-pub fn tcp_backend(
-    pi: &ProxyInputs,
-    config: &L7Config,
-    dst: &Destination,
-) -> Result<Backend, Unreachable> {
+pub fn tcp_backend(wp: &Waypoint, dst: &Destination) -> Result<Backend, Failure> {
+    let pi = &wp.pi;
     let Destination::Service { svc, port } = dst else {
         return Ok(Backend::of(dst.clone()));
     };
-    let all = config.virtual_services(&pi.state);
+    let all = wp.config.virtual_services(&pi.state);
     let frontend = l7::vsroute::Frontend {
         service_namespace: &svc.namespace,
         hostname: &svc.hostname,
@@ -778,16 +777,9 @@ pub fn tcp_backend(
     let Some((vs, rule)) = l7::vsroute::tcp_route(&all, &frontend, *vip, *port) else {
         return Ok(Backend::of(dst.clone()));
     };
-    let dest = l7::vsroute::pick_weighted(&rule.route).ok_or_else(|| {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no destination".to_string(),
-            "NR",
-        )
-    })?;
+    let dest = l7::vsroute::pick_weighted(&rule.route).ok_or(Failure::NoDestination)?;
     let facts = Facts {
-        pi,
-        config,
+        wp,
         source_namespace: "",
         tables: None,
         principal: None,

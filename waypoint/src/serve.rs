@@ -23,11 +23,11 @@ use hyper::body::Body as _;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
+use crate::body::Body;
 use crate::forward::{Context, ReqBody, REPLAY_LIMIT};
 use crate::h1::{has_token, join, Conn, Spans, MAX_HEADERS};
-use crate::Body;
 use hbone::Counter;
-use ztunnel::connection::Moved;
+use proxycore::connection::Moved;
 
 /// A request head larger than this goes to hyper's server, which refuses it past its own
 /// limit.
@@ -40,8 +40,10 @@ const SEND_AT: usize = 64 * 1024;
 /// slowloris), and the tunnel may idle between requests, or a body pause, for at most the
 /// idle timeout (docs/HARDENING.md, finding 5).
 pub async fn serve(ctx: Arc<Context>, stream: H2Stream) {
-    let (header_timeout, idle_timeout) =
-        (ctx.pi.cfg.http_header_timeout, ctx.pi.cfg.http_idle_timeout);
+    let (header_timeout, idle_timeout) = (
+        ctx.wp.pi.cfg.http_header_timeout,
+        ctx.wp.pi.cfg.http_idle_timeout,
+    );
     let moved = ctx.bytes.clone();
     let mut conn = Conn::new(stream);
     loop {
@@ -214,7 +216,7 @@ fn request(buf: &mut Bytes) -> Parsed {
 
 /// The rest of the connection (`conn`'s buffer first) to hyper's server.
 async fn hand_over(ctx: Arc<Context>, conn: Conn) {
-    let cfg = ctx.pi.cfg.clone();
+    let cfg = ctx.wp.pi.cfg.clone();
     // HTTP/2 inside the tunnel: the same frame budgets as the HBONE connection itself.
     let budget = hbone::guard::Budget::new(&cfg.h2.frames);
     let http2 =
@@ -325,7 +327,7 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Tunnel for 
 /// A request head still incomplete at the header timeout: 408, then the tunnel ends.
 async fn header_timed_out(ctx: &Context, mut conn: Conn) {
     tracing::info!(destination = %ctx.dst_name, received = conn.buf.len(), "request head not complete within the header timeout; 408");
-    let resp = crate::text(StatusCode::REQUEST_TIMEOUT, "request header timeout");
+    let resp = crate::body::text(StatusCode::REQUEST_TIMEOUT, "request header timeout");
     let _ = respond(
         &mut conn.stream,
         resp,

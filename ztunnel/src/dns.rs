@@ -18,9 +18,9 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
-use crate::state::State;
+use proxycore::state::State;
 
-pub const PORT: u16 = 15053;
+pub const PORT: u16 = proxycore::config::DNS_PORT;
 pub const TTL: u32 = 30;
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
 pub const TCP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -287,7 +287,7 @@ impl Dns {
             .workload_by_name(&self.namespace, &self.workload_name);
         let or_unknown = |s: Option<&str>| {
             s.filter(|s| !s.is_empty())
-                .unwrap_or(crate::metrics::UNKNOWN)
+                .unwrap_or(proxycore::metrics::UNKNOWN)
                 .to_string()
         };
         DnsLabels {
@@ -349,7 +349,7 @@ impl Dns {
         for up in &self.upstreams {
             let attempt = async {
                 if udp {
-                    let s = crate::proxy::socket::in_netns(self.netns.as_deref(), || {
+                    let s = proxycore::socket::in_netns(self.netns.as_deref(), || {
                         socket2::Socket::new(
                             socket2::Domain::for_address(*up),
                             socket2::Type::DGRAM,
@@ -368,13 +368,9 @@ impl Dns {
                     buf.truncate(n);
                     Ok(buf)
                 } else {
-                    let mut s = crate::proxy::socket::connect_in(
-                        self.netns.as_deref(),
-                        *up,
-                        None,
-                        self.mark,
-                    )
-                    .await?;
+                    let mut s =
+                        proxycore::socket::connect_in(self.netns.as_deref(), *up, None, self.mark)
+                            .await?;
                     s.write_all(&(raw.len() as u16).to_be_bytes()).await?;
                     s.write_all(raw).await?;
                     let n = s.read_u16().await? as usize;
@@ -453,7 +449,7 @@ async fn tcp_connection(dns: Arc<Dns>, mut s: TcpStream) {
 /// Binds UDP and TCP on 127.0.0.1:`port`, inside `netns` when given.
 pub fn bind(netns: Option<&std::fs::File>, port: u16) -> std::io::Result<(UdpSocket, TcpListener)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let udp = crate::proxy::socket::in_netns(netns, || {
+    let udp = proxycore::socket::in_netns(netns, || {
         use socket2::{Domain, Protocol, Socket, Type};
         let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
         // As the TCP listeners: a new ztunnel binds beside the old one during a hand-off.
@@ -463,7 +459,7 @@ pub fn bind(netns: Option<&std::fs::File>, port: u16) -> std::io::Result<(UdpSoc
         Ok(std::net::UdpSocket::from(s))
     })?;
     let udp = UdpSocket::from_std(udp)?;
-    let tcp = crate::proxy::socket::listen_in(netns, Some(addr.ip()), port, false)?;
+    let tcp = proxycore::socket::listen_in(netns, Some(addr.ip()), port, false)?;
     Ok((udp, tcp))
 }
 

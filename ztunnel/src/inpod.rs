@@ -12,13 +12,14 @@ use std::time::Duration;
 use hbone::Pool;
 use identity::{CertStore, Identity};
 
-use crate::admin::Readiness;
-use crate::config::{Config, ProxyWorkloadInfo};
 use crate::dns::DnsMetrics;
-use crate::drain::Drain;
-use crate::metrics::Metrics;
-use crate::proxy::{self, ProxyInputs};
-use crate::state::State;
+use crate::proxy;
+use proxycore::admin::Readiness;
+use proxycore::config::{Config, ProxyWorkloadInfo};
+use proxycore::drain::Drain;
+use proxycore::metrics::Metrics;
+use proxycore::state::State;
+use proxycore::ProxyInputs;
 use zds::client::{self as zds_client, Event, Handler};
 
 pub const READY_TASK: &str = "inpod snapshot";
@@ -53,6 +54,9 @@ pub struct PodState {
     pub service_account: String,
 }
 
+/// The enrolled pods, as the admin endpoint shows them (`workloadState`).
+pub type PodsView = Arc<Mutex<Vec<PodState>>>;
+
 pub struct WorkloadManager {
     shared: Shared,
     pods: HashMap<String, Pod>,
@@ -60,7 +64,7 @@ pub struct WorkloadManager {
     snapshot: HashSet<String>,
     readiness: Readiness,
     /// What `/config_dump` shows.
-    pub view: Arc<Mutex<Vec<PodState>>>,
+    pub view: PodsView,
 }
 
 impl WorkloadManager {

@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
+use proxycore::config::{Config, ProcessEnv};
 use tracing_subscriber::EnvFilter;
-use ztunnel::config::{Config, ProcessEnv};
 
 /// jemalloc, as upstream ztunnel uses: it recycles the large buffers of bulk transfers instead
 /// of mapping and unmapping them (page faults were ~12% of a bulk-transfer profile with glibc).
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     };
     init_logging(cfg.json_logs);
     raise_fd_limit();
-    ztunnel::app::return_freed_memory();
+    proxycore::runtime::return_freed_memory();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.worker_threads)
         .enable_all()
@@ -70,7 +70,7 @@ fn init_logging(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(ztunnel::logbuf::Stderr)
+        .with_writer(proxycore::logbuf::Stderr)
         // Colours only on a terminal: logs written to files stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {

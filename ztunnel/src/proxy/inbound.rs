@@ -7,73 +7,18 @@ use std::sync::Arc;
 use hbone::server::Incoming;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::socket;
-use super::{ProxyError, ProxyInputs};
-use crate::connection::{ConnectionResult, Direction, Peers};
-use crate::metrics::{Reporter, TrafficLabels};
-use crate::state::State;
+use proxycore::connection::{ConnectionResult, Direction, Peers};
+use proxycore::metrics::{Reporter, TrafficLabels};
+use proxycore::socket;
+use proxycore::state::State;
+use proxycore::{ProxyError, ProxyInputs};
 
 pub async fn serve(pi: Arc<ProxyInputs>, listener: TcpListener) {
-    super::accept_loop(pi, listener, "inbound", serve_connection).await
+    proxycore::listen::accept_loop(pi, listener, "inbound", serve_connection).await
 }
 
 async fn serve_connection(pi: Arc<ProxyInputs>, tcp: TcpStream, peer: SocketAddr) {
-    serve_hbone(pi, tcp, peer, handle_stream).await
-}
-
-/// Serves one accepted HBONE connection as the local identity until drain, each CONNECT
-/// stream handed to `handle` (ztunnel's inbound, or the waypoint).
-pub async fn serve_hbone<F, Fut>(pi: Arc<ProxyInputs>, tcp: TcpStream, peer: SocketAddr, handle: F)
-where
-    F: Fn(Arc<ProxyInputs>, Incoming) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let local = match tcp.local_addr() {
-        Ok(a) => socket::canonical(a),
-        Err(_) => return,
-    };
-    let tls = match pi.server_tls().await {
-        Ok(t) => t,
-        Err(e) => return tracing::warn!(%peer, error = %e, "no certificate to serve HBONE with"),
-    };
-    let stop = pi.drain.started();
-    let handler = {
-        let pi = pi.clone();
-        move |inc: Incoming| handle(pi.clone(), inc)
-    };
-    let served = hbone::server::serve(
-        tcp,
-        peer,
-        local,
-        tls,
-        &pi.cfg.h2,
-        &pi.handshakes,
-        stop,
-        handler,
-    )
-    .await;
-    let Err(e) = served else { return };
-    let reason = |r: &'static str| crate::metrics::ReasonLabel { reason: r };
-    match &e {
-        hbone::HboneError::HandshakeShed(why) => {
-            pi.metrics.handshakes_shed.get_or_create(&reason(why)).inc();
-        }
-        hbone::HboneError::HandshakeTimeout => {
-            pi.metrics
-                .handshakes_shed
-                .get_or_create(&reason("timeout"))
-                .inc();
-        }
-        hbone::HboneError::Flood(frame) => {
-            pi.metrics.flood_closed.get_or_create(&reason(frame)).inc();
-        }
-        _ => {}
-    }
-    // An unauthenticated peer can make these at will: limited per kind of failure.
-    let flag = e.response_flag();
-    if let Some(suppressed) = crate::ratelog::allow(flag) {
-        tracing::info!(%peer, error = %e, response_flags = flag, suppressed, "HBONE connection failed");
-    }
+    proxycore::listen::serve_hbone(pi, tcp, peer, handle_stream).await
 }
 
 /// Where an accepted CONNECT goes: the app's address and the service it was addressed to.
@@ -123,7 +68,7 @@ fn check(pi: &ProxyInputs, inc: &Incoming) -> Result<Target, ProxyError> {
     }
     pi.authorize(
         &local,
-        &crate::rbac::Conn {
+        &proxycore::rbac::Conn {
             src_identity: Some(inc.peer_identity.clone()),
             src_ip: inc.peer_addr.ip(),
             dst_ip: addr.ip(),
@@ -220,7 +165,7 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
     };
     // Bytes: the tunnel carries client→server, the app socket server→client. A policy change
     // that now denies the connection closes it.
-    let conn = crate::rbac::Conn {
+    let conn = proxycore::rbac::Conn {
         src_identity: Some(inc_identity),
         src_ip: peer_ip,
         dst_ip: target.addr.ip(),
@@ -237,7 +182,7 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
         );
         tokio::pin!(copy);
         let mut changes = pi.state.subscribe();
-        let mut tick = crate::connection::report_ticker();
+        let mut tick = proxycore::connection::report_ticker();
         loop {
             tokio::select! {
                 r = &mut copy => {

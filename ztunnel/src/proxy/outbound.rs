@@ -9,14 +9,14 @@ use std::sync::Arc;
 use hbone::{ConnectRequest, H2Stream, PoolKey};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::socket;
-use super::{ProxyError, ProxyInputs};
-use crate::connection::{ConnectionResult, Direction, Peers};
-use crate::metrics::{Reporter, TrafficLabels};
-use crate::state::{Service, State, TunnelProtocol, Workload};
+use proxycore::connection::{ConnectionResult, Direction, Peers};
+use proxycore::metrics::{Reporter, TrafficLabels};
+use proxycore::socket;
+use proxycore::state::{Service, State, TunnelProtocol, Workload};
+use proxycore::{ProxyError, ProxyInputs};
 
 pub async fn serve(pi: Arc<ProxyInputs>, listener: TcpListener) {
-    super::accept_loop(pi, listener, "outbound", |pi, tcp, src| async move {
+    proxycore::listen::accept_loop(pi, listener, "outbound", |pi, tcp, src| async move {
         match socket::original_dst(&tcp) {
             Ok(orig) => proxy(pi, tcp, src, orig).await,
             Err(e) => tracing::warn!(error = %e, "no original destination"),
@@ -263,7 +263,7 @@ pub async fn relay(downstream: &mut TcpStream, upstream: Upstream, result: &mut 
     let (up, down) = (&bytes.client_to_server, &bytes.server_to_client);
     // The copy is polled here, beside the report ticker (not moved into a wrapper future,
     // which would make the connection's task hold it twice).
-    let mut tick = crate::connection::report_ticker();
+    let mut tick = proxycore::connection::report_ticker();
     match upstream {
         Upstream::Hbone(stream) => {
             let copy = hbone::copy_counted(downstream, stream, up, down);

@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use super::socket;
-use super::{ProxyError, ProxyInputs};
-use crate::connection::{ConnectionResult, Direction, Peers};
-use crate::metrics::{Reporter, TrafficLabels};
+use proxycore::connection::{ConnectionResult, Direction, Peers};
+use proxycore::metrics::{Reporter, TrafficLabels};
+use proxycore::socket;
+use proxycore::{ProxyError, ProxyInputs};
 
 pub async fn serve(pi: Arc<ProxyInputs>, listener: TcpListener) {
-    super::accept_loop(pi, listener, "inbound plaintext", handle).await
+    proxycore::listen::accept_loop(pi, listener, "inbound plaintext", handle).await
 }
 
 async fn handle(pi: Arc<ProxyInputs>, mut downstream: TcpStream, src: SocketAddr) {
@@ -46,7 +46,7 @@ async fn handle(pi: Arc<ProxyInputs>, mut downstream: TcpStream, src: SocketAddr
         return result.fail_early(e.response_flag(), e);
     }
     if let Some(l) = &local {
-        let conn = crate::rbac::Conn {
+        let conn = proxycore::rbac::Conn {
             src_identity: None,
             src_ip: src.ip(),
             dst_ip: orig.ip(),
@@ -65,7 +65,7 @@ async fn handle(pi: Arc<ProxyInputs>, mut downstream: TcpStream, src: SocketAddr
             return result.fail_early(e.response_flag(), e);
         }
     };
-    let conn = crate::rbac::Conn {
+    let conn = proxycore::rbac::Conn {
         src_identity: None,
         src_ip: src.ip(),
         dst_ip: orig.ip(),
@@ -81,7 +81,7 @@ async fn handle(pi: Arc<ProxyInputs>, mut downstream: TcpStream, src: SocketAddr
             &bytes.server_to_client,
         );
         tokio::pin!(copy);
-        let mut tick = crate::connection::report_ticker();
+        let mut tick = proxycore::connection::report_ticker();
         loop {
             tokio::select! {
                 r = &mut copy => {

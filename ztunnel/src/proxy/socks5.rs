@@ -10,8 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::outbound;
-use super::socket;
-use super::ProxyInputs;
+use proxycore::socket;
+use proxycore::ProxyInputs;
 
 const VERSION: u8 = 5;
 const NO_AUTH: u8 = 0;
@@ -74,7 +74,7 @@ pub enum Target {
 }
 
 pub async fn serve(pi: Arc<ProxyInputs>, listener: TcpListener) {
-    super::accept_loop(pi, listener, "socks5", handle).await
+    proxycore::listen::accept_loop(pi, listener, "socks5", handle).await
 }
 
 async fn handle(pi: Arc<ProxyInputs>, mut tcp: TcpStream, src: SocketAddr) {
@@ -96,7 +96,7 @@ async fn handle(pi: Arc<ProxyInputs>, mut tcp: TcpStream, src: SocketAddr) {
         }
         Err(e) => {
             let reply = match e {
-                super::ProxyError::NoEndpoints(..) | super::ProxyError::NoWaypoint(_) => {
+                proxycore::ProxyError::NoEndpoints(..) | proxycore::ProxyError::NoWaypoint(_) => {
                     Reply::HostUnreachable
                 }
                 _ => Reply::ConnectionRefused,

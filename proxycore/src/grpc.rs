@@ -71,7 +71,7 @@ pub fn channel(target: &GrpcTarget, mark: Option<u32>) -> anyhow::Result<Channel
                 .await?
                 .next()
                 .ok_or_else(|| io_err(format!("{host}: no address")))?;
-            let tcp = crate::proxy::socket::connect(addr, None, mark).await?;
+            let tcp = crate::socket::connect(addr, None, mark).await?;
             let stream = tokio_rustls::TlsConnector::from(tls)
                 .connect(server_name, tcp)
                 .await?;

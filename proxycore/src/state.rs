@@ -268,9 +268,6 @@ struct Resources {
     workloads: HashMap<String, Arc<Workload>>,
     services: HashMap<String, Arc<Service>>,
     policies: HashMap<String, Arc<Policy>>,
-    /// Resources of types ztunnel does not interpret (a waypoint's L7 types), by type URL
-    /// then name, as received (validated by whoever subscribed to them).
-    extras: BTreeMap<String, BTreeMap<String, Arc<Vec<u8>>>>,
 }
 
 /// One change to the store: resources added or replaced, and resource names removed.
@@ -351,31 +348,6 @@ impl State {
         *self.index.write().unwrap() = idx;
         drop(res);
         self.changes.send_modify(|v| *v += 1);
-    }
-
-    /// Adds, replaces and removes resources of an extra type.
-    pub fn apply_extra(&self, type_url: &str, upserts: Vec<(String, Vec<u8>)>, removed: &[String]) {
-        let mut res = self.resources.lock().unwrap();
-        let of_type = res.extras.entry(type_url.to_string()).or_default();
-        for name in removed {
-            of_type.remove(name);
-        }
-        for (name, value) in upserts {
-            of_type.insert(name, Arc::new(value));
-        }
-        drop(res);
-        self.changes.send_modify(|v| *v += 1);
-    }
-
-    /// The resources of an extra type, by name.
-    pub fn extras(&self, type_url: &str) -> BTreeMap<String, Arc<Vec<u8>>> {
-        self.resources
-            .lock()
-            .unwrap()
-            .extras
-            .get(type_url)
-            .cloned()
-            .unwrap_or_default()
     }
 
     /// The change counter (bumped by every change).

@@ -70,6 +70,8 @@ pub const HTTP_HEADER_READ_TIMEOUT: &str = "HTTP_HEADER_READ_TIMEOUT";
 /// without a byte, before it is closed (default 1h, as Envoy's HTTP idle timeout).
 pub const HTTP_IDLE_TIMEOUT: &str = "HTTP_IDLE_TIMEOUT";
 
+/// The DNS proxy's port, UDP and TCP on 127.0.0.1 (docs/WIRE.md).
+pub const DNS_PORT: u16 = 15053;
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
 pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 
@@ -160,7 +162,7 @@ impl Default for Ports {
             metrics: 15020,
             readiness: 15021,
             socks5: 15080,
-            dns: crate::dns::PORT,
+            dns: DNS_PORT,
         }
     }
 }

@@ -15,9 +15,9 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::proxy::ProxyInputs;
+use crate::ProxyInputs;
 
-type Body = Full<Bytes>;
+pub type Body = Full<Bytes>;
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     Response::builder()
@@ -139,7 +139,7 @@ pub fn metrics_response(registry: &Registry, req: &Request<Incoming>) -> Respons
 /// `pods`: shared mode's in-pod workloads (`workloadState`).
 pub fn admin_response(
     pi: &ProxyInputs,
-    pods: Option<Vec<crate::inpod::PodState>>,
+    pods: Option<serde_json::Value>,
     req: &Request<Incoming>,
 ) -> Response<Body> {
     match (req.method(), req.uri().path()) {
@@ -152,7 +152,7 @@ pub fn admin_response(
             dump["pool"] = serde_json::to_value(pi.pool.stats()).unwrap_or_default();
             dump["openConnections"] = pi.drain.open().into();
             if let Some(pods) = pods {
-                dump["workloadState"] = serde_json::to_value(pods).unwrap_or_default();
+                dump["workloadState"] = pods;
             }
             let body = serde_json::to_string_pretty(&dump).unwrap_or_default();
             reply(StatusCode::OK, "application/json", body)

@@ -67,17 +67,16 @@ pub fn node(cfg: &Config) -> Node {
     }
 }
 
-/// Checks one resource of an extra type (its encoded body); an error NACKs that resource.
-pub type Validator = Arc<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync>;
-
-/// A type ztunnel does not interpret but subscribes to for its user (the waypoint's L7
-/// types): validated, then kept raw in [`State::extras`].
-#[derive(Clone)]
-pub struct ExtraType {
-    pub type_url: &'static str,
+/// A type the core does not interpret, subscribed to for a proxy that does (the waypoint's
+/// L7 types). The subscriber decodes, checks and keeps each resource in a store of its own.
+pub trait Subscription: Send + Sync {
+    fn type_url(&self) -> &'static str;
     /// Readiness task: done at the first response of this type.
-    pub ready: &'static str,
-    pub validate: Validator,
+    fn ready(&self) -> &'static str;
+    /// Stores the resources that decode and check, removes `removed`, and returns the ones
+    /// rejected, with the reason, to be NACKed by name.
+    fn apply(&self, resources: Vec<(String, Vec<u8>)>, removed: &[String])
+        -> Vec<(String, String)>;
 }
 
 pub struct XdsClient {
@@ -87,38 +86,44 @@ pub struct XdsClient {
     readiness: Readiness,
     /// name → version, per type: what this ztunnel holds, sent on reconnect.
     held: HashMap<&'static str, HashMap<String, String>>,
-    extras: Vec<ExtraType>,
+    subscriptions: Vec<Arc<dyn Subscription>>,
 }
 
-/// Applies a response of an extra type: each resource validated (the bad ones NACKed by
-/// name), the others stored raw.
-pub fn apply_extra_response(
-    state: &State,
-    extra: &ExtraType,
+/// Applies a response of a subscribed type: the rejected resources NACKed by name, the
+/// others held.
+pub fn apply_subscribed_response(
+    sub: &dyn Subscription,
     held: &mut HashMap<String, String>,
     resp: &DeltaDiscoveryResponse,
 ) -> DeltaDiscoveryRequest {
     let mut errors = Vec::new();
-    let mut upserts = Vec::new();
+    let mut bodies = Vec::new();
+    let mut versions = HashMap::new();
     for r in &resp.resources {
-        let body = r.resource.as_ref().map(|a| a.value.clone());
-        match body
-            .ok_or_else(|| "no resource body".to_string())
-            .and_then(|b| (extra.validate)(&b).map(|()| b))
-        {
-            Ok(b) => {
-                held.insert(r.name.clone(), r.version.clone());
-                upserts.push((r.name.clone(), b));
+        match &r.resource {
+            Some(any) => {
+                versions.insert(r.name.clone(), r.version.clone());
+                bodies.push((r.name.clone(), any.value.clone()));
             }
-            Err(e) => errors.push(format!("{}: {e}", r.name)),
+            None => errors.push(format!("{}: no resource body", r.name)),
         }
     }
+    let offered = bodies.len();
+    let rejected = sub.apply(bodies, &resp.removed_resources);
+    for (name, _) in &rejected {
+        versions.remove(name);
+    }
+    errors.extend(rejected.iter().map(|(name, e)| format!("{name}: {e}")));
     for name in &resp.removed_resources {
         held.remove(name);
     }
-    let added = upserts.len();
-    state.apply_extra(extra.type_url, upserts, &resp.removed_resources);
-    ack_or_nack(resp, added, resp.removed_resources.len(), &errors)
+    held.extend(versions);
+    ack_or_nack(
+        resp,
+        offered - rejected.len(),
+        resp.removed_resources.len(),
+        &errors,
+    )
 }
 
 /// Logs what a response did and answers it: an ACK, or a NACK listing the rejected
@@ -233,15 +238,15 @@ impl XdsClient {
             state,
             readiness,
             held: WATCHED.iter().map(|t| (*t, HashMap::new())).collect(),
-            extras: Vec::new(),
+            subscriptions: Vec::new(),
         }
     }
 
-    /// Also subscribes to `extra` (after WDS and authorization).
-    pub fn with_extra_type(mut self, extra: ExtraType) -> Self {
-        self.readiness.register(extra.ready);
-        self.held.insert(extra.type_url, HashMap::new());
-        self.extras.push(extra);
+    /// Also subscribes to `sub`'s type (after WDS and authorization).
+    pub fn subscribe(mut self, sub: Arc<dyn Subscription>) -> Self {
+        self.readiness.register(sub.ready());
+        self.held.insert(sub.type_url(), HashMap::new());
+        self.subscriptions.push(sub);
         self
     }
 
@@ -304,7 +309,7 @@ impl XdsClient {
         let types: Vec<&'static str> = WATCHED
             .iter()
             .copied()
-            .chain(self.extras.iter().map(|e| e.type_url))
+            .chain(self.subscriptions.iter().map(|s| s.type_url()))
             .collect();
         for t in &types {
             let held = &self.held[t];
@@ -353,16 +358,16 @@ impl XdsClient {
                 let _ = tx.send(ack).await;
                 continue;
             };
-            let extra = self.extras.iter().find(|e| e.type_url == t);
-            let ack = match extra {
-                Some(e) => apply_extra_response(&self.state, e, held, &resp),
+            let sub = self.subscriptions.iter().find(|s| s.type_url() == t);
+            let ack = match sub {
+                Some(s) => apply_subscribed_response(s.as_ref(), held, &resp),
                 None => apply_response(&self.state, held, &resp),
             };
             if tx.send(ack).await.is_err() {
                 return Err((anyhow::anyhow!("request stream closed"), got));
             }
-            self.readiness.done(match (t, extra) {
-                (_, Some(e)) => e.ready,
+            self.readiness.done(match (t, sub) {
+                (_, Some(s)) => s.ready(),
                 (type_url::ADDRESS, None) => READY_ADDRESS,
                 _ => READY_AUTHORIZATION,
             });
