@@ -5,5 +5,6 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod invoke;
 pub mod redirect;
 pub mod spec;

@@ -174,15 +174,26 @@ fn reply(status: StatusCode, app: &App, body: String) -> Response<Full<Bytes>> {
         .unwrap()
 }
 
-async fn handle(app: &App, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
     app.served.fetch_add(1, Ordering::Relaxed);
-    let path = req.uri().path().to_string();
+    match tool(app, req).await {
+        Ok(resp) => resp,
+        Err(req) => page(app, req).await,
+    }
+}
+
+/// The endpoints every app has for tests and benchmarks; `Err`: none, the request back.
+async fn tool(
+    app: &App,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Request<Incoming>> {
     let id = app.id();
+    let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match segments.as_slice() {
+    let resp = match segments.as_slice() {
         ["requests"] => {
             let n = app.served.load(Ordering::Relaxed) - 1;
-            return reply(StatusCode::OK, app, format!("{n}\n"));
+            reply(StatusCode::OK, app, format!("{n}\n"))
         }
         ["status", code] => {
             let status = code
@@ -190,71 +201,86 @@ async fn handle(app: &App, mut req: Request<Incoming>) -> Response<Full<Bytes>> 
                 .ok()
                 .and_then(|c| StatusCode::from_u16(c).ok())
                 .unwrap_or(StatusCode::BAD_REQUEST);
-            return reply(status, app, format!("{{\"service\":\"{id}\"}}\n"));
+            reply(status, app, format!("{{\"service\":\"{id}\"}}\n"))
         }
-        ["upgrade"] if req.headers().contains_key(hyper::header::UPGRADE) => {
-            // 101, then every byte echoed back on the upgraded connection.
-            let proto = req.headers()[hyper::header::UPGRADE].clone();
-            let on = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                if let Ok(up) = on.await {
-                    let (mut r, mut w) = tokio::io::split(hyper_util::rt::TokioIo::new(up));
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                }
-            });
-            return Response::builder()
-                .status(StatusCode::SWITCHING_PROTOCOLS)
-                .header(hyper::header::CONNECTION, "upgrade")
-                .header(hyper::header::UPGRADE, proto)
-                .body(Full::new(Bytes::new()))
-                .unwrap();
-        }
+        ["upgrade"] if req.headers().contains_key(hyper::header::UPGRADE) => upgrade(req),
         ["bytes", n] => {
             // `n` bytes (at most 1 MiB), for benchmarks; a request body is read and dropped.
             let n = n.parse::<usize>().unwrap_or(0).min(1 << 20);
             let _ = req.into_body().collect().await;
-            return Response::builder()
+            Response::builder()
                 .status(StatusCode::OK)
                 .header("content-type", "application/octet-stream")
                 .body(Full::new(Bytes::from(vec![b'x'; n])))
-                .unwrap();
+                .unwrap()
         }
-        ["echo"] => {
-            // The request body back (at most 1 MiB, else 413).
-            return match http_body_util::Limited::new(req.into_body(), 1 << 20)
-                .collect()
-                .await
-            {
-                Ok(b) => Response::builder()
-                    .status(StatusCode::OK)
-                    .header("content-type", "application/octet-stream")
-                    .body(Full::new(b.to_bytes()))
-                    .unwrap(),
-                Err(e) => reply(StatusCode::PAYLOAD_TOO_LARGE, app, format!("{e}\n")),
-            };
-        }
+        ["echo"] => echo(app, req).await,
         ["delay", ms] => {
             let ms = ms.parse::<u64>().unwrap_or(0).min(60_000);
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            return reply(StatusCode::OK, app, format!("{{\"service\":\"{id}\"}}\n"));
+            reply(StatusCode::OK, app, format!("{{\"service\":\"{id}\"}}\n"))
         }
-        ["headers"] => {
-            let headers: serde_json::Map<String, serde_json::Value> = req
-                .headers()
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.to_string(),
-                        serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into()),
-                    )
-                })
-                .collect();
-            let body = serde_json::json!({"service": id, "path": req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
-                "version": format!("{:?}", req.version()), "headers": headers});
-            return reply(StatusCode::OK, app, format!("{body}\n"));
+        ["headers"] => headers(app, &req),
+        _ => return Err(req),
+    };
+    Ok(resp)
+}
+
+/// 101, then every byte echoed back on the upgraded connection.
+fn upgrade(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let proto = req.headers()[hyper::header::UPGRADE].clone();
+    let on = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(up) = on.await {
+            let (mut r, mut w) = tokio::io::split(hyper_util::rt::TokioIo::new(up));
+            let _ = tokio::io::copy(&mut r, &mut w).await;
         }
-        _ => {}
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(hyper::header::CONNECTION, "upgrade")
+        .header(hyper::header::UPGRADE, proto)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// The request body back (at most 1 MiB, else 413).
+async fn echo(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match http_body_util::Limited::new(req.into_body(), 1 << 20)
+        .collect()
+        .await
+    {
+        Ok(b) => Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/octet-stream")
+            .body(Full::new(b.to_bytes()))
+            .unwrap(),
+        Err(e) => reply(StatusCode::PAYLOAD_TOO_LARGE, app, format!("{e}\n")),
     }
+}
+
+/// The request as the app saw it: path, HTTP version and headers, as JSON.
+fn headers(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into()),
+            )
+        })
+        .collect();
+    let body = serde_json::json!({"service": app.id(), "path": req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        "version": format!("{:?}", req.version()), "headers": headers});
+    reply(StatusCode::OK, app, format!("{body}\n"))
+}
+
+/// The app's own page: bookinfo's JSON for its name, calling the services behind it with
+/// the tracing headers passed on.
+async fn page(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let id = app.id();
+    let path = req.uri().path().to_string();
     let forward: Vec<(String, String)> = PROPAGATED
         .iter()
         .filter_map(|h| {
@@ -398,106 +424,121 @@ mod raw {
     async fn connection(mut tcp: TcpStream, conn: u64) -> std::io::Result<()> {
         let _ = tcp.set_nodelay(true);
         let mut buf = Vec::new();
-        loop {
-            // One request head, then its body by content-length.
-            let end = loop {
-                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break i + 4;
-                }
-                if buf.len() > 64 * 1024 {
-                    return Ok(());
-                }
-                let mut chunk = [0u8; 4096];
-                let n = tcp.read(&mut chunk).await?;
-                if n == 0 {
-                    return Ok(());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            };
-            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            let length: usize = head
-                .lines()
-                .filter_map(|l| l.split_once(':'))
-                .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-                .and_then(|(_, v)| v.trim().parse().ok())
-                .unwrap_or(0);
-            while buf.len() < end + length {
-                let mut chunk = [0u8; 4096];
-                let n = tcp.read(&mut chunk).await?;
-                if n == 0 {
-                    return Ok(());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            buf.drain(..end + length);
-            let mut line = head.split_whitespace();
-            let (method, path) = (line.next().unwrap_or(""), line.next().unwrap_or(""));
-            if method == "HEAD" {
-                tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n")
-                    .await?;
-                continue;
-            }
-            match path {
-                "/conn" => {
-                    let body = format!("{conn}\n");
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    tcp.write_all(resp.as_bytes()).await?;
-                }
-                "/chunked" => {
-                    let parts: [&[u8]; 3] = [
-                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n",
-                        b"7\r\n, chunk\r\n",
-                        b"3\r\ned\n\r\n0\r\nx-trailer: t\r\n\r\n",
-                    ];
-                    for p in parts {
-                        tcp.write_all(p).await?;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-                "/close" => {
-                    tcp.write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil close\n",
-                    )
-                    .await?;
-                    return tcp.shutdown().await;
-                }
-                "/nocontent" => tcp.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await?,
-                "/fail" => {
-                    tcp.write_all(
-                        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 5\r\n\r\nfail\n",
-                    )
-                    .await?
-                }
-                "/continue" => {
-                    tcp.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\ncontinued")
-                        .await?;
-                }
-                "/conflict" => {
-                    tcp.write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
-                    )
-                    .await?;
-                    return tcp.shutdown().await;
-                }
-                "/headers" => {
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\nconnection: close, x-hop\r\nx-hop: secret\r\n\
-                         keep-alive: timeout=5\r\ncontent-length: {}\r\n\r\n{head}",
-                        head.len()
-                    );
-                    tcp.write_all(resp.as_bytes()).await?;
-                    return tcp.shutdown().await;
-                }
-                _ => {
-                    tcp.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
-                        .await?
-                }
+        while let Some(head) = read_request(&mut tcp, &mut buf).await? {
+            if !answer(&mut tcp, conn, &head).await? {
+                return tcp.shutdown().await;
             }
         }
+        Ok(())
+    }
+
+    /// One request head, then its body by content-length (dropped); `None` at the end of
+    /// the connection or past 64 KiB of head.
+    async fn read_request(
+        tcp: &mut TcpStream,
+        buf: &mut Vec<u8>,
+    ) -> std::io::Result<Option<String>> {
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if buf.len() > 64 * 1024 {
+                return Ok(None);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tcp.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        let length: usize = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < end + length {
+            let mut chunk = [0u8; 4096];
+            let n = tcp.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        buf.drain(..end + length);
+        Ok(Some(head))
+    }
+
+    /// Answers the request with `head`; `false`: the connection is to be closed.
+    async fn answer(tcp: &mut TcpStream, conn: u64, head: &str) -> std::io::Result<bool> {
+        let mut line = head.split_whitespace();
+        let (method, path) = (line.next().unwrap_or(""), line.next().unwrap_or(""));
+        if method == "HEAD" {
+            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n")
+                .await?;
+            return Ok(true);
+        }
+        match path {
+            "/conn" => {
+                let body = format!("{conn}\n");
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                tcp.write_all(resp.as_bytes()).await?;
+            }
+            "/chunked" => {
+                let parts: [&[u8]; 3] = [
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n",
+                    b"7\r\n, chunk\r\n",
+                    b"3\r\ned\n\r\n0\r\nx-trailer: t\r\n\r\n",
+                ];
+                for p in parts {
+                    tcp.write_all(p).await?;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            "/close" => {
+                tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil close\n")
+                    .await?;
+                return Ok(false);
+            }
+            "/nocontent" => tcp.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await?,
+            "/fail" => {
+                tcp.write_all(
+                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 5\r\n\r\nfail\n",
+                )
+                .await?
+            }
+            "/continue" => {
+                tcp.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\ncontinued")
+                    .await?;
+            }
+            "/conflict" => {
+                tcp.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
+                )
+                .await?;
+                return Ok(false);
+            }
+            "/headers" => {
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nconnection: close, x-hop\r\nx-hop: secret\r\n\
+                     keep-alive: timeout=5\r\ncontent-length: {}\r\n\r\n{head}",
+                    head.len()
+                );
+                tcp.write_all(resp.as_bytes()).await?;
+                return Ok(false);
+            }
+            _ => {
+                tcp.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                    .await?
+            }
+        }
+        Ok(true)
     }
 }

@@ -1,9 +1,7 @@
-//! The `keelson` command's library: the local mesh, the bundled demo apps, the
-//! network-namespace testbed and the benchmarks.
+//! The `keelson` command's library: the local mesh, the bundled demo apps and the
+//! benchmarks (`bench l4` on the tests' namespace testbed, `tests/testbed/`).
 #![forbid(unsafe_code)]
 
 pub mod apps;
 pub mod bench;
-pub mod cni;
 pub mod mesh;
-pub mod testbed;

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{bail, Context, Result};
 
-pub use process::Proc;
+pub use process::{find_binary, kill_all_in, Proc};
 
 /// Runs a command and fails with its stderr if it exits non-zero.
 pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
@@ -79,16 +79,12 @@ impl Netns {
 
     /// `ip -n <ns> ...`
     pub fn ip(&self, args: &[&str]) -> Result<String> {
-        let mut full = vec!["-n", self.name.as_str()];
-        full.extend_from_slice(args);
-        run("ip", &full)
+        ip_in(&self.name, args)
     }
 
     /// Runs a command inside the namespace.
     pub fn exec(&self, cmd: &str, args: &[&str]) -> Result<String> {
-        let mut full = vec!["netns", "exec", self.name.as_str(), cmd];
-        full.extend_from_slice(args);
-        run("ip", &full)
+        exec_in(&self.name, cmd, args)
     }
 
     /// A `Command` that runs `program` inside the namespace.
@@ -116,6 +112,37 @@ impl Netns {
         std::mem::forget(self);
         name
     }
+}
+
+/// `ip -n <name> ...`, for a namespace known by name (one kept with [`Netns::persist`]).
+pub fn ip_in(name: &str, args: &[&str]) -> Result<String> {
+    let mut full = vec!["-n", name];
+    full.extend_from_slice(args);
+    run("ip", &full)
+}
+
+/// Runs a command inside the namespace `name`.
+pub fn exec_in(name: &str, cmd: &str, args: &[&str]) -> Result<String> {
+    let mut full = vec!["netns", "exec", name, cmd];
+    full.extend_from_slice(args);
+    run("ip", &full)
+}
+
+/// Removes the namespace `name` (kept with [`Netns::persist`]) and its `/etc/netns` files;
+/// a namespace that is already gone is not an error.
+pub fn delete(name: &str) {
+    let _ = run("ip", &["netns", "del", name]);
+    let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(name));
+}
+
+/// The names of the namespaces that exist now.
+pub fn list() -> Vec<String> {
+    run("ip", &["netns", "list"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
 }
 
 /// The bind mount of the named namespace.

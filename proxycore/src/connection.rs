@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::metrics::{Metrics, ReporterLabel, TrafficLabels};
+use crate::metrics::{Metrics, Reporter, ReporterLabel, TrafficLabels};
+use crate::state::{Service, Workload};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -24,18 +25,70 @@ impl fmt::Display for Direction {
     }
 }
 
-/// Fields of the access-log line that are known once the destination is resolved.
-#[derive(Debug, Default, Clone)]
-pub struct Peers {
-    pub src_workload: Option<String>,
-    pub src_namespace: Option<String>,
+/// What is known of one connection, filled in as it is learned (accepted, resolved,
+/// connected). Its metric labels ([`ConnectionFacts::labels`]) and its access-log fields
+/// both come from here, so the two never disagree.
+#[derive(Debug, Clone)]
+pub struct ConnectionFacts {
+    pub reporter: Reporter,
+    pub direction: Direction,
+    /// This proxy's cluster, for workloads that name none.
+    pub cluster: String,
+    /// The client's address as this proxy sees it.
+    pub src: SocketAddr,
+    pub src_workload: Option<Arc<Workload>>,
+    /// The client's identity, when it proved one (mTLS) or is the local workload.
     pub src_identity: Option<String>,
+    /// Where the connection goes: the app, the endpoint's HBONE port, or the original
+    /// destination for passthrough.
     pub dst_addr: Option<SocketAddr>,
+    /// The CONNECT authority, for a tunnelled connection.
     pub dst_hbone_addr: Option<String>,
-    pub dst_service: Option<String>,
-    pub dst_workload: Option<String>,
-    pub dst_namespace: Option<String>,
+    pub dst_service: Option<Arc<Service>>,
+    pub dst_workload: Option<Arc<Workload>>,
     pub dst_identity: Option<String>,
+    /// Carried over mutual TLS (HBONE).
+    pub mtls: bool,
+}
+
+impl ConnectionFacts {
+    pub fn new(reporter: Reporter, direction: Direction, cluster: &str, src: SocketAddr) -> Self {
+        ConnectionFacts {
+            reporter,
+            direction,
+            cluster: cluster.to_string(),
+            src,
+            src_workload: None,
+            src_identity: None,
+            dst_addr: None,
+            dst_hbone_addr: None,
+            dst_service: None,
+            dst_workload: None,
+            dst_identity: None,
+            mtls: false,
+        }
+    }
+
+    /// Istio's traffic labels for these facts (docs/WIRE.md §6.1).
+    pub fn labels(&self) -> TrafficLabels {
+        let cluster = &self.cluster;
+        let mut l = TrafficLabels::new(self.reporter)
+            .with_source(self.src_workload.as_deref(), cluster)
+            .with_destination(self.dst_workload.as_deref(), cluster);
+        if let Some(s) = &self.dst_service {
+            l = l.with_service(&s.hostname, &s.namespace, &s.name);
+        }
+        if let Some(id) = &self.src_identity {
+            l.source_principal = id.clone();
+        }
+        if let Some(id) = &self.dst_identity {
+            l.destination_principal = id.clone();
+        }
+        if self.mtls {
+            l.connection_security_policy = "mutual_tls";
+        }
+        l
+    }
 }
 
 /// How often the byte counters of an open connection are brought up to date: a long-lived
@@ -54,9 +107,7 @@ pub struct ConnectionResult {
     metrics: Arc<Metrics>,
     labels: TrafficLabels,
     reporter: ReporterLabel,
-    direction: Direction,
-    src: SocketAddr,
-    peers: Peers,
+    facts: ConnectionFacts,
     start: Instant,
     bytes: Arc<Moved>,
     /// What the byte counters already hold of `bytes`: (client→server, server→client).
@@ -66,33 +117,32 @@ pub struct ConnectionResult {
 }
 
 impl ConnectionResult {
-    pub fn new(
-        metrics: Arc<Metrics>,
-        direction: Direction,
-        src: SocketAddr,
-        labels: TrafficLabels,
-        peers: Peers,
-    ) -> Self {
+    /// Counts the connection opened, with the labels of `facts`.
+    pub fn new(metrics: Arc<Metrics>, facts: ConnectionFacts) -> Self {
+        let labels = facts.labels();
         let reporter = ReporterLabel {
             reporter: labels.reporter,
         };
         metrics.opened.get_or_create(&labels).inc();
         metrics.sockets_open.get_or_create(&reporter).inc();
-        tracing::event!(target: "access", tracing::Level::DEBUG, src.addr = %src, direction = %direction,
-            dst.addr = ?peers.dst_addr, dst.hbone_addr = ?peers.dst_hbone_addr, "connection opened");
+        tracing::event!(target: "access", tracing::Level::DEBUG, src.addr = %facts.src, direction = %facts.direction,
+            dst.addr = ?facts.dst_addr, dst.hbone_addr = ?facts.dst_hbone_addr, "connection opened");
         ConnectionResult {
             metrics,
             labels,
             reporter,
-            direction,
-            src,
-            peers,
+            facts,
             start: Instant::now(),
             bytes: Arc::default(),
             reported: (0, 0),
             error: None,
             established: true,
         }
+    }
+
+    /// The labels the connection is counted with.
+    pub fn labels(&self) -> &TrafficLabels {
+        &self.labels
     }
 
     /// The counters the copy of this connection counts its bytes in.
@@ -174,21 +224,21 @@ impl Drop for ConnectionResult {
             "source" => self.reported,
             _ => (self.reported.1, self.reported.0),
         };
-        let p = &self.peers;
+        let p = &self.facts;
         macro_rules! event {
             ($lvl:ident, $msg:literal $(, $k:ident = $v:expr)*) => {
                 tracing::event!(target: "access", tracing::Level::$lvl,
-                    src.addr = %self.src,
-                    src.workload = p.src_workload.as_deref(),
-                    src.namespace = p.src_namespace.as_deref(),
+                    src.addr = %p.src,
+                    src.workload = p.src_workload.as_ref().map(|w| w.name.as_str()),
+                    src.namespace = p.src_workload.as_ref().map(|w| w.namespace.as_str()),
                     src.identity = p.src_identity.as_deref(),
                     dst.addr = p.dst_addr.map(tracing::field::display),
                     dst.hbone_addr = p.dst_hbone_addr.as_deref(),
-                    dst.service = p.dst_service.as_deref(),
-                    dst.workload = p.dst_workload.as_deref(),
-                    dst.namespace = p.dst_namespace.as_deref(),
+                    dst.service = p.dst_service.as_ref().map(|s| s.hostname.as_str()),
+                    dst.workload = p.dst_workload.as_ref().map(|w| w.name.as_str()),
+                    dst.namespace = p.dst_workload.as_ref().map(|w| w.namespace.as_str()),
                     dst.identity = p.dst_identity.as_deref(),
-                    direction = %self.direction,
+                    direction = %p.direction,
                     bytes_sent = sent,
                     bytes_recv = recv,
                     duration = %duration
@@ -214,5 +264,45 @@ impl Drop for ConnectionResult {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(name: &str, ns: &str) -> Arc<Workload> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "uid": name, "name": name, "namespace": ns, "addresses": ["10.0.0.7"],
+                "workloadName": name, "canonicalName": "app", "canonicalRevision": "v1",
+                "trustDomain": "cluster.local", "serviceAccount": "sa",
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn labels_come_from_the_facts() {
+        let src: SocketAddr = "10.0.0.7:4000".parse().unwrap();
+        let mut f = ConnectionFacts::new(Reporter::Destination, Direction::Inbound, "c1", src);
+        let bare = f.labels();
+        assert_eq!(bare.reporter, "destination");
+        assert_eq!(bare.source_workload, "unknown");
+        assert_eq!(bare.connection_security_policy, "unknown");
+        f.src_workload = Some(workload("client", "a"));
+        f.dst_workload = Some(workload("server", "b"));
+        f.src_identity = Some("spiffe://cluster.local/ns/a/sa/sa".into());
+        f.mtls = true;
+        let l = f.labels();
+        assert_eq!(l.source_workload, "client");
+        assert_eq!(l.source_workload_namespace, "a");
+        assert_eq!(l.source_cluster, "c1");
+        assert_eq!(l.destination_workload, "server");
+        assert_eq!(l.source_principal, "spiffe://cluster.local/ns/a/sa/sa");
+        assert_eq!(l.destination_principal, "unknown");
+        assert_eq!(l.connection_security_policy, "mutual_tls");
+        let w = ConnectionFacts::new(Reporter::Waypoint, Direction::Inbound, "c1", src);
+        assert_eq!(w.labels().reporter, "waypoint");
     }
 }

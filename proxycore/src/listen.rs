@@ -1,16 +1,44 @@
 //! The listeners' loop: accept, one task per connection tracked by the drain; and the HBONE
 //! server every proxy terminates tunnels with.
+//!
+//! Every accepted connection runs in a tracing span `conn{id=N}` and every HBONE stream in a
+//! `stream{id=M}` inside it (a waypoint adds `request{id=R}`), so the log lines of one
+//! connection, tunnel or request can be grepped together. Ids are unique in the process.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hbone::server::Incoming;
 use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
 
 use crate::socket;
 use crate::ProxyInputs;
+
+/// A new process-unique id for a connection, stream or request.
+pub fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The ids of the connection (and HBONE stream) the current task serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ids {
+    pub conn: u64,
+    pub stream: Option<u64>,
+}
+
+tokio::task_local! {
+    static IDS: Ids;
+}
+
+/// The ids of the connection the current task serves; zeros outside one.
+pub fn current_ids() -> Ids {
+    IDS.try_with(|i| *i).unwrap_or_default()
+}
 
 /// Accepts on `listener` until draining starts; each connection runs `handle` as a task the
 /// drain tracks. Accept errors (EMFILE and friends) are logged and never end the loop
@@ -34,8 +62,16 @@ pub async fn accept_loop<F, Fut>(
         match accepted {
             Ok((tcp, peer)) => {
                 socket::set_accepted_options(&tcp);
-                pi.drain
-                    .spawn(handle(pi.clone(), tcp, socket::canonical(peer)));
+                let id = next_id();
+                let ids = Ids {
+                    conn: id,
+                    stream: None,
+                };
+                let served = handle(pi.clone(), tcp, socket::canonical(peer));
+                pi.drain.spawn(
+                    IDS.scope(ids, served)
+                        .instrument(tracing::info_span!("conn", id)),
+                );
             }
             Err(e) => {
                 tracing::warn!(listener = what, error = %e, "accept failed");
@@ -63,7 +99,15 @@ where
     let stop = pi.drain.started();
     let handler = {
         let pi = pi.clone();
-        move |inc: Incoming| handle(pi.clone(), inc)
+        move |inc: Incoming| {
+            let id = next_id();
+            let ids = Ids {
+                conn: current_ids().conn,
+                stream: Some(id),
+            };
+            IDS.scope(ids, handle(pi.clone(), inc))
+                .instrument(tracing::info_span!("stream", id))
+        }
     };
     let served = hbone::server::serve(
         tcp,

@@ -15,6 +15,8 @@ pub const UNKNOWN: &str = "unknown";
 pub enum Reporter {
     Source,
     Destination,
+    /// A waypoint: both ends of its tunnels are other proxies.
+    Waypoint,
 }
 
 /// The common traffic labels, in Istio's order.
@@ -60,6 +62,7 @@ impl TrafficLabels {
             reporter: match reporter {
                 Reporter::Source => "source",
                 Reporter::Destination => "destination",
+                Reporter::Waypoint => "waypoint",
             },
             source_workload: u(),
             source_canonical_service: u(),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use keelson::testbed::find_binary;
+use netns::find_binary;
 
 /// Namespaces are named `ktm<pid>-…`: unique to this run, and caught by the test script's
 /// leak check (`kt*`).

@@ -301,7 +301,8 @@ fn line_bytes(log: &str, authority: &str) -> Option<(u64, u64)> {
 
 /// Through a waypoint, on its HTTP path and its L4 path: the waypoint's line for the tunnel
 /// has the bytes the client's ztunnel sent and received on it, and its `istio_tcp_*`
-/// counters (reporter "waypoint") have them too.
+/// counters (reporter "waypoint") have them too. Each line carries the ids of its
+/// connection, stream and request, so one tunnel's lines are found together.
 #[test]
 fn a_waypoint_counts_the_bytes_of_its_tunnels() {
     use keelson_tests::mesh::{eventually_sync, Mesh, WAYPOINT};
@@ -368,4 +369,41 @@ fn a_waypoint_counts_the_bytes_of_its_tunnels() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert!(received >= 120_000.0, "{metrics}");
+    // One tunnel's lines share its span ids: every request line of the HTTP service has
+    // the `conn{id=..}:stream{id=..}` of a tunnel line (which then has the bytes), and a
+    // `request{id=..}` of its own; ztunnel's lines carry their connection's id too.
+    let log = plain(&mesh.waypoint_log());
+    let span_of = |l: &str| -> Option<String> {
+        let (_, rest) = l.split_once(" INFO ")?;
+        let (spans, _) = rest.split_once(": access: ")?;
+        Some(spans.to_string())
+    };
+    let requests: Vec<String> = log
+        .lines()
+        .filter(|l| l.contains("access: request") && l.contains("destination=bytes-http."))
+        .filter_map(span_of)
+        .collect();
+    assert!(!requests.is_empty(), "{log}");
+    for spans in &requests {
+        let (tunnel, request) = spans.rsplit_once(':').unwrap();
+        assert!(
+            tunnel.starts_with("conn{id=") && tunnel.contains(":stream{id="),
+            "{spans}"
+        );
+        assert!(request.starts_with("request{id="), "{spans}");
+        assert!(
+            log.lines().any(|l| l.contains("connection complete")
+                && span_of(l).as_deref() == Some(tunnel)),
+            "no tunnel line in {tunnel}:\n{log}"
+        );
+    }
+    let node = plain(&node_log());
+    let outbound = node
+        .lines()
+        .find(|l| l.contains("connection complete") && l.contains("direction=outbound"))
+        .unwrap();
+    assert!(
+        span_of(outbound).is_some_and(|s| s.starts_with("conn{id=")),
+        "{outbound}"
+    );
 }

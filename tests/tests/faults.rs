@@ -252,7 +252,7 @@ async fn a_full_log_disk_does_not_stop_traffic() {
 /// A ztunnel binary that runs the server pod's ztunnel with its clock shifted by `skew`
 /// (libfaketime; the monotonic clock, which timers use, stays true).
 fn skewed_ztunnel(skew: &str) -> std::path::PathBuf {
-    let real = keelson::testbed::find_binary("ztunnel").unwrap();
+    let real = netns::find_binary("ztunnel").unwrap();
     let script = std::env::temp_dir().join(format!(
         "keelson-skew-{}-{}.sh",
         std::process::id(),

@@ -7,17 +7,7 @@
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
-
-/// `LOG_FORMAT=json`: lines are JSON objects, as tracing's JSON format writes an `access`
-/// event (flattened fields).
-static JSON: AtomicBool = AtomicBool::new(false);
-
-/// Chooses the line format (at start, with the logging subscriber's).
-pub fn set_json(json: bool) {
-    JSON.store(json, Ordering::Relaxed);
-}
 
 /// One request's line.
 pub struct Request<'a> {
@@ -34,10 +24,15 @@ pub struct Request<'a> {
     pub duration_ms: u64,
     /// Why it was answered here, when the flags do not say (an authorization denial).
     pub details: Option<&'a str>,
+    /// The spans the request is in, outermost first, each a name and its `id`: written as
+    /// tracing writes an event's spans, so the line is found by the same grep as the others
+    /// of its connection.
+    pub spans: &'a [(&'static str, u64)],
 }
 
-/// Writes `r` when the access log is on.
-pub fn request(r: &Request<'_>) {
+/// Writes `r` when the access log is on; `json` (`LOG_FORMAT=json`): as a JSON object, as
+/// tracing's JSON format writes an `access` event (flattened fields).
+pub fn request(r: &Request<'_>, json: bool) {
     if !tracing::enabled!(target: "access", tracing::Level::INFO) {
         return;
     }
@@ -46,7 +41,7 @@ pub fn request(r: &Request<'_>) {
     }
     LINE.with_borrow_mut(|line| {
         line.clear();
-        if JSON.load(Ordering::Relaxed) {
+        if json {
             format_request_json(line, SystemTime::now(), r);
         } else {
             format_request(line, SystemTime::now(), r);
@@ -57,7 +52,14 @@ pub fn request(r: &Request<'_>) {
 
 fn format_request(line: &mut String, now: SystemTime, r: &Request<'_>) {
     timestamp(line, now);
-    line.push_str("  INFO access: request src.identity=");
+    line.push_str("  INFO ");
+    for (name, id) in r.spans {
+        let _ = write!(line, "{name}{{id={id}}}:");
+    }
+    if !r.spans.is_empty() {
+        line.push(' ');
+    }
+    line.push_str("access: request src.identity=");
     line.push_str(r.source);
     line.push_str(" destination=");
     line.push_str(r.destination);
@@ -106,6 +108,11 @@ fn format_request_json(line: &mut String, now: SystemTime, r: &Request<'_>) {
     });
     if let Some(d) = r.details {
         v["details"] = d.into();
+    }
+    let span = |(name, id): &(&str, u64)| serde_json::json!({ "id": id, "name": name });
+    if let Some(last) = r.spans.last() {
+        v["span"] = span(last);
+        v["spans"] = r.spans.iter().map(span).collect();
     }
     line.push_str(&v.to_string());
     line.push('\n');
@@ -194,6 +201,7 @@ mod tests {
             attempts: 1,
             duration_ms: 0,
             details: Some("rbac_access_denied"),
+            spans: &[("conn", 3), ("stream", 7), ("request", 12)],
         };
         let mut line = String::new();
         format_request_json(&mut line, UNIX_EPOCH, &r);
@@ -205,6 +213,13 @@ mod tests {
         assert_eq!(v["status"], 403);
         assert_eq!(v["details"], "rbac_access_denied");
         assert_eq!(v["timestamp"], "1970-01-01T00:00:00.000000Z");
+        assert_eq!(v["span"]["id"], 12);
+        assert_eq!(v["spans"][1]["name"], "stream");
+        // What tracing_subscriber's JSON format writes for the same event in the same spans.
+        let theirs = traced(true, &r);
+        let mut theirs: serde_json::Value = serde_json::from_str(theirs.trim_end()).unwrap();
+        theirs["timestamp"] = v["timestamp"].clone();
+        assert_eq!(theirs, v);
     }
 
     #[test]
@@ -222,13 +237,15 @@ mod tests {
             attempts: 2,
             duration_ms: 7,
             details: None,
+            spans: &[("conn", 3), ("stream", 7), ("request", 12)],
         };
         let mut line = String::new();
         let t = UNIX_EPOCH + Duration::from_micros(1_763_832_601_000_042);
         format_request(&mut line, t, &r);
         assert_eq!(
             line,
-            "2025-11-22T17:30:01.000042Z  INFO access: request \
+            "2025-11-22T17:30:01.000042Z  INFO conn{id=3}:stream{id=7}:request{id=12}: \
+             access: request \
              src.identity=spiffe://cluster.local/ns/default/sa/curl \
              destination=details.default.svc.cluster.local:9080 method=GET \
              path=/details/0?x=1 authority=details:9080 route=default/details \
@@ -237,27 +254,41 @@ mod tests {
         );
         // What tracing_subscriber's default format writes for the same event: the same
         // after the timestamp.
-        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || Sink(sink.clone()))
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
-            tracing::event!(target: "access", tracing::Level::INFO,
-                src.identity = %r.source, destination = %r.destination,
-                method = %r.method, path = %r.path, authority = %r.authority,
-                route = %r.route, upstream = r.upstream, status = r.status,
-                response_flags = r.flags, attempts = r.attempts,
-                duration_ms = r.duration_ms, "request");
-        });
-        let theirs = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        let theirs = traced(false, &r);
         let after_time = |l: &str| l.split_once(' ').unwrap().1.to_string();
         assert_eq!(after_time(&theirs), after_time(&line));
         assert_eq!(theirs.split_once(' ').unwrap().0.len(), 27, "{theirs}");
         let mut q = String::new();
         quoted(&mut q, "a\"b\n");
         assert_eq!(q, "\"a\\\"b\\n\"");
+    }
+
+    /// The line tracing_subscriber writes for `r`'s event in the spans conn 3, stream 7,
+    /// request 12: its default format, or JSON as the proxies configure it.
+    fn traced(json: bool, r: &Request<'_>) -> String {
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let builder = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || Sink(sink.clone()));
+        let emit = || {
+            let _conn = tracing::info_span!("conn", id = 3).entered();
+            let _stream = tracing::info_span!("stream", id = 7).entered();
+            let _request = tracing::info_span!("request", id = 12).entered();
+            tracing::event!(target: "access", tracing::Level::INFO,
+                src.identity = %r.source, destination = %r.destination,
+                method = %r.method, path = %r.path, authority = %r.authority,
+                route = %r.route, upstream = r.upstream, status = r.status,
+                response_flags = r.flags, details = r.details, attempts = r.attempts,
+                duration_ms = r.duration_ms, "request");
+        };
+        if json {
+            tracing::subscriber::with_default(builder.json().flatten_event(true).finish(), emit);
+        } else {
+            tracing::subscriber::with_default(builder.finish(), emit);
+        }
+        let out = buf.lock().unwrap().clone();
+        String::from_utf8(out).unwrap()
     }
 
     struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);

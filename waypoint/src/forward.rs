@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use l7::retry::Outcome;
 use proxycore::state::Workload;
 use proxycore::ProxyInputs;
+use tracing::Instrument;
 
 use crate::body::{full, Body};
 use crate::breaker::Held;
@@ -50,6 +51,9 @@ pub struct Context {
     pub recorder: crate::metrics::Recorder,
     /// The tunnel's bytes, counted as they cross (its `istio_tcp_*` series and access line).
     pub bytes: Arc<proxycore::connection::Moved>,
+    /// The tunnel's connection and stream ids, and its span: each request's span is a child.
+    pub ids: proxycore::listen::Ids,
+    pub span: tracing::Span,
 }
 
 /// A request body: held (replayable) or streaming (one use).
@@ -109,7 +113,14 @@ impl Try {
 }
 
 impl Context {
-    pub async fn handle(&self, mut req: Request<ReqBody>) -> Response<Body> {
+    /// Answers one request, in a span `request{id=R}` inside the tunnel's.
+    pub async fn handle(&self, req: Request<ReqBody>) -> Response<Body> {
+        let id = proxycore::listen::next_id();
+        let span = tracing::info_span!(parent: &self.span, "request", id);
+        self.handle_request(req, id).instrument(span).await
+    }
+
+    async fn handle_request(&self, mut req: Request<ReqBody>, id: u64) -> Response<Body> {
         let started = Instant::now();
         let method = req.method().clone();
         // Both shared with the request's own buffers (no copies): the request may be
@@ -180,20 +191,28 @@ impl Context {
             (true, "FI") => "DI,FI",
             (true, f) => f,
         };
-        crate::accesslog::request(&crate::accesslog::Request {
-            source: &self.source,
-            destination: &self.dst_name,
-            method: method.as_str(),
-            path: full_path,
-            authority: host,
-            route: route.as_deref().unwrap_or("-"),
-            upstream: out.upstream.as_ref().map_or("-", |w| w.name.as_str()),
-            status: out.resp.status().as_u16(),
-            flags: flag,
-            attempts: out.tries,
-            duration_ms: started.elapsed().as_millis() as u64,
-            details: details.as_deref(),
-        });
+        crate::accesslog::request(
+            &crate::accesslog::Request {
+                source: &self.source,
+                destination: &self.dst_name,
+                method: method.as_str(),
+                path: full_path,
+                authority: host,
+                route: route.as_deref().unwrap_or("-"),
+                upstream: out.upstream.as_ref().map_or("-", |w| w.name.as_str()),
+                status: out.resp.status().as_u16(),
+                flags: flag,
+                attempts: out.tries,
+                duration_ms: started.elapsed().as_millis() as u64,
+                details: details.as_deref(),
+                spans: &[
+                    ("conn", self.ids.conn),
+                    ("stream", self.ids.stream.unwrap_or_default()),
+                    ("request", id),
+                ],
+            },
+            self.wp.pi.cfg.json_logs,
+        );
         self.recorder.record(
             &self.wp.metrics,
             &self.wp.pi,

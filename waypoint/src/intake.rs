@@ -8,7 +8,7 @@ use std::sync::Arc;
 use hbone::io::H2Io;
 use hbone::server::Incoming;
 use http::StatusCode;
-use proxycore::connection::{ConnectionResult, Direction, Peers};
+use proxycore::connection::ConnectionResult;
 use proxycore::socket;
 use proxycore::state::State;
 use proxycore::ProxyError;
@@ -112,23 +112,10 @@ async fn handle_stream(wp: Arc<Waypoint>, inc: Incoming) {
     };
     // The tunnel's own record: `istio_tcp_*` with reporter "waypoint", advancing while it
     // is open, and one access line at its end with the bytes that crossed.
-    let labels = metrics::base_labels(pi, (&source_name, source_ip), &dst);
-    let peers = Peers {
-        src_identity: Some(source_name.clone()),
-        dst_hbone_addr: Some(authority),
-        dst_service: match &dst {
-            Destination::Service { svc, .. } => Some(svc.hostname.clone()),
-            Destination::Workload { .. } => None,
-        },
-        ..Default::default()
-    };
-    let mut record = ConnectionResult::new(
-        pi.metrics.clone(),
-        Direction::Inbound,
-        client,
-        labels.clone(),
-        peers,
-    );
+    let mut facts = metrics::tunnel_facts(pi, (&source_name, source_ip), &dst, client);
+    facts.dst_hbone_addr = Some(authority);
+    let mut record = ConnectionResult::new(pi.metrics.clone(), facts);
+    let labels = record.labels().clone();
     if dst.is_http() {
         let ctx = Arc::new(forward::Context {
             wp: wp.clone(),
@@ -143,6 +130,8 @@ async fn handle_stream(wp: Arc<Waypoint>, inc: Incoming) {
             tables: Default::default(),
             recorder: metrics::Recorder::with_base(labels),
             bytes: record.bytes(),
+            ids: proxycore::listen::current_ids(),
+            span: tracing::Span::current(),
         });
         // Boxed once per tunnel: the request path inside is large.
         record.reporting(Box::pin(serve::serve(ctx, stream))).await;

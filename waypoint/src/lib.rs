@@ -14,7 +14,7 @@
 //! control plane, the HBONE pool, admin, readiness, metrics and drain. Its L7 resources are
 //! its own ([`store`]). The README lists which file does what.
 
-pub mod accesslog;
+mod accesslog;
 mod balance;
 mod body;
 mod breaker;

@@ -54,8 +54,7 @@ fn main() -> ExitCode {
         // A line per request: written in batches (proxycore::logbuf).
         .with_writer(proxycore::logbuf::Batched)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    // LOG_FORMAT=json, as ztunnel honours it.
-    waypoint::accesslog::set_json(cfg.json_logs);
+    // LOG_FORMAT=json, as ztunnel honours it (the access lines too: accesslog.rs).
     if cfg.json_logs {
         builder.json().flatten_event(true).init();
     } else {

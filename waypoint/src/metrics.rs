@@ -15,6 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use proxycore::connection::{ConnectionFacts, Direction};
 use proxycore::metrics::{Reporter, TrafficLabels};
 use proxycore::state::Workload;
 use proxycore::ProxyInputs;
@@ -139,7 +140,10 @@ impl Recorder {
             s.duration.observe(ms);
             return;
         }
-        let base = self.base.get_or_init(|| base_labels(pi, source, dst));
+        let base = self.base.get_or_init(|| {
+            let unknown = std::net::SocketAddr::new(source.1, 0);
+            tunnel_facts(pi, source, dst, unknown).labels()
+        });
         let mut traffic = base
             .clone()
             .with_destination(o.upstream.map(|w| &**w), &pi.cfg.cluster_id);
@@ -172,22 +176,26 @@ impl Recorder {
     }
 }
 
-/// The labels every request of a tunnel shares: the client workload (by its address) and
-/// principal, the service addressed, mutual TLS. Also the labels of the tunnel's own
-/// `istio_tcp_*` series.
-pub(crate) fn base_labels(
+/// The facts every request of a tunnel shares: the client workload (by its address) and
+/// principal, the service addressed, mutual TLS. Also those of the tunnel's own
+/// `istio_tcp_*` series and access line.
+pub(crate) fn tunnel_facts(
     pi: &ProxyInputs,
     (principal, source_ip): (&str, std::net::IpAddr),
     dst: &Destination,
-) -> TrafficLabels {
-    let cluster = &pi.cfg.cluster_id;
-    let source = pi.state.workload_by_ip(source_ip);
-    let mut t = TrafficLabels::new(Reporter::Source).with_source(source.as_deref(), cluster);
-    t.reporter = "waypoint";
-    t.source_principal = principal.to_string();
-    t.connection_security_policy = "mutual_tls";
+    client: std::net::SocketAddr,
+) -> ConnectionFacts {
+    let mut f = ConnectionFacts::new(
+        Reporter::Waypoint,
+        Direction::Inbound,
+        &pi.cfg.cluster_id,
+        client,
+    );
+    f.src_workload = pi.state.workload_by_ip(source_ip);
+    f.src_identity = Some(principal.to_string());
+    f.mtls = true;
     if let Destination::Service { svc, .. } = dst {
-        t = t.with_service(&svc.hostname, &svc.namespace, &svc.name);
+        f.dst_service = Some(svc.clone());
     }
-    t
+    f
 }

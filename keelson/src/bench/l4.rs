@@ -11,7 +11,7 @@ use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 
 use super::stats::{cpu_seconds, median_of, median_of_some, percentile, rss_kib};
-use crate::testbed::{Options, PodSpec, Testbed};
+use testbed::{Options, PodSpec, Testbed};
 
 const SINK_PORT: u16 = 5001;
 const RR_PORT: u16 = 5002;

@@ -3,7 +3,6 @@
 
 use anyhow::Result;
 use std::net::Ipv4Addr;
-use std::path::Path;
 
 use super::*;
 
@@ -19,11 +18,11 @@ pub fn thread_node_links(paths: &Paths, state: &MeshState) -> Result<()> {
     let fabric = paths.netns("fabric");
     for node in &state.nodes {
         let port = format!("n{}", node.index);
-        in_netns(&node.netns, "ethtool", &["-K", "eth0", "tso", "off"])?;
-        in_netns(&fabric, "ethtool", &["-K", &port, "gro", "on"])?;
+        netns::exec_in(&node.netns, "ethtool", &["-K", "eth0", "tso", "off"])?;
+        netns::exec_in(&fabric, "ethtool", &["-K", &port, "gro", "on"])?;
         // sysfs shows the devices of the namespace it was mounted in: `ip netns exec`
         // mounts the fabric's.
-        in_netns(
+        netns::exec_in(
             &fabric,
             "sh",
             &["-c", &format!("echo 1 > /sys/class/net/{port}/threaded")],
@@ -32,26 +31,9 @@ pub fn thread_node_links(paths: &Paths, state: &MeshState) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn ip(netns: &str, args: &[&str]) -> Result<String> {
-    let mut full = vec!["-n", netns];
-    full.extend_from_slice(args);
-    netns::run("ip", &full)
-}
-
-pub(super) fn in_netns(netns: &str, cmd: &str, args: &[&str]) -> Result<String> {
-    let mut full = vec!["netns", "exec", netns, cmd];
-    full.extend_from_slice(args);
-    netns::run("ip", &full)
-}
-
 pub(super) fn create_netns(name: &str) -> Result<()> {
     netns::Netns::create(name)?.persist();
     Ok(())
-}
-
-pub(super) fn delete_netns(name: &str) {
-    let _ = netns::run("ip", &["netns", "del", name]);
-    let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(name));
 }
 
 /// Joins `netns` (created here) to the fabric bridge with address `addr`.
@@ -62,28 +44,25 @@ pub(super) fn attach_to_fabric(
     addr: Ipv4Addr,
 ) -> Result<()> {
     create_netns(netns)?;
-    ip(
+    netns::ip_in(
         fabric,
         &[
             "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", netns,
         ],
     )?;
-    ip(fabric, &["link", "set", port, "master", "br0", "up"])?;
-    ip(
+    netns::ip_in(fabric, &["link", "set", port, "master", "br0", "up"])?;
+    netns::ip_in(
         netns,
         &["addr", "add", &format!("{addr}/24"), "dev", "eth0"],
     )?;
-    ip(netns, &["link", "set", "eth0", "up"])?;
+    netns::ip_in(netns, &["link", "set", "eth0", "up"])?;
     Ok(())
 }
 
 /// This mesh's namespaces that exist now.
 pub(super) fn leftover_netns(paths: &Paths) -> Vec<String> {
-    netns::run("ip", &["netns", "list"])
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
+    netns::list()
+        .into_iter()
         .filter(|n| paths.owns(n))
-        .map(str::to_string)
         .collect()
 }

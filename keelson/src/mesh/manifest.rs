@@ -278,95 +278,85 @@ impl Manifest {
             if value.is_null() {
                 continue;
             }
-            let kind = value
-                .get("kind")
-                .and_then(|k| k.as_str())
-                .unwrap_or_default()
-                .to_string();
-            let name = value
-                .get("metadata")
-                .and_then(|m| m.get("name"))
-                .and_then(|n| n.as_str())
-                .unwrap_or_default()
-                .to_string();
-            let namespace = value
-                .get("metadata")
-                .and_then(|m| m.get("namespace"))
-                .and_then(|n| n.as_str())
-                .map(str::to_string);
-            let err = |e: String| anyhow::anyhow!("{file}: {kind} {name}: {e}");
-            match kind.as_str() {
-                "" => bail!("{file}: document {}: no kind", i + 1),
-                "Deployment" => {
-                    let d: DeploymentDoc =
-                        serde_yaml::from_value(value).map_err(|e| err(e.to_string()))?;
-                    if let Some(sel) = &d.spec.selector {
-                        for (k, v) in &sel.match_labels {
-                            if d.spec.template.metadata.labels.get(k) != Some(v) {
-                                return Err(err(format!(
-                                    "spec.selector.matchLabels {k}={v} does not match the template's labels"
-                                )));
-                            }
+            let text = |v: &serde_yaml::Value| v.as_str().map(str::to_string);
+            let kind = value.get("kind").and_then(text).unwrap_or_default();
+            let meta = value.get("metadata");
+            let name = meta.and_then(|m| m.get("name")).and_then(text);
+            let namespace = meta.and_then(|m| m.get("namespace")).and_then(text);
+            let doc = Resource {
+                kind,
+                namespace,
+                name: name.unwrap_or_default(),
+                value,
+            };
+            if doc.kind.is_empty() {
+                bail!("{file}: document {}: no kind", i + 1);
+            }
+            self.add_document(file, doc)?;
+        }
+        Ok(())
+    }
+
+    /// Adds one document: a workload (Deployment, Pod), a waypoint Gateway (and what it
+    /// deploys), or a resource for the control plane, checked now with the control plane's
+    /// own reader so a bad policy is reported before anything is built.
+    fn add_document(&mut self, file: &str, doc: Resource) -> Result<()> {
+        let err = |e: String| anyhow::anyhow!("{file}: {} {}: {e}", doc.kind, doc.name);
+        match doc.kind.as_str() {
+            "Deployment" => {
+                let d: DeploymentDoc =
+                    serde_yaml::from_value(doc.value.clone()).map_err(|e| err(e.to_string()))?;
+                if let Some(sel) = &d.spec.selector {
+                    for (k, v) in &sel.match_labels {
+                        if d.spec.template.metadata.labels.get(k) != Some(v) {
+                            return Err(err(format!(
+                                "spec.selector.matchLabels {k}={v} does not match the template's labels"
+                            )));
                         }
                     }
-                    let replicas = d.spec.replicas.unwrap_or(1);
-                    let mut meta = d.metadata;
-                    meta.labels.clear();
-                    let w = workload(
-                        "Deployment",
-                        meta,
-                        d.spec.template.spec,
-                        replicas,
-                        d.spec.template.metadata,
-                    )
+                }
+                let replicas = d.spec.replicas.unwrap_or(1);
+                let mut meta = d.metadata;
+                meta.labels.clear();
+                let w = workload(
+                    "Deployment",
+                    meta,
+                    d.spec.template.spec,
+                    replicas,
+                    d.spec.template.metadata,
+                )
+                .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+                self.workloads.push(w);
+            }
+            "Pod" => {
+                let p: PodDoc =
+                    serde_yaml::from_value(doc.value.clone()).map_err(|e| err(e.to_string()))?;
+                let template = Meta {
+                    labels: p.metadata.labels.clone(),
+                    annotations: p.metadata.annotations.clone(),
+                    ..Meta::default()
+                };
+                let w = workload("Pod", p.metadata, p.spec, 1, template)
                     .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
-                    self.workloads.push(w);
-                }
-                "Pod" => {
-                    let p: PodDoc =
-                        serde_yaml::from_value(value).map_err(|e| err(e.to_string()))?;
-                    let template = Meta {
-                        labels: p.metadata.labels.clone(),
-                        annotations: p.metadata.annotations.clone(),
-                        ..Meta::default()
-                    };
-                    let w = workload("Pod", p.metadata, p.spec, 1, template)
-                        .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
-                    self.workloads.push(w);
-                }
-                "Gateway"
-                    if value
+                self.workloads.push(w);
+            }
+            _ => {
+                let text = serde_yaml::to_string(&doc.value)?;
+                resources::Resources::default()
+                    .add_text(file, &text)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let waypoint = doc.kind == "Gateway"
+                    && doc
+                        .value
                         .get("spec")
                         .and_then(|s| s.get("gatewayClassName"))
                         .and_then(|c| c.as_str())
-                        == Some(resources::WAYPOINT_CLASS) =>
-                {
-                    let text = serde_yaml::to_string(&value)?;
-                    resources::Resources::default()
-                        .add_text(file, &text)
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    self.add_waypoint(&name, namespace.as_deref().unwrap_or("default"))?;
-                    self.resources.push(Resource {
-                        kind,
-                        namespace,
-                        name,
-                        value,
-                    });
+                        == Some(resources::WAYPOINT_CLASS);
+                if waypoint {
+                    let ns = doc.namespace.as_deref().unwrap_or("default");
+                    self.add_waypoint(&doc.name, ns)?;
                 }
-                _ => {
-                    // Checked now with the control plane's own reader, so a bad policy is
-                    // reported before anything is built.
-                    let text = serde_yaml::to_string(&value)?;
-                    resources::Resources::default()
-                        .add_text(file, &text)
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    self.resources.push(Resource {
-                        kind,
-                        namespace,
-                        name,
-                        value,
-                    });
-                }
+                self.resources.push(doc);
             }
         }
         Ok(())

@@ -42,8 +42,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::testbed::find_binary;
 use manifest::Manifest;
+use netns::find_binary;
 
 /// The bundled example `keelson up` runs without arguments.
 pub const BOOKINFO: &str = include_str!("../../../examples/bookinfo/bookinfo.yaml");
@@ -151,8 +151,8 @@ fn build_network(paths: &Paths, opts: &UpOptions, state: &mut MeshState) -> Resu
     ));
     let fabric = paths.netns("fabric");
     create_netns(&fabric)?;
-    ip(&fabric, &["link", "add", "br0", "type", "bridge"])?;
-    ip(&fabric, &["link", "set", "br0", "up"])?;
+    netns::ip_in(&fabric, &["link", "add", "br0", "type", "bridge"])?;
+    netns::ip_in(&fabric, &["link", "set", "br0", "up"])?;
     let cp_ns = paths.netns("controlplane");
     attach_to_fabric(&fabric, &cp_ns, "cp", CP_IP)?;
     for i in 1..=opts.nodes {
@@ -164,10 +164,10 @@ fn build_network(paths: &Paths, opts: &UpOptions, state: &mut MeshState) -> Resu
         };
         attach_to_fabric(&fabric, &node.netns, &format!("n{i}"), node.ip)?;
         let gateway = format!("{}/24", node.gateway());
-        ip(&node.netns, &["link", "add", "cni0", "type", "bridge"])?;
-        ip(&node.netns, &["addr", "add", &gateway, "dev", "cni0"])?;
-        ip(&node.netns, &["link", "set", "cni0", "up"])?;
-        in_netns(
+        netns::ip_in(&node.netns, &["link", "add", "cni0", "type", "bridge"])?;
+        netns::ip_in(&node.netns, &["addr", "add", &gateway, "dev", "cni0"])?;
+        netns::ip_in(&node.netns, &["link", "set", "cni0", "up"])?;
+        netns::exec_in(
             &node.netns,
             "sysctl",
             &["-q", "-w", "net.ipv4.ip_forward=1"],
@@ -178,12 +178,12 @@ fn build_network(paths: &Paths, opts: &UpOptions, state: &mut MeshState) -> Resu
     // The control plane answers pods too (waypoints run in pods and talk to it).
     for n in &state.nodes {
         let via = n.ip.to_string();
-        ip(&cp_ns, &["route", "add", &n.pod_cidr(), "via", &via])?;
+        netns::ip_in(&cp_ns, &["route", "add", &n.pod_cidr(), "via", &via])?;
     }
     for a in &state.nodes {
         for b in state.nodes.iter().filter(|b| b.name != a.name) {
             let via = b.ip.to_string();
-            ip(&a.netns, &["route", "add", &b.pod_cidr(), "via", &via])?;
+            netns::ip_in(&a.netns, &["route", "add", &b.pod_cidr(), "via", &via])?;
         }
     }
     Ok(())
@@ -428,10 +428,10 @@ pub fn down(paths: &Paths) -> Result<()> {
     // to the kernel, but processes started inside (exec'd shells) are found by namespace.
     names.sort_by_key(|n| (!n.contains("-pod-"), n.contains("fabric")));
     for n in &names {
-        kill_in_netns(n);
+        netns::kill_all_in(n);
     }
     for n in &names {
-        delete_netns(n);
+        netns::delete(n);
     }
     if paths.home.exists() {
         std::fs::remove_dir_all(&paths.home)

@@ -2,9 +2,9 @@
 //! `resolv.conf`, the pod object, the CNI plugin, then its containers), waiting for pods to
 //! answer, deleting them, and running commands in them.
 
-use crate::testbed::find_binary;
 use anyhow::{bail, Context, Result};
 use manifest::{Program, Workload};
+use netns::find_binary;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -166,13 +166,13 @@ fn create_sandbox(pod: &PodState, node: &NodeState, veth: &str, namespace: &str)
     let ns_name = &pod.netns;
     create_netns(ns_name)?;
     let peer = ["link", "add", veth, "type", "veth", "peer", "name", "eth0"];
-    ip(&node.netns, &[&peer[..], &["netns", ns_name]].concat())?;
-    ip(&node.netns, &["link", "set", veth, "master", "cni0", "up"])?;
+    netns::ip_in(&node.netns, &[&peer[..], &["netns", ns_name]].concat())?;
+    netns::ip_in(&node.netns, &["link", "set", veth, "master", "cni0", "up"])?;
     let addr = format!("{}/24", pod.ip);
-    ip(ns_name, &["addr", "add", &addr, "dev", "eth0"])?;
-    ip(ns_name, &["link", "set", "eth0", "up"])?;
+    netns::ip_in(ns_name, &["addr", "add", &addr, "dev", "eth0"])?;
+    netns::ip_in(ns_name, &["link", "set", "eth0", "up"])?;
     let gateway = node.gateway().to_string();
-    ip(ns_name, &["route", "add", "default", "via", &gateway])?;
+    netns::ip_in(ns_name, &["route", "add", "default", "via", &gateway])?;
     let etc = Path::new("/etc/netns").join(ns_name);
     std::fs::create_dir_all(&etc)?;
     std::fs::write(
@@ -336,9 +336,9 @@ pub(super) fn cni(
             "routes": [{"dst": "0.0.0.0/0"}],
         },
     });
-    let out = crate::cni::call(
+    let out = cni_plugin::invoke::call(
         &bin,
-        &crate::cni::CniCall {
+        &cni_plugin::invoke::CniCall {
             command,
             container_id: &format!("{}-{}", pod.namespace, pod.name),
             netns: &sandbox,
@@ -461,8 +461,8 @@ pub(super) fn delete_pod(paths: &Paths, state: &mut MeshState, pod: &PodState) -
     for p in &pod.procs {
         stop(p, Duration::from_secs(5));
     }
-    kill_in_netns(&pod.netns);
-    delete_netns(&pod.netns);
+    netns::kill_all_in(&pod.netns);
+    netns::delete(&pod.netns);
     let _ = std::fs::remove_file(paths.resources().join(pod_file(&pod.namespace, &pod.name)));
     state
         .pods

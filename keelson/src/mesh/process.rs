@@ -72,38 +72,3 @@ pub(super) fn stop(p: &ProcRecord, grace: Duration) {
         let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
     }
 }
-
-/// Kills every process whose network namespace is `name` (what `keelson exec` or a pod's
-/// command started and left behind).
-pub(super) fn kill_in_netns(name: &str) {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
-    use std::os::unix::fs::MetadataExt as _;
-    let Ok(target) = std::fs::metadata(netns::netns_path(name)) else {
-        return;
-    };
-    let inside = || -> Vec<i32> {
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| {
-                std::fs::metadata(format!("/proc/{pid}/ns/net"))
-                    .is_ok_and(|m| m.ino() == target.ino() && m.dev() == target.dev())
-            })
-            .collect()
-    };
-    for sig in [Signal::SIGTERM, Signal::SIGKILL] {
-        let pids = inside();
-        if pids.is_empty() {
-            return;
-        }
-        for pid in pids {
-            let _ = kill(Pid::from_raw(pid), sig);
-        }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline && !inside().is_empty() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}

@@ -68,7 +68,6 @@ pub fn status(paths: &Paths) -> Result<String> {
     use std::fmt::Write as _;
     let state = MeshState::load(paths)?;
     let supervisor = supervise::Record::load(paths);
-    let mut out = String::new();
     let alive = |p: &ProcRecord| {
         let state = if supervisor.current(p).alive() {
             "running"
@@ -80,36 +79,7 @@ pub fn status(paths: &Paths) -> Result<String> {
             n => format!("{state} (restarts {n})"),
         }
     };
-    writeln!(out, "NODE      ADDRESS       PODS            PROCESSES")?;
-    for n in &state.nodes {
-        let procs: Vec<String> = state
-            .procs
-            .iter()
-            .filter(|p| p.role.ends_with(&format!("/{}", n.name)))
-            .map(|p| {
-                format!(
-                    "{} {}",
-                    p.role.split('/').next().unwrap_or_default(),
-                    alive(p)
-                )
-            })
-            .collect();
-        let ready = netns::http_get_at(
-            &netns::netns_path(&n.netns),
-            "127.0.0.1:15021".parse().unwrap(),
-            "/healthz/ready",
-        )
-        .is_ok_and(|(s, _)| s == 200);
-        writeln!(
-            out,
-            "{:<9} {:<13} {:<15} {} (ztunnel {})",
-            n.name,
-            n.ip,
-            n.pod_cidr(),
-            procs.join(", "),
-            if ready { "ready" } else { "NOT READY" }
-        )?;
-    }
+    let mut out = nodes(&state, &alive)?;
     if let Some(cp) = state.procs.iter().find(|p| p.role == "controlplane") {
         writeln!(
             out,
@@ -151,6 +121,43 @@ pub fn status(paths: &Paths) -> Result<String> {
     writeln!(out, "\nSERVICE                         CLUSTER-IP")?;
     for (name, ip) in &state.services {
         writeln!(out, "{name:<31} {ip}")?;
+    }
+    Ok(out)
+}
+
+/// The node table: each node's address, pod range, processes and ztunnel readiness.
+fn nodes(state: &MeshState, alive: &dyn Fn(&ProcRecord) -> String) -> Result<String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    writeln!(out, "NODE      ADDRESS       PODS            PROCESSES")?;
+    for n in &state.nodes {
+        let procs: Vec<String> = state
+            .procs
+            .iter()
+            .filter(|p| p.role.ends_with(&format!("/{}", n.name)))
+            .map(|p| {
+                format!(
+                    "{} {}",
+                    p.role.split('/').next().unwrap_or_default(),
+                    alive(p)
+                )
+            })
+            .collect();
+        let ready = netns::http_get_at(
+            &netns::netns_path(&n.netns),
+            "127.0.0.1:15021".parse().unwrap(),
+            "/healthz/ready",
+        )
+        .is_ok_and(|(s, _)| s == 200);
+        writeln!(
+            out,
+            "{:<9} {:<13} {:<15} {} (ztunnel {})",
+            n.name,
+            n.ip,
+            n.pod_cidr(),
+            procs.join(", "),
+            if ready { "ready" } else { "NOT READY" }
+        )?;
     }
     Ok(out)
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use hbone::server::Incoming;
 use tokio::net::{TcpListener, TcpStream};
 
-use proxycore::connection::{ConnectionResult, Direction, Peers};
-use proxycore::metrics::{Reporter, TrafficLabels};
+use proxycore::connection::{ConnectionFacts, ConnectionResult, Direction};
+use proxycore::metrics::Reporter;
 use proxycore::socket;
 use proxycore::state::State;
 use proxycore::{ProxyError, ProxyInputs};
@@ -79,46 +79,32 @@ fn check(pi: &ProxyInputs, inc: &Incoming) -> Result<Target, ProxyError> {
 }
 
 async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
-    let cluster = &pi.cfg.cluster_id;
     let peer_ip: IpAddr = inc.peer_addr.ip();
-    let src_w = pi.state.workload_by_ip(peer_ip);
     let local = pi.local_workload().ok();
-    let mut labels = TrafficLabels::new(Reporter::Destination)
-        .with_source(src_w.as_deref(), cluster)
-        .with_destination(local.as_deref(), cluster);
-    labels.source_principal = inc.peer_identity.to_string();
-    labels.connection_security_policy = "mutual_tls";
-    if let Some(l) = &local {
-        labels.destination_principal = l.identity().to_string();
-    }
-    let mut peers = Peers {
-        src_workload: src_w.as_ref().map(|w| w.name.clone()),
-        src_namespace: src_w.as_ref().map(|w| w.namespace.clone()),
-        src_identity: Some(inc.peer_identity.to_string()),
-        dst_hbone_addr: inc.authority().map(str::to_string),
-        dst_workload: local.as_ref().map(|w| w.name.clone()),
-        dst_namespace: local.as_ref().map(|w| w.namespace.clone()),
-        dst_identity: local.as_ref().map(|w| w.identity().to_string()),
-        ..Default::default()
-    };
+    let mut facts = ConnectionFacts::new(
+        Reporter::Destination,
+        Direction::Inbound,
+        &pi.cfg.cluster_id,
+        inc.peer_addr,
+    );
+    facts.src_workload = pi.state.workload_by_ip(peer_ip);
+    facts.src_identity = Some(inc.peer_identity.to_string());
+    facts.dst_hbone_addr = inc.authority().map(str::to_string);
+    facts.dst_identity = local.as_ref().map(|w| w.identity().to_string());
+    facts.dst_workload = local.clone();
+    facts.mtls = true;
 
     let inc_identity = inc.peer_identity.clone();
     let target = match check(&pi, &inc) {
         Ok(t) => t,
         Err(e) => {
-            let mut r = ConnectionResult::new(
-                pi.metrics.clone(),
-                Direction::Inbound,
-                inc.peer_addr,
-                labels,
-                peers,
-            );
+            let mut r = ConnectionResult::new(pi.metrics.clone(), facts);
             r.fail_early(e.response_flag(), &e);
             inc.reject(e.status());
             return;
         }
     };
-    peers.dst_addr = Some(target.addr);
+    facts.dst_addr = Some(target.addr);
     let svc_host = target.service.or_else(|| {
         inc.header("forwarded")
             .and_then(hbone::headers::forwarded_host)
@@ -129,17 +115,8 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
         (None, Some(l)) => pi.state.service_for_inbound(l, target.addr.port()),
         _ => None,
     };
-    if let Some(s) = &svc {
-        labels = labels.with_service(&s.hostname, &s.namespace, &s.name);
-        peers.dst_service = Some(s.hostname.clone());
-    }
-    let mut result = ConnectionResult::new(
-        pi.metrics.clone(),
-        Direction::Inbound,
-        inc.peer_addr,
-        labels,
-        peers,
-    );
+    facts.dst_service = svc;
+    let mut result = ConnectionResult::new(pi.metrics.clone(), facts);
     let src = pi.cfg.orig_src.then_some(peer_ip);
     let mut inc = inc;
     let connected = tokio::select! {
@@ -158,7 +135,7 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
             return;
         }
     };
-    let baggage = super::outbound::baggage(local.as_deref(), cluster);
+    let baggage = super::outbound::baggage(local.as_deref(), &pi.cfg.cluster_id);
     let stream = match inc.accept(&[("baggage", baggage)]) {
         Ok(s) => s,
         Err(e) => return result.fail_early("CONNECT", e),

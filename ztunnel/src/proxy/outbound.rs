@@ -9,8 +9,8 @@ use std::sync::Arc;
 use hbone::{ConnectRequest, H2Stream, PoolKey};
 use tokio::net::{TcpListener, TcpStream};
 
-use proxycore::connection::{ConnectionResult, Direction, Peers};
-use proxycore::metrics::{Reporter, TrafficLabels};
+use proxycore::connection::{ConnectionFacts, ConnectionResult, Direction};
+use proxycore::metrics::Reporter;
 use proxycore::socket;
 use proxycore::state::{Service, State, TunnelProtocol, Workload};
 use proxycore::{ProxyError, ProxyInputs};
@@ -128,26 +128,22 @@ pub async fn establish(
     src: SocketAddr,
     orig: SocketAddr,
 ) -> (ConnectionResult, Result<Upstream, ProxyError>) {
-    let cluster = &pi.cfg.cluster_id;
     let local = pi.local_workload().ok();
-    let mut labels = TrafficLabels::new(Reporter::Source).with_source(local.as_deref(), cluster);
-    let mut peers = Peers {
-        src_workload: local.as_ref().map(|w| w.name.clone()),
-        src_namespace: local.as_ref().map(|w| w.namespace.clone()),
-        dst_addr: Some(orig),
-        ..Default::default()
-    };
+    let mut facts = ConnectionFacts::new(
+        Reporter::Source,
+        Direction::Outbound,
+        &pi.cfg.cluster_id,
+        src,
+    );
+    facts.src_workload = local.clone();
+    facts.dst_addr = Some(orig);
+    let record = |facts| ConnectionResult::new(pi.metrics.clone(), facts);
     if pi.cfg.ports.is_own(orig.port(), pi.cfg.socks5) && orig.ip().is_loopback() {
-        let r = ConnectionResult::new(pi.metrics.clone(), Direction::Outbound, src, labels, peers);
-        return (r, Err(ProxyError::OwnPort(orig.port())));
+        return (record(facts), Err(ProxyError::OwnPort(orig.port())));
     }
     let route = match resolve(&pi.state, orig, local.as_deref(), src) {
         Ok(r) => r,
-        Err(e) => {
-            let r =
-                ConnectionResult::new(pi.metrics.clone(), Direction::Outbound, src, labels, peers);
-            return (r, Err(e));
-        }
+        Err(e) => return (record(facts), Err(e)),
     };
     // (workload to connect to, the HBONE target it is asked for, whether via a waypoint)
     let (workload, port, service, via_waypoint) = match route {
@@ -162,8 +158,7 @@ pub async fn establish(
             service,
         } => (workload, port, service, true),
         Route::Passthrough => {
-            let r =
-                ConnectionResult::new(pi.metrics.clone(), Direction::Outbound, src, labels, peers);
+            let r = record(facts);
             let up = pi
                 .connect(orig, None)
                 .await
@@ -173,13 +168,8 @@ pub async fn establish(
         }
     };
     let dst_ip = workload.addresses[0];
-    labels = labels.with_destination(Some(&workload), cluster);
-    if let Some(s) = &service {
-        labels = labels.with_service(&s.hostname, &s.namespace, &s.name);
-        peers.dst_service = Some(s.hostname.clone());
-    }
-    peers.dst_workload = Some(workload.name.clone());
-    peers.dst_namespace = Some(workload.namespace.clone());
+    facts.dst_workload = Some(workload.clone());
+    facts.dst_service = service.clone();
     // A waypoint is asked for the original destination; a workload for its own address and
     // target port.
     let target = if via_waypoint {
@@ -188,8 +178,8 @@ pub async fn establish(
         SocketAddr::new(dst_ip, port)
     };
     if !via_waypoint && workload.tunnel_protocol == TunnelProtocol::None {
-        peers.dst_addr = Some(target);
-        let r = ConnectionResult::new(pi.metrics.clone(), Direction::Outbound, src, labels, peers);
+        facts.dst_addr = Some(target);
+        let r = record(facts);
         let up = pi
             .connect(target, None)
             .await
@@ -215,14 +205,12 @@ pub async fn establish(
             hbone::HBONE_PORT
         },
     );
-    labels.source_principal = src_id.to_string();
-    labels.destination_principal = workload.identity().to_string();
-    labels.connection_security_policy = "mutual_tls";
-    peers.src_identity = Some(src_id.to_string());
-    peers.dst_identity = Some(workload.identity().to_string());
-    peers.dst_addr = Some(hbone_addr);
-    peers.dst_hbone_addr = Some(target.to_string());
-    let r = ConnectionResult::new(pi.metrics.clone(), Direction::Outbound, src, labels, peers);
+    facts.src_identity = Some(src_id.to_string());
+    facts.dst_identity = Some(workload.identity().to_string());
+    facts.mtls = true;
+    facts.dst_addr = Some(hbone_addr);
+    facts.dst_hbone_addr = Some(target.to_string());
+    let r = record(facts);
     let key = PoolKey {
         src_identity: src_id.clone(),
         dst_identities: expected.clone(),

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use proxycore::connection::{ConnectionResult, Direction, Peers};
-use proxycore::metrics::{Reporter, TrafficLabels};
+use proxycore::connection::{ConnectionFacts, ConnectionResult, Direction};
+use proxycore::metrics::Reporter;
 use proxycore::socket;
 use proxycore::{ProxyError, ProxyInputs};
 
@@ -19,28 +19,20 @@ async fn handle(pi: Arc<ProxyInputs>, mut downstream: TcpStream, src: SocketAddr
     let Ok(orig) = socket::original_dst(&downstream) else {
         return;
     };
-    let cluster = &pi.cfg.cluster_id;
-    let src_w = pi.state.workload_by_ip(src.ip());
     let local = pi.local_workload().ok();
-    let mut labels = TrafficLabels::new(Reporter::Destination)
-        .with_source(src_w.as_deref(), cluster)
-        .with_destination(local.as_deref(), cluster);
-    if let Some(svc) = local
+    let mut facts = ConnectionFacts::new(
+        Reporter::Destination,
+        Direction::Inbound,
+        &pi.cfg.cluster_id,
+        src,
+    );
+    facts.src_workload = pi.state.workload_by_ip(src.ip());
+    facts.dst_addr = Some(orig);
+    facts.dst_service = local
         .as_ref()
-        .and_then(|l| pi.state.service_for_inbound(l, orig.port()))
-    {
-        labels = labels.with_service(&svc.hostname, &svc.namespace, &svc.name);
-    }
-    let peers = Peers {
-        src_workload: src_w.as_ref().map(|w| w.name.clone()),
-        src_namespace: src_w.as_ref().map(|w| w.namespace.clone()),
-        dst_addr: Some(orig),
-        dst_workload: local.as_ref().map(|w| w.name.clone()),
-        dst_namespace: local.as_ref().map(|w| w.namespace.clone()),
-        ..Default::default()
-    };
-    let mut result =
-        ConnectionResult::new(pi.metrics.clone(), Direction::Inbound, src, labels, peers);
+        .and_then(|l| pi.state.service_for_inbound(l, orig.port()));
+    facts.dst_workload = local.clone();
+    let mut result = ConnectionResult::new(pi.metrics.clone(), facts);
     if pi.cfg.ports.is_own(orig.port(), pi.cfg.socks5) {
         let e = ProxyError::OwnPort(orig.port());
         return result.fail_early(e.response_flag(), e);

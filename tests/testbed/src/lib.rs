@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use netns::{Lan, Netns, Proc};
+use netns::{find_binary, Lan, Netns, Proc};
 
 pub const NAMESPACE: &str = "default";
 pub const SERVICE_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -126,34 +126,6 @@ pub struct Testbed {
     pods: BTreeMap<String, (usize, Ipv4Addr)>,
     dir: PathBuf,
     opts: Options,
-}
-
-/// Finds a binary of this workspace: `$KEELSON_<NAME>_BIN`, else next to the running
-/// executable or one level up (test executables live in `target/<profile>/deps`).
-pub fn find_binary(name: &str) -> Result<PathBuf> {
-    let var = format!(
-        "KEELSON_{}_BIN",
-        name.to_ascii_uppercase().replace('-', "_")
-    );
-    if let Ok(p) = std::env::var(&var) {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    let mut dir = exe.parent().map(Path::to_path_buf);
-    while let Some(d) = dir {
-        let candidate = d.join(name);
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-        if d.file_name().is_some_and(|n| n == "target") {
-            break;
-        }
-        dir = d.parent().map(Path::to_path_buf);
-    }
-    bail!(
-        "cannot find the {name} binary near {} (build it with `cargo build --bins`, or set {var})",
-        exe.display()
-    )
 }
 
 impl Testbed {
@@ -364,9 +336,9 @@ impl Testbed {
             },
         });
         let netns = self.pod(pod).path();
-        let out = crate::cni::call(
+        let out = cni_plugin::invoke::call(
             &bin,
-            &crate::cni::CniCall {
+            &cni_plugin::invoke::CniCall {
                 command,
                 container_id: &format!("sandbox-{pod}"),
                 netns: &netns,
