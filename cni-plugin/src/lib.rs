@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod install;
 pub mod invoke;
 pub mod redirect;
 pub mod spec;

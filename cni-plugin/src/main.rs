@@ -1,4 +1,5 @@
-//! `keelson-cni`: run by the container runtime as a chained CNI plugin (no arguments), or as
+//! `keelson-cni`: run by the container runtime as a chained CNI plugin (no arguments), as the
+//! DaemonSet's install step (`keelson-cni install|uninstall`, see `install.rs`), or as
 //! the node agent (`keelson-cni agent --socket S --zds-socket Z --resources DIR
 //! [--host-probe-snat] [--state FILE]`; `--host-probe-snat` installs docs/WIRE.md §5.5's
 //! rules in the agent's own network namespace, which must then be the node's; `--state` is
@@ -13,8 +14,10 @@ use cni_plugin::spec::{self, CniError, SocketAgent};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("agent") {
-        return agent(&args[1..]);
+    match args.first().map(String::as_str) {
+        Some("agent") => return agent(&args[1..]),
+        Some(step @ ("install" | "uninstall")) => return install(step, &args[1..]),
+        _ => {}
     }
     // A plugin must answer, never panic and never hang: a panic becomes a CNI error.
     let result = std::panic::catch_unwind(|| {
@@ -40,6 +43,54 @@ fn main() -> ExitCode {
         Err(e) => {
             println!("{}", serde_json::to_string(&e).unwrap_or_default());
             eprintln!("keelson-cni: {} ({})", e.msg, e.details);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The CNI DaemonSet's install step: `keelson-cni install|uninstall [--cni-bin-dir DIR]
+/// [--cni-conf-dir DIR] [--agent-socket PATH]` (defaults: the host paths as mounted by
+/// `keelson install`'s DaemonSet).
+fn install(step: &str, args: &[String]) -> ExitCode {
+    let mut layout = cni_plugin::install::Layout {
+        bin_dir: "/host/opt/cni/bin".into(),
+        conf_dir: "/host/etc/cni/net.d".into(),
+        agent_socket: "/var/run/keelson/cni.sock".into(),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let Some(v) = it.next() else {
+            eprintln!("keelson-cni {step}: {a} needs a value");
+            return ExitCode::from(2);
+        };
+        match a.as_str() {
+            "--cni-bin-dir" => layout.bin_dir = v.into(),
+            "--cni-conf-dir" => layout.conf_dir = v.into(),
+            "--agent-socket" => layout.agent_socket = v.into(),
+            other => {
+                eprintln!("keelson-cni {step}: unknown option {other}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let done = match step {
+        "install" => std::env::current_exe()
+            .map_err(|e| format!("finding this binary: {e}"))
+            .and_then(|exe| cni_plugin::install::install(&layout, &exe)),
+        _ => cni_plugin::install::uninstall(&layout),
+    };
+    match done {
+        Ok(c) => {
+            let conf = c.conflist.map(|p| p.display().to_string());
+            println!(
+                "keelson-cni {step}: {} and {}",
+                c.binary.display(),
+                conf.as_deref().unwrap_or("no configuration changed")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("keelson-cni {step}: {e}");
             ExitCode::FAILURE
         }
     }

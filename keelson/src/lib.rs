@@ -4,4 +4,5 @@
 
 pub mod apps;
 pub mod bench;
+pub mod install;
 pub mod mesh;

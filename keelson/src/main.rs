@@ -34,6 +34,12 @@ const USAGE: &str = "usage:
       and token to the state dir
   keelson controlplane token --state-dir DIR --service-account NS/SA [--node NODE]
       print a bearer token for that service account (bound to NODE if given)
+  keelson install [--values FILE] [--set key.path=value]... [--dry-run]
+      print every object a Kubernetes cluster needs (control plane, ztunnel and CNI
+      DaemonSets, RBAC), for `kubectl apply -f -`; `--set mode=istiod` for Keelson's data
+      plane under an existing istiod (docs/KUBERNETES.md)
+  keelson uninstall [--values FILE] [--set key.path=value]...
+      list what the install created, in the order to delete it
   keelson version";
 
 fn main() -> ExitCode {
@@ -54,6 +60,8 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         ["app", name, rest @ ..] => app(name, rest),
+        ["install", rest @ ..] => install(rest, false),
+        ["uninstall", rest @ ..] => install(rest, true),
         ["controlplane", "token", rest @ ..] => controlplane_token(rest),
         ["controlplane", rest @ ..] => controlplane(rest),
         ["version"] | ["--version"] => {
@@ -339,4 +347,24 @@ fn init_logs() {
         // Colours only on a terminal: logs written to files stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// `keelson install` prints the manifest; `keelson uninstall` lists what it removes.
+fn install(args: &[&str], uninstall: bool) -> anyhow::Result<()> {
+    let values = keelson::install::InstallArgs::parse(args)
+        .and_then(|a| a.values())
+        .map_err(anyhow::Error::msg)?;
+    if uninstall {
+        println!("# keelson uninstall: delete these, in this order (the CNI DaemonSet's pods");
+        println!("# unchain the plugin from each node's CNI configuration as they stop)");
+        for o in keelson::install::removal(&values) {
+            println!("{o}");
+        }
+    } else {
+        print!(
+            "{}",
+            keelson::install::manifest(&values).map_err(anyhow::Error::msg)?
+        );
+    }
+    Ok(())
 }

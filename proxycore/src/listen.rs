@@ -2,7 +2,7 @@
 //! server every proxy terminates tunnels with.
 //!
 //! Every accepted connection runs in a tracing span `conn{id=N}` and every HBONE stream in a
-//! `stream{id=M}` inside it (a waypoint adds `request{id=R}`), so the log lines of one
+//! `stream{id=M}` inside it (a waypoint adds `request{id=R}` at DEBUG), so the log lines of one
 //! connection, tunnel or request can be grepped together. Ids are unique in the process.
 
 use std::future::Future;

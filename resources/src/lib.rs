@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 mod dir;
+pub mod kinds;
 pub mod labels;
 mod mesh;
 

@@ -22,6 +22,7 @@ use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::body::Body;
 use crate::forward::{Context, ReqBody, REPLAY_LIMIT};
@@ -237,7 +238,9 @@ async fn hand_over(ctx: Arc<Context>, conn: Conn) {
         let ctx = ctx.clone();
         async move {
             let req = req.map(|b| ReqBody::Stream(b.map_err(Into::into).boxed()));
-            Ok::<_, std::convert::Infallible>(ctx.handle(req).await)
+            // hyper runs each HTTP/2 stream in a task of its own: back in the tunnel's span.
+            let span = ctx.span.clone();
+            Ok::<_, std::convert::Infallible>(ctx.handle(req).instrument(span).await)
         }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

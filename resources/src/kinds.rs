@@ -1,0 +1,171 @@
+//! The Kubernetes kinds Keelson's control plane reads and writes, each with its API group,
+//! version and resource name. One list serves twice: the Kubernetes source watches exactly
+//! the kinds of [`READ`], and `keelson install` grants exactly `list` and `watch` on them
+//! plus the verbs of [`WRITE`], nothing more (docs/KUBERNETES.md, "Permissions").
+
+/// A kind the resource model reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiKind {
+    /// The API group; `""` for the core group.
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    /// The resource name in URLs and RBAC rules.
+    pub plural: &'static str,
+    pub namespaced: bool,
+}
+
+impl ApiKind {
+    /// `apiVersion` as objects carry it: `v1`, or `group/version`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+}
+
+const fn kind(
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    namespaced: bool,
+) -> ApiKind {
+    ApiKind {
+        group,
+        version,
+        kind,
+        plural,
+        namespaced,
+    }
+}
+
+const GATEWAY_API: &str = "gateway.networking.k8s.io";
+const ISTIO_NETWORKING: &str = "networking.istio.io";
+const ISTIO_SECURITY: &str = "security.istio.io";
+
+/// What the translation reads: the kinds [`crate::Resources`] holds.
+pub const READ: &[ApiKind] = &[
+    kind("", "v1", "Namespace", "namespaces", false),
+    kind("", "v1", "Pod", "pods", true),
+    kind("", "v1", "Service", "services", true),
+    kind("", "v1", "ServiceAccount", "serviceaccounts", true),
+    kind(GATEWAY_API, "v1", "Gateway", "gateways", true),
+    kind(GATEWAY_API, "v1", "HTTPRoute", "httproutes", true),
+    kind(
+        ISTIO_NETWORKING,
+        "v1",
+        "VirtualService",
+        "virtualservices",
+        true,
+    ),
+    kind(
+        ISTIO_NETWORKING,
+        "v1",
+        "DestinationRule",
+        "destinationrules",
+        true,
+    ),
+    kind(
+        ISTIO_SECURITY,
+        "v1",
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+        true,
+    ),
+    kind(
+        ISTIO_SECURITY,
+        "v1",
+        "PeerAuthentication",
+        "peerauthentications",
+        true,
+    ),
+];
+
+/// Verbs the control plane uses on a resource it writes, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiWrite {
+    pub group: &'static str,
+    /// Resource name, with `/status` for the status subresource.
+    pub plural: &'static str,
+    pub verbs: &'static [&'static str],
+    pub why: &'static str,
+}
+
+/// What the control plane writes.
+pub const WRITE: &[ApiWrite] = &[
+    ApiWrite {
+        group: "apps",
+        plural: "deployments",
+        verbs: &["create", "update", "patch", "delete"],
+        why: "the waypoint controller's Deployment per waypoint Gateway",
+    },
+    ApiWrite {
+        group: "",
+        plural: "services",
+        verbs: &["create", "update", "patch", "delete"],
+        why: "the waypoint controller's Service per waypoint Gateway",
+    },
+    ApiWrite {
+        group: GATEWAY_API,
+        plural: "gateways/status",
+        verbs: &["update", "patch"],
+        why: "Accepted and Programmed conditions and the address of waypoint Gateways",
+    },
+    ApiWrite {
+        group: GATEWAY_API,
+        plural: "httproutes/status",
+        verbs: &["update", "patch"],
+        why: "Accepted and ResolvedRefs conditions of HTTPRoute parents",
+    },
+    ApiWrite {
+        group: "",
+        plural: "events",
+        verbs: &["create", "patch"],
+        why: "an Event on each resource that fails validation, naming the field",
+    },
+    ApiWrite {
+        group: "",
+        plural: "configmaps",
+        verbs: &["create", "update", "patch"],
+        why: "the mesh root certificate (keelson-ca-root-cert) for proxies to verify the control plane",
+    },
+    ApiWrite {
+        group: "authentication.k8s.io",
+        plural: "tokenreviews",
+        verbs: &["create"],
+        why: "verifying the service-account tokens proxies present to xDS and the CA",
+    },
+];
+
+/// What the node agent reads: the labels that enrol pods and namespaces.
+pub const AGENT_READ: &[ApiKind] = &[
+    kind("", "v1", "Namespace", "namespaces", false),
+    kind("", "v1", "Pod", "pods", true),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_the_model_reads_is_listed_once() {
+        let mut r = crate::Resources::default();
+        for k in READ {
+            let doc = format!(
+                "apiVersion: {}\nkind: {}\nmetadata: {{name: x, namespace: default}}\n",
+                k.api_version(),
+                k.kind
+            );
+            // Every listed kind is one the model keeps (not counted as ignored).
+            let _ = r.add_text("kinds", &doc);
+            assert!(!r.ignored.contains_key(k.kind), "{} is ignored", k.kind);
+        }
+        let mut names: Vec<_> = READ.iter().map(|k| (k.group, k.plural)).collect();
+        names.dedup();
+        assert_eq!(names.len(), READ.len());
+        assert_eq!(READ[4].api_version(), "gateway.networking.k8s.io/v1");
+    }
+}
