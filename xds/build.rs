@@ -13,6 +13,10 @@ const PROTOS: &[&str] = &[
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(PROTOS, ["proto"])?;
     tonic_build::configure()
+        // Maps as BTreeMap: a resource encodes to the same bytes every time, so its version
+        // (a hash of them) only changes when it does. With HashMap the order of a workload's
+        // `services` was random per build, and every rebuild re-pushed such workloads.
+        .btree_map(["."])
         .build_client(true)
         .build_server(true)
         .build_transport(false)

@@ -1,5 +1,6 @@
-//! `keelson controlplane`: read a directory of Kubernetes YAML, keep watching it, and serve
-//! what it describes over delta ADS and the CA on one TLS port.
+//! `keelson controlplane`: read Kubernetes resources from a directory of YAML (watched) or
+//! from the API server (`--kubernetes`), and serve what they describe over delta ADS and the
+//! CA on one TLS port. Both sources build the same resource model; the translation is one.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,7 +27,10 @@ pub const NODE_TOKENS_DIR: &str = "node-tokens";
 
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The directory of YAML (the file source); unused with `kubernetes`.
     pub resources: PathBuf,
+    /// Read resources from the API server instead of `resources`.
+    pub kubernetes: Option<crate::kube_source::KubeOptions>,
     pub state_dir: PathBuf,
     pub listen: SocketAddr,
     /// Extra DNS names or IPs for the serving certificate.
@@ -97,10 +101,32 @@ pub fn serving_tls(
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let (ca, tokens) = load_state(&opts.state_dir, &opts.mesh)?;
     let tokens = Arc::new(tokens);
-    let mut dir = ResourceDir::new(&opts.resources);
-    dir.scan();
-    let snap = Snapshot::build(&dir.merged(), &opts.mesh);
-    write_node_tokens(&opts.state_dir, &tokens, &snap);
+    let counters = Arc::new(Counters::default());
+    let mut controller = None;
+    let mut models = match &opts.kubernetes {
+        Some(k) => {
+            let client = crate::kube_source::client(k).await?;
+            controller = k
+                .waypoints
+                .clone()
+                .map(|w| Arc::new(crate::waypoints::Controller::new(client.clone(), w)));
+            crate::kube_source::KubeSource::start(client)
+                .await?
+                .resources
+        }
+        None => watch_dir(&opts.resources, counters.clone()),
+    };
+    let first = models.borrow_and_update().clone();
+    let reconcile = move |model: Arc<resources::Resources>| {
+        if let Some(c) = controller.clone() {
+            tokio::spawn(async move { c.reconcile(&model).await });
+        }
+    };
+    reconcile(first.clone());
+    let snap = Snapshot::build(&first, &opts.mesh);
+    if opts.kubernetes.is_none() {
+        write_node_tokens(&opts.state_dir, &tokens, &snap);
+    }
     tracing::info!(
         addresses = snap.count(xds::type_url::ADDRESS),
         authorizations = snap.count(xds::type_url::AUTHORIZATION),
@@ -112,12 +138,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", opts.listen))?;
     tracing::info!(listen = %opts.listen, state_dir = %opts.state_dir.display(),
-        resources = %opts.resources.display(), "control plane serving");
+        source = %opts.kubernetes.as_ref().map_or(opts.resources.display().to_string(), |_| "kubernetes".into()),
+        "control plane serving");
 
-    let counters = Arc::new(Counters::default());
-    counters
-        .resource_file_errors
-        .store(dir.errors, std::sync::atomic::Ordering::Relaxed);
     if let Some(addr) = opts.monitoring {
         let l = tokio::net::TcpListener::bind(addr)
             .await
@@ -134,30 +157,31 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     });
     let mesh = opts.mesh.clone();
     let state_dir = opts.state_dir.clone();
+    let files = opts.kubernetes.is_none();
     tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(POLL).await;
-            let changed = dir.scan();
-            counters
-                .resource_file_errors
-                .store(dir.errors, std::sync::atomic::Ordering::Relaxed);
-            if !changed {
-                continue;
+        while models.changed().await.is_ok() {
+            let model = models.borrow_and_update().clone();
+            reconcile(model.clone());
+            let snap = Snapshot::build(&model, &mesh);
+            if files {
+                write_node_tokens(&state_dir, &tokens, &snap);
             }
-            let snap = Snapshot::build(&dir.merged(), &mesh);
-            write_node_tokens(&state_dir, &tokens, &snap);
-            let changed = tx.send_if_modified(|cur| {
-                if **cur == snap {
+            // An unchanged snapshot (a relist that found nothing new) pushes nothing.
+            let mut changed = Vec::new();
+            tx.send_if_modified(|cur| {
+                changed = snap.changed_since(cur);
+                if changed.is_empty() {
                     return false;
                 }
                 *cur = Arc::new(snap);
                 true
             });
-            if changed {
+            if !changed.is_empty() {
                 let s = tx.borrow();
                 tracing::info!(
                     addresses = s.count(xds::type_url::ADDRESS),
                     authorizations = s.count(xds::type_url::AUTHORIZATION),
+                    changed = %changed.join(" "),
                     "snapshot updated"
                 );
             }
@@ -178,4 +202,28 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         tracing::info!("control plane stopping");
     };
     server::serve(listener, tls, shared, shutdown).await
+}
+
+/// The file source: the directory scanned every [`POLL`], its merged model sent on change.
+fn watch_dir(dir: &Path, counters: Arc<Counters>) -> watch::Receiver<Arc<resources::Resources>> {
+    let mut dir = ResourceDir::new(dir);
+    dir.scan();
+    let count = move |dir: &ResourceDir| {
+        counters
+            .resource_file_errors
+            .store(dir.errors, std::sync::atomic::Ordering::Relaxed)
+    };
+    count(&dir);
+    let (tx, rx) = watch::channel(Arc::new(dir.merged()));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(POLL).await;
+            let changed = dir.scan();
+            count(&dir);
+            if changed && tx.send(Arc::new(dir.merged())).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }

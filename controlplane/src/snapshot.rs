@@ -44,6 +44,27 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The `type/name` of every resource added, removed or changed from `old` to `self`.
+    pub fn changed_since(&self, old: &Snapshot) -> Vec<String> {
+        let mut out = Vec::new();
+        let empty = BTreeMap::new();
+        let types: BTreeSet<&String> = self.resources.keys().chain(old.resources.keys()).collect();
+        for t in types {
+            let (new, was) = (
+                self.resources.get(t).unwrap_or(&empty),
+                old.resources.get(t).unwrap_or(&empty),
+            );
+            let names: BTreeSet<&String> = new.keys().chain(was.keys()).collect();
+            let short = t.rsplit('.').next().unwrap_or(t);
+            for n in names {
+                if new.get(n) != was.get(n) {
+                    out.push(format!("{short}/{n}"));
+                }
+            }
+        }
+        out
+    }
+
     pub fn build(res: &Resources, mesh: &MeshSettings) -> Snapshot {
         let mut s = Snapshot::default();
         for a in crate::wds::addresses(res, mesh) {
@@ -158,5 +179,31 @@ impl Snapshot {
             namespace.to_string(),
             service_account.to_string(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A workload in two services encodes to the same bytes every time: rebuilding an
+    /// unchanged model pushes nothing (its `services` map was a HashMap, in random order).
+    #[test]
+    fn the_same_model_builds_the_same_snapshot() {
+        let mut res = Resources::default();
+        res.add_text(
+            "t",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: default, labels: {app: a}}\nspec: {nodeName: n}\nstatus: {phase: Running, podIP: 10.0.0.9}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {name: s1, namespace: default}\nspec: {clusterIP: 10.96.0.1, selector: {app: a}, ports: [{port: 80}]}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {name: s2, namespace: default}\nspec: {clusterIP: 10.96.0.2, selector: {app: a}, ports: [{port: 81}]}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {name: s3, namespace: default}\nspec: {clusterIP: 10.96.0.3, selector: {app: a}, ports: [{port: 82}]}\n",
+        )
+        .unwrap();
+        let mesh = MeshSettings::default();
+        let first = Snapshot::build(&res, &mesh);
+        for _ in 0..10 {
+            let again = Snapshot::build(&res, &mesh);
+            assert_eq!(again.changed_since(&first), Vec::<String>::new());
+        }
     }
 }

@@ -27,7 +27,9 @@ const USAGE: &str = "usage:
                    [--node-links threaded|inline]
       two pods in network namespaces, measured direct and through two ztunnels;
       each figure is the median of N runs (default 3)
-  keelson controlplane --resources DIR --state-dir DIR [--listen ADDR] [--san NAME]...
+  keelson controlplane (--resources DIR | --kubernetes [--kubeconfig FILE]
+                       [--waypoint-image IMAGE] [--root-cert-config-map NAME])
+                       --state-dir DIR [--listen ADDR] [--san NAME]...
                        [--trust-domain TD] [--cluster-id ID] [--monitoring ADDR]
       serve the Kubernetes YAML in DIR (watched) over delta ADS and the CA, TLS on
       ADDR (default 0.0.0.0:15012), /metrics on the listen IP:15014; writes root-cert.pem
@@ -282,9 +284,22 @@ fn controlplane(args: &[&str]) -> anyhow::Result<()> {
     let mut sans = Vec::new();
     let mut mesh = resources::MeshSettings::default();
     let mut monitoring: Option<std::net::SocketAddr> = None;
+    let mut kubernetes = None;
+    let mut waypoint_image: Option<String> = None;
+    let mut root_map = "keelson-ca-root-cert".to_string();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match *a {
+            "--kubernetes" => {
+                kubernetes.get_or_insert_with(controlplane::kube_source::KubeOptions::default);
+            }
+            "--kubeconfig" => {
+                kubernetes
+                    .get_or_insert_with(controlplane::kube_source::KubeOptions::default)
+                    .kubeconfig = Some(value(&mut it, a)?.into())
+            }
+            "--waypoint-image" => waypoint_image = Some(value(&mut it, a)?.to_string()),
+            "--root-cert-config-map" => root_map = value(&mut it, a)?.to_string(),
             "--resources" => resources = Some(value(&mut it, a)?.into()),
             "--state-dir" => state_dir = Some(value(&mut it, a)?.into()),
             "--listen" => listen = value(&mut it, a)?.parse()?,
@@ -295,8 +310,23 @@ fn controlplane(args: &[&str]) -> anyhow::Result<()> {
             other => anyhow::bail!("unknown option {other}\n{USAGE}"),
         }
     }
+    if let (Some(k), Some(image)) = (kubernetes.as_mut(), waypoint_image) {
+        // The control plane's own Service, in its namespace (the Downward API's).
+        let ns = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "istio-system".into());
+        k.waypoints = Some(controlplane::waypoints::WaypointSettings {
+            image,
+            control_plane: format!("keelson.{ns}.svc:{}", listen.port()),
+            root_cert_config_map: root_map,
+        });
+    }
+    let resources = match (resources, &kubernetes) {
+        (Some(r), _) => r,
+        (None, Some(_)) => std::path::PathBuf::new(),
+        (None, None) => anyhow::bail!("--resources DIR or --kubernetes is required"),
+    };
     let opts = Options {
-        resources: resources.ok_or_else(|| anyhow::anyhow!("--resources is required"))?,
+        resources,
+        kubernetes,
         state_dir: state_dir.ok_or_else(|| anyhow::anyhow!("--state-dir is required"))?,
         monitoring: Some(monitoring.unwrap_or_else(|| {
             std::net::SocketAddr::new(listen.ip(), controlplane::run::DEFAULT_MONITORING_PORT)

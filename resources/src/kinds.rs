@@ -109,6 +109,12 @@ pub const WRITE: &[ApiWrite] = &[
         why: "the waypoint controller's Service per waypoint Gateway",
     },
     ApiWrite {
+        group: "",
+        plural: "serviceaccounts",
+        verbs: &["create", "patch"],
+        why: "the identity of each waypoint (a ServiceAccount named after its Gateway)",
+    },
+    ApiWrite {
         group: GATEWAY_API,
         plural: "gateways/status",
         verbs: &["update", "patch"],

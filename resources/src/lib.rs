@@ -361,67 +361,75 @@ impl Resources {
             if value.is_null() {
                 continue;
             }
-            let kind = value
-                .get("kind")
-                .and_then(|k| k.as_str())
-                .unwrap_or("")
-                .to_string();
-            let name = value
-                .get("metadata")
-                .and_then(|m| m.get("name"))
-                .and_then(|n| n.as_str())
-                .unwrap_or("<unnamed>")
-                .to_string();
-            let bad = |reason: String| LoadError::Resource {
-                file: file.to_string(),
-                kind: kind.clone(),
-                name: name.clone(),
-                reason,
-            };
-            match kind.as_str() {
-                "Namespace" => self.namespaces.push(typed(value).map_err(bad)?),
-                "Pod" => self.pods.push(typed(value).map_err(bad)?),
-                "Service" => self.services.push(typed(value).map_err(bad)?),
-                "ServiceAccount" => self.service_accounts.push(typed(value).map_err(bad)?),
-                "AuthorizationPolicy" => {
-                    let p: AuthorizationPolicy = typed(value).map_err(bad)?;
-                    p.validate().map_err(bad)?;
-                    self.authorization_policies.push(p)
-                }
-                "PeerAuthentication" => self.peer_authentications.push(typed(value).map_err(bad)?),
-                "Gateway"
-                    if value
-                        .get("apiVersion")
-                        .and_then(|v| v.as_str())
-                        .is_some_and(|v| v.starts_with("gateway.networking.k8s.io/")) =>
-                {
-                    let g: Gateway = typed(value).map_err(bad)?;
-                    g.validate().map_err(bad)?;
-                    self.gateways.push(g)
-                }
-                "HTTPRoute"
-                    if value
-                        .get("apiVersion")
-                        .and_then(|v| v.as_str())
-                        .is_some_and(|v| v.starts_with("gateway.networking.k8s.io/")) =>
-                {
-                    let r: HttpRoute = typed(value).map_err(bad)?;
-                    r.spec.validate().map_err(bad)?;
-                    self.http_routes.push(r)
-                }
-                "VirtualService" if is_istio_networking(&value) => {
-                    let r: VirtualService = typed(value).map_err(bad)?;
-                    r.spec.validate().map_err(bad)?;
-                    self.virtual_services.push(r)
-                }
-                "DestinationRule" if is_istio_networking(&value) => {
-                    let r: DestinationRule = typed(value).map_err(bad)?;
-                    r.spec.validate().map_err(bad)?;
-                    self.destination_rules.push(r)
-                }
-                "" => return Err(bad("no kind".into())),
-                other => *self.ignored.entry(other.to_string()).or_default() += 1,
+            self.add_value(file, value)?;
+        }
+        Ok(())
+    }
+
+    /// Adds one resource, from a file (`origin` is its name) or the API server (`origin`
+    /// names the source). The same checks either way.
+    pub fn add_value(&mut self, origin: &str, value: serde_yaml::Value) -> Result<(), LoadError> {
+        let file = origin;
+        let kind = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or("")
+            .to_string();
+        let name = value
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(|n| n.as_str())
+            .unwrap_or("<unnamed>")
+            .to_string();
+        let bad = |reason: String| LoadError::Resource {
+            file: file.to_string(),
+            kind: kind.clone(),
+            name: name.clone(),
+            reason,
+        };
+        match kind.as_str() {
+            "Namespace" => self.namespaces.push(typed(value).map_err(bad)?),
+            "Pod" => self.pods.push(typed(value).map_err(bad)?),
+            "Service" => self.services.push(typed(value).map_err(bad)?),
+            "ServiceAccount" => self.service_accounts.push(typed(value).map_err(bad)?),
+            "AuthorizationPolicy" => {
+                let p: AuthorizationPolicy = typed(value).map_err(bad)?;
+                p.validate().map_err(bad)?;
+                self.authorization_policies.push(p)
             }
+            "PeerAuthentication" => self.peer_authentications.push(typed(value).map_err(bad)?),
+            "Gateway"
+                if value
+                    .get("apiVersion")
+                    .and_then(|v| v.as_str())
+                    .is_some_and(|v| v.starts_with("gateway.networking.k8s.io/")) =>
+            {
+                let g: Gateway = typed(value).map_err(bad)?;
+                g.validate().map_err(bad)?;
+                self.gateways.push(g)
+            }
+            "HTTPRoute"
+                if value
+                    .get("apiVersion")
+                    .and_then(|v| v.as_str())
+                    .is_some_and(|v| v.starts_with("gateway.networking.k8s.io/")) =>
+            {
+                let r: HttpRoute = typed(value).map_err(bad)?;
+                r.spec.validate().map_err(bad)?;
+                self.http_routes.push(r)
+            }
+            "VirtualService" if is_istio_networking(&value) => {
+                let r: VirtualService = typed(value).map_err(bad)?;
+                r.spec.validate().map_err(bad)?;
+                self.virtual_services.push(r)
+            }
+            "DestinationRule" if is_istio_networking(&value) => {
+                let r: DestinationRule = typed(value).map_err(bad)?;
+                r.spec.validate().map_err(bad)?;
+                self.destination_rules.push(r)
+            }
+            "" => return Err(bad("no kind".into())),
+            other => *self.ignored.entry(other.to_string()).or_default() += 1,
         }
         Ok(())
     }

@@ -53,13 +53,171 @@ const PROPAGATION: Duration = Duration::from_secs(1);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_changes_reach_ztunnel_and_move_traffic() {
+    resource_changes(Source::ControlPlane).await;
+}
+
+/// The same, with the control plane reading the API server (the in-process double): pods,
+/// services and policies in, WDS to real ztunnels out. Then a `410 Gone` makes every
+/// watcher list again, which pushes nothing new, and a resource that fails validation is
+/// reported as an Event while the rest keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_changes_from_the_api_server_reach_ztunnel() {
+    let tb = resource_changes(Source::Kubernetes).await;
+    let api = tb.apiserver.as_ref().unwrap();
+    let updates = || tb.control_plane_log().matches("snapshot updated").count();
+    let (pods_listed, before) = (api.lists("pods"), updates());
+    api.expire();
+    let relisted = eventually(Duration::from_secs(10), || async {
+        resources::kinds::READ
+            .iter()
+            .all(|k| api.lists(k.plural) >= 2)
+    })
+    .await;
+    assert!(
+        relisted.is_some(),
+        "not every watcher listed again after 410"
+    );
+    assert!(api.lists("pods") > pods_listed);
+    tokio::time::sleep(PROPAGATION).await;
+    assert_eq!(
+        updates(),
+        before,
+        "a relist of unchanged objects pushed a snapshot"
+    );
+    assert_eq!(spread(&tb, 3).await, [Some("server".to_string())].into());
+
+    tb.write_resources(
+        "bad.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: bad, namespace: default}\nspec:\n  action: ALLOW\n  rules: [{to: [{operation: {ports: [\"http\"]}}]}]\n",
+    )
+    .unwrap();
+    let reported = eventually(Duration::from_secs(5), || async {
+        api.writes().iter().any(|w| {
+            w.path == "/api/v1/namespaces/default/events"
+                && w.body["involvedObject"]["name"] == "bad"
+                && w.body["reason"] == "InvalidResource"
+                && w.body["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("ports"))
+        })
+    })
+    .await;
+    assert!(
+        reported.is_some(),
+        "no Event for the bad policy: {:?}",
+        api.writes()
+    );
+    assert!(tb.control_plane_log().contains("resource rejected"));
+    assert_eq!(spread(&tb, 3).await, [Some("server".to_string())].into());
+
+    waypoint_controller(&tb).await;
+}
+
+const WAYPOINT_AND_ROUTES: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: default, annotations: {keelson.io/waypoint-replicas: "2"}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: to-echo, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules: [{backendRefs: [{name: echo, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: to-nowhere, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules: [{backendRefs: [{name: nowhere, port: 80}]}]
+"#;
+
+/// The waypoint controller against the API server: a waypoint Gateway gets its
+/// ServiceAccount, Deployment and Service (owned by the Gateway, applied once) and a
+/// programmed status; each HTTPRoute parent gets Accepted and ResolvedRefs.
+async fn waypoint_controller(tb: &Testbed) {
+    let api = tb.apiserver.as_ref().unwrap();
+    tb.write_resources("waypoint.yaml", WAYPOINT_AND_ROUTES)
+        .unwrap();
+    let patch = |path: &str| {
+        api.writes()
+            .into_iter()
+            .filter(|w| w.method == "PATCH" && w.path == path)
+            .collect::<Vec<_>>()
+    };
+    const BASE: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/default";
+    let all_written = eventually(Duration::from_secs(5), || async {
+        !patch(&format!("{BASE}/httproutes/to-nowhere/status")).is_empty()
+            && !patch(&format!("{BASE}/gateways/waypoint/status")).is_empty()
+    })
+    .await;
+    assert!(all_written.is_some(), "{:#?}", api.writes());
+    let deployment = patch("/apis/apps/v1/namespaces/default/deployments/waypoint");
+    assert_eq!(deployment.len(), 1, "applied once");
+    let d = &deployment[0].body;
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(d["metadata"]["ownerReferences"][0]["kind"], "Gateway");
+    assert_eq!(
+        d["metadata"]["ownerReferences"][0]["uid"],
+        "uid-gateways-default-waypoint"
+    );
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "waypoint");
+    assert_eq!(pod["containers"][0]["image"], "keelson/waypoint:test");
+    let service = patch("/api/v1/namespaces/default/services/waypoint");
+    assert_eq!(service[0].body["spec"]["ports"][0]["port"], 15008);
+    assert_eq!(
+        patch("/api/v1/namespaces/default/serviceaccounts/waypoint").len(),
+        1
+    );
+    let status = &patch(&format!("{BASE}/gateways/waypoint/status"))[0].body["status"];
+    let programmed = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Programmed")
+        .unwrap();
+    assert_eq!(programmed["status"], "True");
+    assert_eq!(
+        status["addresses"][0]["value"],
+        "waypoint.default.svc.cluster.local"
+    );
+    let resolved = |route: &str| {
+        let w = patch(&format!("{BASE}/httproutes/{route}/status"));
+        let parent = &w.last().unwrap().body["status"]["parents"][0];
+        assert_eq!(parent["parentRef"]["name"], "echo");
+        parent["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "ResolvedRefs")
+            .unwrap()["status"]
+            .clone()
+    };
+    assert_eq!(resolved("to-echo"), "True");
+    assert_eq!(resolved("to-nowhere"), "False");
+    // Another change elsewhere writes nothing again for the waypoint.
+    tb.remove_resources("bad.yaml").unwrap();
+    tokio::time::sleep(PROPAGATION).await;
+    assert_eq!(
+        patch("/apis/apps/v1/namespaces/default/deployments/waypoint").len(),
+        1
+    );
+}
+
+/// Pods leave and join the service, a policy comes and goes, a service is added: each
+/// reaches the ztunnels within [`PROPAGATION`] and moves traffic.
+async fn resource_changes(source: Source) -> Testbed {
     let tb = Testbed::start(Options {
         pods: vec![
             PodSpec::meshed("client"),
             PodSpec::meshed("server").serving_echo(8080),
             PodSpec::meshed("spare").serving_echo(8080),
         ],
-        source: Source::ControlPlane,
+        source,
         ..Options::default()
     })
     .unwrap();
@@ -173,6 +331,7 @@ spec:
         greeting(&tb, "client", vip2).await.as_deref(),
         Some("server")
     );
+    tb
 }
 
 /// Sends `msg` on an open connection and reads the echo.

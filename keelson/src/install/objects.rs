@@ -157,6 +157,8 @@ fn control_plane_deployment(v: &Values) -> Deployment {
             &v.cluster_id,
             "--root-cert-config-map",
             ROOT_CERT_CONFIG_MAP,
+            "--waypoint-image",
+            &v.image("waypoint"),
         ])),
         env: Some(vec![field_env("POD_NAMESPACE", "metadata.namespace")]),
         ports: Some(vec![

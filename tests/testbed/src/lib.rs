@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use netns::{find_binary, Lan, Netns, Proc};
 
+pub mod apiserver;
+
 pub const NAMESPACE: &str = "default";
 pub const SERVICE_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 pub const SERVICE_PORT: u16 = 80;
@@ -35,6 +37,9 @@ pub enum Source {
     /// The caller serves xDS and the CA itself in the control plane's namespace (with
     /// `controlplane::server`); `start` does not wait for the ztunnels to be ready.
     ExternalControlPlane,
+    /// `keelson controlplane --kubeconfig`, fed by the in-process API server double
+    /// ([`apiserver::ApiServer`]) in the control plane's namespace.
+    Kubernetes,
 }
 
 /// One pod of the testbed.
@@ -119,6 +124,8 @@ pub struct Testbed {
     /// Processes stop before namespaces go.
     ztunnels: BTreeMap<String, Proc>,
     controlplane: Option<Proc>,
+    /// With [`Source::Kubernetes`]: the API server the control plane reads.
+    pub apiserver: Option<apiserver::ApiServer>,
     agent: Option<std::sync::Arc<cni_plugin::agent::Agent>>,
     /// Index of the control plane's namespace on the LAN.
     cp_pod: Option<usize>,
@@ -157,6 +164,7 @@ impl Testbed {
         let mut tb = Testbed {
             ztunnels: BTreeMap::new(),
             controlplane: None,
+            apiserver: None,
             agent: None,
             cp_pod,
             lan,
@@ -186,9 +194,15 @@ impl Testbed {
             let t = tokens.mint("istio-system", "ztunnel", Some(SHARED_NODE));
             std::fs::write(tb.dir.join("tokens").join(SHARED_NODE_POD), t)?;
             std::fs::create_dir_all(tb.resources_dir())?;
+            if tb.opts.source == Source::Kubernetes {
+                let listener = tb
+                    .cp_ns()
+                    .run(|| std::net::TcpListener::bind("127.0.0.1:0"))??;
+                tb.apiserver = Some(apiserver::ApiServer::start(listener, &tb.dir)?);
+            }
             tb.write_resources("mesh.yaml", &tb.k8s_yaml())?;
         }
-        if tb.opts.source == Source::ControlPlane {
+        if matches!(tb.opts.source, Source::ControlPlane | Source::Kubernetes) {
             tb.start_control_plane()?;
         }
         let bin = match &tb.opts.ztunnel_bin {
@@ -442,9 +456,15 @@ impl Testbed {
         let bin = find_binary("keelson")?;
         let ns = self.cp_ns();
         let mut cmd = ns.command(bin.to_str().context("non-UTF-8 path")?);
-        cmd.args(["controlplane", "--resources"])
-            .arg(self.resources_dir())
-            .arg("--state-dir")
+        cmd.arg("controlplane");
+        match &self.apiserver {
+            Some(api) => cmd
+                .arg("--kubeconfig")
+                .arg(&api.kubeconfig)
+                .args(["--waypoint-image", "keelson/waypoint:test"]),
+            None => cmd.arg("--resources").arg(self.resources_dir()),
+        };
+        cmd.arg("--state-dir")
             .arg(self.cp_state_dir())
             .args(["--listen", &self.cp_addr().to_string()])
             .env(
@@ -501,8 +521,13 @@ impl Testbed {
         self.dir.join("k8s")
     }
 
-    /// Writes (atomically) one file of Kubernetes YAML into the watched directory.
+    /// Writes (atomically) one file of Kubernetes YAML into the watched directory; with
+    /// the API server, puts its objects there instead (and deletes the ones the file's
+    /// previous content had and this one has not).
     pub fn write_resources(&self, file: &str, text: &str) -> Result<()> {
+        if let Some(api) = &self.apiserver {
+            return api.sync(file, text);
+        }
         let tmp = self.dir.join(format!(".{file}.tmp"));
         std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, self.resources_dir().join(file))?;
@@ -510,6 +535,9 @@ impl Testbed {
     }
 
     pub fn remove_resources(&self, file: &str) -> Result<()> {
+        if let Some(api) = &self.apiserver {
+            return api.sync(file, "");
+        }
         std::fs::remove_file(self.resources_dir().join(file))?;
         Ok(())
     }

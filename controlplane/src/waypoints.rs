@@ -1,0 +1,272 @@
+//! The waypoint controller (Kubernetes source only), as istiod's deployment controller: for
+//! each Gateway of class `istio-waypoint`, a ServiceAccount (the waypoint's identity), a
+//! Deployment running the waypoint and a Service on 15008, all owned by the Gateway (the
+//! API server deletes them with it); then the Gateway's status: `Accepted` and `Programmed`
+//! with its address, so `kubectl get gateway` shows `PROGRAMMED True`. HTTPRoutes get a
+//! status entry per parent: `Accepted`, and `ResolvedRefs` from whether their backends
+//! exist. Writes are server-side apply, made only when what is wanted changed.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::Client;
+use resources::{Gateway, HttpRoute, Resources};
+use serde_json::{json, Value};
+
+/// The field manager of every write.
+pub const MANAGER: &str = "keelson-controlplane";
+/// The controller name in HTTPRoute status, as Istio's.
+pub const CONTROLLER: &str = "istio.io/gateway-controller";
+/// Annotation on a Gateway: how many waypoint replicas.
+pub const REPLICAS_ANNOTATION: &str = "keelson.io/waypoint-replicas";
+
+/// Where the waypoints find the control plane, and what they run.
+#[derive(Debug, Clone)]
+pub struct WaypointSettings {
+    pub image: String,
+    /// `host:port` of xDS and the CA.
+    pub control_plane: String,
+    pub root_cert_config_map: String,
+}
+
+pub struct Controller {
+    client: Client,
+    settings: WaypointSettings,
+    /// What was last applied, by object path: nothing is written twice.
+    applied: Mutex<HashMap<String, Value>>,
+}
+
+impl Controller {
+    pub fn new(client: Client, settings: WaypointSettings) -> Controller {
+        Controller {
+            client,
+            settings,
+            applied: Mutex::default(),
+        }
+    }
+
+    /// Brings every waypoint's objects and status, and every HTTPRoute's status, to what
+    /// `res` asks for. Failures are logged; the next change retries.
+    pub async fn reconcile(&self, res: &Resources) {
+        for g in res.gateways.iter().filter(|g| g.is_waypoint()) {
+            for (ar, obj) in waypoint_objects(g, &self.settings) {
+                self.apply(&ar, g.namespace(), obj, false).await;
+            }
+            self.apply(&gateway_resource(), g.namespace(), gateway_status(g), true)
+                .await;
+        }
+        for r in &res.http_routes {
+            let ns = r.metadata.namespace.as_deref().unwrap_or("default");
+            self.apply(&route_resource(), ns, route_status(r, res), true)
+                .await;
+        }
+    }
+
+    async fn apply(&self, ar: &ApiResource, ns: &str, obj: Value, status: bool) {
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let key = format!("{}/{ns}/{name}/{status}", ar.plural);
+        if self.applied.lock().unwrap().get(&key) == Some(&obj) {
+            return;
+        }
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, ar);
+        let params = PatchParams::apply(MANAGER).force();
+        let done = if status {
+            api.patch_status(&name, &params, &Patch::Apply(&obj)).await
+        } else {
+            api.patch(&name, &params, &Patch::Apply(&obj)).await
+        };
+        match done {
+            Ok(_) => {
+                tracing::info!(kind = %ar.kind, namespace = %ns, %name, status, "applied");
+                self.applied.lock().unwrap().insert(key, obj);
+            }
+            Err(e) => {
+                tracing::warn!(kind = %ar.kind, namespace = %ns, %name, error = %e, "cannot apply")
+            }
+        }
+    }
+}
+
+fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+}
+
+fn gateway_resource() -> ApiResource {
+    resource("gateway.networking.k8s.io", "v1", "Gateway", "gateways")
+}
+
+fn route_resource() -> ApiResource {
+    resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
+}
+
+/// The label that ties a waypoint's pods and Service to its Gateway.
+const GATEWAY_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+
+/// The ServiceAccount, Deployment and Service of one waypoint Gateway.
+pub fn waypoint_objects(g: &Gateway, s: &WaypointSettings) -> Vec<(ApiResource, Value)> {
+    let (name, ns) = (g.metadata.name.as_str(), g.namespace());
+    let owner = json!([{
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "name": name,
+        "uid": g.metadata.uid.clone().unwrap_or_default(), "controller": true,
+    }]);
+    let meta = |kind: &str| {
+        json!({"name": name, "namespace": ns, "ownerReferences": owner,
+               "labels": {GATEWAY_LABEL: name, "app.kubernetes.io/managed-by": MANAGER},
+               "annotations": {"keelson.io/kind": kind}})
+    };
+    let replicas: i64 = g
+        .metadata
+        .annotations
+        .get(REPLICAS_ANNOTATION)
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1);
+    let field =
+        |n: &str, path: &str| json!({"name": n, "valueFrom": {"fieldRef": {"fieldPath": path}}});
+    let env = json!([
+        field("POD_NAME", "metadata.name"),
+        field("POD_NAMESPACE", "metadata.namespace"),
+        field("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        {"name": "PROXY_WORKLOAD_INFO", "value": "$(POD_NAMESPACE)/$(POD_NAME)/$(SERVICE_ACCOUNT)"},
+        {"name": "XDS_ADDRESS", "value": s.control_plane},
+        {"name": "CA_ADDRESS", "value": s.control_plane},
+    ]);
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta("waypoint"),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {GATEWAY_LABEL: name}},
+            "template": {
+                "metadata": {"labels": {GATEWAY_LABEL: name, "istio.io/dataplane-mode": "none"}},
+                "spec": {
+                    "serviceAccountName": name,
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [{
+                        "name": "waypoint", "image": s.image, "env": env,
+                        "ports": [
+                            {"name": "mesh", "containerPort": 15008, "protocol": "TCP"},
+                            {"name": "http-monitoring", "containerPort": 15020, "protocol": "TCP"},
+                        ],
+                        "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15021}},
+                        "volumeMounts": [
+                            {"name": "istio-token", "mountPath": "/var/run/secrets/tokens"},
+                            {"name": "root-cert", "mountPath": "/var/run/secrets/istio"},
+                        ],
+                    }],
+                    "volumes": [
+                        {"name": "istio-token", "projected": {"sources": [{"serviceAccountToken":
+                            {"audience": "istio-ca", "expirationSeconds": 43200, "path": "istio-token"}}]}},
+                        {"name": "root-cert", "configMap": {"name": s.root_cert_config_map}},
+                    ],
+                },
+            },
+        },
+    });
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": meta("waypoint"),
+        "spec": {
+            "selector": {GATEWAY_LABEL: name},
+            "ports": [{"name": "mesh", "port": 15008, "targetPort": 15008, "protocol": "TCP"}],
+        },
+    });
+    let account =
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta("waypoint")});
+    vec![
+        (
+            resource("", "v1", "ServiceAccount", "serviceaccounts"),
+            account,
+        ),
+        (
+            resource("apps", "v1", "Deployment", "deployments"),
+            deployment,
+        ),
+        (resource("", "v1", "Service", "services"), service),
+    ]
+}
+
+fn condition(kind: &str, ok: bool, reason: &str, message: &str, generation: Option<i64>) -> Value {
+    json!({
+        "type": kind, "status": if ok { "True" } else { "False" }, "reason": reason,
+        "message": message, "observedGeneration": generation.unwrap_or(0),
+        // Fixed, so an unchanged status is not re-applied; the API server keeps the time
+        // of the first apply when the status does not change.
+        "lastTransitionTime": "1970-01-01T00:00:00Z",
+    })
+}
+
+/// The Gateway's status once its objects are applied.
+pub fn gateway_status(g: &Gateway) -> Value {
+    let (name, ns) = (g.metadata.name.as_str(), g.namespace());
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": name, "namespace": ns},
+        "status": {
+            "addresses": [{"type": "Hostname", "value": format!("{name}.{ns}.svc.cluster.local")}],
+            "conditions": [
+                condition("Accepted", true, "Accepted", "Resource accepted", None),
+                condition("Programmed", true, "Programmed", "Resource programmed, assigned to service(s)", None),
+            ],
+        },
+    })
+}
+
+/// An HTTPRoute's status: each parent accepted; refs resolved when every backend Service
+/// exists.
+pub fn route_status(r: &HttpRoute, res: &Resources) -> Value {
+    let ns = r.metadata.namespace.as_deref().unwrap_or("default");
+    let missing: Vec<String> = r
+        .spec
+        .rules
+        .iter()
+        .flat_map(|rule| rule.backend_refs.iter())
+        .filter(|b| b.kind.as_deref().unwrap_or("Service") == "Service")
+        .filter(|b| {
+            let bns = b.namespace.as_deref().unwrap_or(ns);
+            !res.services.iter().any(|s| {
+                s.metadata.name == b.name
+                    && s.metadata.namespace.as_deref().unwrap_or("default") == bns
+            })
+        })
+        .map(|b| b.name.clone())
+        .collect();
+    let resolved = if missing.is_empty() {
+        condition(
+            "ResolvedRefs",
+            true,
+            "ResolvedRefs",
+            "All references resolved",
+            None,
+        )
+    } else {
+        condition(
+            "ResolvedRefs",
+            false,
+            "BackendNotFound",
+            &format!("backend(s) not found: {}", missing.join(", ")),
+            None,
+        )
+    };
+    let parents: Vec<Value> = r
+        .spec
+        .parent_refs
+        .iter()
+        .map(|p| {
+            json!({
+                "parentRef": p,
+                "controllerName": CONTROLLER,
+                "conditions": [
+                    condition("Accepted", true, "Accepted", "Route was valid", None),
+                    resolved.clone(),
+                ],
+            })
+        })
+        .collect();
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": r.metadata.name, "namespace": ns},
+        "status": {"parents": parents},
+    })
+}
