@@ -5,6 +5,7 @@
 
 pub mod authz;
 pub mod kube_source;
+pub mod review;
 pub mod run;
 pub mod server;
 pub mod snapshot;

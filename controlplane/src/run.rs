@@ -103,9 +103,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let tokens = Arc::new(tokens);
     let counters = Arc::new(Counters::default());
     let mut controller = None;
+    let mut reviewer = None;
     let mut models = match &opts.kubernetes {
         Some(k) => {
             let client = crate::kube_source::client(k).await?;
+            reviewer = Some(Arc::new(crate::review::TokenReviewer::new(client.clone())));
             controller = k
                 .waypoints
                 .clone()
@@ -154,6 +156,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         trust_domain: opts.mesh.trust_domain.clone(),
         trusted_node_accounts: vec![ZTUNNEL_ACCOUNT.to_string()],
         counters: counters.clone(),
+        reviewer,
     });
     let mesh = opts.mesh.clone();
     let state_dir = opts.state_dir.clone();

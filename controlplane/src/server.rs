@@ -53,6 +53,8 @@ pub struct Shared {
     /// Service accounts (`ns/sa`) allowed to ask for other identities (`CA_TRUSTED_NODE_ACCOUNTS`).
     pub trusted_node_accounts: Vec<String>,
     pub counters: Arc<Counters>,
+    /// Kubernetes source: tokens are reviewed by the API server instead of `tokens`.
+    pub reviewer: Option<Arc<crate::review::TokenReviewer>>,
 }
 
 /// What the control plane counts; served on the monitoring port as Prometheus counters.
@@ -125,17 +127,39 @@ impl Counters {
     }
 }
 
-fn authenticate<T>(shared: &Shared, req: &Request<T>) -> Result<Claims, Status> {
+/// The caller's claims: its token checked by the control plane's own key, or (Kubernetes
+/// source) reviewed by the API server.
+/// What [`verify`] needs of a request, taken out so the request is not held across it.
+fn credentials<T>(req: &Request<T>) -> (Option<String>, Option<std::net::SocketAddr>) {
     let header = req
         .metadata()
         .get("authorization")
-        .and_then(|v| v.to_str().ok());
-    shared.tokens.verify_header(header).map_err(|e| {
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (header, req.remote_addr())
+}
+
+async fn verify(
+    shared: &Shared,
+    header: Option<String>,
+    peer: Option<std::net::SocketAddr>,
+) -> Result<Claims, Status> {
+    let claims = match &shared.reviewer {
+        Some(r) => match header.as_deref().and_then(|h| h.strip_prefix("Bearer ")) {
+            Some(token) => r.review(token.trim()).await,
+            None => Err("no bearer token".to_string()),
+        },
+        None => shared
+            .tokens
+            .verify_header(header.as_deref())
+            .map_err(|e| e.to_string()),
+    };
+    claims.map_err(|e| {
         shared
             .counters
             .auth_failures
             .fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(error = %e, peer = ?req.remote_addr(), "refused an unauthenticated caller");
+        tracing::warn!(error = %e, ?peer, "refused an unauthenticated caller");
         Status::unauthenticated(format!("authentication failed: {e}"))
     })
 }
@@ -313,7 +337,8 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let claims = authenticate(&self.0, &request)?;
+        let (header, peer) = credentials(&request);
+        let claims = verify(&self.0, header, peer).await?;
         let peer = request
             .remote_addr()
             .map(|a| a.to_string())
@@ -398,7 +423,8 @@ impl IstioCertificateService for Ca {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let claims = authenticate(&self.0, &request)?;
+        let (header, peer) = credentials(&request);
+        let claims = verify(&self.0, header, peer).await?;
         let req = request.into_inner();
         let counters = &self.0.counters;
         let id = self.identity_for(&claims, &req).inspect_err(|e| {

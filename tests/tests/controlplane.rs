@@ -57,13 +57,24 @@ async fn resource_changes_reach_ztunnel_and_move_traffic() {
 }
 
 /// The same, with the control plane reading the API server (the in-process double): pods,
-/// services and policies in, WDS to real ztunnels out. Then a `410 Gone` makes every
+/// services and policies in, WDS to real ztunnels out, their tokens checked by TokenReview. Then a `410 Gone` makes every
 /// watcher list again, which pushes nothing new, and a resource that fails validation is
 /// reported as an Event while the rest keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_changes_from_the_api_server_reach_ztunnel() {
     let tb = resource_changes(Source::Kubernetes).await;
     let api = tb.apiserver.as_ref().unwrap();
+    // The ztunnels' tokens were vouched for by the API server (TokenReview, audience
+    // istio-ca), bound to their node.
+    let reviews: Vec<_> = api
+        .writes()
+        .into_iter()
+        .filter(|w| w.path == "/apis/authentication.k8s.io/v1/tokenreviews")
+        .collect();
+    assert!(!reviews.is_empty());
+    assert!(reviews
+        .iter()
+        .all(|w| w.body["spec"]["audiences"][0] == "istio-ca"));
     let updates = || tb.control_plane_log().matches("snapshot updated").count();
     let (pods_listed, before) = (api.lists("pods"), updates());
     api.expire();

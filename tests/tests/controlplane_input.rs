@@ -51,6 +51,7 @@ async fn start() -> Server {
         trust_domain: mesh.trust_domain.clone(),
         trusted_node_accounts: vec![],
         counters: counters.clone(),
+        reviewer: None,
     });
     tokio::spawn(async move {
         let _keep = tx;

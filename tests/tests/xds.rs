@@ -81,6 +81,7 @@ async fn a_bad_resource_is_nacked_while_its_neighbours_apply() {
         trust_domain: mesh.trust_domain.clone(),
         trusted_node_accounts: vec![],
         counters: counters.clone(),
+        reviewer: None,
     });
     // The server runs on its own runtime, as a control plane process would: the test's
     // blocking calls (config dumps, readiness polls) must not stall its connections.

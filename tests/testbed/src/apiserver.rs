@@ -21,6 +21,9 @@ use tokio::sync::watch;
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// Answers a TokenReview: the token's username and bound node, or `None` to refuse it.
+pub type Reviewer = Box<dyn Fn(&str) -> Option<(String, Option<String>)> + Send>;
+
 /// A write the server received.
 #[derive(Debug, Clone)]
 pub struct Write {
@@ -44,6 +47,7 @@ struct Store {
     writes: Vec<Write>,
     /// Objects by the document set (`sync`) they came from.
     origins: BTreeMap<String, Vec<(String, String)>>,
+    reviewer: Option<Reviewer>,
 }
 
 /// The running server.
@@ -200,6 +204,11 @@ impl ApiServer {
         self.changed.send_replace(rv);
     }
 
+    /// Answers TokenReviews with `reviewer` (without one every token is refused).
+    pub fn set_token_reviewer(&self, reviewer: Reviewer) {
+        self.store.lock().unwrap().reviewer = Some(reviewer);
+    }
+
     /// How many lists of `resource` were served.
     pub fn lists(&self, resource: &str) -> usize {
         self.store
@@ -273,12 +282,26 @@ impl Shared {
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            self.store.lock().unwrap().writes.push(Write {
+            let mut body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let mut store = self.store.lock().unwrap();
+            store.writes.push(Write {
                 method: parts.method.to_string(),
-                path,
+                path: path.clone(),
                 body: body.clone(),
             });
+            if path.ends_with("/tokenreviews") {
+                let token = body["spec"]["token"].as_str().unwrap_or_default();
+                let answer = store.reviewer.as_ref().and_then(|r| r(token));
+                body["status"] = match answer {
+                    Some((username, node)) => json!({
+                        "authenticated": true,
+                        "audiences": body["spec"]["audiences"],
+                        "user": {"username": username, "extra": node.map(|n|
+                            json!({"authentication.kubernetes.io/node-name": [n]}))},
+                    }),
+                    None => json!({"authenticated": false, "error": "invalid bearer token"}),
+                };
+            }
             return reply(StatusCode::CREATED, &body);
         }
         // GET /api/v1/<resource> or /apis/<group>/<version>/<resource>: cluster-wide.

@@ -198,7 +198,16 @@ impl Testbed {
                 let listener = tb
                     .cp_ns()
                     .run(|| std::net::TcpListener::bind("127.0.0.1:0"))??;
-                tb.apiserver = Some(apiserver::ApiServer::start(listener, &tb.dir)?);
+                let api = apiserver::ApiServer::start(listener, &tb.dir)?;
+                // The proxies' tokens are the control plane's own; here the API server
+                // vouches for them, as a cluster's does for projected tokens.
+                let authority =
+                    controlplane::token::TokenAuthority::load_or_create(&tb.cp_state_dir())?;
+                api.set_token_reviewer(Box::new(move |token| {
+                    let claims = authority.verify(token).ok()?;
+                    Some((claims.sub.clone(), claims.node().map(str::to_string)))
+                }));
+                tb.apiserver = Some(api);
             }
             tb.write_resources("mesh.yaml", &tb.k8s_yaml())?;
         }
