@@ -108,10 +108,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         Some(k) => {
             let client = crate::kube_source::client(k).await?;
             reviewer = Some(Arc::new(crate::review::TokenReviewer::new(client.clone())));
-            controller = k
-                .waypoints
-                .clone()
-                .map(|w| Arc::new(crate::waypoints::Controller::new(client.clone(), w)));
+            controller = k.waypoints.clone().map(|mut w| {
+                w.roots_pem = ca.bundle_pem();
+                Arc::new(crate::waypoints::Controller::new(client.clone(), w))
+            });
             crate::kube_source::KubeSource::start(client)
                 .await?
                 .resources

@@ -2,7 +2,9 @@
 //! each Gateway of class `istio-waypoint`, a ServiceAccount (the waypoint's identity), a
 //! Deployment running the waypoint and a Service on 15008, all owned by the Gateway (the
 //! API server deletes them with it); then the Gateway's status: `Accepted` and `Programmed`
-//! with its address, so `kubectl get gateway` shows `PROGRAMMED True`. HTTPRoutes get a
+//! with its address, so `kubectl get gateway` shows `PROGRAMMED True`. The mesh's root
+//! certificate is published as a ConfigMap in the control plane's namespace and in each
+//! waypoint's, for proxies to mount. HTTPRoutes get a
 //! status entry per parent: `Accepted`, and `ResolvedRefs` from whether their backends
 //! exist. Writes are server-side apply, made only when what is wanted changed.
 
@@ -28,6 +30,11 @@ pub struct WaypointSettings {
     /// `host:port` of xDS and the CA.
     pub control_plane: String,
     pub root_cert_config_map: String,
+    /// The control plane's own namespace: the root certificate is published there (for
+    /// the ztunnels) and in every namespace with a waypoint.
+    pub namespace: String,
+    /// The roots proxies trust the control plane and each other with (PEM), set at start.
+    pub roots_pem: String,
 }
 
 pub struct Controller {
@@ -35,6 +42,8 @@ pub struct Controller {
     settings: WaypointSettings,
     /// What was last applied, by object path: nothing is written twice.
     applied: Mutex<HashMap<String, Value>>,
+    /// One reconcile at a time (each model change starts one).
+    running: tokio::sync::Mutex<()>,
 }
 
 impl Controller {
@@ -43,12 +52,31 @@ impl Controller {
             client,
             settings,
             applied: Mutex::default(),
+            running: tokio::sync::Mutex::new(()),
         }
     }
 
     /// Brings every waypoint's objects and status, and every HTTPRoute's status, to what
     /// `res` asks for. Failures are logged; the next change retries.
     pub async fn reconcile(&self, res: &Resources) {
+        let _one = self.running.lock().await;
+        let mut namespaces = std::collections::BTreeSet::from([self.settings.namespace.clone()]);
+        namespaces.extend(
+            res.gateways
+                .iter()
+                .filter(|g| g.is_waypoint())
+                .map(|g| g.namespace().to_string()),
+        );
+        for ns in namespaces {
+            let map = root_cert_config_map(&self.settings, &ns);
+            self.apply(
+                &resource("", "v1", "ConfigMap", "configmaps"),
+                &ns,
+                map,
+                false,
+            )
+            .await;
+        }
         for g in res.gateways.iter().filter(|g| g.is_waypoint()) {
             for (ar, obj) in waypoint_objects(g, &self.settings) {
                 self.apply(&ar, g.namespace(), obj, false).await;
@@ -101,6 +129,17 @@ fn gateway_resource() -> ApiResource {
 
 fn route_resource() -> ApiResource {
     resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
+}
+
+/// The ConfigMap proxies mount the mesh's roots from (`root-cert.pem`), as istiod publishes
+/// `istio-ca-root-cert`.
+pub fn root_cert_config_map(s: &WaypointSettings, ns: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": s.root_cert_config_map, "namespace": ns,
+                     "labels": {"app.kubernetes.io/managed-by": MANAGER}},
+        "data": {"root-cert.pem": s.roots_pem},
+    })
 }
 
 /// The label that ties a waypoint's pods and Service to its Gateway.

@@ -317,6 +317,8 @@ fn controlplane(args: &[&str]) -> anyhow::Result<()> {
             image,
             control_plane: format!("keelson.{ns}.svc:{}", listen.port()),
             root_cert_config_map: root_map,
+            namespace: ns,
+            roots_pem: String::new(),
         });
     }
     let resources = match (resources, &kubernetes) {

@@ -178,6 +178,15 @@ async fn waypoint_controller(tb: &Testbed) {
     let pod = &d["spec"]["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], "waypoint");
     assert_eq!(pod["containers"][0]["image"], "keelson/waypoint:test");
+    // The mesh's roots, for proxies to mount: in the control plane's namespace and the
+    // waypoint's.
+    for ns in ["istio-system", "default"] {
+        let maps = patch(&format!(
+            "/api/v1/namespaces/{ns}/configmaps/keelson-ca-root-cert"
+        ));
+        let pem = maps[0].body["data"]["root-cert.pem"].as_str().unwrap();
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    }
     let service = patch("/api/v1/namespaces/default/services/waypoint");
     assert_eq!(service[0].body["spec"]["ports"][0]["port"], 15008);
     assert_eq!(
