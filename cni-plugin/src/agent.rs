@@ -30,8 +30,10 @@ pub struct AgentOptions {
     pub socket: PathBuf,
     /// Where the node's ztunnel connects (ZDS).
     pub zds_socket: PathBuf,
-    /// The Kubernetes YAML directory (pods and namespaces).
+    /// The Kubernetes YAML directory (pods and namespaces); unused with `api`.
     pub resources: PathBuf,
+    /// Look pods and namespaces up on the API server instead (`--kubernetes`).
+    pub api: Option<crate::lookup::ApiOptions>,
     /// The node's network namespace, where the host-side probe rules of docs/WIRE.md §5.5
     /// go (`None`: no host rules, for a node that is not a network namespace of its own).
     pub host_netns: Option<PathBuf>,
@@ -131,6 +133,7 @@ pub struct Agent {
     zds: NodeAgent,
     enrolled: Mutex<Enrolled>,
     resources: Mutex<ResourceDir>,
+    api: Option<crate::lookup::ApiLookup>,
     host_netns: Option<PathBuf>,
     redirect: crate::redirect::Redirect,
 }
@@ -158,6 +161,10 @@ impl Agent {
             zds: NodeAgent::start(&opts.zds_socket, pods)?,
             enrolled: Mutex::new(enrolled),
             resources: Mutex::new(ResourceDir::new(&opts.resources)),
+            api: match &opts.api {
+                Some(a) => Some(crate::lookup::ApiLookup::new(a)?),
+                None => None,
+            },
             host_netns: opts.host_netns.clone(),
             redirect: opts.redirect,
         })
@@ -169,6 +176,11 @@ impl Agent {
 
     /// The pod and whether it is to be enrolled.
     fn lookup(&self, namespace: &str, name: &str) -> Result<(Pod, bool), String> {
+        if let Some(api) = &self.api {
+            let (pod, ns) = api.pod(namespace, name)?;
+            let ambient = resources::is_ambient(&pod, ns.as_ref());
+            return Ok((pod, ambient));
+        }
         let mut dir = self.resources.lock().unwrap();
         dir.scan();
         let res = dir.merged();

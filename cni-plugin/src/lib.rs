@@ -7,5 +7,6 @@
 pub mod agent;
 pub mod install;
 pub mod invoke;
+pub mod lookup;
 pub mod redirect;
 pub mod spec;

@@ -103,8 +103,13 @@ fn agent(args: &[String]) -> ExitCode {
     let mut host_netns = None;
     let mut redirect = cni_plugin::redirect::Redirect::default();
     let mut state = None;
+    let mut api: Option<cni_plugin::lookup::ApiOptions> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        if a == "--kubernetes" {
+            api.get_or_insert_with(Default::default);
+            continue;
+        }
         if a == "--host-probe-snat" {
             // The node is the namespace the agent runs in.
             host_netns = Some("/proc/self/ns/net".into());
@@ -116,6 +121,9 @@ fn agent(args: &[String]) -> ExitCode {
             "--zds-socket" => zds = v,
             "--resources" => resources = v,
             "--state" => state = v,
+            "--kubeconfig" => {
+                api.get_or_insert_with(Default::default).kubeconfig = v.map(Into::into)
+            }
             "--redirect" => match v.as_deref().unwrap_or_default().parse() {
                 Ok(r) => redirect = r,
                 Err(e) => {
@@ -129,8 +137,9 @@ fn agent(args: &[String]) -> ExitCode {
             }
         }
     }
+    let resources = resources.or_else(|| api.as_ref().map(|_| String::new()));
     let (Some(socket), Some(zds), Some(resources)) = (socket, zds, resources) else {
-        eprintln!("usage: keelson-cni agent --socket PATH --zds-socket PATH --resources DIR [--host-probe-snat] [--redirect iptables|nftables] [--state FILE]");
+        eprintln!("usage: keelson-cni agent --socket PATH --zds-socket PATH (--resources DIR | --kubernetes [--kubeconfig FILE]) [--host-probe-snat] [--redirect iptables|nftables] [--state FILE]");
         return ExitCode::from(2);
     };
     let socket = std::path::PathBuf::from(socket);
@@ -142,6 +151,7 @@ fn agent(args: &[String]) -> ExitCode {
         socket,
         zds_socket: zds.into(),
         resources: resources.into(),
+        api,
         host_netns,
         redirect,
     };

@@ -1,7 +1,7 @@
 //! The Kubernetes kinds Keelson's control plane reads and writes, each with its API group,
 //! version and resource name. One list serves twice: the Kubernetes source watches exactly
-//! the kinds of [`READ`], and `keelson install` grants exactly `list` and `watch` on them
-//! plus the verbs of [`WRITE`], nothing more (docs/KUBERNETES.md, "Permissions").
+//! the kinds of [`READ`], and `keelson install` grants exactly [`READ_VERBS`] on them plus
+//! the verbs of [`WRITE`], nothing more (docs/KUBERNETES.md, "Permissions").
 
 /// A kind the resource model reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +145,13 @@ pub const WRITE: &[ApiWrite] = &[
         why: "verifying the service-account tokens proxies present to xDS and the CA",
     },
 ];
+
+/// How the control plane reads [`READ`]: its watchers list, then watch.
+pub const READ_VERBS: &[&str] = &["list", "watch"];
+
+/// How the node agent reads [`AGENT_READ`]: one `get` of the pod and its namespace per CNI
+/// ADD (`cni-plugin/src/lookup.rs`).
+pub const AGENT_VERBS: &[&str] = &["get"];
 
 /// What the node agent reads: the labels that enrol pods and namespaces.
 pub const AGENT_READ: &[ApiKind] = &[

@@ -761,3 +761,42 @@ async fn a_bad_file_is_rejected_and_everything_else_kept() {
     .await;
     assert!(took.is_some(), "{}", last_address_push());
 }
+
+/// Shared mode on the API server: the node agent reads each pod the runtime adds (and its
+/// namespace) from the API server, enrols the meshed ones, and traffic goes through the
+/// node's ztunnel with mTLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_agent_enrols_pods_read_from_the_api_server() {
+    let tb = Testbed::start(Options {
+        pods: vec![
+            PodSpec::meshed("client"),
+            PodSpec::meshed("server").serving_echo(8080),
+            PodSpec::plain("outsider"),
+        ],
+        source: Source::Kubernetes,
+        shared_ztunnel: true,
+        ..Options::default()
+    })
+    .unwrap();
+    spawn_greeter(&tb, "server", 8080).unwrap();
+    let node = keelson_tests::testbed::SHARED_NODE_POD;
+    let d = tb.config_dump(node).unwrap();
+    let mut pods: Vec<&str> = d["workloadState"]
+        .as_array()
+        .map(|w| w.iter().filter_map(|p| p["name"].as_str()).collect())
+        .unwrap_or_default();
+    pods.sort();
+    assert_eq!(
+        pods,
+        ["client", "server"],
+        "the outsider is not enrolled: {d}"
+    );
+    assert_eq!(
+        greeting(&tb, "client", vip()).await.as_deref(),
+        Some("server")
+    );
+    let api = tb.apiserver.as_ref().unwrap();
+    let gets = |path: &str| api.reads().iter().filter(|p| *p == path).count();
+    assert!(gets("/api/v1/namespaces/default/pods/client") >= 1);
+    assert!(gets("/api/v1/namespaces/default") >= 1);
+}

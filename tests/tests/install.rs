@@ -253,7 +253,7 @@ fn control_plane_ports_and_rbac_are_exactly_what_it_uses() {
     let granted = triples(&role);
     let mut needed = BTreeSet::new();
     for k in resources::kinds::READ {
-        for verb in ["list", "watch"] {
+        for verb in resources::kinds::READ_VERBS {
             needed.insert((k.group.to_string(), k.plural.to_string(), verb.to_string()));
         }
     }
@@ -267,7 +267,9 @@ fn control_plane_ports_and_rbac_are_exactly_what_it_uses() {
     let agent_needed: BTreeSet<_> = resources::kinds::AGENT_READ
         .iter()
         .flat_map(|k| {
-            ["list", "watch"].map(|v| (k.group.to_string(), k.plural.to_string(), v.to_string()))
+            resources::kinds::AGENT_VERBS
+                .iter()
+                .map(|v| (k.group.to_string(), k.plural.to_string(), v.to_string()))
         })
         .collect();
     assert_eq!(triples(&agent), agent_needed);

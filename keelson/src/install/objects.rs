@@ -99,6 +99,7 @@ pub fn all(v: &Values) -> Vec<Object> {
     out.push(Object::ClusterRole(cluster_role(
         CNI,
         resources::kinds::AGENT_READ,
+        resources::kinds::AGENT_VERBS,
         &[],
     )));
     out.push(Object::ClusterRoleBinding(binding(v, CNI)));
@@ -113,6 +114,7 @@ fn control_plane(v: &Values) -> Vec<Object> {
         Object::ClusterRole(cluster_role(
             CONTROL_PLANE,
             resources::kinds::READ,
+            resources::kinds::READ_VERBS,
             resources::kinds::WRITE,
         )),
         Object::ClusterRoleBinding(binding(v, CONTROL_PLANE)),
@@ -442,13 +444,18 @@ fn daemon_set(v: &Values, name: &str, spec: PodSpec) -> DaemonSet {
     }
 }
 
-/// A ClusterRole of `list` and `watch` on each of `read` and the verbs of `write`, one rule
-/// per API group and verb set.
-pub fn cluster_role(name: &str, read: &[ApiKind], write: &[ApiWrite]) -> ClusterRole {
+/// A ClusterRole of `read_verbs` on each of `read` and the verbs of `write`, one rule per
+/// API group and verb set.
+pub fn cluster_role(
+    name: &str,
+    read: &[ApiKind],
+    read_verbs: &[&str],
+    write: &[ApiWrite],
+) -> ClusterRole {
     let mut rules: BTreeMap<(String, Vec<String>), Vec<String>> = BTreeMap::new();
     for k in read {
         rules
-            .entry((k.group.to_string(), strings(&["list", "watch"])))
+            .entry((k.group.to_string(), strings(read_verbs)))
             .or_default()
             .push(k.plural.to_string());
     }

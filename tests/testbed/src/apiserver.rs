@@ -45,6 +45,8 @@ struct Store {
     /// Lists served, by resource.
     lists: BTreeMap<String, usize>,
     writes: Vec<Write>,
+    /// Paths of the single objects read.
+    reads: Vec<String>,
     /// Objects by the document set (`sync`) they came from.
     origins: BTreeMap<String, Vec<(String, String)>>,
     reviewer: Option<Reviewer>,
@@ -60,6 +62,7 @@ pub struct ApiServer {
     /// Its own runtime (the testbed is driven from synchronous code); shut down in the
     /// background on drop, which may happen inside a test's runtime.
     runtime: Option<tokio::runtime::Runtime>,
+    serving: Option<(tokio_rustls::TlsAcceptor, Shared, String)>,
 }
 
 impl Drop for ApiServer {
@@ -103,20 +106,43 @@ impl ApiServer {
             .build()?;
         let store = Arc::new(Mutex::new(Store::default()));
         let (changed, _) = watch::channel(0);
-        let server = ApiServer {
+        let mut server = ApiServer {
             store,
             changed,
             kubeconfig,
             addr,
             runtime: Some(runtime),
+            serving: None,
         };
         let shared = Shared {
             store: server.store.clone(),
             changed: server.changed.clone(),
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        server.accept(listener, acceptor.clone(), shared.clone())?;
+        server.serving = Some((acceptor, shared, cert_pem));
+        Ok(server)
+    }
+
+    /// Also serves on `listener` (another namespace's loopback, at the same address);
+    /// returns the kubeconfig for it.
+    pub fn serve_also(&self, listener: std::net::TcpListener, name: &str) -> Result<PathBuf> {
+        let (acceptor, shared, cert_pem) = self.serving.clone().context("serving")?;
+        let addr = listener.local_addr()?;
+        let path = self.kubeconfig.with_file_name(format!("kubeconfig-{name}"));
+        std::fs::write(&path, kubeconfig_text(addr, &cert_pem))?;
+        self.accept(listener, acceptor, shared)?;
+        Ok(path)
+    }
+
+    fn accept(
+        &self,
+        listener: std::net::TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+        shared: Shared,
+    ) -> Result<()> {
         listener.set_nonblocking(true)?;
-        runtime_handle(&server).spawn(async move {
+        runtime_handle(self).spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -137,7 +163,7 @@ impl ApiServer {
                 });
             }
         });
-        Ok(server)
+        Ok(())
     }
 
     /// Adds or replaces the objects of `text` (multi-document YAML) and deletes the objects
@@ -218,6 +244,11 @@ impl ApiServer {
             .get(resource)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// The paths of the single objects read (GET of one pod or namespace).
+    pub fn reads(&self) -> Vec<String> {
+        self.store.lock().unwrap().reads.clone()
     }
 
     pub fn writes(&self) -> Vec<Write> {
@@ -304,6 +335,9 @@ impl Shared {
             }
             return reply(StatusCode::CREATED, &body);
         }
+        if let Some(found) = self.get_one(&path) {
+            return found;
+        }
         // GET /api/v1/<resource> or /apis/<group>/<version>/<resource>: cluster-wide.
         let resource = path.rsplit('/').next().unwrap_or_default().to_string();
         if query.get("watch").map(String::as_str) == Some("true") {
@@ -326,6 +360,28 @@ impl Shared {
             "items": items,
         });
         reply(StatusCode::OK, &list)
+    }
+
+    /// GET of one object: `/api/v1/namespaces/<ns>/<resource>/<name>` or
+    /// `/api/v1/namespaces/<name>`; `None` for any other path.
+    fn get_one(&self, path: &str) -> Option<Response<Body>> {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let (res, key) = match parts.as_slice() {
+            ["api", "v1", "namespaces", ns, res, name] => (res.to_string(), format!("{ns}/{name}")),
+            ["api", "v1", "namespaces", name] => ("namespaces".to_string(), format!("/{name}")),
+            _ => return None,
+        };
+        let mut store = self.store.lock().unwrap();
+        store.reads.push(path.to_string());
+        Some(match store.objects.get(&res).and_then(|o| o.get(&key)) {
+            Some(v) => reply(StatusCode::OK, v),
+            None => reply(
+                StatusCode::NOT_FOUND,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Failure", "reason": "NotFound", "code": 404,
+                        "message": format!("{res} {key} not found")}),
+            ),
+        })
     }
 
     /// A watch stream of `resource` from version `from`: the events after it, then each new

@@ -235,11 +235,22 @@ impl Testbed {
         }
         if tb.opts.shared_ztunnel {
             // The node: its agent, its ztunnel, then every pod created through the CNI plugin
-            // as a container runtime would.
+            // as a container runtime would. With the API server, the agent (in this
+            // process) reads pods from it on this namespace's loopback.
+            let host_kubeconfig = match &tb.apiserver {
+                Some(api) => {
+                    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+                    Some(api.serve_also(listener, "agent")?)
+                }
+                None => None,
+            };
             let agent = cni_plugin::agent::start(&cni_plugin::agent::AgentOptions {
                 socket: tb.dir.join("cni.sock"),
                 zds_socket: tb.dir.join("ztunnel.sock"),
                 resources: tb.resources_dir(),
+                api: host_kubeconfig.map(|k| cni_plugin::lookup::ApiOptions {
+                    kubeconfig: Some(k),
+                }),
                 host_netns: None,
                 redirect: tb.opts.redirect,
                 state: Some(tb.dir.join("enrolled-pods.json")),
