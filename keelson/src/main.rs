@@ -36,12 +36,12 @@ const USAGE: &str = "usage:
       and token to the state dir
   keelson controlplane token --state-dir DIR --service-account NS/SA [--node NODE]
       print a bearer token for that service account (bound to NODE if given)
-  keelson install [--values FILE] [--set key.path=value]... [--dry-run]
+  keelson install [--values FILE] [--set key.path=value]... [--dry-run | --apply [--kubeconfig F]]
       print every object a Kubernetes cluster needs (control plane, ztunnel and CNI
       DaemonSets, RBAC), for `kubectl apply -f -`; `--set mode=istiod` for Keelson's data
       plane under an existing istiod (docs/KUBERNETES.md)
-  keelson uninstall [--values FILE] [--set key.path=value]...
-      list what the install created, in the order to delete it
+  keelson uninstall [--values FILE] [--set key.path=value]... [--apply [--kubeconfig F]]
+      list what the install created, in the order to delete it (--apply: delete it)
   keelson version";
 
 fn main() -> ExitCode {
@@ -383,9 +383,27 @@ fn init_logs() {
 
 /// `keelson install` prints the manifest; `keelson uninstall` lists what it removes.
 fn install(args: &[&str], uninstall: bool) -> anyhow::Result<()> {
-    let values = keelson::install::InstallArgs::parse(args)
-        .and_then(|a| a.values())
-        .map_err(anyhow::Error::msg)?;
+    let parsed = keelson::install::InstallArgs::parse(args).map_err(anyhow::Error::msg)?;
+    let values = parsed.values().map_err(anyhow::Error::msg)?;
+    if parsed.apply {
+        let kube = controlplane::kube_source::KubeOptions {
+            kubeconfig: parsed.kubeconfig.map(Into::into),
+            ..Default::default()
+        };
+        let mut objects = keelson::install::objects(&values);
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(async {
+                let client = controlplane::kube_source::client(&kube).await?;
+                if uninstall {
+                    objects.reverse();
+                    keelson::install::apply::delete(&client, &objects).await
+                } else {
+                    keelson::install::apply::apply(&client, &objects).await
+                }
+            });
+    }
     if uninstall {
         println!("# keelson uninstall: delete these, in this order (the CNI DaemonSet's pods");
         println!("# unchain the plugin from each node's CNI configuration as they stop)");

@@ -442,3 +442,53 @@ fn image_build_files_copy_workspace_binaries() {
             .into()
     );
 }
+
+/// `--apply`: every object server-side applied through the API server (here the in-process
+/// double), in order; `uninstall --apply` deletes them all, last first.
+#[test]
+fn apply_and_uninstall_go_through_the_api_server() {
+    let dir = std::env::temp_dir().join(format!("keelson-apply-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = testbed::apiserver::ApiServer::start(listener, &dir).unwrap();
+    let kubeconfig = api.kubeconfig.to_str().unwrap().to_string();
+    let docs = install(&[]);
+
+    let (ok, out, err) = keelson(&["install", "--apply", "--kubeconfig", &kubeconfig]);
+    assert!(ok, "{err}");
+    let patches: Vec<_> = api
+        .writes()
+        .into_iter()
+        .filter(|w| w.method == "PATCH")
+        .collect();
+    assert_eq!(patches.len(), docs.len(), "{out}");
+    let first = &patches[0];
+    assert_eq!(first.path, "/api/v1/namespaces/istio-system");
+    assert_eq!(first.body["kind"], "Namespace");
+    let ds = patches
+        .iter()
+        .find(|w| w.path == "/apis/apps/v1/namespaces/istio-system/daemonsets/ztunnel")
+        .expect("the ztunnel DaemonSet applied");
+    assert_eq!(
+        ds.body["spec"]["template"]["spec"]["serviceAccountName"],
+        "ztunnel"
+    );
+    assert!(patches
+        .iter()
+        .any(|w| w.path == "/apis/policy/v1/namespaces/istio-system/poddisruptionbudgets/keelson"));
+
+    let (ok, out, err) = keelson(&["uninstall", "--apply", "--kubeconfig", &kubeconfig]);
+    assert!(ok, "{err}");
+    let deletes: Vec<_> = api
+        .writes()
+        .into_iter()
+        .filter(|w| w.method == "DELETE")
+        .collect();
+    assert_eq!(deletes.len(), docs.len(), "{out}");
+    assert_eq!(
+        deletes.last().unwrap().path,
+        "/api/v1/namespaces/istio-system"
+    );
+    drop(api);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,7 +1,9 @@
 //! `keelson install` and `keelson uninstall`: every object a cluster needs, built from typed
 //! `k8s-openapi` structs ([`objects`]) with typed, validated values ([`values`]), printed as
-//! YAML for `kubectl apply -f -` (docs/KUBERNETES.md).
+//! YAML for `kubectl apply -f -`, or applied through the API server with `--apply`
+//! ([`apply`]; docs/KUBERNETES.md).
 
+pub mod apply;
 pub mod objects;
 pub mod values;
 
@@ -13,10 +15,15 @@ pub use values::Values;
 pub struct InstallArgs {
     pub values_file: Option<String>,
     pub sets: Vec<String>,
+    /// Apply (or delete) through the API server instead of printing.
+    pub apply: bool,
+    /// The kubeconfig for `apply`; `None`: `KUBECONFIG`, `~/.kube/config` or in-cluster.
+    pub kubeconfig: Option<String>,
 }
 
 impl InstallArgs {
-    /// `[--values FILE] [--set k=v]... [--dry-run]` (printing is what both commands do).
+    /// `[--values FILE] [--set k=v]... [--dry-run | --apply [--kubeconfig FILE]]`
+    /// (printing, the dry run, is the default).
     pub fn parse(args: &[&str]) -> Result<InstallArgs, String> {
         let mut out = InstallArgs::default();
         let mut it = args.iter();
@@ -29,7 +36,9 @@ impl InstallArgs {
             match *a {
                 "--values" | "-f" => out.values_file = Some(value()?),
                 "--set" => out.sets.push(value()?),
-                "--dry-run" => {}
+                "--dry-run" => out.apply = false,
+                "--apply" => out.apply = true,
+                "--kubeconfig" => out.kubeconfig = Some(value()?),
                 other => return Err(format!("unknown option {other}")),
             }
         }
@@ -43,6 +52,11 @@ impl InstallArgs {
         };
         Values::load(text.as_deref(), &self.sets)
     }
+}
+
+/// The objects, to apply or delete through the API server (`--apply`).
+pub fn objects(values: &Values) -> Vec<Object> {
+    objects::all(values)
 }
 
 /// The install as one multi-document YAML stream.

@@ -333,6 +333,13 @@ impl Shared {
                     None => json!({"authenticated": false, "error": "invalid bearer token"}),
                 };
             }
+            if parts.method == Method::DELETE {
+                return reply(
+                    StatusCode::OK,
+                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                            "status": "Success", "code": 200}),
+                );
+            }
             return reply(StatusCode::CREATED, &body);
         }
         if let Some(found) = self.get_one(&path) {
