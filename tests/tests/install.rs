@@ -241,6 +241,21 @@ fn control_plane_ports_and_rbac_are_exactly_what_it_uses() {
         [15012, i32::from(controlplane::run::DEFAULT_MONITORING_PORT)].into();
     assert_eq!(svc_ports, expected);
     assert_eq!(c_ports, expected);
+    // The command line is one the control plane takes, its state directory is writable, and
+    // its serving certificate names the Service proxies dial.
+    let args = container.args.clone().unwrap();
+    assert_eq!(&args[..2], ["controlplane", "--kubernetes"]);
+    let state = arg(&args, "--state-dir");
+    assert!(mounted(container, Path::new(state)), "{state}");
+    assert_eq!(arg(&args, "--san"), "keelson.istio-system.svc");
+    let (ok, _, err) = keelson(
+        &[&args[..], &["--no-such-option".to_string()]]
+            .concat()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(!ok && err.contains("--no-such-option"), "{err}");
     // ztunnel is pointed at that Service.
     let ds: DaemonSet = typed(&docs, "DaemonSet/ztunnel");
     let env = pod(&ds).containers[0].env.clone().unwrap();

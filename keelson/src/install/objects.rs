@@ -33,6 +33,8 @@ pub const XDS_PORT: u16 = 15012;
 pub const MONITORING_PORT: u16 = controlplane::run::DEFAULT_MONITORING_PORT;
 /// Where the node agent's socket lives, on the node and in the agent's pod.
 pub const AGENT_SOCKET_DIR: &str = "/var/run/keelson";
+/// The control plane's state directory (its CA files), a writable volume.
+pub const STATE_DIR: &str = "/var/lib/keelson";
 /// The audience of the tokens proxies present to xDS and the CA.
 pub const TOKEN_AUDIENCE: &str = "istio-ca";
 
@@ -153,6 +155,11 @@ fn control_plane_deployment(v: &Values) -> Deployment {
         args: Some(strings(&[
             "controlplane",
             "--kubernetes",
+            "--state-dir",
+            STATE_DIR,
+            // The name proxies dial (XDS_ADDRESS): the serving certificate must carry it.
+            "--san",
+            &format!("{CONTROL_PLANE}.{}.svc", v.namespace),
             "--trust-domain",
             &v.trust_domain,
             "--cluster-id",
@@ -169,6 +176,7 @@ fn control_plane_deployment(v: &Values) -> Deployment {
         ]),
         readiness_probe: Some(http_probe("/ready", MONITORING_PORT)),
         resources: Some(requirements(&v.control_plane.resources)),
+        volume_mounts: Some(vec![mount("state", STATE_DIR)]),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             allow_privilege_escalation: Some(false),
@@ -194,6 +202,11 @@ fn control_plane_deployment(v: &Values) -> Deployment {
                 spec: Some(PodSpec {
                     service_account_name: Some(CONTROL_PLANE.into()),
                     containers: vec![container],
+                    volumes: Some(vec![Volume {
+                        name: "state".into(),
+                        empty_dir: Some(Default::default()),
+                        ..Default::default()
+                    }]),
                     ..Default::default()
                 }),
             },
