@@ -30,6 +30,8 @@ pub struct KubeOptions {
     pub kubeconfig: Option<std::path::PathBuf>,
     /// What the waypoint controller deploys; `None`: no controller.
     pub waypoints: Option<crate::waypoints::WaypointSettings>,
+    /// The control plane's own namespace (its CA Secret); `None`: `istio-system`.
+    pub namespace: Option<String>,
 }
 
 /// A running source: the latest model, replaced on every change.
@@ -248,5 +250,68 @@ impl Reporter {
                 tracing::warn!(error = %e, "cannot record an Event for a rejected resource");
             }
         });
+    }
+}
+
+/// The Secret the CA is kept in (root certificate, key, extra roots), in the control
+/// plane's namespace: every replica and every restart signs with the same root.
+pub const CA_SECRET: &str = "keelson-ca";
+const CA_FILES: [&str; 3] = [
+    identity::ca::ROOT_CERT_FILE,
+    identity::ca::ROOT_KEY_FILE,
+    identity::ca::EXTRA_ROOTS_FILE,
+];
+
+/// Makes `state_dir` hold the cluster's CA: the Secret's files when it exists; else the
+/// CA `create` makes there is stored as the Secret (a replica that loses the race takes
+/// the winner's).
+pub async fn sync_ca_secret(
+    client: &Client,
+    namespace: &str,
+    state_dir: &std::path::Path,
+    create: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::ByteString;
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let restore = |s: &Secret| -> anyhow::Result<()> {
+        std::fs::create_dir_all(state_dir)?;
+        for f in CA_FILES {
+            if let Some(b) = s.data.as_ref().and_then(|d| d.get(f)) {
+                identity::ca::write_private(&state_dir.join(f), &String::from_utf8_lossy(&b.0))?;
+            }
+        }
+        Ok(())
+    };
+    if let Some(s) = api.get_opt(CA_SECRET).await? {
+        tracing::info!(secret = CA_SECRET, %namespace, "CA restored from its Secret");
+        return restore(&s);
+    }
+    create()?;
+    let mut data = BTreeMap::new();
+    for f in CA_FILES {
+        if let Ok(text) = std::fs::read(state_dir.join(f)) {
+            data.insert(f.to_string(), ByteString(text));
+        }
+    }
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(CA_SECRET.into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        },
+        data: Some(data),
+        ..Default::default()
+    };
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            tracing::info!(secret = CA_SECRET, %namespace, "CA stored in its Secret");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let s = api.get(CA_SECRET).await?;
+            restore(&s)
+        }
+        Err(e) => Err(e.into()),
     }
 }

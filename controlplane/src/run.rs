@@ -99,6 +99,16 @@ pub fn serving_tls(
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
+    if let Some(k) = &opts.kubernetes {
+        // The CA lives in a Secret: every replica and restart signs with the same root.
+        let client = crate::kube_source::client(k).await?;
+        let ns = k.namespace.as_deref().unwrap_or("istio-system");
+        crate::kube_source::sync_ca_secret(&client, ns, &opts.state_dir, || {
+            load_state(&opts.state_dir, &opts.mesh).map(|_| ())
+        })
+        .await
+        .context("the CA Secret")?;
+    }
     let (ca, tokens) = load_state(&opts.state_dir, &opts.mesh)?;
     let tokens = Arc::new(tokens);
     let counters = Arc::new(Counters::default());

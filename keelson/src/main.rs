@@ -310,9 +310,12 @@ fn controlplane(args: &[&str]) -> anyhow::Result<()> {
             other => anyhow::bail!("unknown option {other}\n{USAGE}"),
         }
     }
+    // The control plane's own namespace (the Downward API's).
+    let ns = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "istio-system".into());
+    if let Some(k) = kubernetes.as_mut() {
+        k.namespace = Some(ns.clone());
+    }
     if let (Some(k), Some(image)) = (kubernetes.as_mut(), waypoint_image) {
-        // The control plane's own Service, in its namespace (the Downward API's).
-        let ns = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "istio-system".into());
         k.waypoints = Some(controlplane::waypoints::WaypointSettings {
             image,
             control_plane: format!("keelson.{ns}.svc:{}", listen.port()),

@@ -87,6 +87,8 @@ pub const READ: &[ApiKind] = &[
 /// Verbs the control plane uses on a resource it writes, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApiWrite {
+    /// Only in the control plane's own namespace (a Role, not the ClusterRole).
+    pub own_namespace: bool,
     pub group: &'static str,
     /// Resource name, with `/status` for the status subresource.
     pub plural: &'static str,
@@ -97,48 +99,63 @@ pub struct ApiWrite {
 /// What the control plane writes.
 pub const WRITE: &[ApiWrite] = &[
     ApiWrite {
+        own_namespace: true,
+        group: "",
+        plural: "secrets",
+        verbs: &["get", "create"],
+        why: "the CA's root certificate and key, kept across restarts (Secret keelson-ca)",
+    },
+    ApiWrite {
+        own_namespace: false,
         group: "apps",
         plural: "deployments",
         verbs: &["create", "update", "patch", "delete"],
         why: "the waypoint controller's Deployment per waypoint Gateway",
     },
     ApiWrite {
+        own_namespace: false,
         group: "",
         plural: "services",
         verbs: &["create", "update", "patch", "delete"],
         why: "the waypoint controller's Service per waypoint Gateway",
     },
     ApiWrite {
+        own_namespace: false,
         group: "",
         plural: "serviceaccounts",
         verbs: &["create", "patch"],
         why: "the identity of each waypoint (a ServiceAccount named after its Gateway)",
     },
     ApiWrite {
+        own_namespace: false,
         group: GATEWAY_API,
         plural: "gateways/status",
         verbs: &["update", "patch"],
         why: "Accepted and Programmed conditions and the address of waypoint Gateways",
     },
     ApiWrite {
+        own_namespace: false,
         group: GATEWAY_API,
         plural: "httproutes/status",
         verbs: &["update", "patch"],
         why: "Accepted and ResolvedRefs conditions of HTTPRoute parents",
     },
     ApiWrite {
+        own_namespace: false,
         group: "",
         plural: "events",
         verbs: &["create", "patch"],
         why: "an Event on each resource that fails validation, naming the field",
     },
     ApiWrite {
+        own_namespace: false,
         group: "",
         plural: "configmaps",
         verbs: &["create", "update", "patch"],
         why: "the mesh root certificate (keelson-ca-root-cert) for proxies to verify the control plane",
     },
     ApiWrite {
+        own_namespace: false,
         group: "authentication.k8s.io",
         plural: "tokenreviews",
         verbs: &["create"],

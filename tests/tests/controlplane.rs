@@ -122,6 +122,47 @@ async fn resource_changes_from_the_api_server_reach_ztunnel() {
     assert_eq!(spread(&tb, 3).await, [Some("server".to_string())].into());
 
     waypoint_controller(&tb).await;
+    ca_kept_in_a_secret(tb).await;
+}
+
+/// The CA is stored in the Secret `keelson-ca` at the first start; a control plane that
+/// starts again without its files restores the same root from it, and traffic goes on.
+async fn ca_kept_in_a_secret(mut tb: Testbed) {
+    let api = tb.apiserver.as_ref().unwrap();
+    let created: Vec<_> = api
+        .writes()
+        .into_iter()
+        .filter(|w| w.method == "POST" && w.path == "/api/v1/namespaces/istio-system/secrets")
+        .collect();
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].body["metadata"]["name"], "keelson-ca");
+    let root = tb.cp_state_dir().join("root-cert.pem");
+    let before = std::fs::read_to_string(&root).unwrap();
+    tb.kill_control_plane();
+    for f in ["root-cert.pem", "root-key.pem"] {
+        std::fs::remove_file(tb.cp_state_dir().join(f)).unwrap();
+    }
+    tb.restart_control_plane().unwrap();
+    let back = eventually(Duration::from_secs(10), || async {
+        std::fs::read_to_string(&root).is_ok_and(|r| r == before)
+    })
+    .await;
+    assert!(back.is_some(), "{}", tb.control_plane_log());
+    assert!(tb
+        .control_plane_log()
+        .contains("CA restored from its Secret"));
+    let api = tb.apiserver.as_ref().unwrap();
+    assert_eq!(
+        api.writes()
+            .iter()
+            .filter(|w| w.method == "POST" && w.path.ends_with("/secrets"))
+            .count(),
+        1,
+        "not created twice"
+    );
+    // A new certificate from the restored CA still chains to the root the peers trust.
+    tokio::time::sleep(PROPAGATION).await;
+    assert_eq!(spread(&tb, 3).await, [Some("server".to_string())].into());
 }
 
 const WAYPOINT_AND_ROUTES: &str = r#"apiVersion: gateway.networking.k8s.io/v1

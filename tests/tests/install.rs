@@ -265,7 +265,21 @@ fn control_plane_ports_and_rbac_are_exactly_what_it_uses() {
     // RBAC: list and watch on every kind the Kubernetes source reads, the verbs of every
     // write, and nothing else.
     let role: ClusterRole = typed(&docs, "ClusterRole/keelson");
-    let granted = triples(&role);
+    let mut granted = triples(&role);
+    // Secrets only in its own namespace: a Role, not the ClusterRole.
+    let own: ClusterRole = {
+        let mut v = docs["Role/keelson"].clone();
+        v["kind"] = "ClusterRole".into();
+        serde_yaml::from_value(v).unwrap()
+    };
+    assert_eq!(
+        docs["Role/keelson"]["metadata"]["namespace"],
+        "istio-system"
+    );
+    let own = triples(&own);
+    assert!(own.iter().all(|(_, res, _)| res == "secrets"), "{own:?}");
+    assert!(!granted.iter().any(|(_, res, _)| res == "secrets"));
+    granted.extend(own);
     let mut needed = BTreeSet::new();
     for k in resources::kinds::READ {
         for verb in resources::kinds::READ_VERBS {

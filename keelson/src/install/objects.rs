@@ -13,7 +13,9 @@ use k8s_openapi::api::core::v1::{
     ServicePort, ServiceSpec, Toleration, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -45,6 +47,8 @@ pub enum Object {
     ServiceAccount(ServiceAccount),
     ClusterRole(ClusterRole),
     ClusterRoleBinding(ClusterRoleBinding),
+    Role(Role),
+    RoleBinding(RoleBinding),
     Deployment(Deployment),
     Service(Service),
     PodDisruptionBudget(PodDisruptionBudget),
@@ -59,6 +63,8 @@ impl Object {
             Object::ServiceAccount(o) => ("ServiceAccount", &o.metadata),
             Object::ClusterRole(o) => ("ClusterRole", &o.metadata),
             Object::ClusterRoleBinding(o) => ("ClusterRoleBinding", &o.metadata),
+            Object::Role(o) => ("Role", &o.metadata),
+            Object::RoleBinding(o) => ("RoleBinding", &o.metadata),
             Object::Deployment(o) => ("Deployment", &o.metadata),
             Object::Service(o) => ("Service", &o.metadata),
             Object::PodDisruptionBudget(o) => ("PodDisruptionBudget", &o.metadata),
@@ -78,6 +84,8 @@ impl Object {
             Object::ServiceAccount(o) => serde_yaml::to_string(o),
             Object::ClusterRole(o) => serde_yaml::to_string(o),
             Object::ClusterRoleBinding(o) => serde_yaml::to_string(o),
+            Object::Role(o) => serde_yaml::to_string(o),
+            Object::RoleBinding(o) => serde_yaml::to_string(o),
             Object::Deployment(o) => serde_yaml::to_string(o),
             Object::Service(o) => serde_yaml::to_string(o),
             Object::PodDisruptionBudget(o) => serde_yaml::to_string(o),
@@ -120,6 +128,19 @@ fn control_plane(v: &Values) -> Vec<Object> {
             resources::kinds::WRITE,
         )),
         Object::ClusterRoleBinding(binding(v, CONTROL_PLANE)),
+        Object::Role(Role {
+            metadata: meta(Some(&v.namespace), CONTROL_PLANE),
+            rules: own_namespace_role(CONTROL_PLANE, resources::kinds::WRITE).rules,
+        }),
+        Object::RoleBinding(RoleBinding {
+            metadata: meta(Some(&v.namespace), CONTROL_PLANE),
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "Role".into(),
+                name: CONTROL_PLANE.into(),
+            },
+            subjects: binding(v, CONTROL_PLANE).subjects,
+        }),
         Object::Deployment(control_plane_deployment(v)),
         Object::Service(Service {
             metadata: meta(Some(&v.namespace), CONTROL_PLANE),
@@ -472,7 +493,7 @@ pub fn cluster_role(
             .or_default()
             .push(k.plural.to_string());
     }
-    for w in write {
+    for w in write.iter().filter(|w| !w.own_namespace) {
         rules
             .entry((w.group.to_string(), strings(w.verbs)))
             .or_default()
@@ -497,6 +518,20 @@ pub fn cluster_role(
         ),
         ..Default::default()
     }
+}
+
+/// The writes of `write` confined to the control plane's own namespace, as rules (for its
+/// Role).
+fn own_namespace_role(name: &str, write: &[ApiWrite]) -> ClusterRole {
+    let own: Vec<ApiWrite> = write.iter().filter(|w| w.own_namespace).copied().collect();
+    let own: Vec<ApiWrite> = own
+        .into_iter()
+        .map(|w| ApiWrite {
+            own_namespace: false,
+            ..w
+        })
+        .collect();
+    cluster_role(name, &[], &[], &own)
 }
 
 fn binding(v: &Values, name: &str) -> ClusterRoleBinding {

@@ -333,6 +333,26 @@ impl Shared {
                     None => json!({"authenticated": false, "error": "invalid bearer token"}),
                 };
             }
+            // A create on a namespaced collection (`/api/v1/namespaces/<ns>/<resource>`) is
+            // kept, so it can be read back; a second one of the same name is a conflict.
+            let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+            let create = parts.method == Method::POST;
+            if let (true, ["api", "v1", "namespaces", ns, res]) = (create, segs.as_slice()) {
+                if *res != "events" {
+                    let name = body["metadata"]["name"].as_str().unwrap_or_default();
+                    let key = format!("{ns}/{name}");
+                    let of = store.objects.entry(res.to_string()).or_default();
+                    if of.contains_key(&key) {
+                        return reply(
+                            StatusCode::CONFLICT,
+                            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                                    "status": "Failure", "reason": "AlreadyExists", "code": 409,
+                                    "message": format!("{res} {key} already exists")}),
+                        );
+                    }
+                    of.insert(key, body.clone());
+                }
+            }
             if parts.method == Method::DELETE {
                 return reply(
                     StatusCode::OK,
