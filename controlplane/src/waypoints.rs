@@ -182,6 +182,10 @@ pub fn waypoint_objects(g: &Gateway, s: &WaypointSettings) -> Vec<(ApiResource, 
                 "metadata": {"labels": {GATEWAY_LABEL: name, "istio.io/dataplane-mode": "none"}},
                 "spec": {
                     "serviceAccountName": name,
+                    // The image's user, stated so the kubelet gives it the projected token
+                    // (owned by the pod's user and group, not root's 0600).
+                    "securityContext": {"runAsUser": 65532, "runAsGroup": 65532,
+                                        "fsGroup": 65532, "runAsNonRoot": true},
                     "terminationGracePeriodSeconds": 30,
                     "containers": [{
                         "name": "waypoint", "image": s.image, "env": env,

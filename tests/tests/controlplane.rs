@@ -218,6 +218,7 @@ async fn waypoint_controller(tb: &Testbed) {
     );
     let pod = &d["spec"]["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], "waypoint");
+    assert_eq!(pod["securityContext"]["fsGroup"], 65532);
     assert_eq!(pod["containers"][0]["image"], "keelson/waypoint:test");
     // The mesh's roots, for proxies to mount: in the control plane's namespace and the
     // waypoint's.
