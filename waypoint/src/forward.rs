@@ -221,9 +221,7 @@ impl Context {
         );
         self.recorder.record(
             &self.wp.metrics,
-            &self.wp.pi,
-            (&self.source, self.source_ip),
-            &self.dst,
+            &self.wp.pi.cfg.cluster_id,
             &crate::metrics::Outcome {
                 upstream: out.upstream.as_ref(),
                 status: out.resp.status().as_u16(),

@@ -7,7 +7,7 @@
 //! handles of the outcomes it has seen ([`Recorder`]), so a request on a kept tunnel only
 //! bumps a counter and a histogram.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -81,10 +81,9 @@ pub struct Outcome<'a> {
 }
 
 /// A tunnel's metric handles, by outcome; the labels common to its requests are the
-/// tunnel's own ([`Recorder::with_base`]), or built on its first request.
-#[derive(Default)]
+/// tunnel's own ([`Recorder::with_base`]).
 pub struct Recorder {
-    base: OnceLock<TrafficLabels>,
+    base: TrafficLabels,
     seen: Mutex<Vec<Seen>>,
 }
 
@@ -92,7 +91,7 @@ impl Recorder {
     /// A recorder whose base labels are the tunnel's, already built for its own record.
     pub fn with_base(base: TrafficLabels) -> Recorder {
         Recorder {
-            base: OnceLock::from(base),
+            base,
             seen: Mutex::default(),
         }
     }
@@ -112,15 +111,7 @@ struct Seen {
 const KEPT: usize = 16;
 
 impl Recorder {
-    pub fn record(
-        &self,
-        m: &HttpMetrics,
-        pi: &ProxyInputs,
-        source: (&str, std::net::IpAddr),
-        dst: &Destination,
-        o: &Outcome<'_>,
-        took: Duration,
-    ) {
+    pub fn record(&self, m: &HttpMetrics, cluster: &str, o: &Outcome<'_>, took: Duration) {
         let ms = took.as_secs_f64() * 1000.0;
         let grpc_status = o.grpc_status.unwrap_or_default();
         let mut seen = self.seen.lock().unwrap();
@@ -140,13 +131,10 @@ impl Recorder {
             s.duration.observe(ms);
             return;
         }
-        let base = self.base.get_or_init(|| {
-            let unknown = std::net::SocketAddr::new(source.1, 0);
-            tunnel_facts(pi, source, dst, unknown).labels()
-        });
-        let mut traffic = base
+        let mut traffic = self
+            .base
             .clone()
-            .with_destination(o.upstream.map(|w| &**w), &pi.cfg.cluster_id);
+            .with_destination(o.upstream.map(|w| &**w), cluster);
         if let Some(w) = o.upstream {
             traffic.destination_principal = w.identity().to_string();
         }
