@@ -4,7 +4,9 @@
 set -euo pipefail
 
 # faketime: the clock-skew test runs one ztunnel with its clock shifted (docs/HARDENING.md).
-PACKAGES=(iproute2 iptables nftables procps tcpdump curl python3 python3-venv ca-certificates ethtool faketime)
+# clang, llvm, libbpf-dev: the eBPF redirection programs (ebpf/) are compiled at build time.
+PACKAGES=(iproute2 iptables nftables procps tcpdump curl python3 python3-venv ca-certificates ethtool faketime
+  clang llvm libbpf-dev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

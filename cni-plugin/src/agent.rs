@@ -147,6 +147,9 @@ fn ns_of(p: &Pod) -> String {
 
 impl Agent {
     pub fn new(opts: &AgentOptions) -> Result<Agent> {
+        if opts.redirect == crate::redirect::Redirect::Ebpf {
+            crate::redirect::ebpf::check().context("eBPF redirection is not available")?;
+        }
         let mut enrolled = Enrolled::load(opts.state.clone());
         let pods = still_enrolled(&enrolled.pods, opts.redirect);
         if !pods.is_empty() {

@@ -139,7 +139,7 @@ fn agent(args: &[String]) -> ExitCode {
     }
     let resources = resources.or_else(|| api.as_ref().map(|_| String::new()));
     let (Some(socket), Some(zds), Some(resources)) = (socket, zds, resources) else {
-        eprintln!("usage: keelson-cni agent --socket PATH --zds-socket PATH (--resources DIR | --kubernetes [--kubeconfig FILE]) [--host-probe-snat] [--redirect iptables|nftables] [--state FILE]");
+        eprintln!("usage: keelson-cni agent --socket PATH --zds-socket PATH (--resources DIR | --kubernetes [--kubeconfig FILE]) [--host-probe-snat] [--redirect iptables|nftables|ebpf] [--state FILE]");
         return ExitCode::from(2);
     };
     let socket = std::path::PathBuf::from(socket);

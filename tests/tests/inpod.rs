@@ -364,8 +364,15 @@ async fn a_new_ztunnel_takes_over_before_the_old_one_drains() {
     assert!(next.contains("connection complete"), "{next}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_nftables_flavour_captures_the_same_way() {
+/// What each redirection flavour must do the same way: outbound through the VIP with mTLS,
+/// inbound plaintext from outside the mesh through 15006, DNS through 15053; ADD again
+/// changes nothing (`rules` reads what the flavour put in the client pod), DEL leaves no
+/// trace of it.
+async fn captures_the_same_way(
+    redirect: cni_plugin::redirect::Redirect,
+    rules: impl Fn(&Testbed) -> String,
+    check_rules: impl Fn(&str),
+) {
     let tb = Testbed::start(Options {
         pods: vec![
             PodSpec::meshed("client"),
@@ -374,30 +381,16 @@ async fn the_nftables_flavour_captures_the_same_way() {
         ],
         source: Source::ControlPlane,
         shared_ztunnel: true,
-        redirect: cni_plugin::redirect::Redirect::Nftables,
+        redirect,
         ..Options::default()
     })
     .unwrap();
     spawn_greeter(&tb, "server", 8080).unwrap();
-    let ruleset = |pod: &str| tb.pod(pod).exec("nft", &["list", "ruleset"]).unwrap();
-    let client_rules = ruleset("client");
-    assert!(
-        client_rules.contains("table inet keelson-ambient-nat")
-            && client_rules.contains("redirect to :15001"),
-        "{client_rules}"
-    );
-    assert!(!tb
-        .pod("client")
-        .exec("iptables-save", &[])
-        .unwrap()
-        .contains("KEELSON"));
-    // Outbound through the VIP with mTLS, inbound plaintext from outside the mesh through
-    // 15006, DNS through 15053.
+    let client_rules = rules(&tb);
+    check_rules(&client_rules);
     let vip = SocketAddr::new(SERVICE_VIP.into(), SERVICE_PORT);
-    assert_eq!(
-        greeting(&tb, "client", vip).await.as_deref(),
-        Some("server")
-    );
+    let g = greeting(&tb, "client", vip).await;
+    assert_eq!(g.as_deref(), Some("server"));
     let m = tb.metrics(SHARED_NODE_POD).unwrap();
     assert_eq!(
         metric_value(
@@ -416,6 +409,17 @@ async fn the_nftables_flavour_captures_the_same_way() {
         greeting(&tb, "outsider", server).await.as_deref(),
         Some("server")
     );
+    assert_eq!(
+        metric_value(
+            &tb.metrics(SHARED_NODE_POD).unwrap(),
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "destination"),
+                ("connection_security_policy", "unknown"),
+            ],
+        ),
+        Some(1.0),
+    );
     tb.pod("client")
         .set_resolv_conf("nameserver 10.96.0.10\n")
         .unwrap();
@@ -431,13 +435,87 @@ async fn the_nftables_flavour_captures_the_same_way() {
         Some(SERVICE_VIP.to_string().as_str()),
         "{resolved:?}"
     );
-    // ADD again changes nothing; DEL removes the tables.
+    // ADD again changes nothing; DEL removes everything.
     tb.cni("ADD", "client").unwrap();
-    assert_eq!(ruleset("client"), client_rules);
+    assert_eq!(rules(&tb), client_rules);
     tb.cni("DEL", "client").unwrap();
+    let after = rules(&tb);
     assert!(
-        !ruleset("client").contains("keelson"),
-        "{}",
-        ruleset("client")
+        !after.contains("keelson") && !after.contains("lookup 100"),
+        "{after}"
     );
+}
+
+fn nft_ruleset(tb: &Testbed) -> String {
+    tb.pod("client").exec("nft", &["list", "ruleset"]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nftables_flavour_captures_the_same_way() {
+    captures_the_same_way(
+        cni_plugin::redirect::Redirect::Nftables,
+        nft_ruleset,
+        |rules| {
+            assert!(
+                rules.contains("table inet keelson-ambient-nat")
+                    && rules.contains("redirect to :15001"),
+                "{rules}"
+            );
+        },
+    )
+    .await;
+}
+
+/// Everything of the eBPF flavour in the client pod: its netfilter rules (there must be
+/// none), its policy routes, and its pins on bpffs.
+fn ebpf_state(tb: &Testbed) -> String {
+    let pod = tb.pod("client");
+    let cookie = ebpf::cookie_at(&pod.path()).unwrap();
+    let root = cni_plugin::redirect::ebpf::pin_root();
+    let mut pins: Vec<String> = std::fs::read_dir(ebpf::pin_dir(&root, cookie))
+        .map(|d| {
+            d.filter_map(|e| Some(e.ok()?.file_name().to_str()?.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    pins.sort();
+    format!(
+        "iptables:\n{}\nnft:\n{}\nrules:\n{}\ntable 100:\n{}\npins: {pins:?}\n",
+        pod.exec("iptables-save", &[]).unwrap(),
+        pod.exec("nft", &["list", "ruleset"]).unwrap(),
+        pod.ip(&["rule", "list"]).unwrap(),
+        pod.ip(&["route", "list", "table", "100"])
+            .unwrap_or_default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ebpf_flavour_captures_the_same_way_without_netfilter() {
+    captures_the_same_way(cni_plugin::redirect::Redirect::Ebpf, ebpf_state, |state| {
+        let section = |name: &str| {
+            let from = state.find(name).unwrap() + name.len();
+            state[from..]
+                .split("\n")
+                .skip(1)
+                .take_while(|l| !l.ends_with(':'))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        // Not one netfilter rule in the pod: no iptables chain, no nft table.
+        assert!(!section("iptables:").contains("-A "), "{state}");
+        assert!(!section("nft:").contains("table"), "{state}");
+        assert!(
+            section("rules:").contains("ipproto tcp lookup 100"),
+            "{state}"
+        );
+        assert!(
+            section("table 100:").contains("local default dev lo"),
+            "{state}"
+        );
+        assert!(
+            state.contains(r#"pins: ["counters", "link", "listeners", "pod_addrs"]"#),
+            "{state}"
+        );
+    })
+    .await;
 }

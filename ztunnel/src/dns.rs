@@ -391,12 +391,16 @@ impl Dns {
     }
 }
 
-/// Serves UDP until the socket fails.
+/// Serves UDP until the socket fails. Each answer leaves from the address the query was sent
+/// to: with iptables or nftables the kernel rewrites it on the way back; with eBPF
+/// redirection the query arrives with its original destination (say 10.96.0.10:53) and the
+/// answer must come from there, or the app's connected resolver socket would not take it.
 pub async fn serve_udp(dns: Arc<Dns>, socket: UdpSocket) {
     let socket = Arc::new(socket);
+    let local = socket.local_addr().ok();
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
-        let (n, from) = match socket.recv_from(&mut buf).await {
+        let (n, from, to) = match recv_with_destination(&socket, &mut buf).await {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "DNS UDP receive failed");
@@ -406,10 +410,92 @@ pub async fn serve_udp(dns: Arc<Dns>, socket: UdpSocket) {
         let msg = buf[..n].to_vec();
         let (dns, socket) = (dns.clone(), socket.clone());
         tokio::spawn(async move {
-            if let Some(resp) = dns.answer(&msg, true).await {
-                let _ = socket.send_to(&resp, from).await;
+            let Some(resp) = dns.answer(&msg, true).await else {
+                return;
+            };
+            match to.filter(|to| Some(*to) != local) {
+                Some(to) => {
+                    if let Err(e) = dns.reply_from(to, from, &resp) {
+                        tracing::debug!(%to, %from, error = %e, "DNS answer not sent");
+                    }
+                }
+                None => {
+                    let _ = socket.send_to(&resp, from).await;
+                }
             }
         });
+    }
+}
+
+/// One datagram, its sender and (when the kernel says) the address it was sent to
+/// (IP_RECVORIGDSTADDR).
+async fn recv_with_destination(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr, Option<SocketAddr>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    loop {
+        socket.readable().await?;
+        let r = socket.try_io(tokio::io::Interest::READABLE, || {
+            let mut iov = [std::io::IoSliceMut::new(buf)];
+            let mut space = nix::cmsg_space!(nix::libc::sockaddr_in);
+            let msg = recvmsg::<SockaddrStorage>(
+                socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::empty(),
+            )
+            .map_err(std::io::Error::from)?;
+            let from = msg
+                .address
+                .and_then(|a| {
+                    a.as_sockaddr_in()
+                        .map(|a| SocketAddr::from((a.ip(), a.port())))
+                })
+                .ok_or_else(|| std::io::Error::other("datagram without an IPv4 sender"))?;
+            let mut to = None;
+            for c in msg.cmsgs().map_err(std::io::Error::from)? {
+                if let ControlMessageOwned::Ipv4OrigDstAddr(a) = c {
+                    let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+                    to = Some(SocketAddr::from((ip, u16::from_be(a.sin_port))));
+                }
+            }
+            Ok((msg.bytes, from, to))
+        });
+        match r {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
+impl Dns {
+    /// Sends `resp` to `client` from `source`, an address that is not this host's: a
+    /// transparent (IP_TRANSPARENT) socket made in the pod's namespace for the one answer.
+    fn reply_from(
+        &self,
+        source: SocketAddr,
+        client: SocketAddr,
+        resp: &[u8],
+    ) -> std::io::Result<()> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = proxycore::socket::in_netns(self.netns.as_deref(), || {
+            let s = Socket::new(
+                Domain::for_address(source),
+                Type::DGRAM,
+                Some(Protocol::UDP),
+            )?;
+            s.set_ip_transparent_v4(true)?;
+            s.set_reuse_address(true)?;
+            if let Some(m) = self.mark {
+                s.set_mark(m)?;
+            }
+            s.bind(&source.into())?;
+            Ok(s)
+        })?;
+        s.send_to(resp, &client.into())?;
+        Ok(())
     }
 }
 
@@ -454,6 +540,8 @@ pub fn bind(netns: Option<&std::fs::File>, port: u16) -> std::io::Result<(UdpSoc
         let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
         // As the TCP listeners: a new ztunnel binds beside the old one during a hand-off.
         s.set_reuse_port(true)?;
+        // Where each query was sent (eBPF redirection keeps the original destination).
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv4OrigDstAddr, &true)?;
         s.set_nonblocking(true)?;
         s.bind(&addr.into())?;
         Ok(std::net::UdpSocket::from(s))

@@ -1,9 +1,11 @@
-//! In-pod redirection (docs/WIRE.md §5.4): the rules in a pod's network namespace that send
-//! its TCP to the node's ztunnel listening there, in either flavour (iptables or nftables,
-//! the same rules from `rules.rs`), the policy routing that brings replies to spoofed
-//! connections back to ztunnel, and on the node the probe rule of §5.5 (`host.rs`).
+//! In-pod redirection (docs/WIRE.md §5.4): what in a pod's network namespace sends its TCP
+//! to the node's ztunnel listening there. Three flavours with the same behaviour: iptables or
+//! nftables rules (the same list, `rules.rs`) with the policy routing that brings replies to
+//! spoofed connections back to ztunnel, or an eBPF program with policy routes and no netfilter
+//! at all (`ebpf.rs`). On the node, the probe rule of §5.5 (`host.rs`).
 //! Installing is idempotent; removing leaves the pod as if it had never been enrolled.
 
+pub mod ebpf;
 mod host;
 mod rules;
 
@@ -18,12 +20,14 @@ pub use host::{add_probe_snat, remove_probe_snat};
 /// Where the node's probes appear to come from inside a pod (§5.5).
 pub const PROBE_SNAT_V4: &str = "169.254.7.127";
 
-/// Which tool writes the in-pod rules. Both give the same behaviour.
+/// How the pod's traffic reaches ztunnel. All three give the same behaviour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Redirect {
     #[default]
     Iptables,
     Nftables,
+    /// An sk_lookup program and policy routes; no netfilter.
+    Ebpf,
 }
 
 impl FromStr for Redirect {
@@ -32,7 +36,8 @@ impl FromStr for Redirect {
         match s {
             "iptables" => Ok(Redirect::Iptables),
             "nftables" | "nft" => Ok(Redirect::Nftables),
-            other => bail!("unknown redirection {other:?} (iptables or nftables)"),
+            "ebpf" | "bpf" => Ok(Redirect::Ebpf),
+            other => bail!("unknown redirection {other:?} (iptables, nftables or ebpf)"),
         }
     }
 }
@@ -42,6 +47,7 @@ impl Redirect {
         match self {
             Redirect::Iptables => "iptables",
             Redirect::Nftables => "nftables",
+            Redirect::Ebpf => "ebpf",
         }
     }
 }
@@ -84,9 +90,22 @@ fn nft_table_exists(path: &Path, table: &str) -> bool {
     exec_at(path, "nft", &["list", "table", "inet", table]).is_ok()
 }
 
-/// Whether either flavour of the rules is in place in the namespace at `path`.
+/// Whether any flavour is in place in the namespace at `path`.
 pub fn installed(path: &Path) -> bool {
-    iptables_installed(path) || nft_table_exists(path, rules::NFT_NAT)
+    ebpf::installed(path) || iptables_installed(path) || nft_table_exists(path, rules::NFT_NAT)
+}
+
+/// The flavour in place in the namespace at `path`, if any.
+pub fn installed_flavour(path: &Path) -> Option<Redirect> {
+    if ebpf::installed(path) {
+        Some(Redirect::Ebpf)
+    } else if iptables_installed(path) {
+        Some(Redirect::Iptables)
+    } else if nft_table_exists(path, rules::NFT_NAT) {
+        Some(Redirect::Nftables)
+    } else {
+        None
+    }
 }
 
 /// Installs the rules with `how` in the namespace at `path` (`/var/run/netns/<name>` or
@@ -94,6 +113,9 @@ pub fn installed(path: &Path) -> bool {
 pub fn install(path: &Path, how: Redirect) -> Result<bool> {
     if installed(path) {
         return Ok(false);
+    }
+    if how == Redirect::Ebpf {
+        return ebpf::install(path).context("installing the eBPF redirection");
     }
     for line in POLICY_ROUTING {
         ip(path, line).with_context(|| format!("ip {line}"))?;
@@ -106,13 +128,15 @@ pub fn install(path: &Path, how: Redirect) -> Result<bool> {
             &rules::iptables_restore(),
         ),
         Redirect::Nftables => load(path, "nft", &["-f"], &rules::nft_ruleset()),
+        Redirect::Ebpf => unreachable!("handled above"),
     }
     .with_context(|| format!("installing the {} rules", how.name()))?;
     Ok(true)
 }
 
-/// Removes the rules (either flavour) and the policy routing. Nothing there is not an error.
+/// Removes the rules (any flavour) and the policy routing. Nothing there is not an error.
 pub fn remove(path: &Path) -> Result<()> {
+    ebpf::remove(path);
     for table in [rules::NFT_NAT, rules::NFT_MANGLE] {
         if nft_table_exists(path, table) {
             exec_at(path, "nft", &["delete", "table", "inet", table])?;
