@@ -19,6 +19,11 @@ fi
 # The e2e tests run the real binaries: build them in the same (dev) profile first.
 echo "== build";  cargo build --workspace --bins
 echo "== test";   cargo test --workspace -- --test-threads=4
+# The suites that depend on how pods are redirected, again with eBPF redirection (the whole
+# suite above ran with iptables; the nftables and eBPF flavours also have their own tests).
+echo "== test (eBPF redirection)"
+KEELSON_TEST_REDIRECT=ebpf cargo test -p keelson-tests \
+  --test inpod --test mesh --test dns --test authz --test waypoint --test supervise -- --test-threads=4
 # Every fuzz target for a bounded time (docs/HARDENING.md; longer runs: scripts/fuzz.sh N).
 echo "== fuzz";   bash scripts/fuzz.sh 10
 leftover=$(ip netns list | grep -c '^kt' || true)

@@ -149,6 +149,7 @@ impl Agent {
     pub fn new(opts: &AgentOptions) -> Result<Agent> {
         if opts.redirect == crate::redirect::Redirect::Ebpf {
             crate::redirect::ebpf::check().context("eBPF redirection is not available")?;
+            crate::redirect::ebpf::sweep();
         }
         let mut enrolled = Enrolled::load(opts.state.clone());
         let pods = still_enrolled(&enrolled.pods, opts.redirect);
@@ -290,6 +291,9 @@ impl Agent {
                 };
                 let _ = self.zds.del(&uid);
                 self.record(&uid, None);
+                if self.redirect == crate::redirect::Redirect::Ebpf {
+                    crate::redirect::ebpf::sweep();
+                }
                 // ztunnel has let go of the pod: now its rules go (a sandbox torn down
                 // later takes them anyway).
                 let sandbox = Path::new(&ev.netns);

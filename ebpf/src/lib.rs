@@ -153,9 +153,8 @@ pub fn cookie_at(netns: &Path) -> Result<u64> {
 /// /sys/fs/bpf), else a new bpffs instance mounted on `root` itself. Fails with what is
 /// missing when the kernel cannot (no bpffs, no CAP_SYS_ADMIN).
 pub fn ensure_bpffs(root: &Path) -> Result<()> {
-    let on_bpffs = |p: &Path| {
-        nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPFFS_MAGIC)
-    };
+    let on_bpffs =
+        |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPFFS_MAGIC);
     if on_bpffs(root) {
         return Ok(());
     }
@@ -281,6 +280,75 @@ fn remove_dir(dir: &Path) -> Result<()> {
         }
     }
     std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))
+}
+
+/// Whether the link pinned at `path` is still attached to a live namespace. The kernel
+/// detaches a netns link by itself when its namespace goes (a pod sandbox removed without a
+/// CNI DEL), and reports namespace inode 0 from then on.
+pub fn link_alive(path: &Path) -> std::io::Result<bool> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_LINK_TYPE_NETNS: u32 = 5;
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // union bpf_attr, zeroed: for BPF_OBJ_GET, `pathname` (u64) at offset 0, the rest 0.
+    let mut attr = [0u64; 16];
+    attr[0] = name.as_ptr() as u64;
+    // SAFETY: `attr` is a zeroed bpf_attr (128 bytes) whose pathname points at `name`, a
+    // NUL-terminated string alive for the call; the kernel only reads `attr`.
+    #[allow(unsafe_code)]
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_ptr(), 128usize) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    #[allow(unsafe_code)]
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // struct bpf_link_info: type (u32), id, prog_id, then the per-type union at offset 16,
+    // whose netns member starts with netns_ino (u32).
+    let mut info = [0u64; 32];
+    let mut attr = [0u64; 16];
+    attr[0] = fd.as_raw_fd() as u64 | ((std::mem::size_of_val(&info) as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    // SAFETY: `attr` names a live link descriptor, `info` and its length (256 bytes); the
+    // kernel writes at most that many bytes into `info`, which outlives the call.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            attr.as_mut_ptr(),
+            128usize,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let link_type = (info[0] & 0xffff_ffff) as u32;
+    let netns_ino = (info[2] & 0xffff_ffff) as u32;
+    Ok(link_type == BPF_LINK_TYPE_NETNS && netns_ino != 0)
+}
+
+/// Removes the pin directories under `root` whose namespace is gone (its pod was torn down
+/// without a CNI DEL); returns how many. Live ones, whoever made them, stay.
+pub fn sweep(root: &Path) -> usize {
+    pinned(root)
+        .into_iter()
+        .filter(|c| {
+            let dir = pin_dir(root, *c);
+            let link = dir.join("link");
+            let dead = if link.exists() {
+                !link_alive(&link).unwrap_or(true)
+            } else {
+                // No link yet: an attach in progress, unless it is old.
+                std::fs::metadata(&dir)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().unwrap_or_default().as_secs() > 60)
+            };
+            dead && remove_dir(&dir).is_ok()
+        })
+        .count()
 }
 
 /// The namespaces that have a pin directory under `root`, by cookie.

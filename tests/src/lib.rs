@@ -337,3 +337,58 @@ impl Traffic {
         self.task.await.unwrap_or_default()
     }
 }
+
+/// Everything a redirection flavour puts in the namespace at `ns`, section by section: its
+/// iptables rules, its nftables tables (family inet: iptables-nft keeps its own in ip and
+/// ip6), its policy rules, the routes of tables 100 and 101
+/// and its eBPF pins. A section is empty when that flavour is not there.
+pub fn redirection_state(ns: &std::path::Path) -> String {
+    let run = |cmd: &str, args: &[&str]| netns::exec_at(ns, cmd, args).unwrap_or_default();
+    let iptables: Vec<String> = run("iptables-save", &[])
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(String::from)
+        .collect();
+    let pins = ebpf::cookie_at(ns)
+        .map(|c| {
+            let mut v: Vec<String> = std::fs::read_dir(ebpf::pin_dir(&ebpf::pin_root(), c))
+                .map(|d| {
+                    d.filter_map(|e| Some(e.ok()?.file_name().to_str()?.to_string()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            v.sort();
+            v.join(" ")
+        })
+        .unwrap_or_default();
+    format!(
+        "iptables:\n{}\nnft:\n{}\nrules:\n{}\ntable 100:\n{}\ntable 101:\n{}\npins:\n{pins}\n",
+        iptables.join("\n"),
+        run("nft", &["-s", "list", "ruleset", "inet"]),
+        run("ip", &["rule", "list"]),
+        run("ip", &["route", "list", "table", "100"]),
+        run("ip", &["route", "list", "table", "101"]),
+    )
+}
+
+/// One section of [`redirection_state`].
+pub fn state_section<'a>(state: &'a str, name: &str) -> &'a str {
+    let start = state
+        .find(&format!("{name}:\n"))
+        .map(|i| i + name.len() + 2)
+        .unwrap_or(state.len());
+    let rest = &state[start..];
+    let end = [
+        "iptables:\n",
+        "nft:\n",
+        "rules:\n",
+        "table 100:\n",
+        "table 101:\n",
+        "pins:\n",
+    ]
+    .iter()
+    .filter_map(|h| rest.find(h))
+    .min()
+    .unwrap_or(rest.len());
+    rest[..end].trim()
+}

@@ -97,8 +97,11 @@ impl Mesh {
     /// `keelson ARGS` on this mesh, to spawn (for commands that run on in the background).
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.bin);
-        cmd.args(args)
-            .env("KEELSON_HOME", &self.home)
+        cmd.args(args);
+        if args.first() == Some(&"up") && !args.contains(&"--redirect") {
+            cmd.args(["--redirect", testbed::redirect_under_test().name()]);
+        }
+        cmd.env("KEELSON_HOME", &self.home)
             .env("KEELSON_PREFIX", &self.prefix)
             .stdin(Stdio::null());
         cmd

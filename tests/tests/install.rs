@@ -218,6 +218,47 @@ fn cni_daemon_set_installs_into_the_node_directories_and_unchains_on_stop() {
 }
 
 #[test]
+fn ebpf_redirection_gives_the_agent_and_ztunnel_the_same_pin_root_on_the_node_bpffs() {
+    let env_of = |c: &Container, name: &str| {
+        c.env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    let docs = install(&["--set", "cni.redirect=ebpf"]);
+    let mut roots = Vec::new();
+    for ds in ["DaemonSet/keelson-cni", "DaemonSet/ztunnel"] {
+        let ds: DaemonSet = typed(&docs, ds);
+        let spec = pod(&ds);
+        let c = &spec.containers[0];
+        let root = PathBuf::from(env_of(c, "KEELSON_BPF_ROOT").expect("KEELSON_BPF_ROOT"));
+        // The pins are on the node's bpffs, at the same path inside and outside.
+        let (host, mount) = host_path_of(&spec, c, &root).unwrap();
+        assert_eq!(
+            (host.as_str(), mount.as_path()),
+            ("/sys/fs/bpf", Path::new("/sys/fs/bpf"))
+        );
+        roots.push(root);
+    }
+    assert_eq!(roots[0], roots[1]);
+    let agent: DaemonSet = typed(&docs, "DaemonSet/keelson-cni");
+    assert_eq!(
+        arg(
+            &pod(&agent).containers[0].args.clone().unwrap(),
+            "--redirect"
+        ),
+        "ebpf"
+    );
+    // Without eBPF, nothing of it.
+    let docs = install(&[]);
+    let ztunnel: DaemonSet = typed(&docs, "DaemonSet/ztunnel");
+    let c = &pod(&ztunnel).containers[0];
+    assert_eq!(env_of(c, "KEELSON_BPF_ROOT"), None);
+    assert!(!mounted(c, Path::new("/sys/fs/bpf")));
+}
+
+#[test]
 fn control_plane_ports_and_rbac_are_exactly_what_it_uses() {
     let docs = install(&[]);
     let svc: Service = typed(&docs, "Service/keelson");

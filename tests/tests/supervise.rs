@@ -84,13 +84,11 @@ fn killed_processes_are_started_again() {
 }
 
 fn in_pod_rules(mesh: &Mesh, pod: &str) -> String {
-    let out = mesh.exec(pod, &["iptables-save"]);
-    assert!(out.ok, "{}", out.stderr);
-    out.stdout
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .collect::<Vec<_>>()
-        .join("\n")
+    keelson_tests::redirection_state(&pod_netns(mesh, pod))
+}
+
+fn pod_netns(mesh: &Mesh, pod: &str) -> std::path::PathBuf {
+    netns::netns_path(mesh.pod(&format!("{pod}-0"))["netns"].as_str().unwrap())
 }
 
 fn enrolled(mesh: &Mesh, node: &str) -> Vec<String> {
@@ -126,7 +124,10 @@ fn a_restarted_node_agent_keeps_its_pods_captured() {
         "{pods_before:?}"
     );
     let rules_before = in_pod_rules(&mesh, "curl");
-    assert!(rules_before.contains("KEELSON"), "{rules_before}");
+    assert!(
+        cni_plugin::redirect::installed(&pod_netns(&mesh, "curl")),
+        "{rules_before}"
+    );
     let opened = |mesh: &Mesh| {
         let (_, m) = netns::http_get_at(
             &mesh.node_netns(&node),
@@ -146,9 +147,8 @@ fn a_restarted_node_agent_keeps_its_pods_captured() {
         if round == 2 {
             // As after a node reboot: the pod's rules are gone when the agent starts; it
             // must put them back, or the pod's traffic would bypass ztunnel.
-            let ns = mesh.pod("curl-0")["netns"].as_str().unwrap().to_string();
-            cni_plugin::redirect::remove(&netns::netns_path(&ns)).unwrap();
-            assert!(!in_pod_rules(&mesh, "curl").contains("KEELSON"));
+            cni_plugin::redirect::remove(&pod_netns(&mesh, "curl")).unwrap();
+            assert!(!cni_plugin::redirect::installed(&pod_netns(&mesh, "curl")));
         }
         kill(pid_of(&mesh, &format!("cni-agent/{node}")));
         let restarted = eventually(30, || {

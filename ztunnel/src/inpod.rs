@@ -43,6 +43,8 @@ struct Pod {
     inode: u64,
     info: ProxyWorkloadInfo,
     drain: Drain,
+    /// Its listeners as handed to its eBPF program, if it has one.
+    capture: Option<proxy::capture::Capture>,
 }
 
 /// One line of `/config_dump`'s `workloadState`.
@@ -96,7 +98,11 @@ impl WorkloadManager {
 
     /// Opens the pod's listeners in its namespace and starts serving. Fails (nothing left
     /// running) if any listener cannot be bound.
-    fn start(&self, info: &ProxyWorkloadInfo, netns: Arc<std::fs::File>) -> Result<Drain, String> {
+    fn start(
+        &self,
+        info: &ProxyWorkloadInfo,
+        netns: Arc<std::fs::File>,
+    ) -> Result<(Drain, Option<proxy::capture::Capture>), String> {
         let s = &self.shared;
         let drain = s.drain.child();
         let pi = ProxyInputs::for_pod(
@@ -110,9 +116,9 @@ impl WorkloadManager {
             info.clone(),
             Some(netns),
         );
-        proxy::start(&pi, s.dns_metrics.clone(), s.upstreams.clone())?;
+        let capture = proxy::start(&pi, s.dns_metrics.clone(), s.upstreams.clone())?;
         s.certs.prefetch(&pi.local_identity());
-        Ok(drain)
+        Ok((drain, capture))
     }
 
     /// Drains a pod's proxies in the background and forgets its certificate unless another
@@ -151,8 +157,10 @@ impl Handler for WorkloadManager {
                 let netns = std::fs::File::from(netns);
                 let inode = netns.metadata().map_err(|e| e.to_string())?.ino();
                 self.snapshot.insert(uid.clone());
-                if self.pods.get(&uid).is_some_and(|p| p.inode == inode) {
-                    return Ok(());
+                if let Some(pod) = self.pods.get(&uid).filter(|p| p.inode == inode) {
+                    // The same pod again (a new node agent's snapshot): its eBPF program may
+                    // have been attached anew, with an empty sockmap.
+                    return pod.capture.as_ref().map_or(Ok(()), |c| c.renew());
                 }
                 // Same pod, new namespace (sandbox recreated): replace.
                 self.stop(&uid);
@@ -161,9 +169,17 @@ impl Handler for WorkloadManager {
                     name: info.name,
                     service_account: info.service_account,
                 };
-                let drain = self.start(&info, Arc::new(netns))?;
+                let (drain, capture) = self.start(&info, Arc::new(netns))?;
                 tracing::info!(%uid, pod = %format!("{}/{}", info.namespace, info.name), "pod enrolled: proxies listening in its namespace");
-                self.pods.insert(uid, Pod { inode, info, drain });
+                self.pods.insert(
+                    uid,
+                    Pod {
+                        inode,
+                        info,
+                        drain,
+                        capture,
+                    },
+                );
                 Ok(())
             }
             Event::Keep { uid } => {

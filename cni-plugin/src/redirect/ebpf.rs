@@ -71,6 +71,22 @@ pub fn check() -> Result<()> {
     ebpf::check_kernel()
 }
 
+/// Removes the pins of pods whose namespace went without a DEL, saying how many.
+pub fn sweep() {
+    let n = ebpf::sweep(&pin_root());
+    if n > 0 {
+        eprintln!("keelson-cni: removed the eBPF pins of {n} pods whose namespace is gone");
+    }
+}
+
+/// Detaches the program from the namespace at `path` and removes its pins, leaving the
+/// routes: for a namespace about to be deleted.
+pub fn forget(path: &Path) {
+    if let Ok(cookie) = ebpf::cookie_at(path) {
+        let _ = ebpf::detach(&pin_root(), cookie);
+    }
+}
+
 /// Whether the program is attached in the namespace at `path`.
 pub fn installed(path: &Path) -> bool {
     ebpf::cookie_at(path).is_ok_and(|c| ebpf::attached(&pin_root(), c))

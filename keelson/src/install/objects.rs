@@ -328,6 +328,8 @@ fn ztunnel(v: &Values) -> DaemonSet {
             ..Default::default()
         },
     ];
+    let (mut container, mut volumes) = (container, volumes);
+    with_bpffs(v, &mut container, &mut volumes);
     daemon_set(
         v,
         ZTUNNEL,
@@ -421,6 +423,15 @@ fn cni(v: &Values) -> DaemonSet {
         ]),
         ..Default::default()
     };
+    let mut agent = agent;
+    let mut volumes = vec![
+        host_path("cni-bin-dir", &v.cni.bin_dir, "DirectoryOrCreate"),
+        host_path("cni-net-dir", &v.cni.conf_dir, "DirectoryOrCreate"),
+        host_path("agent-socket", AGENT_SOCKET_DIR, "DirectoryOrCreate"),
+        host_path("ztunnel-socket", &zds_dir, "DirectoryOrCreate"),
+        host_path("netns", "/var/run/netns", "DirectoryOrCreate"),
+    ];
+    with_bpffs(v, &mut agent, &mut volumes);
     daemon_set(
         v,
         CNI,
@@ -431,16 +442,31 @@ fn cni(v: &Values) -> DaemonSet {
             host_network: Some(true),
             init_containers: Some(vec![install]),
             containers: vec![agent],
-            volumes: Some(vec![
-                host_path("cni-bin-dir", &v.cni.bin_dir, "DirectoryOrCreate"),
-                host_path("cni-net-dir", &v.cni.conf_dir, "DirectoryOrCreate"),
-                host_path("agent-socket", AGENT_SOCKET_DIR, "DirectoryOrCreate"),
-                host_path("ztunnel-socket", &zds_dir, "DirectoryOrCreate"),
-                host_path("netns", "/var/run/netns", "DirectoryOrCreate"),
-            ]),
+            volumes: Some(volumes),
             ..node_pod()
         },
     )
+}
+
+/// With eBPF redirection, the agent pins each pod's program under the node's bpffs and
+/// ztunnel opens the pins there (docs/KUBERNETES.md, "eBPF redirection"): both mount
+/// /sys/fs/bpf and are told where the pins go.
+fn with_bpffs(v: &Values, container: &mut Container, volumes: &mut Vec<Volume>) {
+    if v.cni.redirect != "ebpf" {
+        return;
+    }
+    container
+        .env
+        .get_or_insert_with(Vec::new)
+        .push(env("KEELSON_BPF_ROOT", "/sys/fs/bpf/keelson"));
+    container
+        .volume_mounts
+        .get_or_insert_with(Vec::new)
+        .push(VolumeMount {
+            mount_propagation: Some("HostToContainer".into()),
+            ..mount("bpffs", "/sys/fs/bpf")
+        });
+    volumes.push(host_path("bpffs", "/sys/fs/bpf", "Directory"));
 }
 
 /// What every per-node pod has: it runs on every node, before anything else is scheduled.

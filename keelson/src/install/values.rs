@@ -173,7 +173,7 @@ impl Values {
         one_of(
             "cni.redirect",
             &self.cni.redirect,
-            &["iptables", "nftables"],
+            &["iptables", "nftables", "ebpf"],
         )?;
         one_of(
             "imagePullPolicy",
@@ -257,8 +257,9 @@ mod tests {
         assert!(e.contains("controlPlane.replicas"), "{e}");
         let e = Values::load(None, &["mode=linkerd".into()]).unwrap_err();
         assert!(e.contains("mode"), "{e}");
-        let e = Values::load(None, &["cni.redirect=ebpf".into()]).unwrap_err();
+        let e = Values::load(None, &["cni.redirect=bpfilter".into()]).unwrap_err();
         assert!(e.contains("cni.redirect"), "{e}");
+        assert!(Values::load(None, &["cni.redirect=ebpf".into()]).is_ok());
         assert_eq!(Values::load(None, &[]).unwrap(), Values::default());
         assert_eq!(
             Values::load(None, &["mode=istiod".into()]).unwrap().mode,

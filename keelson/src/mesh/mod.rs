@@ -76,6 +76,12 @@ pub fn up(paths: &Paths, opts: &UpOptions) -> Result<MeshState> {
             m
         }
     };
+    if opts.redirect == cni_plugin::redirect::Redirect::Ebpf {
+        // Here, in the machine's mount namespace: the node agents and ztunnels run under `ip
+        // netns exec`, whose own mounts would not be seen by one another.
+        cni_plugin::redirect::ebpf::check()
+            .context("--redirect ebpf: this kernel or these privileges cannot run it")?;
+    }
     if paths.state_file().exists() || !leftover_netns(paths).is_empty() {
         say("cleaning up a previous local mesh");
         down(paths)?;
@@ -429,6 +435,12 @@ pub fn down(paths: &Paths) -> Result<()> {
     names.sort_by_key(|n| (!n.contains("-pod-"), n.contains("fabric")));
     for n in &names {
         netns::kill_all_in(n);
+    }
+    if cni_plugin::redirect::ebpf::pin_root().exists() {
+        // The namespaces take eBPF programs with them; their pins on bpffs are removed here.
+        for n in names.iter().filter(|n| n.contains("-pod-")) {
+            cni_plugin::redirect::ebpf::forget(&netns::netns_path(n));
+        }
     }
     for n in &names {
         netns::delete(n);

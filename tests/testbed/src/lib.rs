@@ -97,8 +97,21 @@ pub struct Options {
     /// One shared (in-pod mode) ztunnel for all meshed pods, on one node, fed pods by a node
     /// agent over ZDS, instead of a dedicated ztunnel per pod. Needs a control plane.
     pub shared_ztunnel: bool,
-    /// The node agent's in-pod rules: iptables or nftables (shared mode).
+    /// How meshed pods are redirected: iptables, nftables or eBPF. The default is
+    /// [`redirect_under_test`].
     pub redirect: cni_plugin::redirect::Redirect,
+}
+
+/// The redirection the suites run with: `KEELSON_TEST_REDIRECT` (iptables, nftables, ebpf),
+/// else iptables. scripts/test.sh runs the whole suite with iptables and the in-pod, mesh,
+/// DNS, authorization and waypoint suites again with eBPF.
+pub fn redirect_under_test() -> cni_plugin::redirect::Redirect {
+    match std::env::var("KEELSON_TEST_REDIRECT") {
+        Ok(v) if !v.is_empty() => v
+            .parse()
+            .unwrap_or_else(|e| panic!("KEELSON_TEST_REDIRECT: {e}")),
+        _ => cni_plugin::redirect::Redirect::Iptables,
+    }
 }
 
 impl Default for Options {
@@ -115,7 +128,7 @@ impl Default for Options {
             policies_yaml: None,
             source: Source::LocalFiles,
             shared_ztunnel: false,
-            redirect: cni_plugin::redirect::Redirect::Iptables,
+            redirect: redirect_under_test(),
         }
     }
 }
@@ -227,7 +240,7 @@ impl Testbed {
                 continue;
             }
             let ns = tb.pod(&p.name);
-            cni_plugin::redirect::install(&ns.path(), cni_plugin::redirect::Redirect::Iptables)?;
+            cni_plugin::redirect::install(&ns.path(), tb.opts.redirect)?;
             let yaml = tb.dir.join(format!("{}.yaml", p.name));
             std::fs::write(&yaml, tb.wds_yaml(Some(&p)))?;
             let proc = tb.spawn_ztunnel(&bin, &p, &yaml)?;
@@ -760,6 +773,12 @@ impl Drop for Testbed {
     fn drop(&mut self) {
         self.ztunnels.clear();
         self.agent = None;
+        if self.opts.redirect == cni_plugin::redirect::Redirect::Ebpf {
+            // The namespaces go with the LAN; their programs' pins would stay on bpffs.
+            for (idx, _) in self.pods.values() {
+                cni_plugin::redirect::ebpf::forget(&self.lan.pod(*idx).path());
+            }
+        }
         self.controlplane = None;
         if std::env::var_os("KEELSON_KEEP_TESTBED").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
