@@ -23,7 +23,8 @@ echo "== test";   cargo test --workspace -- --test-threads=4
 # suite above ran with iptables; the nftables and eBPF flavours also have their own tests).
 echo "== test (eBPF redirection)"
 KEELSON_TEST_REDIRECT=ebpf cargo test -p keelson-tests \
-  --test inpod --test mesh --test dns --test authz --test waypoint --test supervise -- --test-threads=4
+  --test inpod --test mesh --test dns --test authz --test waypoint --test supervise \
+  --test l4 --test policy_matrix --test drain -- --test-threads=4
 # Every fuzz target for a bounded time (docs/HARDENING.md; longer runs: scripts/fuzz.sh N).
 echo "== fuzz";   bash scripts/fuzz.sh 10
 leftover=$(ip netns list | grep -c '^kt' || true)

@@ -23,10 +23,12 @@ fn the_local_mesh_runs_bookinfo_with_mtls_between_nodes() {
     assert!(up.contains("local mesh ready: 7 pods on 2 nodes"), "{up}");
     assert!(up.contains("exec curl-0 -- curl"), "{up}");
     let status = mesh.ok(&["status"]);
+    // Each pod says how it is redirected (the suite's flavour, KEELSON_TEST_REDIRECT).
+    let flavour = format!(" {} ", keelson_tests::testbed::redirect_under_test().name());
     for pod in ["productpage-v1-0", "reviews-v2-0", "ratings-v1-0", "curl-0"] {
         let line = status.lines().find(|l| l.contains(pod)).unwrap_or_default();
         assert!(
-            line.contains(" yes ") && line.contains("Running"),
+            line.contains(" yes ") && line.contains(&flavour) && line.contains("Running"),
             "{status}"
         );
     }
@@ -120,6 +122,20 @@ fn the_local_mesh_runs_bookinfo_with_mtls_between_nodes() {
             "plaintext {:?} on the wire",
             String::from_utf8_lossy(plain)
         );
+    }
+
+    // With eBPF redirection, status shows each pod's program and what it captured.
+    if flavour == " ebpf " {
+        let status = mesh.ok(&["status"]);
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("default/curl-0 "))
+            .unwrap_or_default();
+        let outbound: u64 = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("outbound=")?.parse().ok())
+            .unwrap_or(0);
+        assert!(outbound >= 2 && line.contains("dns="), "{status}");
     }
 
     // ztunnel's access log names both identities.

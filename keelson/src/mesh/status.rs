@@ -99,30 +99,70 @@ pub fn status(paths: &Paths) -> Result<String> {
     }
     writeln!(
         out,
-        "\nNAMESPACE   POD                     NODE     IP             MESH  STATUS"
+        "\nNAMESPACE   POD                     NODE     IP             MESH  REDIRECT  STATUS"
     )?;
     if let Some(sup) = state.procs.iter().find(|p| p.role == "supervisor") {
         writeln!(out, "supervisor: {}", alive(sup))?;
     }
+    let mut programs = String::new();
     for p in &state.pods {
         let running = p.procs.iter().all(|pr| supervisor.current(pr).alive());
-        let enrolled = cni_plugin::redirect::installed(&netns::netns_path(&p.netns));
+        let path = netns::netns_path(&p.netns);
+        let flavour = cni_plugin::redirect::installed_flavour(&path);
         writeln!(
             out,
-            "{:<11} {:<23} {:<8} {:<14} {:<5} {}",
+            "{:<11} {:<23} {:<8} {:<14} {:<5} {:<9} {}",
             p.namespace,
             p.name,
             p.node,
             p.ip,
-            if enrolled { "yes" } else { "no" },
+            if flavour.is_some() { "yes" } else { "no" },
+            flavour.map_or("-", |f| f.name()),
             if running { "Running" } else { "EXITED" }
         )?;
+        if flavour == Some(cni_plugin::redirect::Redirect::Ebpf) {
+            writeln!(
+                programs,
+                "{:<35} {}",
+                format!("{}/{}", p.namespace, p.name),
+                ebpf_line(&path)
+            )?;
+        }
+    }
+    if !programs.is_empty() {
+        writeln!(
+            out,
+            "\nEBPF PROGRAM (sk_lookup)            PINS AND LOOKUPS SO FAR"
+        )?;
+        out.push_str(&programs);
     }
     writeln!(out, "\nSERVICE                         CLUSTER-IP")?;
     for (name, ip) in &state.services {
         writeln!(out, "{name:<31} {ip}")?;
     }
     Ok(out)
+}
+
+/// Where a pod's eBPF program is pinned and how its lookups ended (docs/ARCHITECTURE.md,
+/// "eBPF redirection").
+fn ebpf_line(netns: &std::path::Path) -> String {
+    let root = ebpf::pin_root();
+    let Ok(cookie) = ebpf::cookie_at(netns) else {
+        return "namespace unreadable".into();
+    };
+    let dir = ebpf::pin_dir(&root, cookie);
+    match ebpf::counters(&root, cookie) {
+        Ok(c) => format!(
+            "{} outbound={} inbound={} dns={} passed={} no_listener={}",
+            dir.display(),
+            c.outbound,
+            c.inbound,
+            c.dns,
+            c.passed,
+            c.no_listener
+        ),
+        Err(e) => format!("{}: {e:#}", dir.display()),
+    }
 }
 
 /// The node table: each node's address, pod range, processes and ztunnel readiness.
