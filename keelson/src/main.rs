@@ -22,9 +22,10 @@ const USAGE: &str = "usage:
       run a bundled demo app (productpage, details, reviews, ratings, echo; raw: a
       hand-written HTTP/1.1 server for framing tests)
   keelson bench l4 [--json] [--runs N] [--seconds N] [--idle-connections N] [--scaling]
+                   [--redirect iptables,nftables,ebpf]
       (--scaling: throughput at 1, 10, 100 streams, direct and with 1 and 2 ztunnel threads)
   keelson bench l7 [--json] [--runs N] [--seconds N] [--rate R] [--setups direct,ztunnel,waypoint]
-                   [--node-links threaded|inline]
+                   [--node-links threaded|inline] [--redirect iptables|nftables|ebpf]
       two pods in network namespaces, measured direct and through two ztunnels;
       each figure is the median of N runs (default 3)
   keelson controlplane (--resources DIR | --kubernetes [--kubeconfig FILE]
@@ -126,6 +127,14 @@ fn bench_l4(args: &[&str]) -> anyhow::Result<()> {
                     .ok_or_else(|| anyhow::anyhow!("--idle-connections needs a value"))?
                     .parse()?
             }
+            "--redirect" => {
+                opts.redirects = it
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("--redirect needs a value"))?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<anyhow::Result<_>>()?
+            }
             other => anyhow::bail!("unknown option {other}\n{USAGE}"),
         }
     }
@@ -163,6 +172,12 @@ fn bench_l7(args: &[&str]) -> anyhow::Result<()> {
             "--seconds" => opts.seconds = value("--seconds", &mut it)?,
             "--runs" => opts.runs = value("--runs", &mut it)? as usize,
             "--rate" => opts.rate = value("--rate", &mut it)?,
+            "--redirect" => {
+                opts.redirect = it
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("--redirect needs a value"))?
+                    .parse()?
+            }
             "--node-links" => {
                 opts.threaded_links = match it.next().copied() {
                     Some("threaded") => true,

@@ -1,6 +1,7 @@
-//! `keelson bench l4`: the same two-pod topology measured twice in one run, once with no
-//! proxy (pods outside the mesh) and once through two ztunnels over HBONE. Every transfer is
-//! verified (byte counts echoed back by the server). Results as a table or one JSON object.
+//! `keelson bench l4`: the same two-pod topology measured in one run with no proxy (pods
+//! outside the mesh) and through two ztunnels over HBONE, once per redirection flavour asked
+//! for (`--redirect iptables,nftables,ebpf`). Every transfer is verified (byte counts echoed
+//! back by the server). Results as a table or one JSON object.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -10,7 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 
-use super::stats::{cpu_seconds, median_of, median_of_some, percentile, rss_kib};
+use super::stats::{
+    cpu_seconds, machine_busy_seconds, median_of, median_of_some, percentile, rss_kib,
+};
+use cni_plugin::redirect::Redirect;
 use testbed::{Options, PodSpec, Testbed};
 
 const SINK_PORT: u16 = 5001;
@@ -25,6 +29,8 @@ pub struct BenchOptions {
     pub idle_connections: usize,
     /// Runs per setup; each figure is the median over the runs.
     pub runs: usize,
+    /// How the meshed pods are redirected; one mesh setup per entry, in this order.
+    pub redirects: Vec<Redirect>,
 }
 
 impl Default for BenchOptions {
@@ -33,6 +39,7 @@ impl Default for BenchOptions {
             seconds: 4.0,
             idle_connections: 1000,
             runs: 3,
+            redirects: vec![Redirect::Iptables],
         }
     }
 }
@@ -51,19 +58,30 @@ pub struct Figures {
     pub cpu_s_per_gb: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_kib_per_idle_conn: Option<f64>,
+    /// Busy CPU of the whole machine (kernel included) per connection made, over the
+    /// connection-rate phase, in µs.
+    pub machine_cpu_us_per_conn: f64,
+    /// The same per 1 KiB request/response (8 packets through the path), over the fixed-rate
+    /// phase, in µs.
+    pub machine_cpu_us_per_request: f64,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub direct: Figures,
+    /// The first redirection asked for.
     pub mesh: Figures,
+    /// Every redirection asked for, by name (`iptables`, `nftables`, `ebpf`).
+    pub by_redirect: Vec<(String, Figures)>,
 }
 
-/// Runs direct and mesh alternately `opts.runs` times (so drift hits both alike) and reports
-/// the median of each figure.
+/// Runs direct and each mesh setup alternately `opts.runs` times (so drift hits all alike)
+/// and reports the median of each figure.
 pub fn run_l4(opts: &BenchOptions) -> Result<Report> {
     netns::raise_fd_limit();
-    let (mut direct, mut mesh) = (Vec::new(), Vec::new());
+    ensure!(!opts.redirects.is_empty(), "no redirection to measure");
+    let mut direct = Vec::new();
+    let mut mesh: Vec<Vec<Figures>> = vec![Vec::new(); opts.redirects.len()];
     for run in 1..=opts.runs.max(1) {
         eprintln!("bench run {run}: direct (no proxy)");
         let tb = Testbed::start(Options {
@@ -72,16 +90,29 @@ pub fn run_l4(opts: &BenchOptions) -> Result<Report> {
         })?;
         direct.push(measure(&tb, opts, false)?);
         drop(tb);
-        eprintln!("bench run {run}: mesh (client → ztunnel → HBONE → ztunnel → server)");
-        let tb = Testbed::start(Options {
-            env: vec![("RUST_LOG".into(), "warn".into())],
-            ..Options::default()
-        })?;
-        mesh.push(measure(&tb, opts, true)?);
+        for (i, redirect) in opts.redirects.iter().enumerate() {
+            eprintln!(
+                "bench run {run}: mesh, {} redirection (client → ztunnel → HBONE → ztunnel → server)",
+                redirect.name()
+            );
+            let tb = Testbed::start(Options {
+                env: vec![("RUST_LOG".into(), "warn".into())],
+                redirect: *redirect,
+                ..Options::default()
+            })?;
+            mesh[i].push(measure(&tb, opts, true)?);
+        }
     }
+    let by_redirect: Vec<(String, Figures)> = opts
+        .redirects
+        .iter()
+        .zip(&mesh)
+        .map(|(r, runs)| (r.name().to_string(), median_figures(runs)))
+        .collect();
     Ok(Report {
         direct: median_figures(&direct),
-        mesh: median_figures(&mesh),
+        mesh: by_redirect[0].1.clone(),
+        by_redirect,
     })
 }
 
@@ -189,6 +220,8 @@ fn median_figures(runs: &[Figures]) -> Figures {
         vcpu_per_1k_rps: med_opt(|f| f.vcpu_per_1k_rps),
         cpu_s_per_gb: med_opt(|f| f.cpu_s_per_gb),
         rss_kib_per_idle_conn: med_opt(|f| f.rss_kib_per_idle_conn),
+        machine_cpu_us_per_conn: med(|f| f.machine_cpu_us_per_conn),
+        machine_cpu_us_per_request: med(|f| f.machine_cpu_us_per_request),
     }
 }
 
@@ -228,9 +261,10 @@ fn measure(tb: &Testbed, opts: &BenchOptions, mesh: bool) -> Result<Figures> {
     }
     fig.throughput_8_gbps = throughput(&connect, 8, opts.seconds)?.0;
 
-    let c0 = cpu.total()?;
+    let (c0, m0) = (cpu.total()?, machine_busy_seconds()?);
     let (lat, rps) = fixed_rate(&connect, 4, 1000.0, opts.seconds)?;
-    let c1 = cpu.total()?;
+    let (c1, m1) = (cpu.total()?, machine_busy_seconds()?);
+    fig.machine_cpu_us_per_request = (m1 - m0) * 1e6 / (rps * opts.seconds);
     fig.latency_p50_us = percentile(&lat, 50.0);
     fig.latency_p99_us = percentile(&lat, 99.0);
     if mesh {
@@ -238,7 +272,11 @@ fn measure(tb: &Testbed, opts: &BenchOptions, mesh: bool) -> Result<Figures> {
     }
     let nc = new_connections(&connect, 200.0, opts.seconds.min(3.0))?;
     fig.newconn_p50_us = percentile(&nc, 50.0);
-    fig.connections_per_s = connection_rate(&connect, 16, opts.seconds.min(3.0))?;
+    let secs = opts.seconds.min(3.0);
+    let m0 = machine_busy_seconds()?;
+    fig.connections_per_s = connection_rate(&connect, 16, secs)?;
+    let m1 = machine_busy_seconds()?;
+    fig.machine_cpu_us_per_conn = (m1 - m0) * 1e6 / (fig.connections_per_s * secs).max(1.0);
     if mesh {
         fig.rss_kib_per_idle_conn = Some(idle_rss(tb, &connect, &cpu.0, opts.idle_connections)?);
     }
@@ -533,6 +571,53 @@ pub fn table(r: &Report) -> String {
     out += &format!(
         "RSS per idle connection, both ztunnels:     {} KiB\n",
         opt(m.rss_kib_per_idle_conn)
+    );
+    if r.by_redirect.len() > 1 {
+        out += "\n";
+        out += &redirect_table(r);
+    }
+    out
+}
+
+/// The redirection flavours side by side: each figure with its ratio to no proxy, then what
+/// the last flavour saves against the first.
+pub fn redirect_table(r: &Report) -> String {
+    let d = &r.direct;
+    let mut out = format!("{:<34} {:>12}", "figure (ratio to direct)", "direct");
+    for (name, _) in &r.by_redirect {
+        out += &format!(" {:>18}", name);
+    }
+    out += "\n";
+    let rows: [(&str, fn(&Figures) -> f64); 8] = [
+        ("throughput, 1 stream (Gbit/s)", |f| f.throughput_1_gbps),
+        ("throughput, 8 streams (Gbit/s)", |f| f.throughput_8_gbps),
+        ("1 KiB RR @1k/s p50 (µs)", |f| f.latency_p50_us),
+        ("1 KiB RR @1k/s p99 (µs)", |f| f.latency_p99_us),
+        ("new connection + RR p50 (µs)", |f| f.newconn_p50_us),
+        ("new connections per second", |f| f.connections_per_s),
+        ("machine CPU per connection (µs)", |f| {
+            f.machine_cpu_us_per_conn
+        }),
+        ("machine CPU per 1 KiB RR (µs)", |f| {
+            f.machine_cpu_us_per_request
+        }),
+    ];
+    for (name, get) in rows {
+        out += &format!("{name:<34} {:>12.2}", get(d));
+        for (_, m) in &r.by_redirect {
+            out += &format!(" {:>10.2} ({:>5.2})", get(m), get(m) / get(d));
+        }
+        out += "\n";
+    }
+    let (Some((first, a)), Some((last, b))) = (r.by_redirect.first(), r.by_redirect.last()) else {
+        return out;
+    };
+    out += &format!(
+        "{last} against {first}: {:+.1} µs machine CPU per connection, {:+.2} µs per 1 KiB RR, {:+.0} connections/s, p99 {:+.0} µs\n",
+        b.machine_cpu_us_per_conn - a.machine_cpu_us_per_conn,
+        b.machine_cpu_us_per_request - a.machine_cpu_us_per_request,
+        b.connections_per_s - a.connections_per_s,
+        b.latency_p99_us - a.latency_p99_us,
     );
     out
 }

@@ -41,6 +41,8 @@ pub struct L7Options {
     /// process's CPU is its own node's share; `false`: plain veths, where a sender's `write`
     /// also runs the receiving node's packet path.
     pub threaded_links: bool,
+    /// How the mesh's pods are redirected.
+    pub redirect: cni_plugin::redirect::Redirect,
 }
 
 impl Default for L7Options {
@@ -51,6 +53,7 @@ impl Default for L7Options {
             rate: 1000.0,
             setups: SETUPS.iter().map(|s| s.to_string()).collect(),
             threaded_links: true,
+            redirect: cni_plugin::redirect::Redirect::Iptables,
         }
     }
 }
@@ -131,6 +134,7 @@ pub fn run(opts: &L7Options) -> Result<L7Report> {
         &paths,
         &UpOptions {
             source: Some(file),
+            redirect: opts.redirect,
             ..UpOptions::default()
         },
     )
