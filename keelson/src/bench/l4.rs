@@ -579,6 +579,9 @@ pub fn table(r: &Report) -> String {
     out
 }
 
+/// A figure's name and how to read it.
+type FigureRow = (&'static str, fn(&Figures) -> f64);
+
 /// The redirection flavours side by side: each figure with its ratio to no proxy, then what
 /// the last flavour saves against the first.
 pub fn redirect_table(r: &Report) -> String {
@@ -588,7 +591,7 @@ pub fn redirect_table(r: &Report) -> String {
         out += &format!(" {:>18}", name);
     }
     out += "\n";
-    let rows: [(&str, fn(&Figures) -> f64); 8] = [
+    let rows: [FigureRow; 8] = [
         ("throughput, 1 stream (Gbit/s)", |f| f.throughput_1_gbps),
         ("throughput, 8 streams (Gbit/s)", |f| f.throughput_8_gbps),
         ("1 KiB RR @1k/s p50 (µs)", |f| f.latency_p50_us),
