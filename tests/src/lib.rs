@@ -365,9 +365,11 @@ pub fn redirection_state(ns: &std::path::Path) -> String {
         "iptables:\n{}\nnft:\n{}\nrules:\n{}\ntable 100:\n{}\ntable 101:\n{}\npins:\n{pins}\n",
         iptables.join("\n"),
         run("nft", &["-s", "list", "ruleset", "inet"]),
-        run("ip", &["rule", "list"]),
-        run("ip", &["route", "list", "table", "100"]),
-        run("ip", &["route", "list", "table", "101"]),
+        run("ip", &["rule", "list"]) + &run("ip", &["-6", "rule", "list"]),
+        run("ip", &["route", "list", "table", "100"])
+            + &run("ip", &["-6", "route", "list", "table", "100"]),
+        run("ip", &["route", "list", "table", "101"])
+            + &run("ip", &["-6", "route", "list", "table", "101"]),
     )
 }
 

@@ -482,3 +482,54 @@ async fn the_ebpf_flavour_captures_the_same_way_without_netfilter() {
     })
     .await;
 }
+
+/// IPv6 through the eBPF flavour: pods with a v6 address get v6 routes and their v6 address
+/// in the program's map; outbound v6 TCP goes through the client's ztunnel (passed through,
+/// the address is not in the mesh), and arrives at the server pod's ztunnel on 15006.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ebpf_flavour_captures_ipv6_too() {
+    let tb = Testbed::start(Options {
+        pods: vec![
+            PodSpec::meshed("client"),
+            PodSpec::meshed("server").serving_echo(8080),
+        ],
+        source: Source::ControlPlane,
+        shared_ztunnel: true,
+        redirect: cni_plugin::redirect::Redirect::Ebpf,
+        ..Options::default()
+    })
+    .unwrap();
+    for (pod, addr) in [("client", "fd00:10::2/64"), ("server", "fd00:10::3/64")] {
+        let ns = tb.pod(pod);
+        ns.ip(&["-6", "addr", "add", addr, "dev", "eth0", "nodad"])
+            .unwrap();
+        // Enrolled again, so that the flavour sees the new address.
+        tb.cni("DEL", pod).unwrap();
+        tb.cni("ADD", pod).unwrap();
+        let state = redirection_state(&ns.path());
+        assert!(
+            state_section(&state, "rules").contains("to fd00:10::"),
+            "{state}"
+        );
+    }
+    let server = SocketAddr::from(("fd00:10::3".parse::<std::net::Ipv6Addr>().unwrap(), 8080));
+    let l =
+        tokio::net::TcpListener::from_std(tb.pod("server").tcp_listen(server).unwrap()).unwrap();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut s, _)) = l.accept().await {
+            let _ = s.write_all(b"server over v6").await;
+        }
+    });
+    let counters = |pod: &str| {
+        let c = ebpf::cookie_at(&tb.pod(pod).path()).unwrap();
+        ebpf::counters(&ebpf::pin_root(), c).unwrap()
+    };
+    let (client_before, server_before) = (counters("client"), counters("server"));
+    assert_eq!(
+        greeting(&tb, "client", server).await.as_deref(),
+        Some("server over v6")
+    );
+    assert_eq!(counters("client").outbound, client_before.outbound + 1);
+    assert_eq!(counters("server").inbound, server_before.inbound + 1);
+}
