@@ -54,20 +54,3 @@ pub fn rss_kib(pid: u32) -> Result<f64> {
         .context("bad VmRSS")?
         .parse()?)
 }
-
-/// Busy CPU seconds of the whole machine so far, every core and the kernel's own work
-/// (softirq, where packet filtering and NAT run) included: /proc/stat's first line less idle
-/// and iowait.
-pub fn machine_busy_seconds() -> Result<f64> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let line = stat.lines().next().context("empty /proc/stat")?;
-    let f: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .map(|v| v.parse::<f64>())
-        .collect::<Result<_, _>>()?;
-    anyhow::ensure!(f.len() == 8, "short /proc/stat line");
-    // user nice system idle iowait irq softirq steal, in 1/100 s.
-    Ok((f.iter().sum::<f64>() - f[3] - f[4]) / 100.0)
-}
