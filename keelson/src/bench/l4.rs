@@ -605,6 +605,7 @@ pub fn redirect_table(r: &Report) -> String {
         ("new connections per second", |f| f.connections_per_s),
         ("path CPU per connection (µs)", |f| f.path_cpu_us_per_conn),
         ("path CPU per 1 KiB RR (µs)", |f| f.path_cpu_us_per_request),
+        ("path CPU per GB, 1 stream (s)", |f| f.path_cpu_s_per_gb),
     ];
     for (name, get) in rows {
         out += &format!("{name:<34} {:>12.2}", get(d));
@@ -617,9 +618,10 @@ pub fn redirect_table(r: &Report) -> String {
         return out;
     };
     out += &format!(
-        "{last} against {first}: {:+.1} µs path CPU per connection, {:+.2} µs per 1 KiB RR, {:+.0} connections/s, p99 {:+.0} µs\n",
+        "{last} against {first}: {:+.1} µs path CPU per connection, {:+.2} µs per 1 KiB RR, {:+.3} s per GB, {:+.0} connections/s, p99 {:+.0} µs\n",
         b.path_cpu_us_per_conn - a.path_cpu_us_per_conn,
         b.path_cpu_us_per_request - a.path_cpu_us_per_request,
+        b.path_cpu_s_per_gb - a.path_cpu_s_per_gb,
         b.connections_per_s - a.connections_per_s,
         b.latency_p99_us - a.latency_p99_us,
     );
