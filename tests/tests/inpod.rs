@@ -533,3 +533,37 @@ async fn the_ebpf_flavour_captures_ipv6_too() {
     assert_eq!(counters("client").outbound, client_before.outbound + 1);
     assert_eq!(counters("server").inbound, server_before.inbound + 1);
 }
+
+/// A node agent asked for eBPF redirection without the privileges for it stops at start,
+/// saying what is missing, before it takes any pod.
+#[test]
+fn an_agent_that_cannot_load_the_ebpf_program_says_why_at_start() {
+    let dir = std::env::temp_dir().join(format!("keelson-noebpf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = netns::find_binary("keelson-cni").unwrap();
+    // Root, but with every capability dropped from the bounding set: no CAP_BPF, no
+    // CAP_SYS_ADMIN, as in a container not granted them.
+    let out = std::process::Command::new("setpriv")
+        .args(["--bounding-set=-all", "--inh-caps=-all", "--"])
+        .arg(&bin)
+        .args(["agent", "--redirect", "ebpf", "--socket"])
+        .arg(dir.join("cni.sock"))
+        .arg("--zds-socket")
+        .arg(dir.join("ztunnel.sock"))
+        .arg("--resources")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("eBPF redirection is not available"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("CAP_"),
+        "the missing capability is named: {stderr}"
+    );
+    assert!(!dir.join("cni.sock").exists());
+}
