@@ -22,7 +22,9 @@ const USAGE: &str = "usage:
       run a bundled demo app (productpage, details, reviews, ratings, echo; raw: a
       hand-written HTTP/1.1 server for framing tests)
   keelson bench l4 [--json] [--runs N] [--seconds N] [--idle-connections N] [--scaling]
-                   [--redirect iptables,nftables,ebpf]
+                   [--redirect iptables,nftables,ebpf] [--anchor ZTUNNEL]
+      (--anchor: another ztunnel taking upstream's command line, e.g. the upstream ztunnel,
+       measured in the same run against Keelson's control plane)
       (--scaling: throughput at 1, 10, 100 streams, direct and with 1 and 2 ztunnel threads)
   keelson bench l7 [--json] [--runs N] [--seconds N] [--rate R] [--setups direct,ztunnel,waypoint]
                    [--node-links threaded|inline] [--redirect iptables|nftables|ebpf]
@@ -126,6 +128,13 @@ fn bench_l4(args: &[&str]) -> anyhow::Result<()> {
                     .next()
                     .ok_or_else(|| anyhow::anyhow!("--idle-connections needs a value"))?
                     .parse()?
+            }
+            "--anchor" => {
+                opts.anchor = Some(
+                    it.next()
+                        .ok_or_else(|| anyhow::anyhow!("--anchor needs a ztunnel binary"))?
+                        .into(),
+                )
             }
             "--redirect" => {
                 opts.redirects = it

@@ -29,6 +29,10 @@ pub struct BenchOptions {
     pub runs: usize,
     /// How the meshed pods are redirected; one mesh setup per entry, in this order.
     pub redirects: Vec<Redirect>,
+    /// Another ztunnel binary taking upstream's command line and environment (the upstream
+    /// ztunnel), measured in the same topology as a third setup. With it, both meshes take
+    /// their configuration and certificates from Keelson's control plane.
+    pub anchor: Option<std::path::PathBuf>,
 }
 
 impl Default for BenchOptions {
@@ -38,6 +42,7 @@ impl Default for BenchOptions {
             idle_connections: 1000,
             runs: 3,
             redirects: vec![Redirect::Iptables],
+            anchor: None,
         }
     }
 }
@@ -66,6 +71,9 @@ pub struct Figures {
     pub path_cpu_us_per_request: f64,
     /// The same per GB of the single-stream transfer (bulk packets), in seconds.
     pub path_cpu_s_per_gb: f64,
+    /// Both ztunnels' RSS together once warm (one connection made and closed), before load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_idle_kib: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -75,6 +83,9 @@ pub struct Report {
     pub mesh: Figures,
     /// Every redirection asked for, by name (`iptables`, `nftables`, `ebpf`).
     pub by_redirect: Vec<(String, Figures)>,
+    /// The anchor ztunnel (`--anchor`), redirected like the first entry of `by_redirect`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<Figures>,
 }
 
 /// Runs direct and each mesh setup alternately `opts.runs` times (so drift hits all alike)
@@ -84,6 +95,14 @@ pub fn run_l4(opts: &BenchOptions) -> Result<Report> {
     ensure!(!opts.redirects.is_empty(), "no redirection to measure");
     let mut direct = Vec::new();
     let mut mesh: Vec<Vec<Figures>> = vec![Vec::new(); opts.redirects.len()];
+    let mut anchor = Vec::new();
+    // The anchor needs the control plane; Keelson's meshes then use it too, for a like
+    // comparison (the data path is the same either way).
+    let source = if opts.anchor.is_some() {
+        testbed::Source::ControlPlane
+    } else {
+        testbed::Source::LocalFiles
+    };
     for run in 1..=opts.runs.max(1) {
         eprintln!("bench run {run}: direct (no proxy)");
         let tb = Testbed::start(Options {
@@ -100,9 +119,22 @@ pub fn run_l4(opts: &BenchOptions) -> Result<Report> {
             let tb = Testbed::start(Options {
                 env: vec![("RUST_LOG".into(), "warn".into())],
                 redirect: *redirect,
+                source,
                 ..Options::default()
             })?;
             mesh[i].push(measure(&tb, opts, true)?);
+        }
+        if let Some(bin) = &opts.anchor {
+            eprintln!("bench run {run}: anchor {}", bin.display());
+            let tb = Testbed::start(Options {
+                env: vec![("RUST_LOG".into(), "warn".into())],
+                redirect: opts.redirects[0],
+                source,
+                ztunnel_bin: Some(bin.clone()),
+                ..Options::default()
+            })
+            .with_context(|| format!("starting the anchor {}", bin.display()))?;
+            anchor.push(measure(&tb, opts, true)?);
         }
     }
     let by_redirect: Vec<(String, Figures)> = opts
@@ -115,6 +147,7 @@ pub fn run_l4(opts: &BenchOptions) -> Result<Report> {
         direct: median_figures(&direct),
         mesh: by_redirect[0].1.clone(),
         by_redirect,
+        anchor: (!anchor.is_empty()).then(|| median_figures(&anchor)),
     })
 }
 
@@ -225,6 +258,7 @@ fn median_figures(runs: &[Figures]) -> Figures {
         path_cpu_us_per_conn: med(|f| f.path_cpu_us_per_conn),
         path_cpu_us_per_request: med(|f| f.path_cpu_us_per_request),
         path_cpu_s_per_gb: med(|f| f.path_cpu_s_per_gb),
+        rss_idle_kib: med_opt(|f| f.rss_idle_kib),
     }
 }
 
@@ -254,6 +288,15 @@ fn measure(tb: &Testbed, opts: &BenchOptions, mesh: bool) -> Result<Figures> {
         vec![]
     });
     let mut fig = Figures::default();
+    if mesh {
+        // Warm: certificates fetched, the HBONE pool's connection made and idle again.
+        let warm = connect(RR_PORT)?;
+        exchange(std::slice::from_ref(&warm))?;
+        drop(warm);
+        std::thread::sleep(Duration::from_millis(500));
+        let rss: f64 = cpu.0.iter().map(|p| rss_kib(*p)).sum::<Result<f64>>()?;
+        fig.rss_idle_kib = Some(rss);
+    }
 
     let path = || -> Result<f64> { Ok(cpu_seconds(std::process::id())? + cpu.total()?) };
     let (c0, p0) = (cpu.total()?, path()?);
@@ -580,6 +623,117 @@ pub fn table(r: &Report) -> String {
     if r.by_redirect.len() > 1 {
         out += "\n";
         out += &redirect_table(r);
+    }
+    if let Some(a) = &r.anchor {
+        out += "\n";
+        out += &anchor_table(d, m, a);
+    }
+    out
+}
+
+/// Keelson against the anchor, figure by figure, with the target ratio and whether it is met.
+/// Latencies are compared as what each mesh adds to the direct figure.
+pub fn anchor_table(d: &Figures, k: &Figures, a: &Figures) -> String {
+    let mut out = format!(
+        "{:<38} {:>12} {:>12} {:>14} {:>8}\n",
+        "Keelson against the anchor", "keelson", "anchor", "keelson/anchor", "target"
+    );
+    let opt = |v: Option<f64>| v.unwrap_or(f64::NAN);
+    // (figure, keelson, anchor, target ratio, whether higher is better)
+    let rows: [(&str, f64, f64, f64, bool); 11] = [
+        (
+            "throughput, 1 stream (Gbit/s)",
+            k.throughput_1_gbps,
+            a.throughput_1_gbps,
+            1.25,
+            true,
+        ),
+        (
+            "throughput, 8 streams (Gbit/s)",
+            k.throughput_8_gbps,
+            a.throughput_8_gbps,
+            1.25,
+            true,
+        ),
+        (
+            "vCPU per 1,000 req/s, per ztunnel",
+            opt(k.vcpu_per_1k_rps),
+            opt(a.vcpu_per_1k_rps),
+            0.8,
+            false,
+        ),
+        (
+            "CPU seconds per GB, per ztunnel",
+            opt(k.cpu_s_per_gb),
+            opt(a.cpu_s_per_gb),
+            0.8,
+            false,
+        ),
+        (
+            "added p50, 1 KiB RR @1k/s (µs)",
+            k.latency_p50_us - d.latency_p50_us,
+            a.latency_p50_us - d.latency_p50_us,
+            0.8,
+            false,
+        ),
+        (
+            "added p99, 1 KiB RR @1k/s (µs)",
+            k.latency_p99_us - d.latency_p99_us,
+            a.latency_p99_us - d.latency_p99_us,
+            0.8,
+            false,
+        ),
+        (
+            "added new connection + RR p50 (µs)",
+            k.newconn_p50_us - d.newconn_p50_us,
+            a.newconn_p50_us - d.newconn_p50_us,
+            0.8,
+            false,
+        ),
+        (
+            "new connections per second",
+            k.connections_per_s,
+            a.connections_per_s,
+            1.25,
+            true,
+        ),
+        (
+            "RSS per idle connection, both (KiB)",
+            opt(k.rss_kib_per_idle_conn),
+            opt(a.rss_kib_per_idle_conn),
+            0.8,
+            false,
+        ),
+        (
+            "RSS at idle, both ztunnels (KiB)",
+            opt(k.rss_idle_kib),
+            opt(a.rss_idle_kib),
+            0.8,
+            false,
+        ),
+        (
+            "path CPU per connection (µs)",
+            k.path_cpu_us_per_conn,
+            a.path_cpu_us_per_conn,
+            0.8,
+            false,
+        ),
+    ];
+    for (name, kv, av, target, higher) in rows {
+        let ratio = kv / av;
+        let met = if higher {
+            ratio >= target
+        } else {
+            ratio <= target
+        };
+        out += &format!(
+            "{name:<38} {kv:>12.2} {av:>12.2} {ratio:>14.2} {:>8}\n",
+            format!(
+                "{}{target} {}",
+                if higher { "≥" } else { "≤" },
+                if met { "met" } else { "MISSED" }
+            )
+        );
     }
     out
 }

@@ -311,8 +311,14 @@ impl Testbed {
             cmd.env("LOCAL_XDS_PATH", yaml)
                 .env("KEELSON_LOCAL_CA_DIR", self.ca_dir());
         } else {
-            cmd.env("XDS_ADDRESS", format!("https://{}", self.cp_addr()))
-                .env("XDS_ROOT_CA", self.cp_state_dir().join("root-cert.pem"))
+            // The CA at the same address with the same root, named as well: the upstream
+            // ztunnel (a benchmark anchor) does not default the CA to the xDS server.
+            let cp = format!("https://{}", self.cp_addr());
+            let root = self.cp_state_dir().join("root-cert.pem");
+            cmd.env("XDS_ADDRESS", &cp)
+                .env("XDS_ROOT_CA", &root)
+                .env("CA_ADDRESS", &cp)
+                .env("CA_ROOT_CA", &root)
                 .env("AUTH_TOKEN", self.dir.join("tokens").join(&p.name));
         }
         cmd.env("PACKET_MARK", "1337")
