@@ -27,7 +27,7 @@ const USAGE: &str = "usage:
        measured in the same run against Keelson's control plane)
       (--scaling: throughput at 1, 10, 100 streams, direct and with 1 and 2 ztunnel threads)
   keelson bench l7 [--json] [--runs N] [--seconds N] [--rate R] [--setups direct,ztunnel,waypoint]
-                   [--node-links threaded|inline] [--redirect iptables|nftables|ebpf]
+                   [--node-links threaded|inline] [--redirect iptables,nftables,ebpf]
       two pods in network namespaces, measured direct and through two ztunnels;
       each figure is the median of N runs (default 3)
   keelson controlplane (--resources DIR | --kubernetes [--kubeconfig FILE]
@@ -167,6 +167,7 @@ fn bench_l4(args: &[&str]) -> anyhow::Result<()> {
 
 fn bench_l7(args: &[&str]) -> anyhow::Result<()> {
     let mut opts = keelson::bench::l7::L7Options::default();
+    let mut redirects = vec![opts.redirect];
     let mut json = false;
     let mut it = args.iter();
     let value = |name: &str, it: &mut std::slice::Iter<'_, &str>| -> anyhow::Result<f64> {
@@ -182,10 +183,12 @@ fn bench_l7(args: &[&str]) -> anyhow::Result<()> {
             "--runs" => opts.runs = value("--runs", &mut it)? as usize,
             "--rate" => opts.rate = value("--rate", &mut it)?,
             "--redirect" => {
-                opts.redirect = it
+                redirects = it
                     .next()
                     .ok_or_else(|| anyhow::anyhow!("--redirect needs a value"))?
-                    .parse()?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<anyhow::Result<_>>()?
             }
             "--node-links" => {
                 opts.threaded_links = match it.next().copied() {
@@ -210,11 +213,23 @@ fn bench_l7(args: &[&str]) -> anyhow::Result<()> {
             other => anyhow::bail!("unknown option {other}\n{USAGE}"),
         }
     }
-    let report = keelson::bench::l7::run(&opts)?;
-    if json {
-        println!("{}", serde_json::to_string(&report)?);
+    // One whole L7 run (a mesh of its own) per redirection flavour, one after the other.
+    let mut reports = Vec::new();
+    for r in &redirects {
+        opts.redirect = *r;
+        reports.push((r.name(), keelson::bench::l7::run(&opts)?));
+    }
+    if json && reports.len() == 1 {
+        println!("{}", serde_json::to_string(&reports[0].1)?);
+    } else if json {
+        println!("{}", serde_json::to_string(&reports)?);
     } else {
-        print!("{}", keelson::bench::l7::table(&report));
+        for (name, report) in &reports {
+            if reports.len() > 1 {
+                println!("== {name} redirection");
+            }
+            print!("{}", keelson::bench::l7::table(report));
+        }
     }
     Ok(())
 }
