@@ -241,6 +241,9 @@ impl Testbed {
             }
             let ns = tb.pod(&p.name);
             cni_plugin::redirect::install(&ns.path(), tb.opts.redirect)?;
+            if tb.opts.ztunnel_bin.is_some() && tb.controlplane.is_some() {
+                tb.uncapture_control_plane(&p.name)?;
+            }
             let yaml = tb.dir.join(format!("{}.yaml", p.name));
             std::fs::write(&yaml, tb.wds_yaml(Some(&p)))?;
             let proc = tb.spawn_ztunnel(&bin, &p, &yaml)?;
@@ -542,6 +545,22 @@ impl Testbed {
     pub fn cp_ns(&self) -> &Netns {
         self.lan
             .pod(self.cp_pod.expect("the testbed has a control plane"))
+    }
+
+    /// A dedicated ztunnel runs inside its pod, so its own connections to the control plane
+    /// would be captured unless marked. Keelson's ztunnel marks them; another ztunnel (a
+    /// benchmark anchor such as the upstream one, whose dedicated mode marks only proxied
+    /// connections) needs the control plane exempted from the pod's capture, as it is for a
+    /// ztunnel in a namespace of its own.
+    fn uncapture_control_plane(&self, pod: &str) -> Result<()> {
+        let cp = self.cp_addr();
+        let (ip, port) = (cp.ip().to_string(), cp.port().to_string());
+        let args = [
+            "-t", "nat", "-I", "OUTPUT", "1", "-p", "tcp", "-d", &ip, "--dport", &port, "-j",
+            "RETURN",
+        ];
+        self.pod(pod).exec("iptables", &args)?;
+        Ok(())
     }
 
     pub fn cp_addr(&self) -> SocketAddr {
