@@ -83,7 +83,9 @@ pub struct Report {
     pub mesh: Figures,
     /// Every redirection asked for, by name (`iptables`, `nftables`, `ebpf`).
     pub by_redirect: Vec<(String, Figures)>,
-    /// The anchor ztunnel (`--anchor`), redirected like the first entry of `by_redirect`.
+    /// The anchor ztunnel (`--anchor`), redirected like the first entry of `by_redirect`, or by
+    /// iptables when that is eBPF (another ztunnel does not hand its listeners to Keelson's
+    /// program).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anchor: Option<Figures>,
 }
@@ -128,7 +130,7 @@ pub fn run_l4(opts: &BenchOptions) -> Result<Report> {
             eprintln!("bench run {run}: anchor {}", bin.display());
             let tb = Testbed::start(Options {
                 env: vec![("RUST_LOG".into(), "warn".into())],
-                redirect: opts.redirects[0],
+                redirect: anchor_redirect(opts),
                 source,
                 ztunnel_bin: Some(bin.clone()),
                 ..Options::default()
@@ -149,6 +151,15 @@ pub fn run_l4(opts: &BenchOptions) -> Result<Report> {
         by_redirect,
         anchor: (!anchor.is_empty()).then(|| median_figures(&anchor)),
     })
+}
+
+/// How the anchor's pods are redirected: as Keelson's first setup, except that eBPF needs
+/// Keelson's ztunnel, so then iptables (the upstream default).
+fn anchor_redirect(opts: &BenchOptions) -> Redirect {
+    match opts.redirects[0] {
+        Redirect::Ebpf => Redirect::Iptables,
+        r => r,
+    }
 }
 
 /// Throughput at one number of parallel streams: no proxy, then through the mesh with each
