@@ -386,6 +386,14 @@ async fn captures_the_same_way(
     spawn_greeter(&tb, "server", 8080).unwrap();
     let client_rules = client_state(&tb);
     check_rules(&client_rules);
+    // A pod outside the mesh is left alone: no rules, no routes, no program.
+    let outsider = redirection_state(&tb.pod("outsider").path());
+    assert!(
+        !cni_plugin::redirect::installed(&tb.pod("outsider").path())
+            && !outsider.contains("lookup 100")
+            && state_section(&outsider, "pins").is_empty(),
+        "{outsider}"
+    );
     let vip = SocketAddr::new(SERVICE_VIP.into(), SERVICE_PORT);
     let g = greeting(&tb, "client", vip).await;
     assert_eq!(g.as_deref(), Some("server"));
