@@ -128,21 +128,11 @@ pub fn install(path: &Path) -> Result<bool> {
             ip(path, &format!("{family} rule add pref 100 lookup local"))?;
             while ip(path, &format!("{family} rule del pref 0 lookup local")).is_ok() {}
         }
-        if let Some(a) = v4 {
-            ip(
-                path,
-                &format!("-4 route add local default dev lo src {a} table {TABLE}"),
-            )?;
-            for r in rules("-4", PROBE_V4) {
-                ip(path, &r)?;
-            }
-        }
-        if let Some(a) = v6 {
-            ip(
-                path,
-                &format!("-6 route add local default dev lo src {a} table {TABLE}"),
-            )?;
-            for r in rules("-6", PROBE_V6) {
+        for (family, addr, probe) in [("-4", v4, PROBE_V4), ("-6", v6, PROBE_V6)] {
+            let Some(a) = addr else { continue };
+            let route = format!("{family} route add local default dev lo src {a} table {TABLE}");
+            ip(path, &route)?;
+            for r in rules(family, probe) {
                 ip(path, &r)?;
             }
         }
