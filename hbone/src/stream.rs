@@ -167,7 +167,15 @@ async fn tcp_to_h2(tcp: &TcpStream, send: &mut SendStream<Bytes>, moved: &Counte
                 }
             }
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Readiness left over from the last read: nothing came. Unless a bulk
+                // transfer is under way, wait without the buffer, or every idle connection
+                // would keep its 16 KiB reservation (docs/BENCHMARKS.md, idle memory).
+                if size == MIN_READ {
+                    buf = BytesMut::new();
+                }
+                continue;
+            }
             Err(e) => return Outcome::Failed(CopyError::Tcp(e)),
         };
         let filled = n >= size;

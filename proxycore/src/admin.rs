@@ -135,6 +135,22 @@ pub fn metrics_response(registry: &Registry, req: &Request<Incoming>) -> Respons
     reply(StatusCode::OK, ct, text)
 }
 
+/// jemalloc's view of the heap, in bytes: what the program holds (`allocated`), the pages
+/// that holds (`active`), what the allocator keeps mapped and touched (`resident`). A process
+/// not on jemalloc (tests) reports zeros.
+fn allocator_stats() -> serde_json::Value {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    let _ = epoch::advance();
+    serde_json::json!({
+        "allocated": stats::allocated::read().unwrap_or(0),
+        "active": stats::active::read().unwrap_or(0),
+        "resident": stats::resident::read().unwrap_or(0),
+        "metadata": stats::metadata::read().unwrap_or(0),
+        "mapped": stats::mapped::read().unwrap_or(0),
+        "retained": stats::retained::read().unwrap_or(0),
+    })
+}
+
 /// The admin endpoints.
 /// `pods`: shared mode's in-pod workloads (`workloadState`).
 pub fn admin_response(
@@ -157,6 +173,10 @@ pub fn admin_response(
             let body = serde_json::to_string_pretty(&dump).unwrap_or_default();
             reply(StatusCode::OK, "application/json", body)
         }
+        (&Method::GET, "/debug/memory") => {
+            let body = serde_json::to_string_pretty(&allocator_stats()).unwrap_or_default();
+            reply(StatusCode::OK, "application/json", body)
+        }
         (&Method::POST, "/quitquitquit") => {
             pi.drain.begin();
             reply(StatusCode::OK, "text/plain", "draining\n")
@@ -165,7 +185,7 @@ pub fn admin_response(
         (&Method::GET, "/") => reply(
             StatusCode::OK,
             "text/html",
-            "<html><body><a href=\"/config_dump\">config_dump</a> · POST /quitquitquit</body></html>",
+            "<html><body><a href=\"/config_dump\">config_dump</a> · <a href=\"/debug/memory\">debug/memory</a> · POST /quitquitquit</body></html>",
         ),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }

@@ -52,6 +52,19 @@ async fn one_ztunnel_serves_every_pod_from_inside_its_namespace() {
     // impersonation.
     let d = tb.config_dump(SHARED_NODE_POD).unwrap();
     assert_eq!(pods(&d), vec!["client", "server"], "{d}");
+    // The admin shows the allocator's view of the heap.
+    let (status, body) = tb
+        .http_get(
+            SHARED_NODE_POD,
+            "127.0.0.1:15000".parse().unwrap(),
+            "/debug/memory",
+        )
+        .unwrap();
+    let mem: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        status == 200 && mem["allocated"].as_u64() > Some(0) && mem["resident"].as_u64() > Some(0),
+        "{body}"
+    );
     let took = eventually(Duration::from_secs(5), || async {
         let ids = identities(&tb.config_dump(SHARED_NODE_POD).unwrap());
         ids.contains(&"spiffe://cluster.local/ns/default/sa/client".to_string())

@@ -61,6 +61,10 @@ pub struct Figures {
     pub cpu_s_per_gb: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_kib_per_idle_conn: Option<f64>,
+    /// Of it, the heap the ztunnels' program holds per idle connection (their allocator's
+    /// `allocated`, from the admin's `/debug/memory`), when they report it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heap_kib_per_idle_conn: Option<f64>,
     /// CPU of every process on the path per connection made (this process, which runs the
     /// clients and the servers, plus the ztunnels; kernel time in their system calls, where
     /// the packet path and any netfilter rules run, included), over the connection-rate
@@ -266,6 +270,7 @@ fn median_figures(runs: &[Figures]) -> Figures {
         vcpu_per_1k_rps: med_opt(|f| f.vcpu_per_1k_rps),
         cpu_s_per_gb: med_opt(|f| f.cpu_s_per_gb),
         rss_kib_per_idle_conn: med_opt(|f| f.rss_kib_per_idle_conn),
+        heap_kib_per_idle_conn: med_opt(|f| f.heap_kib_per_idle_conn),
         path_cpu_us_per_conn: med(|f| f.path_cpu_us_per_conn),
         path_cpu_us_per_request: med(|f| f.path_cpu_us_per_request),
         path_cpu_s_per_gb: med(|f| f.path_cpu_s_per_gb),
@@ -337,7 +342,9 @@ fn measure(tb: &Testbed, opts: &BenchOptions, mesh: bool) -> Result<Figures> {
     let m1 = path()?;
     fig.path_cpu_us_per_conn = (m1 - m0) * 1e6 / (fig.connections_per_s * secs).max(1.0);
     if mesh {
-        fig.rss_kib_per_idle_conn = Some(idle_rss(tb, &connect, &cpu.0, opts.idle_connections)?);
+        let (rss, heap) = idle_rss(tb, &connect, &cpu.0, opts.idle_connections)?;
+        fig.rss_kib_per_idle_conn = Some(rss);
+        fig.heap_kib_per_idle_conn = heap;
     }
     Ok(fig)
 }
@@ -540,26 +547,47 @@ fn connection_rate(connect: &Connect<'_>, workers: usize, secs: f64) -> Result<f
 }
 
 /// RSS added to both ztunnels together per idle proxied connection, in KiB.
-fn idle_rss(tb: &Testbed, connect: &Connect<'_>, pids: &[u32], n: usize) -> Result<f64> {
-    let _ = tb;
+/// Heap bytes the ztunnels' allocator says their program holds, both together, when they
+/// serve `/debug/memory` (Keelson's do; another ztunnel may not: `None`).
+fn heap_allocated(tb: &Testbed) -> Option<f64> {
+    let admin: SocketAddr = "127.0.0.1:15000".parse().ok()?;
+    let one = |pod: &str| -> Option<f64> {
+        let (status, body) = tb.http_get(pod, admin, "/debug/memory").ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
+        v["allocated"].as_f64().filter(|a| *a > 0.0)
+    };
+    Some(one("client")? + one("server")?)
+}
+
+/// RSS added to both ztunnels together per idle proxied connection, in KiB, and with it the
+/// heap the program itself holds per connection (what the allocator reports), when known.
+fn idle_rss(
+    tb: &Testbed,
+    connect: &Connect<'_>,
+    pids: &[u32],
+    n: usize,
+) -> Result<(f64, Option<f64>)> {
     let rss = || -> Result<f64> { pids.iter().map(|p| rss_kib(*p)).sum() };
     // Warm the pool and allocator first so the figure is per connection, not start-up.
     let warm: Vec<TcpStream> = (0..50).map(|_| connect(RR_PORT)).collect::<Result<_>>()?;
     exchange(&warm)?;
     drop(warm);
     std::thread::sleep(Duration::from_millis(500));
-    let before = rss()?;
+    let (before, heap_before) = (rss()?, heap_allocated(tb));
     let conns: Vec<TcpStream> = (0..n).map(|_| connect(RR_PORT)).collect::<Result<_>>()?;
     // One exchange on each proves the tunnel exists end to end; then they sit idle.
     exchange(&conns)?;
     std::thread::sleep(Duration::from_secs(1));
-    let after = rss()?;
+    let (after, heap_after) = (rss()?, heap_allocated(tb));
     drop(conns);
+    let heap = heap_before
+        .zip(heap_after)
+        .map(|(b, a)| (a - b) / 1024.0 / n as f64);
     if after < before {
         // The allocator returned memory meanwhile: the growth is below what RSS can resolve.
         eprintln!("bench: RSS fell while {n} connections were added ({before} → {after} KiB); use more --idle-connections for a figure");
     }
-    Ok((after - before).max(0.0) / n as f64)
+    Ok(((after - before).max(0.0) / n as f64, heap))
 }
 
 fn exchange(conns: &[TcpStream]) -> Result<()> {
@@ -628,8 +656,9 @@ pub fn table(r: &Report) -> String {
         opt(m.cpu_s_per_gb)
     );
     out += &format!(
-        "RSS per idle connection, both ztunnels:     {} KiB\n",
-        opt(m.rss_kib_per_idle_conn)
+        "RSS per idle connection, both ztunnels:     {} KiB (heap held: {} KiB)\n",
+        opt(m.rss_kib_per_idle_conn),
+        opt(m.heap_kib_per_idle_conn)
     );
     if r.by_redirect.len() > 1 {
         out += "\n";
