@@ -9,8 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::future::poll_fn;
+use std::task::{Context, Poll, Waker};
+
+use futures::future::{poll_fn, FutureExt};
 use h2::{Reason, RecvStream, SendStream};
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::ReadHalf;
 use tokio::net::TcpStream;
 
 /// First read size; doubles while reads fill the buffer, up to [`MAX_READ`]. Idle connections
@@ -78,7 +82,7 @@ impl Counter {
 
 /// Copies both ways until both directions have ended, propagating half-closes and resets.
 pub async fn copy_bidirectional(
-    tcp: &TcpStream,
+    tcp: &mut TcpStream,
     stream: H2Stream,
 ) -> Result<CopyStats, (CopyStats, CopyError)> {
     let (up, down) = (Counter::default(), Counter::default());
@@ -88,7 +92,7 @@ pub async fn copy_bidirectional(
 /// [`copy_bidirectional`], counting the bytes handed to the tunnel in `tcp_to_tunnel` and
 /// those written to the socket in `tunnel_to_tcp` as they go.
 pub async fn copy_counted(
-    tcp: &TcpStream,
+    tcp: &mut TcpStream,
     stream: H2Stream,
     tcp_to_tunnel: &Counter,
     tunnel_to_tcp: &Counter,
@@ -100,8 +104,10 @@ pub async fn copy_counted(
     } = stream;
     let (up0, down0) = (tcp_to_tunnel.get(), tunnel_to_tcp.get());
     let mut failure = None;
+    let (rd, wr) = tcp.split();
+    let tcp: &TcpStream = wr.as_ref();
     {
-        let up = tcp_to_h2(tcp, &mut send, tcp_to_tunnel);
+        let up = tcp_to_h2(rd, &mut send, tcp_to_tunnel);
         let down = h2_to_tcp(&mut recv, tcp, tunnel_to_tcp);
         tokio::pin!(up, down);
         let (mut up_done, mut down_done) = (false, false);
@@ -141,7 +147,7 @@ pub fn reset_tcp(tcp: &TcpStream) {
     let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
 }
 
-async fn tcp_to_h2(tcp: &TcpStream, send: &mut SendStream<Bytes>, moved: &Counter) -> Outcome {
+async fn tcp_to_h2(mut rd: ReadHalf<'_>, send: &mut SendStream<Bytes>, moved: &Counter) -> Outcome {
     let mut size = MIN_READ;
     // Reused across reads: `split` hands the filled part to h2 and keeps the rest of the
     // allocation, which `reserve` reclaims once h2 has written the earlier data.
@@ -150,7 +156,7 @@ async fn tcp_to_h2(tcp: &TcpStream, send: &mut SendStream<Bytes>, moved: &Counte
         // Wait for data, but notice a reset of the stream by the peer meanwhile (it may come
         // after the peer's END_STREAM, when nothing reads the receive half any more).
         tokio::select! {
-            r = tcp.readable() => if let Err(e) = r {
+            r = rd.as_ref().readable() => if let Err(e) = r {
                 return Outcome::Failed(CopyError::Tcp(e));
             },
             r = poll_fn(|cx| send.poll_reset(cx)) => {
@@ -159,15 +165,18 @@ async fn tcp_to_h2(tcp: &TcpStream, send: &mut SendStream<Bytes>, moved: &Counte
             }
         }
         buf.reserve(size);
-        let n = match tcp.try_read_buf(&mut buf) {
-            Ok(0) => {
+        // Read through `AsyncRead`, which takes a short read as proof the socket is drained
+        // and clears its readiness: the next wait costs no empty read (one system call per
+        // request saved, docs/BENCHMARKS.md).
+        let n = match rd.read_buf(&mut buf).now_or_never() {
+            Some(Ok(0)) => {
                 return match send.send_data(Bytes::new(), true) {
                     Ok(()) => Outcome::Done,
                     Err(e) => Outcome::Failed(classify(e)),
                 }
             }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Some(Ok(n)) => n,
+            None => {
                 // Readiness left over from the last read: nothing came. Unless a bulk
                 // transfer is under way, wait without the buffer, or every idle connection
                 // would keep its 16 KiB reservation (docs/BENCHMARKS.md, idle memory).
@@ -176,7 +185,7 @@ async fn tcp_to_h2(tcp: &TcpStream, send: &mut SendStream<Bytes>, moved: &Counte
                 }
                 continue;
             }
-            Err(e) => return Outcome::Failed(CopyError::Tcp(e)),
+            Some(Err(e)) => return Outcome::Failed(CopyError::Tcp(e)),
         };
         let filled = n >= size;
         if let Err(e) = send_all(send, buf.split().freeze(), moved).await {
@@ -200,6 +209,16 @@ async fn send_all(
     moved: &Counter,
 ) -> Result<(), CopyError> {
     while !data.is_empty() {
+        // h2 wakes the task it holds for this stream (ours, left by `poll_reset`) when
+        // `reserve_capacity` assigns capacity at once. A task woken while it runs is queued
+        // again as if it yielded, and tokio then wakes an idle worker thread to share work
+        // that is not there: two futex calls and a thread switch per request. Leave h2 a
+        // no-op waker instead; `poll_capacity` below registers ours if it has to wait.
+        match send.poll_reset(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(reason)) => return Err(CopyError::TunnelReset(reason.into())),
+            Poll::Ready(Err(e)) => return Err(classify(e)),
+            Poll::Pending => {}
+        }
         send.reserve_capacity(data.len());
         let cap = match poll_fn(|cx| send.poll_capacity(cx)).await {
             Some(Ok(cap)) => cap,

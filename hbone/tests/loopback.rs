@@ -97,8 +97,8 @@ async fn reads_back_through_tcp_pair() {
     let stream = conn.connect(&req(server)).await.unwrap();
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut app = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-    let (proxy_side, _) = l.accept().await.unwrap();
-    let copy = tokio::spawn(async move { copy_bidirectional(&proxy_side, stream).await });
+    let (mut proxy_side, _) = l.accept().await.unwrap();
+    let copy = tokio::spawn(async move { copy_bidirectional(&mut proxy_side, stream).await });
     app.write_all(b"hello").await.unwrap();
     app.shutdown().await.unwrap();
     let mut back = Vec::new();

@@ -23,8 +23,10 @@ const USAGE: &str = "usage:
       hand-written HTTP/1.1 server for framing tests)
   keelson bench l4 [--json] [--runs N] [--seconds N] [--idle-connections N] [--scaling]
                    [--redirect iptables,nftables,ebpf] [--anchor ZTUNNEL]
+                   [--phases throughput,rr,newconn,rate,idle]
       (--anchor: another ztunnel taking upstream's command line, e.g. the upstream ztunnel,
        measured in the same run against Keelson's control plane)
+      (--phases: run only these; the figures of the others read 0. For profiling one phase)
       (--scaling: throughput at 1, 10, 100 streams, direct and with 1 and 2 ztunnel threads)
   keelson bench l7 [--json] [--runs N] [--seconds N] [--rate R] [--setups direct,ztunnel,waypoint]
                    [--node-links threaded|inline] [--redirect iptables,nftables,ebpf]
@@ -140,6 +142,14 @@ fn bench_l4(args: &[&str]) -> anyhow::Result<()> {
                 opts.redirects = it
                     .next()
                     .ok_or_else(|| anyhow::anyhow!("--redirect needs a value"))?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<anyhow::Result<_>>()?
+            }
+            "--phases" => {
+                opts.phases = it
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("--phases needs a value"))?
                     .split(',')
                     .map(str::parse)
                     .collect::<anyhow::Result<_>>()?

@@ -65,9 +65,9 @@ pub async fn start_server_with_shutdown(
                         if !inc.is_connect() {
                             return inc.reject(http::StatusCode::BAD_REQUEST);
                         }
-                        let app = TcpStream::connect(echo_addr).await.unwrap();
+                        let mut app = TcpStream::connect(echo_addr).await.unwrap();
                         let stream = inc.accept(&[]).unwrap();
-                        let _ = copy_bidirectional(&app, stream).await;
+                        let _ = copy_bidirectional(&mut app, stream).await;
                     },
                 )
                 .await;

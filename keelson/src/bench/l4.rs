@@ -33,6 +33,48 @@ pub struct BenchOptions {
     /// ztunnel), measured in the same topology as a third setup. With it, both meshes take
     /// their configuration and certificates from Keelson's control plane.
     pub anchor: Option<std::path::PathBuf>,
+    /// The phases to run (all by default); a figure of a phase left out reads 0. For
+    /// profiling one phase (`perf record -p` on the ztunnels while only it runs).
+    pub phases: Vec<Phase>,
+}
+
+/// The phases of one measurement, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Single- and 8-stream throughput.
+    Throughput,
+    /// 1 KiB request/response at 1,000/s.
+    Rr,
+    /// A request on a new connection, at 200/s.
+    Newconn,
+    /// New connections per second, as fast as they go.
+    Rate,
+    /// RSS per idle connection.
+    Idle,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 5] = [
+        Phase::Throughput,
+        Phase::Rr,
+        Phase::Newconn,
+        Phase::Rate,
+        Phase::Idle,
+    ];
+}
+
+impl std::str::FromStr for Phase {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "throughput" => Phase::Throughput,
+            "rr" => Phase::Rr,
+            "newconn" => Phase::Newconn,
+            "rate" => Phase::Rate,
+            "idle" => Phase::Idle,
+            _ => anyhow::bail!("unknown phase {s:?}: throughput, rr, newconn, rate or idle"),
+        })
+    }
 }
 
 impl Default for BenchOptions {
@@ -43,6 +85,7 @@ impl Default for BenchOptions {
             runs: 3,
             redirects: vec![Redirect::Iptables],
             anchor: None,
+            phases: Phase::ALL.to_vec(),
         }
     }
 }
@@ -315,33 +358,41 @@ fn measure(tb: &Testbed, opts: &BenchOptions, mesh: bool) -> Result<Figures> {
     }
 
     let path = || -> Result<f64> { Ok(cpu_seconds(std::process::id())? + cpu.total()?) };
-    let (c0, p0) = (cpu.total()?, path()?);
-    let (gbps, bytes) = throughput(&connect, 1, opts.seconds)?;
-    let (c1, p1) = (cpu.total()?, path()?);
-    fig.throughput_1_gbps = gbps;
-    fig.path_cpu_s_per_gb = (p1 - p0) / (bytes as f64 / 1e9);
-    if mesh {
-        fig.cpu_s_per_gb = Some(cpu.per_proxy(c1 - c0) / (bytes as f64 / 1e9));
+    let run = |p: Phase| opts.phases.contains(&p);
+    if run(Phase::Throughput) {
+        let (c0, p0) = (cpu.total()?, path()?);
+        let (gbps, bytes) = throughput(&connect, 1, opts.seconds)?;
+        let (c1, p1) = (cpu.total()?, path()?);
+        fig.throughput_1_gbps = gbps;
+        fig.path_cpu_s_per_gb = (p1 - p0) / (bytes as f64 / 1e9);
+        if mesh {
+            fig.cpu_s_per_gb = Some(cpu.per_proxy(c1 - c0) / (bytes as f64 / 1e9));
+        }
+        fig.throughput_8_gbps = throughput(&connect, 8, opts.seconds)?.0;
     }
-    fig.throughput_8_gbps = throughput(&connect, 8, opts.seconds)?.0;
-
-    let (c0, m0) = (cpu.total()?, path()?);
-    let (lat, rps) = fixed_rate(&connect, 4, 1000.0, opts.seconds)?;
-    let (c1, m1) = (cpu.total()?, path()?);
-    fig.path_cpu_us_per_request = (m1 - m0) * 1e6 / (rps * opts.seconds);
-    fig.latency_p50_us = percentile(&lat, 50.0);
-    fig.latency_p99_us = percentile(&lat, 99.0);
-    if mesh {
-        fig.vcpu_per_1k_rps = Some(cpu.per_proxy(c1 - c0) / opts.seconds / (rps / 1000.0));
+    if run(Phase::Rr) {
+        let (c0, m0) = (cpu.total()?, path()?);
+        let (lat, rps) = fixed_rate(&connect, 4, 1000.0, opts.seconds)?;
+        let (c1, m1) = (cpu.total()?, path()?);
+        fig.path_cpu_us_per_request = (m1 - m0) * 1e6 / (rps * opts.seconds);
+        fig.latency_p50_us = percentile(&lat, 50.0);
+        fig.latency_p99_us = percentile(&lat, 99.0);
+        if mesh {
+            fig.vcpu_per_1k_rps = Some(cpu.per_proxy(c1 - c0) / opts.seconds / (rps / 1000.0));
+        }
     }
-    let nc = new_connections(&connect, 200.0, opts.seconds.min(3.0))?;
-    fig.newconn_p50_us = percentile(&nc, 50.0);
-    let secs = opts.seconds.min(3.0);
-    let m0 = path()?;
-    fig.connections_per_s = connection_rate(&connect, 16, secs)?;
-    let m1 = path()?;
-    fig.path_cpu_us_per_conn = (m1 - m0) * 1e6 / (fig.connections_per_s * secs).max(1.0);
-    if mesh {
+    if run(Phase::Newconn) {
+        let nc = new_connections(&connect, 200.0, opts.seconds.min(3.0))?;
+        fig.newconn_p50_us = percentile(&nc, 50.0);
+    }
+    if run(Phase::Rate) {
+        let secs = opts.seconds.min(3.0);
+        let m0 = path()?;
+        fig.connections_per_s = connection_rate(&connect, 16, secs)?;
+        let m1 = path()?;
+        fig.path_cpu_us_per_conn = (m1 - m0) * 1e6 / (fig.connections_per_s * secs).max(1.0);
+    }
+    if mesh && run(Phase::Idle) {
         let (rss, heap) = idle_rss(tb, &connect, &cpu.0, opts.idle_connections)?;
         fig.rss_kib_per_idle_conn = Some(rss);
         fig.heap_kib_per_idle_conn = heap;
@@ -766,8 +817,14 @@ pub fn anchor_table(d: &Figures, k: &Figures, a: &Figures) -> String {
         } else {
             ratio <= target
         };
+        // Small figures (vCPU, CPU seconds) need a third decimal to show a difference.
+        let (kv_s, av_s) = if kv.abs() < 10.0 && av.abs() < 10.0 {
+            (format!("{kv:.3}"), format!("{av:.3}"))
+        } else {
+            (format!("{kv:.2}"), format!("{av:.2}"))
+        };
         out += &format!(
-            "{name:<38} {kv:>12.2} {av:>12.2} {ratio:>14.2} {:>8}\n",
+            "{name:<38} {kv_s:>12} {av_s:>12} {ratio:>14.2} {:>8}\n",
             format!(
                 "{}{target} {}",
                 if higher { "≥" } else { "≤" },

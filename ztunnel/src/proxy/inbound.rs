@@ -126,7 +126,7 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
             return result.fail_early("CONNECT", format!("stream reset by the client ({reason:?}) before it was answered"));
         }
     };
-    let app = match connected {
+    let mut app = match connected {
         Ok(t) => t,
         Err(e) => {
             let e = ProxyError::Connect(target.addr, e);
@@ -152,7 +152,7 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
     let denied = {
         // Inbound, the tunnel carries client→server and the app socket server→client.
         let copy = hbone::copy_counted(
-            &app,
+            &mut app,
             stream,
             &bytes.server_to_client,
             &bytes.client_to_server,
