@@ -38,6 +38,8 @@ pub struct Options {
     pub mesh: MeshSettings,
     /// Plain-HTTP `/metrics`; `None` to not serve it.
     pub monitoring: Option<SocketAddr>,
+    /// How often the file source checks its directory ([`POLL`] unless asked otherwise).
+    pub poll: Duration,
 }
 
 /// Writes a node-bound ztunnel token for every node that runs pods.
@@ -126,7 +128,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 .await?
                 .resources
         }
-        None => watch_dir(&opts.resources, counters.clone()),
+        None => watch_dir(&opts.resources, opts.poll, counters.clone()),
     };
     let first = models.borrow_and_update().clone();
     let reconcile = move |model: Arc<resources::Resources>| {
@@ -217,8 +219,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     server::serve(listener, tls, shared, shutdown).await
 }
 
-/// The file source: the directory scanned every [`POLL`], its merged model sent on change.
-fn watch_dir(dir: &Path, counters: Arc<Counters>) -> watch::Receiver<Arc<resources::Resources>> {
+/// The file source: the directory scanned every `poll`, its merged model sent on change.
+fn watch_dir(
+    dir: &Path,
+    poll: Duration,
+    counters: Arc<Counters>,
+) -> watch::Receiver<Arc<resources::Resources>> {
     let mut dir = ResourceDir::new(dir);
     dir.scan();
     let count = move |dir: &ResourceDir| {
@@ -230,7 +236,7 @@ fn watch_dir(dir: &Path, counters: Arc<Counters>) -> watch::Receiver<Arc<resourc
     let (tx, rx) = watch::channel(Arc::new(dir.merged()));
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(poll).await;
             let changed = dir.scan();
             count(&dir);
             if changed && tx.send(Arc::new(dir.merged())).is_err() {

@@ -23,10 +23,12 @@ const USAGE: &str = "usage:
       hand-written HTTP/1.1 server for framing tests)
   keelson bench l4 [--json] [--runs N] [--seconds N] [--idle-connections N] [--scaling]
                    [--redirect iptables,nftables,ebpf] [--anchor ZTUNNEL]
-                   [--phases throughput,rr,newconn,rate,idle]
+                   [--phases throughput,rr,newconn,rate,idle] [--workloads 10,1000,10000]
       (--anchor: another ztunnel taking upstream's command line, e.g. the upstream ztunnel,
        measured in the same run against Keelson's control plane)
       (--phases: run only these; the figures of the others read 0. For profiling one phase)
+      (--workloads: RSS and the time to apply a push with that many workloads known, per
+       setup; with --anchor, the anchor fed the same snapshot)
       (--scaling: throughput at 1, 10, 100 streams, direct and with 1 and 2 ztunnel threads)
   keelson bench l7 [--json] [--runs N] [--seconds N] [--rate R] [--setups direct,ztunnel,waypoint]
                    [--node-links threaded|inline] [--redirect iptables,nftables,ebpf]
@@ -36,7 +38,8 @@ const USAGE: &str = "usage:
                        [--waypoint-image IMAGE] [--root-cert-config-map NAME])
                        --state-dir DIR [--listen ADDR] [--san NAME]...
                        [--trust-domain TD] [--cluster-id ID] [--monitoring ADDR]
-      serve the Kubernetes YAML in DIR (watched) over delta ADS and the CA, TLS on
+                       [--poll-interval MS]
+      serve the Kubernetes YAML in DIR (checked every MS, default 200) over delta ADS and the CA, TLS on
       ADDR (default 0.0.0.0:15012), /metrics on the listen IP:15014; writes root-cert.pem
       and token to the state dir
   keelson controlplane token --state-dir DIR --service-account NS/SA [--node NODE]
@@ -108,6 +111,7 @@ fn bench_l4(args: &[&str]) -> anyhow::Result<()> {
     let mut opts = BenchOptions::default();
     let mut json = false;
     let mut scaling = false;
+    let mut workloads: Option<Vec<usize>> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match *a {
@@ -146,6 +150,18 @@ fn bench_l4(args: &[&str]) -> anyhow::Result<()> {
                     .map(str::parse)
                     .collect::<anyhow::Result<_>>()?
             }
+            "--workloads" => {
+                workloads = Some(
+                    it.next()
+                        .ok_or_else(|| anyhow::anyhow!("--workloads needs counts, e.g. 10,1000"))?
+                        .split(',')
+                        .map(|n| match n.parse::<usize>() {
+                            Ok(n) if n > 0 => Ok(n),
+                            _ => Err(anyhow::anyhow!("--workloads: {n:?} is not a count")),
+                        })
+                        .collect::<anyhow::Result<_>>()?,
+                )
+            }
             "--phases" => {
                 opts.phases = it
                     .next()
@@ -156,6 +172,15 @@ fn bench_l4(args: &[&str]) -> anyhow::Result<()> {
             }
             other => anyhow::bail!("unknown option {other}\n{USAGE}"),
         }
+    }
+    if let Some(counts) = workloads {
+        let rows = bench::run_workloads(&opts, &counts)?;
+        if json {
+            println!("{}", serde_json::to_string(&rows)?);
+        } else {
+            print!("{}", bench::workloads_table(&rows));
+        }
+        return Ok(());
     }
     if scaling {
         let rows = bench::run_scaling(&opts)?;
@@ -333,6 +358,7 @@ fn controlplane(args: &[&str]) -> anyhow::Result<()> {
     let mut sans = Vec::new();
     let mut mesh = resources::MeshSettings::default();
     let mut monitoring: Option<std::net::SocketAddr> = None;
+    let mut poll = controlplane::run::POLL;
     let mut kubernetes = None;
     let mut waypoint_image: Option<String> = None;
     let mut root_map = "keelson-ca-root-cert".to_string();
@@ -356,6 +382,11 @@ fn controlplane(args: &[&str]) -> anyhow::Result<()> {
             "--trust-domain" => mesh.trust_domain = value(&mut it, a)?.to_string(),
             "--cluster-id" => mesh.cluster_id = value(&mut it, a)?.to_string(),
             "--monitoring" => monitoring = Some(value(&mut it, a)?.parse()?),
+            "--poll-interval" => {
+                let ms: u64 = value(&mut it, a)?.parse()?;
+                anyhow::ensure!(ms > 0, "--poll-interval: milliseconds, more than 0");
+                poll = std::time::Duration::from_millis(ms);
+            }
             other => anyhow::bail!("unknown option {other}\n{USAGE}"),
         }
     }
@@ -388,6 +419,7 @@ fn controlplane(args: &[&str]) -> anyhow::Result<()> {
         listen,
         sans,
         mesh,
+        poll,
     };
     init_logs();
     tokio::runtime::Builder::new_multi_thread()

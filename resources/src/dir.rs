@@ -2,6 +2,7 @@
 //! bad edit is reported once and changes nothing.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -11,10 +12,15 @@ use crate::Resources;
 #[derive(Default)]
 pub struct ResourceDir {
     dir: PathBuf,
-    files: BTreeMap<PathBuf, (Option<(SystemTime, u64)>, Resources)>,
+    files: BTreeMap<PathBuf, (Option<Stamp>, Resources)>,
     /// Files rejected so far.
     pub errors: u64,
 }
+
+/// What tells a file changed: its modification time and length, and its inode, which a
+/// replacement by rename (how editors and tools write atomically) changes even where the
+/// file system's clock is too coarse to tell two quick writes of the same length apart.
+type Stamp = (SystemTime, u64, u64);
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -62,7 +68,7 @@ impl ResourceDir {
         for p in paths {
             let stamp = std::fs::metadata(&p)
                 .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len())));
+                .and_then(|m| Some((m.modified().ok()?, m.len(), m.ino())));
             if self.files.get(&p).is_some_and(|(s, _)| *s == stamp) {
                 continue;
             }

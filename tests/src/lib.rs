@@ -8,7 +8,7 @@ use anyhow::Result;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-pub use testbed::{self, Options, PodSpec, Source, Testbed};
+pub use testbed::{self, synthetic_pods, Options, PodSpec, Source, Testbed};
 
 pub mod mesh;
 

@@ -16,35 +16,6 @@ fn scale() -> usize {
         .unwrap_or(5000)
 }
 
-/// `n` ambient pods of namespace `scale` on 20 nodes; in generation `g`, 1% of them
-/// (a different 1% each time) carry a new name, so each generation removes and adds that
-/// many workloads.
-fn workloads(n: usize, g: usize) -> String {
-    let churn = (n / 100).max(1);
-    let mut out = String::from(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: scale\n  labels: {istio.io/dataplane-mode: ambient}\n",
-    );
-    for i in 0..n {
-        let replaced = g > 0 && (i / churn) % 100 == (g - 1) % 100;
-        let name = if replaced {
-            format!("w{i}-g{g}")
-        } else {
-            format!("w{i}")
-        };
-        out.push_str(&format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: scale\n  \
-             labels: {{app: a{app}}}\nspec:\n  serviceAccountName: sa{sa}\n  nodeName: n{node}\n  \
-             containers:\n  - name: main\nstatus:\n  phase: Running\n  podIP: 10.20.{hi}.{lo}\n",
-            app = i % 100,
-            sa = i % 50,
-            node = i % 20,
-            hi = i / 250,
-            lo = i % 250 + 1,
-        ));
-    }
-    out
-}
-
 /// The workloads a ztunnel knows of, and whether `name` is one.
 fn known(tb: &Testbed, pod: &str, name: &str) -> (usize, bool) {
     let d = tb.config_dump(pod).unwrap();
@@ -65,7 +36,8 @@ async fn traffic_is_untouched_by_thousands_of_workloads_churning() {
     let base = known(&tb, "client", "client").0;
 
     let started = Instant::now();
-    tb.write_resources("scale.yaml", &workloads(n, 0)).unwrap();
+    tb.write_resources("scale.yaml", &synthetic_pods(n, 0))
+        .unwrap();
     let synced = eventually(Duration::from_secs(120), || async {
         known(&tb, "client", "w0").0 == base + n
     })
@@ -84,7 +56,8 @@ async fn traffic_is_untouched_by_thousands_of_workloads_churning() {
 
     let rounds = 20;
     for g in 1..=rounds {
-        tb.write_resources("scale.yaml", &workloads(n, g)).unwrap();
+        tb.write_resources("scale.yaml", &synthetic_pods(n, g))
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let last = {

@@ -878,3 +878,176 @@ pub fn redirect_table(r: &Report) -> String {
     );
     out
 }
+
+/// What the number of workloads in the snapshot costs one ztunnel (`bench l4 --workloads`).
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadRow {
+    /// `keelson` or `anchor`.
+    pub setup: String,
+    pub workloads: usize,
+    /// From writing the workloads to the control plane's input to both ztunnels knowing the
+    /// last of them, in ms.
+    pub sync_ms: f64,
+    /// With them known, one added workload until both ztunnels know it (median of
+    /// [`PUSHES`]), in ms.
+    pub push_ms: f64,
+    /// RSS of one ztunnel (mean of the two) before any and once all are known, in KiB.
+    pub rss_before_kib: f64,
+    pub rss_kib: f64,
+}
+
+const PUSHES: usize = 5;
+
+/// `keelson bench l4 --workloads 10,1000,10000`: for each count, each setup (Keelson, and the
+/// anchor when given) starts afresh behind the same control plane, is fed that many
+/// synthetic workloads, and its RSS and the time to apply a one-workload push are taken.
+/// Both setups are told of a push the same way: each ztunnel's `/config_dump` is polled.
+pub fn run_workloads(opts: &BenchOptions, counts: &[usize]) -> Result<Vec<WorkloadRow>> {
+    netns::raise_fd_limit();
+    let mut setups = vec![("keelson".to_string(), None, opts.redirects[0])];
+    if let Some(bin) = &opts.anchor {
+        setups.push(("anchor".into(), Some(bin.clone()), anchor_redirect(opts)));
+    }
+    let mut runs: Vec<Vec<WorkloadRow>> = Vec::new();
+    for run in 1..=opts.runs.max(1) {
+        for &n in counts {
+            for (name, bin, redirect) in &setups {
+                eprintln!("workloads run {run}: {n} workloads, {name}");
+                let tb = Testbed::start(Options {
+                    env: vec![("RUST_LOG".into(), "warn".into())],
+                    redirect: *redirect,
+                    source: testbed::Source::ControlPlane,
+                    ztunnel_bin: bin.clone(),
+                    // A push is timed from the file's write: the directory's own polling
+                    // (200 ms by default) would be most of it.
+                    control_plane_poll: Some(Duration::from_millis(5)),
+                    ..Options::default()
+                })?;
+                let row = measure_workloads(&tb, name, n)?;
+                match runs
+                    .iter_mut()
+                    .find(|r| r[0].setup == *name && r[0].workloads == n)
+                {
+                    Some(r) => r.push(row),
+                    None => runs.push(vec![row]),
+                }
+            }
+        }
+    }
+    Ok(runs
+        .iter()
+        .map(|r| WorkloadRow {
+            setup: r[0].setup.clone(),
+            workloads: r[0].workloads,
+            sync_ms: median_of(r, |w| w.sync_ms),
+            push_ms: median_of(r, |w| w.push_ms),
+            rss_before_kib: median_of(r, |w| w.rss_before_kib),
+            rss_kib: median_of(r, |w| w.rss_kib),
+        })
+        .collect())
+}
+
+fn measure_workloads(tb: &Testbed, setup: &str, n: usize) -> Result<WorkloadRow> {
+    let pods = ["client", "server"];
+    let rss = || -> Result<f64> {
+        let total: f64 = pods
+            .iter()
+            .map(|p| rss_kib(tb.ztunnel_pid(p)))
+            .sum::<Result<f64>>()?;
+        Ok(total / pods.len() as f64)
+    };
+    // Known by both ztunnels: the name, quoted, in their `/config_dump`.
+    let known_by_all = |name: &str| -> bool {
+        let quoted = format!("\"{name}\"");
+        pods.iter().all(|p| {
+            tb.http_get(p, "127.0.0.1:15000".parse().unwrap(), "/config_dump")
+                .is_ok_and(|(status, body)| status == 200 && body.contains(&quoted))
+        })
+    };
+    let wait_known = |name: &str, poll: Duration| -> Result<f64> {
+        let started = Instant::now();
+        while !known_by_all(name) {
+            if started.elapsed() > Duration::from_secs(120) {
+                let quoted = format!("\"{name}\"");
+                let lacking: Vec<&str> = pods
+                    .iter()
+                    .copied()
+                    .filter(|p| {
+                        !tb.http_get(p, "127.0.0.1:15000".parse().unwrap(), "/config_dump")
+                            .is_ok_and(|(_, body)| body.contains(&quoted))
+                    })
+                    .collect();
+                anyhow::bail!(
+                    "{setup}: workload {name} did not reach the ztunnel(s) of {lacking:?} in 120 s"
+                );
+            }
+            std::thread::sleep(poll);
+        }
+        Ok(started.elapsed().as_secs_f64() * 1e3)
+    };
+    // Ready: the testbed's own pods are known.
+    wait_known("server", Duration::from_millis(50))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_before_kib = rss()?;
+    tb.write_resources("scale.yaml", &testbed::synthetic_pods(n, 0))?;
+    let sync_ms = wait_known(&format!("w{}", n - 1), Duration::from_millis(20))?;
+    std::thread::sleep(Duration::from_secs(1));
+    let rss_kib = rss()?;
+    let mut pushes = Vec::with_capacity(PUSHES);
+    for k in 0..PUSHES {
+        let name = format!("probe{k}");
+        let pod = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: scale\n  \
+             labels: {{app: probe}}\nspec:\n  serviceAccountName: probe\n  nodeName: n0\n  \
+             containers:\n  - name: main\nstatus:\n  phase: Running\n  podIP: 10.30.0.{}\n",
+            k + 1
+        );
+        tb.write_resources("probe.yaml", &pod)?;
+        pushes.push(wait_known(&name, Duration::from_millis(5))?);
+    }
+    Ok(WorkloadRow {
+        setup: setup.to_string(),
+        workloads: n,
+        sync_ms,
+        push_ms: percentile(&pushes, 50.0),
+        rss_before_kib,
+        rss_kib,
+    })
+}
+
+pub fn workloads_table(rows: &[WorkloadRow]) -> String {
+    let mut out = format!(
+        "{:>9}  {:<8} {:>10} {:>14} {:>16} {:>17}\n",
+        "workloads", "setup", "sync (ms)", "one push (ms)", "RSS (MiB) each", "KiB per workload"
+    );
+    for r in rows {
+        out += &format!(
+            "{:>9}  {:<8} {:>10.0} {:>14.1} {:>16.1} {:>17.2}\n",
+            r.workloads,
+            r.setup,
+            r.sync_ms,
+            r.push_ms,
+            r.rss_kib / 1024.0,
+            (r.rss_kib - r.rss_before_kib) / r.workloads as f64,
+        );
+    }
+    let anchors: Vec<&WorkloadRow> = rows.iter().filter(|r| r.setup == "anchor").collect();
+    if !anchors.is_empty() {
+        out += "\nkeelson/anchor: workloads, sync, one push, RSS\n";
+        for a in anchors {
+            if let Some(k) = rows
+                .iter()
+                .find(|r| r.setup == "keelson" && r.workloads == a.workloads)
+            {
+                out += &format!(
+                    "{:>9}  {:>6.2} {:>6.2} {:>6.2}\n",
+                    a.workloads,
+                    k.sync_ms / a.sync_ms,
+                    k.push_ms / a.push_ms,
+                    k.rss_kib / a.rss_kib
+                );
+            }
+        }
+    }
+    out
+}

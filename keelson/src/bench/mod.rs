@@ -6,4 +6,6 @@ pub mod l4;
 pub mod l7;
 pub mod stats;
 
-pub use l4::{run_l4, run_scaling, scaling_table, table, BenchOptions, Report};
+pub use l4::{
+    run_l4, run_scaling, run_workloads, scaling_table, table, workloads_table, BenchOptions, Report,
+};

@@ -100,6 +100,8 @@ pub struct Options {
     /// How meshed pods are redirected: iptables, nftables or eBPF. The default is
     /// [`redirect_under_test`].
     pub redirect: cni_plugin::redirect::Redirect,
+    /// How often the control plane's file source looks for changes, when not its default.
+    pub control_plane_poll: Option<Duration>,
 }
 
 /// The redirection the suites run with: `KEELSON_TEST_REDIRECT` (iptables, nftables, ebpf),
@@ -129,6 +131,7 @@ impl Default for Options {
             source: Source::LocalFiles,
             shared_ztunnel: false,
             redirect: redirect_under_test(),
+            control_plane_poll: None,
         }
     }
 }
@@ -506,6 +509,9 @@ impl Testbed {
                 .args(["--waypoint-image", "keelson/waypoint:test"]),
             None => cmd.arg("--resources").arg(self.resources_dir()),
         };
+        if let Some(poll) = self.opts.control_plane_poll {
+            cmd.args(["--poll-interval", &poll.as_millis().to_string()]);
+        }
         cmd.arg("--state-dir")
             .arg(self.cp_state_dir())
             .args(["--listen", &self.cp_addr().to_string()])
@@ -751,6 +757,36 @@ impl Testbed {
         );
         Ok(http_get_in(self.cp_ns(), addr, "/metrics")?.1)
     }
+}
+
+/// `n` ambient pods of namespace `scale` on 20 nodes that are not in the testbed: workloads
+/// every ztunnel learns of, with no traffic (scale tests, `bench l4 --workloads`). In
+/// generation `g`, 1% of them (a different 1% each time) carry a new name, so each
+/// generation removes and adds that many workloads.
+pub fn synthetic_pods(n: usize, g: usize) -> String {
+    let churn = (n / 100).max(1);
+    let mut out = String::from(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: scale\n  labels: {istio.io/dataplane-mode: ambient}\n",
+    );
+    for i in 0..n {
+        let replaced = g > 0 && (i / churn) % 100 == (g - 1) % 100;
+        let name = if replaced {
+            format!("w{i}-g{g}")
+        } else {
+            format!("w{i}")
+        };
+        out.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: scale\n  \
+             labels: {{app: a{app}}}\nspec:\n  serviceAccountName: sa{sa}\n  nodeName: n{node}\n  \
+             containers:\n  - name: main\nstatus:\n  phase: Running\n  podIP: 10.20.{hi}.{lo}\n",
+            app = i % 100,
+            sa = i % 50,
+            node = i % 20,
+            hi = i / 250,
+            lo = i % 250 + 1,
+        ));
+    }
+    out
 }
 
 /// An HTTP/1.0 GET from inside `ns` to `addr`; returns (status, body).
