@@ -29,7 +29,9 @@ const USAGE: &str = "usage:
       (--phases: run only these; the figures of the others read 0. For profiling one phase)
       (--workloads: RSS and the time to apply a push with that many workloads known, per
        setup; with --anchor, the anchor fed the same snapshot)
-      (--scaling: throughput at 1, 10, 100 streams, direct and with 1 and 2 ztunnel threads)
+      (--scaling: throughput and connections/s with 1, 2, 4, 8 streams or clients, and
+       request/response at 1,000/s, 5,000/s and the most 4 connections make: latency and CPU
+       per request; direct, the first --redirect, and --anchor when given)
   keelson bench l7 [--json] [--runs N] [--seconds N] [--rate R] [--setups direct,ztunnel,waypoint]
                    [--node-links threaded|inline] [--redirect iptables,nftables,ebpf]
       two pods in network namespaces, measured direct and through two ztunnels;

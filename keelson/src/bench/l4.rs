@@ -209,93 +209,235 @@ fn anchor_redirect(opts: &BenchOptions) -> Redirect {
     }
 }
 
-/// Throughput at one number of parallel streams: no proxy, then through the mesh with each
-/// number of ztunnel worker threads (load L3 of docs/HARDENING.md).
-#[derive(Debug, Serialize)]
-pub struct ScalingRow {
-    pub streams: usize,
-    pub direct_gbps: f64,
-    /// (worker threads, Gbit/s)
-    pub mesh_gbps: Vec<(usize, f64)>,
+/// `keelson bench l4 --scaling`: how each setup's figures move with load. Parallel streams
+/// and connecting clients at 1, 2, 4 and 8; request/response at 1,000/s, 5,000/s and as fast
+/// as 4 connections go (closed loop).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Scaling {
+    /// (streams, Gbit/s)
+    pub throughput_gbps: Vec<(usize, f64)>,
+    /// (clients, connections/s)
+    pub connections_per_s: Vec<(usize, f64)>,
+    pub rates: Vec<RateFigures>,
 }
 
-/// `keelson bench l4 --scaling`: 1, 10 and 100 streams, direct and through ztunnels with 1
-/// and 2 worker threads; each figure the median of `opts.runs`.
-pub fn run_scaling(opts: &BenchOptions) -> Result<Vec<ScalingRow>> {
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RateFigures {
+    /// The rate asked for; `None` for as fast as it goes.
+    pub target: Option<f64>,
+    pub achieved_rps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// CPU of one ztunnel per request (mean of the two), in µs; `None` without a proxy.
+    pub ztunnel_cpu_us_per_request: Option<f64>,
+    /// CPU of every process on the path per request, in µs.
+    pub path_cpu_us_per_request: f64,
+}
+
+pub const SCALING_PARALLEL: [usize; 4] = [1, 2, 4, 8];
+pub const SCALING_RATES: [Option<f64>; 3] = [Some(1000.0), Some(5000.0), None];
+
+/// Direct, the first redirection, and the anchor when given, alternating `opts.runs` times;
+/// each figure the median over the runs. Returns (setup name, figures).
+pub fn run_scaling(opts: &BenchOptions) -> Result<Vec<(String, Scaling)>> {
     netns::raise_fd_limit();
-    const STREAMS: [usize; 3] = [1, 10, 100];
-    const THREADS: [usize; 2] = [1, 2];
-    let measure_all = |tb: &Testbed| -> Result<Vec<f64>> {
-        start_servers(tb)?;
-        let server = tb.ip("server");
-        let client = tb.pod("client");
-        let connect = |port: u16| -> Result<TcpStream> {
-            let s = client.tcp_connect(SocketAddr::new(server, port))?;
-            s.set_nonblocking(false)?;
-            Ok(s)
-        };
-        STREAMS
-            .iter()
-            .map(|n| Ok(throughput(&connect, *n, opts.seconds)?.0))
-            .collect()
+    let source = if opts.anchor.is_some() {
+        testbed::Source::ControlPlane
+    } else {
+        testbed::Source::LocalFiles
     };
-    let mut direct: Vec<Vec<f64>> = vec![Vec::new(); STREAMS.len()];
-    let mut mesh: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); STREAMS.len()]; THREADS.len()];
-    for run in 1..=opts.runs.max(1) {
-        eprintln!("scaling run {run}: direct");
-        let tb = Testbed::start(Options {
+    let mut setups: Vec<(String, Options, bool)> = vec![(
+        "direct".into(),
+        Options {
             pods: vec![PodSpec::plain("client"), PodSpec::plain("server")],
             ..Options::default()
-        })?;
-        for (i, g) in measure_all(&tb)?.into_iter().enumerate() {
-            direct[i].push(g);
-        }
-        drop(tb);
-        for (t, threads) in THREADS.iter().enumerate() {
-            eprintln!("scaling run {run}: mesh, {threads} worker thread(s) per ztunnel");
-            let tb = Testbed::start(Options {
-                env: vec![
-                    ("RUST_LOG".into(), "warn".into()),
-                    ("ZTUNNEL_WORKER_THREADS".into(), threads.to_string()),
-                ],
+        },
+        false,
+    )];
+    setups.push((
+        format!("keelson ({})", opts.redirects[0].name()),
+        Options {
+            env: vec![("RUST_LOG".into(), "warn".into())],
+            redirect: opts.redirects[0],
+            source,
+            ..Options::default()
+        },
+        true,
+    ));
+    if let Some(bin) = &opts.anchor {
+        setups.push((
+            format!("anchor ({})", anchor_redirect(opts).name()),
+            Options {
+                env: vec![("RUST_LOG".into(), "warn".into())],
+                redirect: anchor_redirect(opts),
+                source,
+                ztunnel_bin: Some(bin.clone()),
                 ..Options::default()
-            })?;
-            for (i, g) in measure_all(&tb)?.into_iter().enumerate() {
-                mesh[t][i].push(g);
-            }
+            },
+            true,
+        ));
+    }
+    let mut runs: Vec<Vec<Scaling>> = vec![Vec::new(); setups.len()];
+    for run in 1..=opts.runs.max(1) {
+        for (i, (name, o, mesh)) in setups.iter().enumerate() {
+            eprintln!("scaling run {run}: {name}");
+            let tb = Testbed::start(o.clone())?;
+            runs[i].push(measure_scaling(&tb, opts, *mesh)?);
         }
     }
-    Ok(STREAMS
-        .iter()
-        .enumerate()
-        .map(|(i, n)| ScalingRow {
-            streams: *n,
-            direct_gbps: percentile(&direct[i], 50.0),
-            mesh_gbps: THREADS
-                .iter()
-                .enumerate()
-                .map(|(t, threads)| (*threads, percentile(&mesh[t][i], 50.0)))
-                .collect(),
-        })
+    Ok(setups
+        .into_iter()
+        .zip(runs)
+        .map(|((name, _, _), r)| (name, median_scaling(&r)))
         .collect())
 }
 
-pub fn scaling_table(rows: &[ScalingRow]) -> String {
-    let mut out = String::from("streams  direct Gbit/s");
-    for (threads, _) in rows
-        .first()
-        .map(|r| r.mesh_gbps.as_slice())
-        .unwrap_or_default()
-    {
-        out.push_str(&format!("  mesh {threads}T Gbit/s (ratio)"));
+fn measure_scaling(tb: &Testbed, opts: &BenchOptions, mesh: bool) -> Result<Scaling> {
+    let server = tb.ip("server");
+    start_servers(tb)?;
+    let client = tb.pod("client");
+    let connect = |port: u16| -> Result<TcpStream> {
+        let s = client.tcp_connect(SocketAddr::new(server, port))?;
+        s.set_nonblocking(false)?;
+        Ok(s)
+    };
+    let cpu = Cpu(if mesh {
+        vec![tb.ztunnel_pid("client"), tb.ztunnel_pid("server")]
+    } else {
+        vec![]
+    });
+    if mesh {
+        let warm = connect(RR_PORT)?;
+        exchange(std::slice::from_ref(&warm))?;
     }
-    out.push('\n');
-    for r in rows {
-        out.push_str(&format!("{:>7}  {:>13.2}", r.streams, r.direct_gbps));
-        for (_, g) in &r.mesh_gbps {
-            out.push_str(&format!("  {:>10.2} ({:>4.2})      ", g, g / r.direct_gbps));
+    let path = || -> Result<f64> { Ok(cpu_seconds(std::process::id())? + cpu.total()?) };
+    let mut out = Scaling::default();
+    for n in SCALING_PARALLEL {
+        out.throughput_gbps
+            .push((n, throughput(&connect, n, opts.seconds)?.0));
+    }
+    for n in SCALING_PARALLEL {
+        out.connections_per_s
+            .push((n, connection_rate(&connect, n, opts.seconds.min(3.0))?));
+    }
+    for target in SCALING_RATES {
+        let (c0, p0) = (cpu.total()?, path()?);
+        let started = Instant::now();
+        let (lat, rps) = fixed_rate(&connect, 4, target, opts.seconds)?;
+        let secs = started.elapsed().as_secs_f64();
+        let (c1, p1) = (cpu.total()?, path()?);
+        let requests = (rps * secs).max(1.0);
+        out.rates.push(RateFigures {
+            target,
+            achieved_rps: rps,
+            p50_us: percentile(&lat, 50.0),
+            p99_us: percentile(&lat, 99.0),
+            ztunnel_cpu_us_per_request: mesh.then(|| cpu.per_proxy(c1 - c0) * 1e6 / requests),
+            path_cpu_us_per_request: (p1 - p0) * 1e6 / requests,
+        });
+    }
+    Ok(out)
+}
+
+fn median_scaling(runs: &[Scaling]) -> Scaling {
+    let Some(first) = runs.first() else {
+        return Scaling::default();
+    };
+    let pairs = |get: fn(&Scaling) -> &Vec<(usize, f64)>| -> Vec<(usize, f64)> {
+        get(first)
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (*n, median_of(runs, |r| get(r)[i].1)))
+            .collect()
+    };
+    Scaling {
+        throughput_gbps: pairs(|s| &s.throughput_gbps),
+        connections_per_s: pairs(|s| &s.connections_per_s),
+        rates: first
+            .rates
+            .iter()
+            .enumerate()
+            .map(|(i, f)| RateFigures {
+                target: f.target,
+                achieved_rps: median_of(runs, |r| r.rates[i].achieved_rps),
+                p50_us: median_of(runs, |r| r.rates[i].p50_us),
+                p99_us: median_of(runs, |r| r.rates[i].p99_us),
+                ztunnel_cpu_us_per_request: median_of_some(runs, |r| {
+                    r.rates[i].ztunnel_cpu_us_per_request
+                }),
+                path_cpu_us_per_request: median_of(runs, |r| r.rates[i].path_cpu_us_per_request),
+            })
+            .collect(),
+    }
+}
+
+/// The scaling figures, one column per setup, with keelson/anchor when both are there.
+pub fn scaling_table(setups: &[(String, Scaling)]) -> String {
+    let mut out = format!("{:<40}", "figure");
+    for (name, _) in setups {
+        out += &format!(" {name:>18}");
+    }
+    let ratio = setups.len() == 3;
+    if ratio {
+        out += &format!(" {:>15}", "keelson/anchor");
+    }
+    out += "\n";
+    let mut row = |label: String, values: Vec<Option<f64>>| {
+        out += &format!("{label:<40}");
+        for v in &values {
+            match v {
+                Some(v) => out += &format!(" {v:>18.2}"),
+                None => out += &format!(" {:>18}", "-"),
+            }
         }
-        out.push('\n');
+        if let (true, Some(Some(k)), Some(Some(a))) = (ratio, values.get(1), values.get(2)) {
+            out += &format!(" {:>15.2}", k / a);
+        }
+        out += "\n";
+    };
+    for (i, n) in SCALING_PARALLEL.iter().enumerate() {
+        row(
+            format!("throughput, {n} stream(s) (Gbit/s)"),
+            setups
+                .iter()
+                .map(|(_, s)| s.throughput_gbps.get(i).map(|x| x.1))
+                .collect(),
+        );
+    }
+    for (i, n) in SCALING_PARALLEL.iter().enumerate() {
+        row(
+            format!("connections/s, {n} client(s)"),
+            setups
+                .iter()
+                .map(|(_, s)| s.connections_per_s.get(i).map(|x| x.1))
+                .collect(),
+        );
+    }
+    for (i, target) in SCALING_RATES.iter().enumerate() {
+        let at = match target {
+            Some(r) => format!("@{r:.0}/s"),
+            None => "@max".into(),
+        };
+        let get = |f: fn(&RateFigures) -> Option<f64>| -> Vec<Option<f64>> {
+            setups
+                .iter()
+                .map(|(_, s)| s.rates.get(i).and_then(f))
+                .collect()
+        };
+        row(
+            format!("RR {at}: achieved req/s"),
+            get(|r| Some(r.achieved_rps)),
+        );
+        row(format!("RR {at}: p50 (µs)"), get(|r| Some(r.p50_us)));
+        row(format!("RR {at}: p99 (µs)"), get(|r| Some(r.p99_us)));
+        row(
+            format!("RR {at}: ztunnel CPU per request (µs)"),
+            get(|r| r.ztunnel_cpu_us_per_request),
+        );
+        row(
+            format!("RR {at}: path CPU per request (µs)"),
+            get(|r| Some(r.path_cpu_us_per_request)),
+        );
     }
     out
 }
@@ -372,7 +514,7 @@ fn measure(tb: &Testbed, opts: &BenchOptions, mesh: bool) -> Result<Figures> {
     }
     if run(Phase::Rr) {
         let (c0, m0) = (cpu.total()?, path()?);
-        let (lat, rps) = fixed_rate(&connect, 4, 1000.0, opts.seconds)?;
+        let (lat, rps) = fixed_rate(&connect, 4, Some(1000.0), opts.seconds)?;
         let (c1, m1) = (cpu.total()?, path()?);
         fig.path_cpu_us_per_request = (m1 - m0) * 1e6 / (rps * opts.seconds);
         fig.latency_p50_us = percentile(&lat, 50.0);
@@ -400,7 +542,24 @@ fn measure(tb: &Testbed, opts: &BenchOptions, mesh: bool) -> Result<Figures> {
     Ok(fig)
 }
 
+/// Lets the client pod reuse ports in TIME_WAIT and gives it more of them: the connection
+/// phases close tens of thousands of connections a minute from one address to one port,
+/// which the default 28,000 ephemeral ports held for 60 s would not last (a direct run with 8
+/// clients fell to 1,000 connections/s waiting for ports).
+fn tune_client(tb: &Testbed) -> Result<()> {
+    tb.pod("client").exec(
+        "sysctl",
+        &[
+            "-qw",
+            "net.ipv4.tcp_tw_reuse=1",
+            "net.ipv4.ip_local_port_range=10000 65000",
+        ],
+    )?;
+    Ok(())
+}
+
 fn start_servers(tb: &Testbed) -> Result<()> {
+    tune_client(tb)?;
     let ip = tb.ip("server");
     let sink = tb
         .pod("server")
@@ -499,20 +658,22 @@ fn throughput(connect: &Connect<'_>, streams: usize, secs: f64) -> Result<(f64, 
     ))
 }
 
-/// 1 KiB request/response at a fixed total `rate` over `conns` keep-alive connections;
-/// returns (latencies in µs, achieved requests/s).
+/// 1 KiB request/response at a fixed total `rate` over `conns` keep-alive connections, or
+/// as fast as they go (`None`: each sends its next request on the last response), for
+/// `secs`; returns (latencies in µs, achieved requests/s).
 fn fixed_rate(
     connect: &Connect<'_>,
     conns: usize,
-    rate: f64,
+    rate: Option<f64>,
     secs: f64,
 ) -> Result<(Vec<f64>, f64)> {
     let socks: Vec<TcpStream> = (0..conns)
         .map(|_| connect(RR_PORT))
         .collect::<Result<_>>()?;
-    let per_conn = Duration::from_secs_f64(conns as f64 / rate);
-    let n = (secs * rate / conns as f64) as usize;
+    let per_conn = rate.map(|r| Duration::from_secs_f64(conns as f64 / r));
+    let n = rate.map(|r| (secs * r / conns as f64) as usize);
     let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
     let lat = std::thread::scope(|sc| -> Result<Vec<f64>> {
         let handles: Vec<_> = socks
             .into_iter()
@@ -522,13 +683,23 @@ fn fixed_rate(
                     s.set_nodelay(true)?;
                     let req = [i as u8; MSG];
                     let mut resp = [0u8; MSG];
-                    let mut out = Vec::with_capacity(n);
+                    let mut out = Vec::with_capacity(n.unwrap_or(1 << 16));
                     // Stagger the connections across the interval.
-                    let t0 = Instant::now() + per_conn.mul_f64(i as f64 / conns as f64);
-                    for k in 0..n {
-                        let at = t0 + per_conn * k as u32;
-                        if let Some(d) = at.checked_duration_since(Instant::now()) {
-                            std::thread::sleep(d);
+                    let t0 = Instant::now()
+                        + per_conn.map_or(Duration::ZERO, |p| p.mul_f64(i as f64 / conns as f64));
+                    for k in 0.. {
+                        match (n, per_conn) {
+                            (Some(n), Some(per_conn)) => {
+                                if k >= n {
+                                    break;
+                                }
+                                let at = t0 + per_conn * k as u32;
+                                if let Some(d) = at.checked_duration_since(Instant::now()) {
+                                    std::thread::sleep(d);
+                                }
+                            }
+                            _ if Instant::now() >= deadline => break,
+                            _ => {}
                         }
                         let t = Instant::now();
                         s.write_all(&req)?;
