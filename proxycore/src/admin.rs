@@ -152,6 +152,23 @@ fn allocator_stats() -> serde_json::Value {
 }
 
 /// The admin endpoints.
+/// The admin's `/config_dump` (docs/WIRE.md), serialized straight from the live resources.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigDump<'a> {
+    workloads: &'a [Arc<crate::state::Workload>],
+    services: &'a [Arc<crate::state::Service>],
+    policies: &'a [Arc<crate::rbac::Policy>],
+    certificates: Vec<identity::store::CertSummary>,
+    static_config: serde_json::Map<String, serde_json::Value>,
+    config: &'a crate::config::Config,
+    version: &'static str,
+    pool: hbone::pool::PoolStats,
+    open_connections: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workload_state: Option<serde_json::Value>,
+}
+
 /// `pods`: shared mode's in-pod workloads (`workloadState`).
 pub fn admin_response(
     pi: &ProxyInputs,
@@ -160,18 +177,27 @@ pub fn admin_response(
 ) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/config_dump") => {
-            let mut dump = pi.state.dump();
-            dump["certificates"] = serde_json::to_value(pi.certs.summaries()).unwrap_or_default();
-            dump["staticConfig"] = serde_json::json!({});
-            dump["config"] = serde_json::to_value(pi.cfg.as_ref()).unwrap_or_default();
-            dump["version"] = env!("CARGO_PKG_VERSION").into();
-            dump["pool"] = serde_json::to_value(pi.pool.stats()).unwrap_or_default();
-            dump["openConnections"] = pi.drain.open().into();
-            if let Some(pods) = pods {
-                dump["workloadState"] = pods;
+            let state = pi.state.dump();
+            let dump = ConfigDump {
+                workloads: &state.workloads,
+                services: &state.services,
+                policies: &state.policies,
+                certificates: pi.certs.summaries(),
+                static_config: serde_json::Map::new(),
+                config: pi.cfg.as_ref(),
+                version: env!("CARGO_PKG_VERSION"),
+                pool: pi.pool.stats(),
+                open_connections: pi.drain.open(),
+                workload_state: pods,
+            };
+            match serde_json::to_string_pretty(&dump) {
+                Ok(body) => reply(StatusCode::OK, "application/json", body),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("config dump: {e}\n"),
+                ),
             }
-            let body = serde_json::to_string_pretty(&dump).unwrap_or_default();
-            reply(StatusCode::OK, "application/json", body)
         }
         (&Method::GET, "/debug/memory") => {
             let body = serde_json::to_string_pretty(&allocator_stats()).unwrap_or_default();

@@ -1065,6 +1065,14 @@ pub struct WorkloadRow {
     /// RSS of one ztunnel (mean of the two) before any and once all are known, in KiB.
     pub rss_before_kib: f64,
     pub rss_kib: f64,
+    /// New connections per second (8 clients) with them known, and the CPU of one ztunnel
+    /// (mean of the two) per connection, in µs: what a lookup among them costs.
+    pub connections_per_s: f64,
+    pub ztunnel_cpu_us_per_conn: f64,
+    /// Heap the program holds once all are known (mean of the two, its allocator's count)
+    /// when the ztunnel reports it, in KiB: RSS less what the allocator keeps aside.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heap_kib: Option<f64>,
 }
 
 const PUSHES: usize = 5;
@@ -1114,6 +1122,9 @@ pub fn run_workloads(opts: &BenchOptions, counts: &[usize]) -> Result<Vec<Worklo
             push_ms: median_of(r, |w| w.push_ms),
             rss_before_kib: median_of(r, |w| w.rss_before_kib),
             rss_kib: median_of(r, |w| w.rss_kib),
+            connections_per_s: median_of(r, |w| w.connections_per_s),
+            ztunnel_cpu_us_per_conn: median_of(r, |w| w.ztunnel_cpu_us_per_conn),
+            heap_kib: median_of_some(r, |w| w.heap_kib),
         })
         .collect())
 }
@@ -1164,6 +1175,7 @@ fn measure_workloads(tb: &Testbed, setup: &str, n: usize) -> Result<WorkloadRow>
     let sync_ms = wait_known(&format!("w{}", n - 1), Duration::from_millis(20))?;
     std::thread::sleep(Duration::from_secs(1));
     let rss_kib = rss()?;
+    let heap_kib = heap_allocated(tb).map(|b| b / 1024.0 / pods.len() as f64);
     let mut pushes = Vec::with_capacity(PUSHES);
     for k in 0..PUSHES {
         let name = format!("probe{k}");
@@ -1176,6 +1188,19 @@ fn measure_workloads(tb: &Testbed, setup: &str, n: usize) -> Result<WorkloadRow>
         tb.write_resources("probe.yaml", &pod)?;
         pushes.push(wait_known(&name, Duration::from_millis(5))?);
     }
+    start_servers(tb)?;
+    let server = tb.ip("server");
+    let client = tb.pod("client");
+    let connect = |port: u16| -> Result<TcpStream> {
+        let s = client.tcp_connect(SocketAddr::new(server, port))?;
+        s.set_nonblocking(false)?;
+        Ok(s)
+    };
+    let cpu = Cpu(pods.iter().map(|p| tb.ztunnel_pid(p)).collect());
+    let secs = 3.0;
+    let c0 = cpu.total()?;
+    let connections_per_s = connection_rate(&connect, 8, secs)?;
+    let c1 = cpu.total()?;
     Ok(WorkloadRow {
         setup: setup.to_string(),
         workloads: n,
@@ -1183,39 +1208,57 @@ fn measure_workloads(tb: &Testbed, setup: &str, n: usize) -> Result<WorkloadRow>
         push_ms: percentile(&pushes, 50.0),
         rss_before_kib,
         rss_kib,
+        connections_per_s,
+        ztunnel_cpu_us_per_conn: cpu.per_proxy(c1 - c0) * 1e6 / (connections_per_s * secs).max(1.0),
+        heap_kib,
     })
 }
 
 pub fn workloads_table(rows: &[WorkloadRow]) -> String {
     let mut out = format!(
-        "{:>9}  {:<8} {:>10} {:>14} {:>16} {:>17}\n",
-        "workloads", "setup", "sync (ms)", "one push (ms)", "RSS (MiB) each", "KiB per workload"
+        "{:>9}  {:<8} {:>10} {:>14} {:>16} {:>10} {:>17} {:>14} {:>16}\n",
+        "workloads",
+        "setup",
+        "sync (ms)",
+        "one push (ms)",
+        "RSS (MiB) each",
+        "heap (MiB)",
+        "KiB per workload",
+        "connections/s",
+        "CPU µs per conn"
     );
     for r in rows {
         out += &format!(
-            "{:>9}  {:<8} {:>10.0} {:>14.1} {:>16.1} {:>17.2}\n",
+            "{:>9}  {:<8} {:>10.0} {:>14.1} {:>16.1} {:>10} {:>17.2} {:>14.0} {:>16.1}\n",
             r.workloads,
             r.setup,
             r.sync_ms,
             r.push_ms,
             r.rss_kib / 1024.0,
+            r.heap_kib
+                .map(|h| format!("{:.1}", h / 1024.0))
+                .unwrap_or_else(|| "-".into()),
             (r.rss_kib - r.rss_before_kib) / r.workloads as f64,
+            r.connections_per_s,
+            r.ztunnel_cpu_us_per_conn,
         );
     }
     let anchors: Vec<&WorkloadRow> = rows.iter().filter(|r| r.setup == "anchor").collect();
     if !anchors.is_empty() {
-        out += "\nkeelson/anchor: workloads, sync, one push, RSS\n";
+        out += "\nkeelson/anchor: workloads, sync, one push, RSS, connections/s, CPU per conn\n";
         for a in anchors {
             if let Some(k) = rows
                 .iter()
                 .find(|r| r.setup == "keelson" && r.workloads == a.workloads)
             {
                 out += &format!(
-                    "{:>9}  {:>6.2} {:>6.2} {:>6.2}\n",
+                    "{:>9}  {:>6.2} {:>6.2} {:>6.2} {:>6.2} {:>6.2}\n",
                     a.workloads,
                     k.sync_ms / a.sync_ms,
                     k.push_ms / a.push_ms,
-                    k.rss_kib / a.rss_kib
+                    k.rss_kib / a.rss_kib,
+                    k.connections_per_s / a.connections_per_s,
+                    k.ztunnel_cpu_us_per_conn / a.ztunnel_cpu_us_per_conn
                 );
             }
         }

@@ -180,7 +180,7 @@ fn dumps_and_updates_concurrently_do_not_deadlock() {
         let (s, done) = (s.clone(), done_tx);
         std::thread::spawn(move || {
             for _ in 0..20_000 {
-                assert_eq!(s.dump()["workloads"].as_array().unwrap().len(), 3);
+                assert_eq!(s.dump().workloads.len(), 3);
             }
             let _ = done.send(());
         })
