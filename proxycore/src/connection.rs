@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+
 use crate::metrics::{Metrics, Reporter, ReporterLabel, TrafficLabels};
 use crate::state::{Service, Workload};
 
@@ -105,7 +107,13 @@ pub struct Moved {
 
 pub struct ConnectionResult {
     metrics: Arc<Metrics>,
-    labels: TrafficLabels,
+    /// The byte counters of this connection's labels, looked up once: an open connection
+    /// keeps two pointers, not its label set (eighteen strings, most of an idle
+    /// connection's memory, docs/BENCHMARKS.md), and a report hashes nothing.
+    received_bytes: Counter,
+    sent_bytes: Counter,
+    /// `-` until a failure sets it; the labels are then made again from the facts.
+    response_flags: &'static str,
     reporter: ReporterLabel,
     facts: ConnectionFacts,
     start: Instant,
@@ -124,12 +132,16 @@ impl ConnectionResult {
             reporter: labels.reporter,
         };
         metrics.opened.get_or_create(&labels).inc();
+        let received_bytes = metrics.received_bytes.get_or_create(&labels).clone();
+        let sent_bytes = metrics.sent_bytes.get_or_create(&labels).clone();
         metrics.sockets_open.get_or_create(&reporter).inc();
         tracing::event!(target: "access", tracing::Level::DEBUG, src.addr = %facts.src, direction = %facts.direction,
             dst.addr = ?facts.dst_addr, dst.hbone_addr = ?facts.dst_hbone_addr, "connection opened");
         ConnectionResult {
             metrics,
-            labels,
+            received_bytes,
+            sent_bytes,
+            response_flags: labels.response_flags,
             reporter,
             facts,
             start: Instant::now(),
@@ -141,8 +153,10 @@ impl ConnectionResult {
     }
 
     /// The labels the connection is counted with.
-    pub fn labels(&self) -> &TrafficLabels {
-        &self.labels
+    pub fn labels(&self) -> TrafficLabels {
+        let mut l = self.facts.labels();
+        l.response_flags = self.response_flags;
+        l
     }
 
     /// The counters the copy of this connection counts its bytes in.
@@ -156,16 +170,11 @@ impl ConnectionResult {
             self.bytes.client_to_server.get(),
             self.bytes.server_to_client.get(),
         );
-        let m = &self.metrics;
         if now.0 > self.reported.0 {
-            m.received_bytes
-                .get_or_create(&self.labels)
-                .inc_by(now.0 - self.reported.0);
+            self.received_bytes.inc_by(now.0 - self.reported.0);
         }
         if now.1 > self.reported.1 {
-            m.sent_bytes
-                .get_or_create(&self.labels)
-                .inc_by(now.1 - self.reported.1);
+            self.sent_bytes.inc_by(now.1 - self.reported.1);
         }
         self.reported = now;
     }
@@ -184,8 +193,12 @@ impl ConnectionResult {
 
     /// Records an error that ended (or prevented) the connection.
     pub fn fail(&mut self, flag: &'static str, error: impl fmt::Display) {
-        if self.labels.response_flags == "-" {
-            self.labels.response_flags = flag;
+        if self.response_flags == "-" {
+            // From now on the bytes count under the labels with the flag.
+            self.response_flags = flag;
+            let labels = self.labels();
+            self.received_bytes = self.metrics.received_bytes.get_or_create(&labels).clone();
+            self.sent_bytes = self.metrics.sent_bytes.get_or_create(&labels).clone();
         }
         self.error = Some(error.to_string());
     }
@@ -209,18 +222,19 @@ pub fn report_ticker() -> tokio::time::Interval {
 
 impl Drop for ConnectionResult {
     fn drop(&mut self) {
+        let labels = self.labels();
         let m = &self.metrics;
         if !self.established {
-            m.failed.get_or_create(&self.labels).inc();
+            m.failed.get_or_create(&labels).inc();
         }
-        m.closed.get_or_create(&self.labels).inc();
+        m.closed.get_or_create(&labels).inc();
         self.report();
         let m = &self.metrics;
         m.sockets_open.get_or_create(&self.reporter).dec();
         let duration = format!("{}ms", self.start.elapsed().as_millis());
         // For the source reporter, bytes_sent is client→server; for the destination reporter,
         // what the destination sent back (server→client).
-        let (sent, recv) = match self.labels.reporter {
+        let (sent, recv) = match labels.reporter {
             "source" => self.reported,
             _ => (self.reported.1, self.reported.0),
         };
@@ -250,12 +264,12 @@ impl Drop for ConnectionResult {
             None => event!(INFO, "connection complete"),
             Some(e) if !self.established => {
                 let e = e.as_str();
-                let flag = self.labels.response_flags;
+                let flag = self.response_flags;
                 event!(WARN, "connection failed", error = e, response_flags = flag)
             }
             Some(e) => {
                 let e = e.as_str();
-                let flag = self.labels.response_flags;
+                let flag = self.response_flags;
                 event!(
                     ERROR,
                     "connection complete",

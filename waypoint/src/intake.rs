@@ -115,7 +115,7 @@ async fn handle_stream(wp: Arc<Waypoint>, inc: Incoming) {
     let mut facts = metrics::tunnel_facts(pi, (&source_name, source_ip), &dst, client);
     facts.dst_hbone_addr = Some(authority);
     let mut record = ConnectionResult::new(pi.metrics.clone(), facts);
-    let labels = record.labels().clone();
+    let labels = record.labels();
     if dst.is_http() {
         let ctx = Arc::new(forward::Context {
             wp: wp.clone(),
