@@ -467,3 +467,48 @@ fn load_balancer_choices_and_checks() {
         assert!(e.starts_with(field), "{e}");
     }
 }
+
+#[test]
+fn header_matches_on_pseudo_headers() {
+    let t = VsTable::build(
+        &[vs(r#"
+hosts: [reviews]
+http:
+- match: [{headers: {":method": {exact: DELETE}, ":path": {exact: "/r?x=1"}}}]
+  route: [{destination: {host: reviews, subset: v1}}]
+- match: [{headers: {":authority": {prefix: "reviews:"}, ":scheme": {exact: https}}}]
+  route: [{destination: {host: reviews, subset: v2}}]
+- match: [{headers: {":path": {prefix: /q}}, withoutHeaders: {":method": {exact: GET}}}]
+  route: [{destination: {host: reviews, subset: v3}}]
+- route: [{destination: {host: reviews}}]
+"#)],
+        &frontend(),
+    )
+    .unwrap();
+    // `:path` is the target with its query; `:method` the request's method.
+    assert_eq!(select(&t, "DELETE", "/r?x=1", &[]), Some(0));
+    assert_eq!(select(&t, "DELETE", "/r", &[]), Some(3));
+    assert_eq!(select(&t, "GET", "/r?x=1", &[]), Some(3));
+    // `:scheme` is http here (the selector's view), so rule 1 never matches.
+    assert_eq!(select(&t, "GET", "/", &[]), Some(3));
+    // Inverted: a POST to /q matches, a GET does not.
+    assert_eq!(select(&t, "POST", "/q/1", &[]), Some(2));
+    assert_eq!(select(&t, "GET", "/q/1", &[]), Some(3));
+    // A header named like a pseudo-header cannot be sent: the request's own facts count.
+    assert_eq!(select(&t, "GET", "/", &[("x-method", "DELETE")]), Some(3));
+}
+
+#[test]
+fn an_unknown_pseudo_header_is_rejected() {
+    let spec: VirtualServiceSpec = serde_yaml::from_str(
+        r#"
+hosts: [reviews]
+http:
+- match: [{headers: {":status": {exact: "200"}}}]
+  route: [{destination: {host: reviews}}]
+"#,
+    )
+    .unwrap();
+    let e = spec.validate().unwrap_err();
+    assert!(e.contains(":status") && e.contains("pseudo-headers"), "{e}");
+}

@@ -169,13 +169,54 @@ struct Compiled {
     scheme: Option<StrTest>,
     method: Option<StrTest>,
     authority: Option<StrTest>,
-    headers: Vec<(HeaderName, HeaderTest)>,
-    without: Vec<(HeaderName, HeaderTest)>,
+    headers: Vec<(HeaderKey, HeaderTest)>,
+    without: Vec<(HeaderKey, HeaderTest)>,
     query: Vec<(String, StrTest)>,
     port: Option<u16>,
     /// `sourceLabels` / `sourceNamespace`: config-time client selectors, which an Istio
     /// waypoint drops (VS-33): the block never matches.
     never: bool,
+}
+
+/// What a `headers`/`withoutHeaders` key names: a header, or one of HTTP/2's request
+/// pseudo-headers (RFC 9113 §8.3.1), which an HTTP/1.1 request has too, as its request line
+/// and `host`.
+#[derive(Debug)]
+enum HeaderKey {
+    Name(HeaderName),
+    Method,
+    Authority,
+    Scheme,
+    /// The request target with its query, as `:path` carries it.
+    Path,
+}
+
+impl HeaderKey {
+    fn new(name: &str) -> Option<HeaderKey> {
+        Some(match name {
+            ":method" => HeaderKey::Method,
+            ":authority" => HeaderKey::Authority,
+            ":scheme" => HeaderKey::Scheme,
+            ":path" => HeaderKey::Path,
+            // Any other pseudo-header, or a name that is not a header name: the match
+            // block is invalid.
+            _ => HeaderKey::Name(HeaderName::from_bytes(name.as_bytes()).ok()?),
+        })
+    }
+
+    fn value<'a>(&self, r: &'a RequestView<'_>) -> Option<std::borrow::Cow<'a, str>> {
+        use std::borrow::Cow;
+        match self {
+            HeaderKey::Name(n) => r.headers.get(n)?.to_str().ok().map(Cow::Borrowed),
+            HeaderKey::Method => Some(Cow::Borrowed(r.method)),
+            HeaderKey::Authority => Some(Cow::Borrowed(r.authority)),
+            HeaderKey::Scheme => Some(Cow::Borrowed(r.scheme)),
+            HeaderKey::Path => Some(match r.query {
+                Some(q) => Cow::Owned(format!("{}?{q}", r.path)),
+                None => Cow::Borrowed(r.path),
+            }),
+        }
+    }
 }
 
 /// The request facts VirtualService matches look at.
@@ -209,17 +250,12 @@ impl Compiled {
             }
         };
         let headers =
-            |map: &BTreeMap<String, StringMatch>| -> Option<Vec<(HeaderName, HeaderTest)>> {
+            |map: &BTreeMap<String, StringMatch>| -> Option<Vec<(HeaderKey, HeaderTest)>> {
                 map.iter()
                     .filter(|(n, _)| {
                         !matches!(n.as_str(), "uri" | "scheme" | "method" | "authority")
                     })
-                    .map(|(n, t)| {
-                        Some((
-                            HeaderName::from_bytes(n.as_bytes()).ok()?,
-                            HeaderTest::new(t)?,
-                        ))
-                    })
+                    .map(|(n, t)| Some((HeaderKey::new(n)?, HeaderTest::new(t)?)))
                     .collect()
             };
         Some(Compiled {
@@ -253,14 +289,17 @@ impl Compiled {
         {
             return None;
         }
-        let value = |n: &HeaderName| r.headers.get(n).and_then(|v| v.to_str().ok());
-        if !self.headers.iter().all(|(n, t)| t.matches(value(n))) {
+        if !self
+            .headers
+            .iter()
+            .all(|(k, t)| t.matches(k.value(r).as_deref()))
+        {
             return None;
         }
         if !self
             .without
             .iter()
-            .all(|(n, t)| t.matches_without(value(n)))
+            .all(|(k, t)| t.matches_without(k.value(r).as_deref()))
         {
             return None;
         }

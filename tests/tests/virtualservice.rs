@@ -102,6 +102,8 @@ spec:
       request: {set: {x-test: rewritten}, remove: [x-drop]}
       response: {add: {x-route: details}}
     route: [{destination: {host: details}}]
+  - match: [{headers: {":method": {exact: DELETE}, ":path": {exact: "/pseudo?x=1"}}}]
+    directResponse: {status: 409, body: {string: "matched on pseudo-headers"}}
   - match: [{uri: {exact: /teapot}, method: {exact: GET}}]
     directResponse: {status: 418, body: {string: "short and stout"}}
     headers: {response: {set: {content-type: text/plain}}}
@@ -317,6 +319,16 @@ fn virtual_services_and_destination_rules_at_the_waypoint() {
         mesh.curl_i(&["-X", "POST", "http://details:9080/teapot"]).0,
         404
     );
+    // Header matches on `:method` and `:path` (with its query).
+    let (status, text) = mesh.curl_i(&["-X", "DELETE", "http://details:9080/pseudo?x=1"]);
+    assert_eq!(status, 409, "{text}");
+    assert!(text.contains("matched on pseudo-headers"), "{text}");
+    assert_eq!(
+        mesh.curl_i(&["-X", "DELETE", "http://details:9080/pseudo?x=2"])
+            .0,
+        404
+    );
+    assert_eq!(mesh.curl_i(&["http://details:9080/pseudo?x=1"]).0, 404);
     assert_eq!(
         mesh.curl_i(&["-H", "x-block: 1", "http://details:9080/details/0"])
             .0,

@@ -182,6 +182,13 @@ fn check_matches(r: &HttpRule, field: &str) -> Result<(), String> {
                 if n.to_ascii_lowercase() != *n {
                     return Err(format!("{f}.{kind}.{n}: header names must be lowercase"));
                 }
+                if n.starts_with(':')
+                    && !matches!(n.as_str(), ":method" | ":authority" | ":scheme" | ":path")
+                {
+                    return Err(format!(
+                        "{f}.{kind}.{n}: of the pseudo-headers only :method, :authority, :scheme and :path can be matched"
+                    ));
+                }
                 check_string_match(v, &format!("{f}.{kind}.{n}"), true)?;
             }
         }
