@@ -424,10 +424,23 @@ pub struct ConsistentHash {
 #[serde(rename_all = "camelCase")]
 pub struct HashCookie {
     pub name: String,
-    /// Accepted, not applied: `path`, `ttl` (a missing cookie is not generated),
-    /// `attributes`.
+    /// With a `ttl`, a request without the cookie gets one made (DR-14): `Set-Cookie` on its
+    /// response, valid for `ttl` (`0s`: for the browser session), for `path`.
+    #[serde(default)]
+    pub ttl: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Accepted, not applied: `attributes`.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// A hash cookie the waypoint makes for a request without one (DR-14).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieGen {
+    /// `Max-Age`; zero for a session cookie (none).
+    pub ttl: std::time::Duration,
+    pub path: Option<String>,
 }
 
 /// How endpoints are picked.
@@ -446,7 +459,8 @@ pub enum Balance {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashOn {
     Header(http::HeaderName),
-    Cookie(String),
+    /// The cookie's name, and how to make one when a request has none (`None`: never).
+    Cookie(String, Option<CookieGen>),
     SourceIp,
     Query(String),
 }
@@ -462,7 +476,16 @@ impl LoadBalancer {
                 return Balance::Hash(HashOn::Header(name));
             }
             if let Some(c) = &h.http_cookie {
-                return Balance::Hash(HashOn::Cookie(c.name.clone()));
+                // Validated: a ttl that does not parse never gets here.
+                let generate = c
+                    .ttl
+                    .as_deref()
+                    .and_then(|t| parse_duration(t).ok())
+                    .map(|ttl| CookieGen {
+                        ttl,
+                        path: c.path.clone(),
+                    });
+                return Balance::Hash(HashOn::Cookie(c.name.clone(), generate));
             }
             if h.use_source_ip == Some(true) {
                 return Balance::Hash(HashOn::SourceIp);

@@ -447,7 +447,27 @@ fn load_balancer_choices_and_checks() {
     );
     assert_eq!(
         lb("{consistentHash: {httpCookie: {name: user, ttl: 0s}}}"),
-        Ok(Balance::Hash(HashOn::Cookie("user".into())))
+        Ok(Balance::Hash(HashOn::Cookie(
+            "user".into(),
+            Some(CookieGen {
+                ttl: std::time::Duration::ZERO,
+                path: None
+            })
+        )))
+    );
+    assert_eq!(
+        lb("{consistentHash: {httpCookie: {name: user, ttl: 1h, path: /app}}}"),
+        Ok(Balance::Hash(HashOn::Cookie(
+            "user".into(),
+            Some(CookieGen {
+                ttl: std::time::Duration::from_secs(3600),
+                path: Some("/app".into())
+            })
+        )))
+    );
+    assert_eq!(
+        lb("{consistentHash: {httpCookie: {name: user}}}"),
+        Ok(Balance::Hash(HashOn::Cookie("user".into(), None)))
     );
     for (bad, field) in [
         (
@@ -461,6 +481,18 @@ fn load_balancer_choices_and_checks() {
         (
             "{simple: RANDOM, consistentHash: {useSourceIp: true}}",
             "spec.trafficPolicy.loadBalancer",
+        ),
+        (
+            "{consistentHash: {httpCookie: {name: user, ttl: soon}}}",
+            "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.ttl",
+        ),
+        (
+            "{consistentHash: {httpCookie: {name: \"a b\", ttl: 1s}}}",
+            "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.name",
+        ),
+        (
+            "{consistentHash: {httpCookie: {name: user, ttl: 1s, path: \"/a;b\"}}}",
+            "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.path",
         ),
     ] {
         let e = lb(bad).unwrap_err();

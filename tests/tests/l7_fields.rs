@@ -747,9 +747,9 @@ fn circuit_breakers(mesh: &Mesh) {
     }
 }
 
-/// Three services over the three reviews pods, each with its own `loadBalancer`.
+/// Four services over the three reviews pods, each with its own `loadBalancer`.
 fn balancers() -> String {
-    let services: String = ["lb-rr", "lb-hash", "lb-least"]
+    let services: String = ["lb-rr", "lb-hash", "lb-least", "lb-cookie"]
         .iter()
         .map(|name| {
             format!(
@@ -775,6 +775,13 @@ apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: lb-least}
 spec: {host: lb-least, trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: lb-cookie}
+spec:
+  host: lb-cookie
+  trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: lbsession, ttl: 60s, path: /}}}}
 ";
 
 /// One 1.5 s request to `lb-least`, and while it is in flight 12 quick ones, one after
@@ -842,6 +849,49 @@ fn load_balancing(mesh: &Mesh) {
         seen.len() >= 2
     };
     assert!(eventually(15, sticky), "{}", mesh.waypoint_log());
+    // Consistent hash on a cookie with a ttl: a request without it is given one, and the
+    // requests that carry it then keep to the endpoint that answered the first.
+    let given = || {
+        let (status, text) = mesh.curl_i(&["http://lb-cookie:9080/delay/0"]);
+        if status != 200 {
+            return None;
+        }
+        let set = text
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))?
+            .split_once(':')?
+            .1
+            .trim()
+            .to_string();
+        Some((set, json_body(&text)["service"].as_str()?.to_string()))
+    };
+    assert!(
+        eventually(15, || given().is_some()),
+        "{}",
+        mesh.waypoint_log()
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let (set, first) = given().expect("a Set-Cookie on a request without the cookie");
+        assert!(
+            set.starts_with("lbsession=") && set.ends_with("; Max-Age=60; Path=/; HttpOnly"),
+            "{set}"
+        );
+        let cookie = set.split(';').next().unwrap().to_string();
+        for _ in 0..3 {
+            let (status, text) = mesh.curl_i(&[
+                "-H",
+                &format!("cookie: theme=dark; {cookie}"),
+                "http://lb-cookie:9080/delay/0",
+            ]);
+            assert_eq!(status, 200, "{text}");
+            assert_eq!(json_body(&text)["service"], first.as_str(), "{cookie}");
+            assert!(!text.to_ascii_lowercase().contains("set-cookie"), "{text}");
+        }
+        seen.insert(first);
+    }
+    // Six new cookies over three endpoints: not all on one (1 in 243 by chance).
+    assert!(seen.len() >= 2, "{seen:?}");
     // Least request: no quick request goes to the endpoint busy with the slow one.
     let around = || {
         let out = mesh.exec("curl", &["python3", "-c", LEAST_CLIENT]);

@@ -8,7 +8,8 @@
 //! - `consistentHash`: the endpoint with the highest hash of (key, endpoint) (rendezvous
 //!   hashing: the same key keeps its endpoint, and when endpoints come or go only the keys
 //!   of those move). The key is a header's value, a cookie's, the client's IP (the original
-//!   client, from HBONE) or a query parameter's; a request without one is picked at random.
+//!   client, from HBONE) or a query parameter's; a request without one is picked at random,
+//!   except that a cookie policy with a `ttl` makes the missing cookie ([`new_cookie`]).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -24,16 +25,18 @@ pub fn key(on: &HashOn, headers: &http::HeaderMap, uri: &http::Uri, client: IpAd
     let mut h = std::hash::DefaultHasher::new();
     match on {
         HashOn::Header(name) => headers.get(name)?.as_bytes().hash(&mut h),
-        HashOn::Cookie(name) => headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|c| {
-                let (k, v) = c.trim().split_once('=')?;
-                (k == name).then_some(v)
-            })?
-            .hash(&mut h),
+        HashOn::Cookie(name, _) => {
+            return headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|c| {
+                    let (k, v) = c.trim().split_once('=')?;
+                    (k == name).then_some(v)
+                })
+                .map(cookie_hash)
+        }
         HashOn::SourceIp => client.hash(&mut h),
         HashOn::Query(name) => uri
             .query()?
@@ -45,6 +48,33 @@ pub fn key(on: &HashOn, headers: &http::HeaderMap, uri: &http::Uri, client: IpAd
             .hash(&mut h),
     }
     Some(h.finish())
+}
+
+fn cookie_hash(value: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
+/// For a request without the hash cookie, when the policy says to make one (a `ttl`,
+/// DR-14): a new random value's hash, to pick with, and the `Set-Cookie` that makes the
+/// client's next requests carry it, so they hash to the same endpoint.
+pub fn new_cookie(on: &HashOn) -> Option<(u64, http::HeaderValue)> {
+    let HashOn::Cookie(name, Some(generate)) = on else {
+        return None;
+    };
+    let value = format!("{:016x}", rand::thread_rng().gen::<u64>());
+    let mut set = format!("{name}={value}");
+    if !generate.ttl.is_zero() {
+        set.push_str(&format!("; Max-Age={}", generate.ttl.as_secs().max(1)));
+    }
+    if let Some(p) = &generate.path {
+        set.push_str(&format!("; Path={p}"));
+    }
+    set.push_str("; HttpOnly");
+    // The name and path are validated tokens; the value is hex.
+    let header = http::HeaderValue::from_str(&set).ok()?;
+    Some((cookie_hash(&value), header))
 }
 
 /// The load balancers' state: requests in flight per endpoint uid (for `LEAST_REQUEST`)
@@ -144,8 +174,8 @@ mod tests {
             header,
             k(HashOn::Header(http::HeaderName::from_static("x-user")))
         );
-        assert!(k(HashOn::Cookie("user".into())).is_some());
-        assert_ne!(k(HashOn::Cookie("user".into())), header);
+        assert!(k(HashOn::Cookie("user".into(), None)).is_some());
+        assert_ne!(k(HashOn::Cookie("user".into(), None)), header);
         assert!(k(HashOn::Query("user".into())).is_some());
         assert!(k(HashOn::SourceIp).is_some());
         // No key: no hash (the pick is then random).
@@ -153,7 +183,7 @@ mod tests {
             k(HashOn::Header(http::HeaderName::from_static("x-none"))),
             None
         );
-        assert_eq!(k(HashOn::Cookie("none".into())), None);
+        assert_eq!(k(HashOn::Cookie("none".into(), None)), None);
         assert_eq!(k(HashOn::Query("none".into())), None);
     }
 }

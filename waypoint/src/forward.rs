@@ -340,12 +340,17 @@ impl Context {
                 }
                 None => Vec::new(),
             };
+            let mut set_cookie = None;
             let lb = cluster.as_ref().and_then(|c| {
                 let balance = c.policies.balance.as_ref()?;
                 let hash = match balance {
                     l7::istio::Balance::Hash(on) => {
                         let (headers, uri) = req.head();
-                        crate::balance::key(on, headers, uri, self.client.ip())
+                        crate::balance::key(on, headers, uri, self.client.ip()).or_else(|| {
+                            let (hash, header) = crate::balance::new_cookie(on)?;
+                            set_cookie = Some(header);
+                            Some(hash)
+                        })
                     }
                     _ => None,
                 };
@@ -390,6 +395,9 @@ impl Context {
             let result = result.map(|mut r| {
                 let upgraded = r.status() == StatusCode::SWITCHING_PROTOCOLS;
                 strip_hop_by_hop(r.headers_mut(), upgraded);
+                if let Some(c) = set_cookie {
+                    r.headers_mut().append(http::header::SET_COOKIE, c);
+                }
                 if slot.is_some() || counted.is_some() {
                     r = r.map(|b| Held::wrap(b, Box::new((slot, counted))));
                 }

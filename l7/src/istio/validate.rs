@@ -532,6 +532,30 @@ impl LoadBalancer {
                     ));
                 }
             }
+            if let Some(c) = &h.http_cookie {
+                let token = |s: &str| {
+                    !s.is_empty()
+                        && s.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+                };
+                if !token(&c.name) {
+                    return Err(format!(
+                        "{at}.consistentHash.httpCookie.name: {:?} is not a cookie name",
+                        c.name
+                    ));
+                }
+                if let Some(t) = &c.ttl {
+                    parse_duration(t)
+                        .map_err(|e| format!("{at}.consistentHash.httpCookie.ttl: {e}"))?;
+                }
+                if let Some(p) = &c.path {
+                    if !p.starts_with('/') || p.bytes().any(|b| b == b';' || b.is_ascii_control()) {
+                        return Err(format!(
+                            "{at}.consistentHash.httpCookie.path: {p:?} is not a cookie path"
+                        ));
+                    }
+                }
+            }
         }
         Ok(())
     }
