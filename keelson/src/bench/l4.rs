@@ -293,14 +293,8 @@ pub fn run_scaling(opts: &BenchOptions) -> Result<Vec<(String, Scaling)>> {
 }
 
 fn measure_scaling(tb: &Testbed, opts: &BenchOptions, mesh: bool) -> Result<Scaling> {
-    let server = tb.ip("server");
     start_servers(tb)?;
-    let client = tb.pod("client");
-    let connect = |port: u16| -> Result<TcpStream> {
-        let s = client.tcp_connect(SocketAddr::new(server, port))?;
-        s.set_nonblocking(false)?;
-        Ok(s)
-    };
+    let connect = connector(tb);
     let cpu = Cpu(if mesh {
         vec![tb.ztunnel_pid("client"), tb.ztunnel_pid("server")]
     } else {
@@ -475,14 +469,8 @@ impl Cpu {
 }
 
 fn measure(tb: &Testbed, opts: &BenchOptions, mesh: bool) -> Result<Figures> {
-    let server = tb.ip("server");
     start_servers(tb)?;
-    let client = tb.pod("client");
-    let connect = |port: u16| -> Result<TcpStream> {
-        let s = client.tcp_connect(SocketAddr::new(server, port))?;
-        s.set_nonblocking(false)?;
-        Ok(s)
-    };
+    let connect = connector(tb);
     let cpu = Cpu(if mesh {
         vec![tb.ztunnel_pid("client"), tb.ztunnel_pid("server")]
     } else {
@@ -556,6 +544,17 @@ fn tune_client(tb: &Testbed) -> Result<()> {
         ],
     )?;
     Ok(())
+}
+
+/// Blocking connections from the client pod to the server pod's `port`.
+fn connector(tb: &Testbed) -> impl Fn(u16) -> Result<TcpStream> + Sync + '_ {
+    let server = tb.ip("server");
+    let client = tb.pod("client");
+    move |port| {
+        let s = client.tcp_connect(SocketAddr::new(server, port))?;
+        s.set_nonblocking(false)?;
+        Ok(s)
+    }
 }
 
 fn start_servers(tb: &Testbed) -> Result<()> {
@@ -1189,13 +1188,7 @@ fn measure_workloads(tb: &Testbed, setup: &str, n: usize) -> Result<WorkloadRow>
         pushes.push(wait_known(&name, Duration::from_millis(5))?);
     }
     start_servers(tb)?;
-    let server = tb.ip("server");
-    let client = tb.pod("client");
-    let connect = |port: u16| -> Result<TcpStream> {
-        let s = client.tcp_connect(SocketAddr::new(server, port))?;
-        s.set_nonblocking(false)?;
-        Ok(s)
-    };
+    let connect = connector(tb);
     let cpu = Cpu(pods.iter().map(|p| tb.ztunnel_pid(p)).collect());
     let secs = 3.0;
     let c0 = cpu.total()?;
