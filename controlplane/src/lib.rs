@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authz;
+pub mod ingress;
 pub mod kube_source;
 pub mod review;
 pub mod run;

@@ -57,6 +57,22 @@ fn write_node_tokens(state_dir: &Path, tokens: &TokenAuthority, snap: &Snapshot)
     }
 }
 
+/// The file of computed statuses (`keelson status` shows it).
+pub const STATUS_FILE: &str = "status.json";
+
+/// Writes the statuses of the model's gateways and routes (the file source has no API to
+/// write them to), atomically.
+fn write_status(state_dir: &Path, res: &resources::Resources) {
+    let all = crate::waypoints::all_statuses(res);
+    let text = serde_json::to_string_pretty(&all).unwrap_or_default();
+    let tmp = state_dir.join(format!("{STATUS_FILE}.tmp"));
+    if let Err(e) =
+        std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, state_dir.join(STATUS_FILE)))
+    {
+        tracing::warn!(error = %e, "cannot write the status file");
+    }
+}
+
 /// The CA and the token key of a state directory, created on first use; the root certificate
 /// and a ztunnel token (`token`) are written for clients.
 pub fn load_state(
@@ -140,6 +156,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let snap = Snapshot::build(&first, &opts.mesh);
     if opts.kubernetes.is_none() {
         write_node_tokens(&opts.state_dir, &tokens, &snap);
+        write_status(&opts.state_dir, &first);
     }
     tracing::info!(
         addresses = snap.count(xds::type_url::ADDRESS),
@@ -180,6 +197,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             let snap = Snapshot::build(&model, &mesh);
             if files {
                 write_node_tokens(&state_dir, &tokens, &snap);
+                write_status(&state_dir, &model);
             }
             // An unchanged snapshot (a relist that found nothing new) pushes nothing.
             let mut changed = Vec::new();

@@ -92,18 +92,47 @@ impl Snapshot {
                 route.encode_to_vec(),
             );
         }
-        for (i, v) in res.virtual_services.iter().enumerate() {
-            let ns = v.metadata.namespace.as_deref().unwrap_or("default");
+        let ingress = crate::ingress::translate(res, mesh);
+        let made = ingress
+            .virtual_services
+            .iter()
+            .map(|(ns, name, spec)| (ns.as_str(), name.as_str(), spec));
+        let written = res.virtual_services.iter().map(|v| {
+            (
+                v.metadata.namespace.as_deref().unwrap_or("default"),
+                v.metadata.name.as_str(),
+                &v.spec,
+            )
+        });
+        for (i, (ns, name, spec)) in written.chain(made).enumerate() {
             let vs = xds::l7::VirtualService {
                 namespace: ns.to_string(),
-                name: v.metadata.name.clone(),
+                name: name.to_string(),
                 created: i as u64,
-                spec_json: serde_json::to_string(&v.spec).unwrap_or_default(),
+                spec_json: serde_json::to_string(spec).unwrap_or_default(),
             };
             s.insert(
                 xds::type_url::VIRTUAL_SERVICE,
-                &format!("{ns}/{}", v.metadata.name),
+                &format!("{ns}/{name}"),
                 vs.encode_to_vec(),
+            );
+        }
+        for (i, g) in ingress.gateways.iter().enumerate() {
+            let kind = match g.kind {
+                l7::gateway::GatewayKind::GatewayApi => "gateway",
+                l7::gateway::GatewayKind::Istio => "istio",
+                l7::gateway::GatewayKind::Ingress => "ingress",
+            };
+            let msg = xds::l7::IngressGateway {
+                namespace: g.namespace.clone(),
+                name: g.name.clone(),
+                created: i as u64,
+                spec_json: serde_json::to_string(g).unwrap_or_default(),
+            };
+            s.insert(
+                xds::type_url::INGRESS_GATEWAY,
+                &format!("{kind}/{}/{}", g.namespace, g.name),
+                msg.encode_to_vec(),
             );
         }
         for (i, d) in res.destination_rules.iter().enumerate() {
@@ -129,6 +158,7 @@ impl Snapshot {
             );
         }
         for t in [
+            xds::type_url::INGRESS_GATEWAY,
             xds::type_url::WAYPOINT_POLICY,
             xds::type_url::HTTP_ROUTE,
             xds::type_url::VIRTUAL_SERVICE,

@@ -84,6 +84,11 @@ impl Controller {
             self.apply(&gateway_resource(), g.namespace(), gateway_status(g), true)
                 .await;
         }
+        for g in res.gateways.iter().filter(|g| g.is_ingress()) {
+            let status = crate::ingress::gateway_status(res, g);
+            self.apply(&gateway_resource(), g.namespace(), status, true)
+                .await;
+        }
         for r in &res.http_routes {
             let ns = r.metadata.namespace.as_deref().unwrap_or("default");
             self.apply(&route_resource(), ns, route_status(r, res), true)
@@ -240,6 +245,26 @@ fn condition(kind: &str, ok: bool, reason: &str, message: &str, generation: Opti
     })
 }
 
+/// Every status the control plane computes, as the objects' `status` would be written:
+/// waypoint and ingress Gateways, HTTPRoutes, Istio Gateways and Ingresses. The file source
+/// writes it to `status.json` in its state directory, where `keelson status` reads it.
+pub fn all_statuses(res: &Resources) -> Vec<Value> {
+    let mut out: Vec<Value> = res
+        .gateways
+        .iter()
+        .map(|g| {
+            if g.is_ingress() {
+                crate::ingress::gateway_status(res, g)
+            } else {
+                gateway_status(g)
+            }
+        })
+        .collect();
+    out.extend(crate::ingress::other_statuses(res));
+    out.extend(res.http_routes.iter().map(|r| route_status(r, res)));
+    out
+}
+
 /// The Gateway's status once its objects are applied.
 pub fn gateway_status(g: &Gateway) -> Value {
     let (name, ns) = (g.metadata.name.as_str(), g.namespace());
@@ -297,13 +322,13 @@ pub fn route_status(r: &HttpRoute, res: &Resources) -> Value {
         .parent_refs
         .iter()
         .map(|p| {
+            let accepted = crate::ingress::route_parent_accepted(res, r, p).unwrap_or_else(|| {
+                condition("Accepted", true, "Accepted", "Route was valid", None)
+            });
             json!({
                 "parentRef": p,
                 "controllerName": CONTROLLER,
-                "conditions": [
-                    condition("Accepted", true, "Accepted", "Route was valid", None),
-                    resolved.clone(),
-                ],
+                "conditions": [accepted, resolved.clone()],
             })
         })
         .collect();

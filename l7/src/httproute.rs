@@ -39,6 +39,16 @@ impl ParentRef {
         self.kind.as_deref() == Some("Service")
             && matches!(self.group.as_deref(), Some("" | "core"))
     }
+
+    /// A Gateway parent: kind `Gateway` (the default) of group gateway.networking.k8s.io
+    /// (the default).
+    pub fn is_gateway(&self) -> bool {
+        self.kind.as_deref().is_none_or(|k| k == "Gateway")
+            && self
+                .group
+                .as_deref()
+                .is_none_or(|g| g == "gateway.networking.k8s.io")
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -4,6 +4,7 @@
 //! rule tables, and retry policies for both.
 
 pub mod authz;
+pub mod gateway;
 pub mod httproute;
 pub mod istio;
 pub mod retry;

@@ -33,6 +33,19 @@ pub struct Frontend<'a> {
     pub client_namespace: &'a str,
 }
 
+/// A listener of an ingress gateway, as HTTPRoutes attach to it.
+#[derive(Debug, Clone)]
+pub struct ListenerFrontend<'a> {
+    pub gateway_namespace: &'a str,
+    pub gateway_name: &'a str,
+    pub listener: &'a str,
+    pub port: u16,
+    /// The listener's hostname; `None`: any.
+    pub hostname: Option<&'a str>,
+    /// `None`: routes from any namespace.
+    pub route_namespaces: Option<&'a [String]>,
+}
+
 #[derive(Debug)]
 enum PathTest {
     Exact(String),
@@ -76,6 +89,8 @@ struct Entry {
     headers: Vec<(HeaderName, ValueTest)>,
     query: Vec<(String, ValueTest)>,
     method: Option<String>,
+    /// At a gateway listener: the hostnames the route answers for (empty: any).
+    hosts: Arc<[String]>,
 }
 
 /// Whether `path` is under `prefix`, segment by segment (GW-12).
@@ -131,6 +146,17 @@ impl Entry {
             format!("{}/{}", self.route.namespace, self.route.name),
             self.rule,
         )
+    }
+
+    fn selected(&self) -> Selected {
+        Selected {
+            route: self.route.clone(),
+            rule: self.rule,
+            matched_prefix: match &self.path {
+                PathTest::Prefix(p) => Some(p.clone()),
+                _ => None,
+            },
+        }
     }
 
     fn matches(&self, req: &RequestView<'_>) -> bool {
@@ -237,11 +263,60 @@ impl RouteTable {
         } else {
             consumer
         };
-        if chosen.is_empty() {
-            return None;
-        }
+        Self::of(chosen.into_iter().map(|r| (r, Arc::from([]))))
+    }
+
+    /// The table of one listener of an ingress gateway: the HTTPRoutes whose `parentRefs`
+    /// name the Gateway (and the listener by `sectionName` or `port`, when given), from a
+    /// namespace the listener allows, whose hostnames intersect the listener's (GW: a route
+    /// with none takes the listener's). `None` when no route attaches.
+    pub fn for_listener(routes: &[Arc<Route>], l: &ListenerFrontend<'_>) -> Option<RouteTable> {
+        let chosen = routes.iter().filter_map(|r| {
+            let attached = r.spec.parent_refs.iter().any(|p| {
+                p.is_gateway()
+                    && p.name == l.gateway_name
+                    && p.namespace.as_deref().unwrap_or(&r.namespace) == l.gateway_namespace
+                    && p.section_name.as_deref().is_none_or(|s| s == l.listener)
+                    && p.port.is_none_or(|port| port == l.port)
+            });
+            let allowed = l
+                .route_namespaces
+                .is_none_or(|ns| ns.iter().any(|n| *n == r.namespace));
+            if !attached || !allowed {
+                return None;
+            }
+            let hosts: Vec<String> = match (r.spec.hostnames.is_empty(), l.hostname) {
+                (true, None) => Vec::new(),
+                (true, Some(h)) => vec![h.to_string()],
+                (false, None) => r.spec.hostnames.clone(),
+                (false, Some(lh)) => r
+                    .spec
+                    .hostnames
+                    .iter()
+                    .filter(|h| crate::gateway::hosts_intersect(h, lh))
+                    // The narrower of the two names what the route answers for.
+                    .map(|h| {
+                        if h.starts_with('*') && !lh.starts_with('*') {
+                            lh.to_string()
+                        } else {
+                            h.clone()
+                        }
+                    })
+                    .collect(),
+            };
+            if !r.spec.hostnames.is_empty() && hosts.is_empty() {
+                return None; // no hostname in common (GW: not attached)
+            }
+            Some((r, Arc::from(hosts)))
+        });
+        Self::of(chosen)
+    }
+
+    fn of<'a>(chosen: impl Iterator<Item = (&'a Arc<Route>, Arc<[String]>)>) -> Option<RouteTable> {
         let mut entries = Vec::new();
-        for route in chosen {
+        let mut any = false;
+        for (route, hosts) in chosen {
+            any = true;
             for (ri, rule) in route.spec.rules.iter().enumerate() {
                 let default = [crate::httproute::Match::default()];
                 let matches: &[crate::httproute::Match] = if rule.matches.is_empty() {
@@ -288,12 +363,37 @@ impl RouteTable {
                         headers,
                         query,
                         method: m.method.clone(),
+                        hosts: hosts.clone(),
                     });
                 }
             }
         }
+        if !any {
+            return None;
+        }
         entries.sort_by_key(|e| e.sort_key());
         Some(RouteTable { entries })
+    }
+
+    /// The rule for a request to a gateway listener for `host` (no port): among the routes
+    /// whose hostnames cover it, those of the most specific hostname first (GW), then the
+    /// usual precedence. `None`: 404.
+    pub fn select_for_host(&self, host: &str, req: &RequestView<'_>) -> Option<Selected> {
+        let rank = |e: &Entry| -> Option<usize> {
+            if e.hosts.is_empty() {
+                return Some(usize::MAX);
+            }
+            e.hosts
+                .iter()
+                .filter_map(|p| crate::gateway::host_rank(p, host))
+                .min()
+        };
+        let best = self.entries.iter().filter_map(rank).min()?;
+        self.entries
+            .iter()
+            .filter(|e| rank(e) == Some(best))
+            .find(|e| e.matches(req))
+            .map(Entry::selected)
     }
 
     /// The rule for a request; `None` means 404 (routes attached, none matches: GW-65).
@@ -301,14 +401,7 @@ impl RouteTable {
         self.entries
             .iter()
             .find(|e| e.matches(req))
-            .map(|e| Selected {
-                route: e.route.clone(),
-                rule: e.rule,
-                matched_prefix: match &e.path {
-                    PathTest::Prefix(p) => Some(p.clone()),
-                    _ => None,
-                },
-            })
+            .map(Entry::selected)
     }
 }
 

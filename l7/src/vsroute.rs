@@ -242,7 +242,17 @@ fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 }
 
 impl Compiled {
-    fn new(m: &crate::istio::HttpMatch) -> Option<Compiled> {
+    /// `gateway`: the gateway (`namespace/name`) the table is for, `None` for the mesh; a
+    /// block whose own `gateways` leave it out never matches there.
+    fn new(m: &crate::istio::HttpMatch, vs_ns: &str, gateway: Option<&str>) -> Option<Compiled> {
+        let elsewhere = !m.gateways.is_empty()
+            && match gateway {
+                None => !m.gateways.iter().any(|g| g == "mesh"),
+                Some(key) => !m
+                    .gateways
+                    .iter()
+                    .any(|g| crate::gateway::binds(g, vs_ns, key)),
+            };
         let opt = |m: &Option<StringMatch>| -> Option<Option<StrTest>> {
             match m {
                 None => Some(None),
@@ -274,7 +284,7 @@ impl Compiled {
                 .map(|(n, t)| Some((n.clone(), StrTest::new(t, false)?)))
                 .collect::<Option<_>>()?,
             port: m.port,
-            never: !m.source_labels.is_empty() || m.source_namespace.is_some(),
+            never: elsewhere || !m.source_labels.is_empty() || m.source_namespace.is_some(),
         })
     }
 
@@ -327,6 +337,16 @@ struct Entry {
     rule: usize,
     /// Empty: the rule matches everything.
     matches: Vec<Compiled>,
+    /// At a gateway: the VirtualService's hosts that the gateway serves.
+    hosts: Arc<[String]>,
+}
+
+/// An ingress gateway as VirtualServices bind to it: its `namespace/name` and the hosts of
+/// one port's servers.
+#[derive(Debug, Clone)]
+pub struct GatewayFrontend<'a> {
+    pub key: &'a str,
+    pub hosts: &'a [crate::gateway::HostFilter],
 }
 
 /// The rules of every VirtualService that applies to one service, in order.
@@ -369,46 +389,114 @@ impl VsTable {
     /// The table for `f`, or `None` when no VirtualService with HTTP rules applies. Several
     /// merge in creation order (then namespace/name).
     pub fn build(all: &[Arc<VirtualService>], f: &Frontend<'_>) -> Option<VsTable> {
-        let mut chosen: Vec<&Arc<VirtualService>> = all
+        let chosen = all
             .iter()
             .filter(|vs| !vs.spec.http.is_empty() && applies(vs, f))
-            .collect();
+            .map(|vs| (vs, Arc::from([])));
+        Self::of(chosen, None)
+    }
+
+    /// The table of an ingress gateway's servers on one port: the VirtualServices bound to
+    /// the gateway by `gateways:` whose hosts the servers serve (a server host
+    /// `namespace/host` admits only that namespace's VirtualServices).
+    pub fn for_gateway(all: &[Arc<VirtualService>], g: &GatewayFrontend<'_>) -> Option<VsTable> {
+        let chosen = all.iter().filter_map(|vs| {
+            let bound = vs
+                .spec
+                .gateways
+                .iter()
+                .any(|name| crate::gateway::binds(name, &vs.namespace, g.key));
+            if vs.spec.http.is_empty() || !bound {
+                return None;
+            }
+            let hosts: Vec<String> = vs
+                .spec
+                .hosts
+                .iter()
+                .map(|h| {
+                    if h.contains('*') || h.contains('.') {
+                        h.clone()
+                    } else {
+                        fqdn(h, &vs.namespace)
+                    }
+                })
+                .filter(|h| {
+                    g.hosts.iter().any(|f| {
+                        f.namespace.as_deref().is_none_or(|n| n == vs.namespace)
+                            && crate::gateway::hosts_intersect(&f.host, h)
+                    })
+                })
+                .collect();
+            (!hosts.is_empty()).then(|| (vs, Arc::from(hosts)))
+        });
+        Self::of(chosen, Some(g.key))
+    }
+
+    fn of<'a>(
+        chosen: impl Iterator<Item = (&'a Arc<VirtualService>, Arc<[String]>)>,
+        gateway: Option<&str>,
+    ) -> Option<VsTable> {
+        let mut chosen: Vec<_> = chosen.collect();
         if chosen.is_empty() {
             return None;
         }
-        chosen.sort_by(|a, b| {
+        chosen.sort_by(|(a, _), (b, _)| {
             (a.created, &a.namespace, &a.name).cmp(&(b.created, &b.namespace, &b.name))
         });
         let mut entries = Vec::new();
-        for vs in chosen {
+        for (vs, hosts) in chosen {
             for (i, rule) in vs.spec.http.iter().enumerate() {
-                let matches: Option<Vec<Compiled>> =
-                    rule.matches.iter().map(Compiled::new).collect();
+                let matches: Option<Vec<Compiled>> = rule
+                    .matches
+                    .iter()
+                    .map(|m| Compiled::new(m, &vs.namespace, gateway))
+                    .collect();
                 // Validated at the control plane; a rule that does not compile is skipped.
                 let Some(matches) = matches else { continue };
                 entries.push(Entry {
                     vs: vs.clone(),
                     rule: i,
                     matches,
+                    hosts: hosts.clone(),
                 });
             }
         }
         Some(VsTable { entries })
     }
 
+    /// At a gateway: the first matching rule among the VirtualServices with the most
+    /// specific host covering `host` (no port), as Istio picks a virtual host first.
+    pub fn select_for_host(&self, host: &str, r: &RequestView<'_>) -> Option<Selected> {
+        let rank = |e: &Entry| -> Option<usize> {
+            e.hosts
+                .iter()
+                .filter_map(|p| crate::gateway::host_rank(p, host))
+                .min()
+        };
+        let best = self.entries.iter().filter_map(rank).min()?;
+        self.entries
+            .iter()
+            .filter(|e| rank(e) == Some(best))
+            .find_map(|e| e.select(r))
+    }
+
     /// The first rule with a matching block (or no blocks).
     pub fn select(&self, r: &RequestView<'_>) -> Option<Selected> {
-        self.entries.iter().find_map(|e| {
-            let uri = if e.matches.is_empty() {
-                Some(UriMatched::None)
-            } else {
-                e.matches.iter().find_map(|m| m.matches(r))
-            }?;
-            Some(Selected {
-                vs: e.vs.clone(),
-                rule: e.rule,
-                uri,
-            })
+        self.entries.iter().find_map(|e| e.select(r))
+    }
+}
+
+impl Entry {
+    fn select(&self, r: &RequestView<'_>) -> Option<Selected> {
+        let uri = if self.matches.is_empty() {
+            Some(UriMatched::None)
+        } else {
+            self.matches.iter().find_map(|m| m.matches(r))
+        }?;
+        Some(Selected {
+            vs: self.vs.clone(),
+            rule: self.rule,
+            uri,
         })
     }
 }

@@ -68,6 +68,9 @@ pub const READ: &[ApiKind] = &[
         "destinationrules",
         true,
     ),
+    kind(ISTIO_NETWORKING, "v1", "Gateway", "gateways", true),
+    kind("networking.k8s.io", "v1", "Ingress", "ingresses", true),
+    kind("", "v1", "Secret", "secrets", true),
     kind(
         ISTIO_SECURITY,
         "v1",

@@ -118,11 +118,37 @@ pub struct Service {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: ServiceSpec,
+    #[serde(default)]
+    pub status: ServiceStatus,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    #[serde(default)]
+    pub load_balancer: LoadBalancerStatus,
+}
+
+/// A LoadBalancer Service's external addresses (a gateway's address in its status).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct LoadBalancerStatus {
+    #[serde(default)]
+    pub ingress: Vec<LoadBalancerIngress>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct LoadBalancerIngress {
+    #[serde(default)]
+    pub ip: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
     #[serde(default, rename = "clusterIP")]
     pub cluster_ip: Option<String>,
     #[serde(default, rename = "clusterIPs")]
@@ -213,14 +239,7 @@ pub struct Gateway {
 pub struct GatewaySpec {
     pub gateway_class_name: String,
     #[serde(default)]
-    pub listeners: Vec<GatewayListener>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct GatewayListener {
-    pub name: String,
-    pub port: u16,
-    pub protocol: String,
+    pub listeners: Vec<l7::gateway::Listener>,
 }
 
 /// The class of waypoint Gateways.
@@ -229,6 +248,11 @@ pub const WAYPOINT_CLASS: &str = "istio-waypoint";
 impl Gateway {
     pub fn is_waypoint(&self) -> bool {
         self.spec.gateway_class_name == WAYPOINT_CLASS
+    }
+
+    /// An ingress gateway: class `istio` (docs/GATEWAY.md).
+    pub fn is_ingress(&self) -> bool {
+        self.spec.gateway_class_name == l7::gateway::GATEWAY_CLASS
     }
 
     pub fn namespace(&self) -> &str {
@@ -249,12 +273,88 @@ impl Gateway {
                     .into(),
             );
         }
+        if self.is_ingress() {
+            let mut names = std::collections::BTreeSet::new();
+            for (i, l) in self.spec.listeners.iter().enumerate() {
+                l.validate(&format!("spec.listeners[{i}]"))?;
+                if !names.insert(&l.name) {
+                    return Err(format!(
+                        "spec.listeners[{i}].name: {:?} is used twice",
+                        l.name
+                    ));
+                }
+            }
+        }
         if self.is_waypoint() && self.metadata.name == "none" {
             return Err(
                 "metadata.name: \"none\" is reserved (istio.io/use-waypoint: none opts out)".into(),
             );
         }
         Ok(())
+    }
+}
+
+/// An Istio `Gateway` (networking.istio.io): servers on the pods its selector picks.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IstioGateway {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: l7::gateway::IstioGatewaySpec,
+}
+
+/// A Kubernetes `Ingress` (networking.k8s.io/v1).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Ingress {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: l7::gateway::IngressSpec,
+}
+
+/// A `Secret`: what gateways read from one is a `kubernetes.io/tls` pair (`tls.crt`,
+/// `tls.key`, base64 in `data` or plain in `stringData`).
+#[derive(Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Secret {
+    pub metadata: ObjectMeta,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+    #[serde(default)]
+    pub string_data: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Secret {
+    /// Never the data.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("metadata", &self.metadata)
+            .field("type", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Secret {
+    /// One entry, decoded: `stringData` first, then base64 `data`.
+    pub fn value(&self, key: &str) -> Option<String> {
+        if let Some(v) = self.string_data.get(key) {
+            return Some(v.clone());
+        }
+        let bytes = l7::istio::base64_decode(self.data.get(key)?)?;
+        String::from_utf8(bytes).ok()
+    }
+
+    /// The certificate chain and key of a TLS Secret; `Err` says what is missing.
+    pub fn tls_pair(&self) -> Result<(String, String), String> {
+        let chain = self
+            .value("tls.crt")
+            .filter(|v| v.contains("-----BEGIN"))
+            .ok_or("no PEM tls.crt")?;
+        let key = self
+            .value("tls.key")
+            .filter(|v| v.contains("-----BEGIN"))
+            .ok_or("no PEM tls.key")?;
+        Ok((chain, key))
     }
 }
 
@@ -292,6 +392,9 @@ pub struct Resources {
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub peer_authentications: Vec<PeerAuthentication>,
     pub gateways: Vec<Gateway>,
+    pub istio_gateways: Vec<IstioGateway>,
+    pub ingresses: Vec<Ingress>,
+    pub secrets: Vec<Secret>,
     pub http_routes: Vec<HttpRoute>,
     pub virtual_services: Vec<VirtualService>,
     pub destination_rules: Vec<DestinationRule>,
@@ -332,6 +435,9 @@ impl Resources {
             .extend(other.authorization_policies);
         self.peer_authentications.extend(other.peer_authentications);
         self.gateways.extend(other.gateways);
+        self.istio_gateways.extend(other.istio_gateways);
+        self.ingresses.extend(other.ingresses);
+        self.secrets.extend(other.secrets);
         self.http_routes.extend(other.http_routes);
         self.virtual_services.extend(other.virtual_services);
         self.destination_rules.extend(other.destination_rules);
@@ -418,6 +524,22 @@ impl Resources {
                 r.spec.validate().map_err(bad)?;
                 self.http_routes.push(r)
             }
+            "Gateway" if is_istio_networking(&value) => {
+                let g: IstioGateway = typed(value).map_err(bad)?;
+                g.spec.validate().map_err(bad)?;
+                self.istio_gateways.push(g)
+            }
+            "Ingress"
+                if value
+                    .get("apiVersion")
+                    .and_then(|v| v.as_str())
+                    .is_some_and(|v| v.starts_with("networking.k8s.io/")) =>
+            {
+                let i: Ingress = typed(value).map_err(bad)?;
+                i.spec.validate().map_err(bad)?;
+                self.ingresses.push(i)
+            }
+            "Secret" => self.secrets.push(typed(value).map_err(bad)?),
             "VirtualService" if is_istio_networking(&value) => {
                 let r: VirtualService = typed(value).map_err(bad)?;
                 r.spec.validate().map_err(bad)?;
