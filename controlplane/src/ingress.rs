@@ -160,6 +160,31 @@ fn gateway_listener(
     (listener, refs)
 }
 
+/// The port a gateway pod listens on for server port `port`: the target port of a port
+/// `port` of a Service selecting the pods, else `port` itself (as istiod maps a Gateway
+/// server's port through the gateway's Service: 80 → 8080 on the default ingress).
+fn listen_port(res: &Resources, pods: &[&Pod], port: u16) -> u16 {
+    res.services
+        .iter()
+        .filter(|s| {
+            !s.spec.selector.is_empty()
+                && pods.iter().any(|p| {
+                    ns_of(&p.metadata.namespace) == ns_of(&s.metadata.namespace)
+                        && s.spec
+                            .selector
+                            .iter()
+                            .all(|(k, v)| p.metadata.labels.get(k) == Some(v))
+                })
+        })
+        .flat_map(|s| s.spec.ports.iter())
+        .find(|p| p.port == port)
+        .and_then(|p| match &p.target_port {
+            Some(resources::IntOrString::Int(t)) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(port)
+}
+
 /// Every ingress gateway of the model, and the VirtualServices of its Ingresses.
 pub fn translate(res: &Resources, mesh: &MeshSettings) -> Translated {
     let mut out = Translated::default();
@@ -196,7 +221,7 @@ pub fn translate(res: &Resources, mesh: &MeshSettings) -> Translated {
                         .clone()
                         .or(s.port.name.clone())
                         .unwrap_or_else(|| format!("server-{i}")),
-                    port: s.port.number,
+                    port: listen_port(res, &pods, s.port.number),
                     protocol: if https {
                         Protocol::Https
                     } else {
@@ -257,7 +282,7 @@ pub fn translate(res: &Resources, mesh: &MeshSettings) -> Translated {
         };
         let mut listeners = vec![ResolvedListener {
             name: "http".into(),
-            port: 80,
+            port: listen_port(res, &ingress_pods, 80),
             protocol: Protocol::Http,
             hosts: any(&i.spec.hosts()),
             certificates: Vec::new(),
@@ -277,7 +302,7 @@ pub fn translate(res: &Resources, mesh: &MeshSettings) -> Translated {
             match found {
                 Ok(c) => listeners.push(ResolvedListener {
                     name: format!("https-{ti}"),
-                    port: 443,
+                    port: listen_port(res, &ingress_pods, 443),
                     protocol: Protocol::Https,
                     hosts: any(&t.hosts),
                     certificates: vec![c],

@@ -6,10 +6,12 @@ use keelson::bench::{self, BenchOptions};
 use keelson::mesh::{self, Paths, UpOptions};
 
 const USAGE: &str = "usage:
-  keelson up [DIR|FILE] [--nodes N] [--redirect iptables|nftables]
+  keelson up [DIR|FILE] [--nodes N] [--redirect iptables|nftables|ebpf] [--no-ingress]
       build a local mesh on this machine (network namespaces as nodes and pods, a control
       plane, a CNI node agent and a ztunnel per node) running the Kubernetes YAML given
-      (default: the bundled bookinfo); returns once every pod answers
+      (default: the bundled bookinfo), with the ingress gateway istio-system/
+      istio-ingressgateway reachable from this machine at $GATEWAY_URL (printed);
+      returns once every pod answers
   keelson apply -f FILE       add or update resources and workloads in the local mesh
   keelson delete -f FILE      remove them
   keelson exec [-n NS] POD -- CMD...
@@ -278,6 +280,7 @@ fn up(args: &[&str]) -> anyhow::Result<()> {
         match *a {
             "--nodes" => opts.nodes = value(&mut it, a)?.parse()?,
             "--redirect" => opts.redirect = value(&mut it, a)?.parse()?,
+            "--no-ingress" => opts.ingress = false,
             other if other.starts_with('-') => anyhow::bail!("unknown option {other}\n{USAGE}"),
             path => opts.source = Some(path.into()),
         }
@@ -296,9 +299,19 @@ fn up(args: &[&str]) -> anyhow::Result<()> {
     } else {
         "http://SERVICE:PORT/"
     };
+    let gateway = match mesh::gateway_url(&state) {
+        Some(url) => format!(
+            "The ingress gateway, from this machine (expose the app with a Gateway first,
+as examples/bookinfo/bookinfo-gateway.yaml does):
+  export GATEWAY_URL={url}
+  curl -s http://$GATEWAY_URL/productpage
+"
+        ),
+        None => String::new(),
+    };
     println!(
         "\nlocal mesh ready: {} pods on {} nodes, mTLS (HBONE) between them.
-Look at it:
+{gateway}Look at it:
   {me} exec {client} -- curl -s {target}
   {me} status
   tail -f {}/logs/node-1-ztunnel.log     (access logs: src and dst identities)

@@ -68,6 +68,12 @@ pub fn decode_destination_rule(bytes: &[u8]) -> Result<DestinationRule, String> 
     })
 }
 
+/// An ingress gateway from the control plane, checked.
+pub fn decode_gateway(bytes: &[u8]) -> Result<l7::gateway::IngressGateway, String> {
+    let r = xds::l7::IngressGateway::decode(bytes).map_err(|e| format!("decode: {e}"))?;
+    serde_json::from_str(&r.spec_json).map_err(|e| format!("spec_json: {e}"))
+}
+
 /// An AuthorizationPolicy attached to waypoints, with what it attaches to.
 #[derive(Debug)]
 pub struct WaypointPolicy {
@@ -117,6 +123,66 @@ struct Cache {
     /// The policies that apply here, by destination service hostname ("" for requests
     /// addressed to a workload).
     applied: HashMap<String, AppliedPolicies>,
+    /// An ingress gateway's listeners by port, for the gateway's own uid.
+    ingress: Option<(String, Arc<IngressPorts>)>,
+    /// By gateway key and listener name.
+    listener_routes: HashMap<(String, String), Arc<Option<RouteTable>>>,
+    /// By gateway key and port.
+    gateway_vs: HashMap<(String, u16), Arc<Option<VsTable>>>,
+}
+
+/// One listener of an ingress gateway, with its gateway.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub gateway: Arc<l7::gateway::IngressGateway>,
+    pub listener: usize,
+}
+
+impl Served {
+    pub fn listener(&self) -> &l7::gateway::ResolvedListener {
+        &self.gateway.listeners[self.listener]
+    }
+}
+
+/// What an ingress gateway listens on: per port, the listeners of every gateway it serves
+/// there (gateways in creation order).
+#[derive(Debug, Default)]
+pub struct IngressPorts {
+    pub ports: std::collections::BTreeMap<u16, Vec<Served>>,
+}
+
+impl IngressPorts {
+    /// Whether the port terminates TLS (any HTTPS listener on it).
+    pub fn is_tls(&self, port: u16) -> bool {
+        self.ports.get(&port).is_some_and(|l| {
+            l.iter()
+                .any(|s| s.listener().protocol == l7::gateway::Protocol::Https)
+        })
+    }
+
+    /// The listener on `port` for `host` (no port): the one with the most specific host
+    /// that covers it, among those of the connection's kind (`tls`).
+    pub fn pick(&self, port: u16, tls: bool, host: &str) -> Option<&Served> {
+        let https = |s: &&Served| (s.listener().protocol == l7::gateway::Protocol::Https) == tls;
+        self.ports
+            .get(&port)?
+            .iter()
+            .filter(https)
+            .filter_map(|s| {
+                let l = s.listener();
+                let rank = if l.hosts.is_empty() {
+                    Some(usize::MAX)
+                } else {
+                    l.hosts
+                        .iter()
+                        .filter_map(|h| l7::gateway::host_rank(&h.host, host))
+                        .min()
+                };
+                rank.map(|r| (r, s))
+            })
+            .min_by_key(|(r, _)| *r)
+            .map(|(_, s)| s)
+    }
 }
 
 /// The authorization policies of one destination, in name order.
@@ -222,6 +288,95 @@ impl L7Config {
             let list: AppliedPolicies = found.iter().map(|p| p.policy.clone()).collect();
             c.applied.insert(hostname.to_string(), list.clone());
             list
+        })
+    }
+
+    /// The listeners of the ingress gateways whose `proxy_uids` hold `own_uid`, by port.
+    pub fn ingress_ports(&self, state: &State, own_uid: &str) -> Arc<IngressPorts> {
+        self.with(state, |c| {
+            if let Some((uid, p)) = &c.ingress {
+                if uid == own_uid {
+                    return p.clone();
+                }
+            }
+            let mut gateways: Vec<Arc<l7::gateway::IngressGateway>> = self.store.read(|r| {
+                r.gateways
+                    .values()
+                    .filter(|g| g.proxy_uids.iter().any(|u| u == own_uid))
+                    .cloned()
+                    .collect()
+            });
+            gateways.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+            let mut ports = IngressPorts::default();
+            for g in gateways {
+                for (i, l) in g.listeners.iter().enumerate() {
+                    ports.ports.entry(l.port).or_default().push(Served {
+                        gateway: g.clone(),
+                        listener: i,
+                    });
+                }
+            }
+            let ports = Arc::new(ports);
+            c.ingress = Some((own_uid.to_string(), ports.clone()));
+            ports
+        })
+    }
+
+    /// The HTTPRoute table of a Gateway API listener.
+    pub fn listener_routes(&self, state: &State, s: &Served) -> Arc<Option<RouteTable>> {
+        let g = &s.gateway;
+        let l = s.listener();
+        self.with(state, |c| {
+            let key = (g.key(), l.name.clone());
+            if let Some(t) = c.listener_routes.get(&key) {
+                return t.clone();
+            }
+            let frontend = l7::table::ListenerFrontend {
+                gateway_namespace: &g.namespace,
+                gateway_name: &g.name,
+                listener: &l.name,
+                port: l.port,
+                hostname: l.hosts.first().map(|h| h.host.as_str()),
+                route_namespaces: l.route_namespaces.as_deref(),
+            };
+            let t = Arc::new(RouteTable::for_listener(&c.routes, &frontend));
+            c.listener_routes.insert(key, t.clone());
+            t
+        })
+    }
+
+    /// The VirtualService table of an Istio gateway's (or an Ingress's) servers on a port.
+    pub fn gateway_vs_table(&self, state: &State, s: &Served) -> Arc<Option<VsTable>> {
+        let g = &s.gateway;
+        let port = s.listener().port;
+        self.with(state, |c| {
+            let key = (g.key(), port);
+            if let Some(t) = c.gateway_vs.get(&key) {
+                return t.clone();
+            }
+            let hosts: Vec<l7::gateway::HostFilter> = g
+                .listeners
+                .iter()
+                .filter(|l| l.port == port)
+                .flat_map(|l| {
+                    if l.hosts.is_empty() {
+                        vec![l7::gateway::HostFilter {
+                            namespace: None,
+                            host: "*".into(),
+                        }]
+                    } else {
+                        l.hosts.clone()
+                    }
+                })
+                .collect();
+            let key_str = g.key();
+            let frontend = l7::vsroute::GatewayFrontend {
+                key: &key_str,
+                hosts: &hosts,
+            };
+            let t = Arc::new(VsTable::for_gateway(&c.virtual_services, &frontend));
+            c.gateway_vs.insert(key, t.clone());
+            t
         })
     }
 

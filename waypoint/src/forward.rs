@@ -34,8 +34,8 @@ const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
 /// Per tunnel: what the requests inside it are for and who sent them.
 pub struct Context {
     pub wp: Arc<Waypoint>,
-    pub dst: Destination,
-    /// `dst`'s name, for the access log.
+    pub target: Target,
+    /// The destination's name, for the access log (the listener's at an ingress gateway).
     pub dst_name: String,
     pub source: String,
     /// `source` without `spiffe://`, as policies name principals.
@@ -54,6 +54,15 @@ pub struct Context {
     /// The tunnel's connection and stream ids, and its span: each request's span is a child.
     pub ids: proxycore::listen::Ids,
     pub span: tracing::Span,
+}
+
+/// What a connection's requests were addressed to.
+pub enum Target {
+    /// A waypoint's tunnel: the destination its CONNECT named.
+    Mesh(Destination),
+    /// An ingress gateway's connection: the port it came in on and whether over TLS; the
+    /// gateway's own workload uid picks the listeners it serves.
+    Ingress { port: u16, tls: bool, uid: String },
 }
 
 /// A request body: held (replayable) or streaming (one use).
@@ -148,11 +157,28 @@ impl Context {
             wp: &self.wp,
             source_namespace: &self.source_namespace,
             tables: Some(&self.tables),
-            principal: Some(&self.principal),
+            principal: (!self.principal.is_empty()).then_some(self.principal.as_str()),
             source_ip: self.source_ip,
             destination_ip: self.destination_ip,
         };
-        let plan = crate::plan::plan(&facts, &self.dst, &mut req, host);
+        let plan = match &self.target {
+            Target::Mesh(dst) => crate::plan::plan(&facts, dst, &mut req, host),
+            Target::Ingress { port, tls, uid } => {
+                let ports = self.wp.config.ingress_ports(&self.wp.pi.state, uid);
+                crate::plan::ingress(&facts, &ports, *port, *tls, &mut req, host)
+            }
+        };
+        // At an ingress gateway the service is the route's, not the connection's.
+        let service = match (&self.target, &plan.action) {
+            (
+                Target::Ingress { .. },
+                Action::Forward(Backend {
+                    dst: Destination::Service { svc, .. },
+                    ..
+                }),
+            ) => Some(svc.clone()),
+            _ => None,
+        };
         let mut delayed = false;
         if let Some(d) = plan.delay {
             tokio::time::sleep(d).await;
@@ -223,6 +249,7 @@ impl Context {
             &self.wp.metrics,
             &self.wp.pi.cfg.cluster_id,
             &crate::metrics::Outcome {
+                service: service.as_ref(),
                 upstream: out.upstream.as_ref(),
                 status: out.resp.status().as_u16(),
                 flags: flag,

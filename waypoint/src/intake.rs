@@ -120,7 +120,7 @@ async fn handle_stream(wp: Arc<Waypoint>, inc: Incoming) {
         let ctx = Arc::new(forward::Context {
             wp: wp.clone(),
             dst_name: dst.name(),
-            dst,
+            target: forward::Target::Mesh(dst),
             source: source_name,
             principal,
             source_namespace: source.namespace.to_string(),

@@ -22,6 +22,7 @@ mod config;
 mod error;
 mod forward;
 mod h1;
+pub mod ingress;
 mod intake;
 mod metrics;
 mod outlier;
@@ -53,7 +54,7 @@ pub mod fuzzing {
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let config = L7Config::default();
     let mut builder = Runtime::builder("waypoint", cfg);
-    for s in config.store.subscriptions() {
+    for s in config.store.subscriptions(false) {
         builder = builder.subscribe(s);
     }
     let mut rt = builder.build()?;

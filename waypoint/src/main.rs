@@ -25,10 +25,22 @@ impl Source for WaypointEnv {
 }
 
 fn main() -> ExitCode {
+    // `waypoint gateway`: the ingress gateway (docs/GATEWAY.md), the same engine behind
+    // plain ports.
+    let mut ingress = false;
     if let Some(a) = std::env::args().nth(1) {
-        if a == "version" || a == "--version" {
-            println!("keelson-waypoint {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
+        match a.as_str() {
+            "version" | "--version" => {
+                println!("keelson-waypoint {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
+            "gateway" => ingress = true,
+            other => {
+                eprintln!(
+                    "waypoint: unknown argument {other:?} (`gateway` runs the ingress gateway)"
+                );
+                return ExitCode::from(2);
+            }
         }
     }
     let mut cfg = match Config::from_source(&WaypointEnv) {
@@ -81,7 +93,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = match rt.block_on(waypoint::run(cfg)) {
+    let run = async {
+        if ingress {
+            waypoint::ingress::run(cfg).await
+        } else {
+            waypoint::run(cfg).await
+        }
+    };
+    let code = match rt.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "waypoint failed");

@@ -73,6 +73,8 @@ impl HttpMetrics {
 
 /// One request's outcome, as the labels tell it apart.
 pub struct Outcome<'a> {
+    /// The service routed to, when it is not the connection's (an ingress gateway's).
+    pub service: Option<&'a Arc<proxycore::state::Service>>,
     pub upstream: Option<&'a Arc<Workload>>,
     pub status: u16,
     pub flags: &'static str,
@@ -98,6 +100,7 @@ impl Recorder {
 }
 
 struct Seen {
+    service: Option<Arc<proxycore::state::Service>>,
     upstream: Option<Arc<Workload>>,
     status: u16,
     flags: &'static str,
@@ -125,6 +128,11 @@ impl Recorder {
                     (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                     _ => false,
                 }
+                && match (&s.service, o.service) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    _ => false,
+                }
         };
         if let Some(s) = seen.iter().find(same) {
             s.requests.inc();
@@ -135,6 +143,9 @@ impl Recorder {
             .base
             .clone()
             .with_destination(o.upstream.map(|w| &**w), cluster);
+        if let Some(svc) = o.service {
+            traffic = traffic.with_service(&svc.hostname, &svc.namespace, &svc.name);
+        }
         if let Some(w) = o.upstream {
             traffic.destination_principal = w.identity().to_string();
         }
@@ -153,6 +164,7 @@ impl Recorder {
             seen.clear();
         }
         seen.push(Seen {
+            service: o.service.cloned(),
             upstream: o.upstream.cloned(),
             status: o.status,
             flags: o.flags,

@@ -183,12 +183,55 @@ pub fn plan<B>(f: &Facts<'_>, dst: &Destination, req: &mut Request<B>, host: &st
         return Plan::new(Action::Forward(Backend::of(dst.clone())), None, host);
     };
     if let Some(table) = routes.as_ref().as_ref() {
-        return http_route(f, table, port, req, host);
+        return http_route(f, table, port, req, host, false);
     }
     if let Some(table) = vss.as_ref().and_then(|t| t.as_ref().as_ref()) {
-        return virtual_service(f, table, port, req, host);
+        return virtual_service(f, table, port, req, host, false);
     }
     Plan::new(Action::Forward(Backend::of(dst.clone())), None, host)
+}
+
+/// What to do with a request that came to an ingress gateway on `port` (`tls`: over
+/// HTTPS): the listener for its host decides (docs/GATEWAY.md): a plain listener with
+/// `httpsRedirect` answers 301; a Gateway API listener's HTTPRoutes, or the
+/// VirtualServices bound to an Istio gateway (or made from an Ingress), route it; with no
+/// listener, no route attached, or none matching: 404.
+pub fn ingress<B>(
+    f: &Facts<'_>,
+    ports: &crate::config::IngressPorts,
+    port: u16,
+    tls: bool,
+    req: &mut Request<B>,
+    host: &str,
+) -> Plan {
+    normalize(req);
+    let not_found = |what: &str| Plan::respond(text(StatusCode::NOT_FOUND, what), "NR", None, host);
+    let Some(served) = ports.pick(port, tls, &l7::gateway::request_host(host)) else {
+        return not_found("no listener for this host");
+    };
+    let listener = served.listener();
+    if listener.https_redirect && !tls {
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let location = format!("https://{}{path}", l7::gateway::request_host(host));
+        return Plan::respond(redirect_response(301, &location, 301), "-", None, host);
+    }
+    let state = &f.wp.pi.state;
+    match served.gateway.kind {
+        l7::gateway::GatewayKind::GatewayApi => {
+            let table = f.wp.config.listener_routes(state, served);
+            match table.as_ref() {
+                Some(t) => http_route(f, t, port, req, host, true),
+                None => not_found("no route attached to this listener"),
+            }
+        }
+        l7::gateway::GatewayKind::Istio | l7::gateway::GatewayKind::Ingress => {
+            let table = f.wp.config.gateway_vs_table(state, served);
+            match table.as_ref() {
+                Some(t) => virtual_service(f, t, port, req, host, true),
+                None => not_found("no VirtualService bound to this gateway"),
+            }
+        }
+    }
 }
 
 /// The request's path, normalized in place when that changes it (mesh `pathNormalization`
@@ -289,15 +332,21 @@ fn http_route<B>(
     port: u16,
     req: &mut Request<B>,
     host: &str,
+    at_gateway: bool,
 ) -> Plan {
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
-    let selected = table.select(&l7::table::RequestView {
+    let view = l7::table::RequestView {
         method: req.method().as_str(),
         path: &path,
         query: query.as_deref(),
         headers: req.headers(),
-    });
+    };
+    let selected = if at_gateway {
+        table.select_for_host(&l7::gateway::request_host(host), &view)
+    } else {
+        table.select(&view)
+    };
     let Some(sel) = selected else {
         return Plan::respond(
             text(StatusCode::NOT_FOUND, "no matching route"),
@@ -538,11 +587,12 @@ fn virtual_service<B>(
     port: u16,
     req: &mut Request<B>,
     host: &str,
+    at_gateway: bool,
 ) -> Plan {
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
     let scheme = req.uri().scheme_str().unwrap_or("http").to_string();
-    let selected = table.select(&l7::vsroute::RequestView {
+    let view = l7::vsroute::RequestView {
         method: req.method().as_str(),
         scheme: &scheme,
         authority: host,
@@ -550,7 +600,12 @@ fn virtual_service<B>(
         query: query.as_deref(),
         headers: req.headers(),
         port,
-    });
+    };
+    let selected = if at_gateway {
+        table.select_for_host(&l7::gateway::request_host(host), &view)
+    } else {
+        table.select(&view)
+    };
     let Some(sel) = selected else {
         // VS-03: once a VirtualService applies, nothing matching is a 404.
         return Plan::respond(

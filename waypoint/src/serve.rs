@@ -233,6 +233,19 @@ async fn hand_over(ctx: Arc<Context>, conn: Conn) {
     } else {
         Box::new(io)
     };
+    serve_with_hyper(ctx, io, budget).await
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (prior knowledge, or by ALPN) on `io` with hyper's server,
+/// each request through [`Context::handle`], until the client ends the connection or
+/// floods it past `budget` (the HTTP/2 frame budgets, counted by a `FrameGuard` around
+/// `io` when there is one).
+pub(crate) async fn serve_with_hyper(
+    ctx: Arc<Context>,
+    io: Box<dyn Tunnel>,
+    budget: Arc<hbone::guard::Budget>,
+) {
+    let cfg = ctx.wp.pi.cfg.clone();
     let dst = ctx.dst_name.clone();
     let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let ctx = ctx.clone();
@@ -258,12 +271,12 @@ async fn hand_over(ctx: Arc<Context>, conn: Conn) {
     tokio::select! {
         result = served => {
             if let Err(e) = result {
-                tracing::debug!(error = %e, "HTTP connection in the tunnel ended");
+                tracing::debug!(error = %e, "HTTP connection ended");
             }
         }
         flood = budget.exceeded() => {
-            // Dropping the connection resets the tunnel.
-            tracing::info!(destination = %dst, frames = flood.as_str(), "HTTP/2 client over its frame budget; tunnel reset");
+            // Dropping the connection resets it.
+            tracing::info!(destination = %dst, frames = flood.as_str(), "HTTP/2 client over its frame budget; connection reset");
         }
     }
 }
@@ -271,15 +284,15 @@ async fn hand_over(ctx: Arc<Context>, conn: Conn) {
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// The tunnel as hyper reads and writes it, its bytes counted both ways.
-struct CountedIo {
-    inner: H2Io,
+/// A connection as hyper reads and writes it, its bytes counted both ways.
+pub(crate) struct CountedIo<T = H2Io> {
+    pub inner: T,
     /// Bytes at the start of the read side already counted.
-    skip: usize,
-    bytes: Arc<Moved>,
+    pub skip: usize,
+    pub bytes: Arc<Moved>,
 }
 
-impl tokio::io::AsyncRead for CountedIo {
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountedIo<T> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -295,7 +308,7 @@ impl tokio::io::AsyncRead for CountedIo {
     }
 }
 
-impl tokio::io::AsyncWrite for CountedIo {
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountedIo<T> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -324,7 +337,10 @@ impl tokio::io::AsyncWrite for CountedIo {
 }
 
 /// What hyper serves: the tunnel, with or without a frame guard.
-trait Tunnel: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+pub(crate) trait Tunnel:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin
+{
+}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Tunnel for T {}
 
 /// A request head still incomplete at the header timeout: 408, then the tunnel ends.

@@ -12,7 +12,8 @@ use l7::vsroute::{DestinationRule, VirtualService};
 use proxycore::xds_client::Subscription;
 
 use crate::config::{
-    decode_destination_rule, decode_policy, decode_route, decode_virtual_service, WaypointPolicy,
+    decode_destination_rule, decode_gateway, decode_policy, decode_route, decode_virtual_service,
+    WaypointPolicy,
 };
 
 /// The resources of each type, by xDS resource name.
@@ -22,6 +23,8 @@ pub struct Resources {
     pub virtual_services: BTreeMap<String, Arc<VirtualService>>,
     pub destination_rules: BTreeMap<String, Arc<DestinationRule>>,
     pub policies: BTreeMap<String, Arc<WaypointPolicy>>,
+    /// Ingress gateways (only an ingress gateway subscribes to them).
+    pub gateways: BTreeMap<String, Arc<l7::gateway::IngressGateway>>,
 }
 
 /// The live L7 store. `version` is bumped by every change, so whatever is built from the
@@ -43,9 +46,10 @@ impl L7Store {
         f(&self.resources.read().unwrap())
     }
 
-    /// The xDS subscriptions that fill this store.
-    pub fn subscriptions(self: &Arc<Self>) -> Vec<Arc<dyn Subscription>> {
-        vec![
+    /// The xDS subscriptions that fill this store: an ingress gateway's (`ingress`) also
+    /// takes the resolved gateways.
+    pub fn subscriptions(self: &Arc<Self>, ingress: bool) -> Vec<Arc<dyn Subscription>> {
+        let mut subs: Vec<Arc<dyn Subscription>> = vec![
             Arc::new(Kind {
                 type_url: xds::type_url::HTTP_ROUTE,
                 ready: "xds http routes",
@@ -74,7 +78,17 @@ impl L7Store {
                 slot: |r| &mut r.policies,
                 store: self.clone(),
             }),
-        ]
+        ];
+        if ingress {
+            subs.push(Arc::new(Kind {
+                type_url: xds::type_url::INGRESS_GATEWAY,
+                ready: "xds ingress gateways",
+                decode: decode_gateway,
+                slot: |r| &mut r.gateways,
+                store: self.clone(),
+            }));
+        }
+        subs
     }
 }
 
@@ -128,7 +142,7 @@ mod tests {
     #[test]
     fn a_bad_resource_is_rejected_by_name_and_the_good_ones_kept() {
         let store = Arc::new(L7Store::default());
-        let subs = store.subscriptions();
+        let subs = store.subscriptions(false);
         let routes = subs
             .iter()
             .find(|s| s.type_url() == xds::type_url::HTTP_ROUTE)

@@ -135,6 +135,7 @@ pub fn run(opts: &L7Options) -> Result<L7Report> {
         &UpOptions {
             source: Some(file),
             redirect: opts.redirect,
+            ingress: false,
             ..UpOptions::default()
         },
     )

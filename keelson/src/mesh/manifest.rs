@@ -22,6 +22,10 @@ pub struct Workload {
     /// A node the template asks for (`spec.nodeName`).
     pub node_name: Option<String>,
     pub containers: Vec<ContainerPlan>,
+    /// The LoadBalancer Service (in the workload's namespace) its pods stand behind: the
+    /// first pod gets an address reachable from the machine, published as the Service's
+    /// `status.loadBalancer` (an ingress gateway's).
+    pub load_balancer: Option<String>,
 }
 
 /// One container: the process that stands for it and its ports.
@@ -46,6 +50,17 @@ pub enum Program {
     Command(Vec<String>),
     /// The `waypoint` binary, for a Gateway of class `istio-waypoint`.
     Waypoint,
+    /// `waypoint gateway`, the ingress gateway: for a Gateway of class `istio`, and the
+    /// mesh's default `istio-system/istio-ingressgateway`.
+    Gateway,
+}
+
+impl Program {
+    /// Whether it is one of Keelson's proxies (it gets a token for its own service account
+    /// and the control plane's address).
+    pub fn is_proxy(&self) -> bool {
+        matches!(self, Program::Waypoint | Program::Gateway)
+    }
 }
 
 /// A resource handed to the control plane.
@@ -250,6 +265,7 @@ fn workload(
             .unwrap_or_else(|| "default".into()),
         node_name: spec.node_name,
         containers,
+        load_balancer: None,
     })
 }
 
@@ -356,6 +372,30 @@ impl Manifest {
                     let ns = doc.namespace.as_deref().unwrap_or("default");
                     self.add_waypoint(&doc.name, ns)?;
                 }
+                let class = doc
+                    .value
+                    .get("spec")
+                    .and_then(|s| s.get("gatewayClassName"))
+                    .and_then(|c| c.as_str());
+                let gateway_api = doc
+                    .value
+                    .get("apiVersion")
+                    .and_then(|v| v.as_str())
+                    .is_some_and(|v| v.starts_with("gateway.networking.k8s.io/"));
+                if doc.kind == "Gateway" && gateway_api && class == Some(l7::gateway::GATEWAY_CLASS)
+                {
+                    let ns = doc.namespace.as_deref().unwrap_or("default");
+                    let ports: Vec<u16> = doc.value["spec"]["listeners"]
+                        .as_sequence()
+                        .map(|ls| {
+                            ls.iter()
+                                .filter_map(|l| l["port"].as_u64())
+                                .filter_map(|p| u16::try_from(p).ok())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    self.add_ingress_gateway(&doc.name, ns, &ports)?;
+                }
                 self.resources.push(doc);
             }
         }
@@ -393,6 +433,7 @@ impl Manifest {
                 env: Vec::new(),
                 ports: vec![15008],
             }],
+            load_balancer: None,
         });
         for yaml in [
             format!("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {gateway}\n  namespace: {namespace}\n"),
@@ -412,6 +453,123 @@ impl Manifest {
         Ok(())
     }
 }
+
+impl Manifest {
+    /// What a Gateway of class `istio` deploys (as istiod's deployment controller does):
+    /// a pod `<name>-istio` running the ingress gateway as its own service account, outside
+    /// the capture, and a LoadBalancer Service of the same name on the listeners' ports.
+    fn add_ingress_gateway(&mut self, gateway: &str, namespace: &str, ports: &[u16]) -> Result<()> {
+        let name = format!("{gateway}-istio");
+        let label = resources::labels::GATEWAY_NAME;
+        let mut service_ports = String::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for p in ports.iter().filter(|p| seen.insert(**p)) {
+            service_ports.push_str(&format!("  - name: port-{p}\n    port: {p}\n"));
+        }
+        self.add_gateway_objects(
+            &name,
+            namespace,
+            &[(label, gateway)],
+            &format!(
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels:\n    {label}: {gateway}\nspec:\n  type: LoadBalancer\n  selector:\n    {label}: {gateway}\n  ports:\n{service_ports}"
+            ),
+        )
+    }
+
+    /// The mesh's default ingress gateway, as Istio's install makes it: the pods
+    /// `istio-system/istio-ingressgateway` (labels `istio: ingressgateway`, `app:
+    /// istio-ingressgateway`), which Istio Gateways select and which serve every Ingress of
+    /// class `istio`, behind a LoadBalancer Service whose ports 80 and 443 go to 8080 and
+    /// 8443 (so a Gateway server on port 80 or 8080 both answer `$GATEWAY_URL`).
+    pub fn add_default_ingress(&mut self) -> Result<()> {
+        let (ns, name) = (INGRESS_NAMESPACE, INGRESS_NAME);
+        let namespace: serde_yaml::Value = serde_yaml::from_str(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"
+        ))?;
+        if !self
+            .resources
+            .iter()
+            .any(|r| r.kind == "Namespace" && r.name == ns)
+        {
+            self.resources.push(Resource {
+                kind: "Namespace".into(),
+                namespace: None,
+                name: ns.into(),
+                value: namespace,
+            });
+        }
+        let labels = l7::gateway::INGRESS_LABELS;
+        self.add_gateway_objects(
+            name,
+            ns,
+            &labels,
+            &format!(
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{istio: ingressgateway, app: {name}}}\nspec:\n  type: LoadBalancer\n  selector: {{istio: ingressgateway}}\n  ports:\n  - {{name: status-port, port: 15021, targetPort: 15021}}\n  - {{name: http2, port: 80, targetPort: 8080}}\n  - {{name: https, port: 443, targetPort: 8443}}\n"
+            ),
+        )
+    }
+
+    /// An ingress gateway's pod template, service account and Service.
+    fn add_gateway_objects(
+        &mut self,
+        name: &str,
+        namespace: &str,
+        labels: &[(&str, &str)],
+        service: &str,
+    ) -> Result<()> {
+        let mut all: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        all.insert(resources::labels::DATAPLANE_MODE.into(), "none".into());
+        let account = if name == INGRESS_NAME {
+            format!("{name}-service-account")
+        } else {
+            name.to_string()
+        };
+        self.workloads.push(Workload {
+            kind: "Deployment".into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            replicas: 1,
+            labels: all,
+            annotations: BTreeMap::new(),
+            service_account: account.clone(),
+            node_name: None,
+            containers: vec![ContainerPlan {
+                name: "istio-proxy".into(),
+                image: "keelson/waypoint".into(),
+                program: Program::Gateway,
+                env: Vec::new(),
+                // Its readiness port: the listeners come with the gateways it serves.
+                ports: vec![15021],
+            }],
+            load_balancer: Some(name.into()),
+        });
+        for yaml in [
+            format!("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {account}\n  namespace: {namespace}\n"),
+            service.to_string(),
+        ] {
+            let value: serde_yaml::Value = serde_yaml::from_str(&yaml)?;
+            let kind = value["kind"].as_str().unwrap_or_default().to_string();
+            let name = value["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            self.resources.push(Resource {
+                kind,
+                namespace: Some(namespace.into()),
+                name,
+                value,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The default ingress gateway's namespace and name.
+pub const INGRESS_NAMESPACE: &str = "istio-system";
+pub const INGRESS_NAME: &str = "istio-ingressgateway";
 
 fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;

@@ -17,6 +17,7 @@
 //! `up` made, and how `up` finds the leftovers of a crashed run.
 
 mod fabric;
+mod lb;
 pub mod manifest;
 mod objects;
 mod pods;
@@ -27,6 +28,7 @@ pub mod supervise;
 
 pub use fabric::thread_node_links;
 use fabric::*;
+pub use lb::gateway_url;
 use objects::*;
 pub use pods::exec;
 use pods::*;
@@ -68,7 +70,7 @@ pub fn up(paths: &Paths, opts: &UpOptions) -> Result<MeshState> {
         bail!("--nodes must be between 1 and 50");
     }
     // Everything is read and checked before anything is built.
-    let manifest = match &opts.source {
+    let mut manifest = match &opts.source {
         Some(p) => Manifest::load(p)?,
         None => {
             let mut m = Manifest::default();
@@ -76,6 +78,9 @@ pub fn up(paths: &Paths, opts: &UpOptions) -> Result<MeshState> {
             m
         }
     };
+    if opts.ingress {
+        manifest.add_default_ingress()?;
+    }
     if opts.redirect == cni_plugin::redirect::Redirect::Ebpf {
         // Here, in the machine's mount namespace: the node agents and ztunnels run under `ip
         // netns exec`, whose own mounts would not be seen by one another.

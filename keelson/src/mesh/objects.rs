@@ -51,14 +51,32 @@ pub(super) fn write_resources(
         });
     }
     for mut r in resources {
+        let path = paths.resources().join(resource_file(&r));
         if r.kind == "Service" {
             assign_cluster_ip(state, &mut r)?;
+            keep_status(&path, &mut r.value);
         }
-        let path = paths.resources().join(resource_file(&r));
         std::fs::write(&path, serde_yaml::to_string(&r.value)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     state.save(paths)
+}
+
+/// A Service written again keeps the status the mesh gave it (its load balancer address),
+/// as the API server keeps status across spec updates.
+fn keep_status(path: &std::path::Path, value: &mut serde_yaml::Value) {
+    if value.get("status").is_some() {
+        return;
+    }
+    let old: Option<serde_yaml::Value> = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_yaml::from_str(&t).ok());
+    if let (Some(status), Some(m)) = (
+        old.and_then(|o| o.get("status").cloned()),
+        value.as_mapping_mut(),
+    ) {
+        m.insert("status".into(), status);
+    }
 }
 
 pub(super) fn resource_file(r: &Resource) -> String {
@@ -73,9 +91,20 @@ pub(super) fn resource_file(r: &Resource) -> String {
             })
             .collect()
     };
+    // Two APIs have a Gateway: Istio's is kept apart from the Gateway API's.
+    let istio = r
+        .value
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .is_some_and(|v| v.starts_with("networking.istio.io/"));
+    let kind = if r.kind == "Gateway" && istio {
+        "istio-gateway".to_string()
+    } else {
+        clean(&r.kind)
+    };
     format!(
         "{}.{}.{}.yaml",
-        clean(&r.kind),
+        kind,
         clean(r.namespace.as_deref().unwrap_or("-")),
         clean(&r.name)
     )

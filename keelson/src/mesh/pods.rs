@@ -108,6 +108,7 @@ pub(super) fn create_pod(
         enrolled: false,
         ports: w.containers.iter().flat_map(|c| c.ports.clone()).collect(),
         procs: Vec::new(),
+        host_ip: None,
     };
     // Recorded first: whatever fails below, `down` finds what was made.
     state.pods.push(pod.clone());
@@ -129,6 +130,16 @@ pub(super) fn create_pod(
     cni(paths, "ADD", &pod, &node)?;
     pod.enrolled = cni_plugin::redirect::installed(&netns::netns_path(&ns_name));
 
+    // A load balancer's address: the first pod behind it.
+    if let Some(service) = &w.load_balancer {
+        let taken = state
+            .pods
+            .iter()
+            .any(|p| p.host_ip.is_some() && p.namespace == w.namespace && p.owner == pod.owner);
+        if !taken {
+            pod.host_ip = Some(super::lb::attach(paths, &pod, &w.namespace, service)?);
+        }
+    }
     // The containers.
     for c in &w.containers {
         pod.procs
@@ -248,10 +259,11 @@ fn start_container(
         ),
         Program::Command(cmd) => (PathBuf::from(&cmd[0]), cmd[1..].to_vec()),
         Program::Waypoint => (find_binary("waypoint")?, Vec::new()),
+        Program::Gateway => (find_binary("waypoint")?, vec!["gateway".into()]),
     };
     let mut owned: Vec<(String, String)> = c.env.clone();
     owned.push(("HOSTNAME".into(), name.to_string()));
-    if c.program == Program::Waypoint {
+    if c.program.is_proxy() {
         let tokens = controlplane::token::TokenAuthority::load_or_create(&paths.cp_state())?;
         let token = paths
             .home

@@ -83,6 +83,10 @@ pub struct PodState {
     pub enrolled: bool,
     pub ports: Vec<u16>,
     pub procs: Vec<ProcRecord>,
+    /// An address on a link from the machine's own namespace: the pod stands behind a
+    /// LoadBalancer Service (an ingress gateway).
+    #[serde(default)]
+    pub host_ip: Option<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -195,6 +199,8 @@ pub struct UpOptions {
     pub nodes: u8,
     /// The CNI agents' in-pod rules: iptables or nftables.
     pub redirect: cni_plugin::redirect::Redirect,
+    /// Run the default ingress gateway (`istio-system/istio-ingressgateway`).
+    pub ingress: bool,
 }
 
 impl Default for UpOptions {
@@ -203,6 +209,7 @@ impl Default for UpOptions {
             source: None,
             nodes: 2,
             redirect: cni_plugin::redirect::Redirect::Iptables,
+            ingress: true,
         }
     }
 }

@@ -140,7 +140,122 @@ pub fn status(paths: &Paths) -> Result<String> {
     for (name, ip) in &state.services {
         writeln!(out, "{name:<31} {ip}")?;
     }
+    out.push_str(&gateways(paths));
     Ok(out)
+}
+
+/// The condition `kind` of a status object: `True`, or `False (Reason: message)`.
+fn condition(conditions: &serde_json::Value, kind: &str) -> String {
+    let Some(c) = conditions
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
+    else {
+        return "-".into();
+    };
+    let status = c["status"].as_str().unwrap_or("?");
+    if status == "True" {
+        status.into()
+    } else {
+        format!(
+            "{status} ({}: {})",
+            c["reason"].as_str().unwrap_or(""),
+            c["message"].as_str().unwrap_or("")
+        )
+    }
+}
+
+/// Gateways (ingress and waypoint, both APIs, and Ingresses) and HTTPRoutes with the
+/// conditions the control plane computed (`status.json` of its state directory, what it
+/// would write to the API server), and `GATEWAY_URL`.
+fn gateways(paths: &Paths) -> String {
+    use std::fmt::Write as _;
+    let file = paths.cp_state().join(controlplane::run::STATUS_FILE);
+    let Ok(all) = std::fs::read_to_string(&file)
+        .map_err(|e| e.to_string())
+        .and_then(|t| {
+            serde_json::from_str::<Vec<serde_json::Value>>(&t).map_err(|e| e.to_string())
+        })
+    else {
+        return String::new();
+    };
+    let name = |o: &serde_json::Value| {
+        format!(
+            "{}/{}",
+            o["metadata"]["namespace"].as_str().unwrap_or("-"),
+            o["metadata"]["name"].as_str().unwrap_or("-")
+        )
+    };
+    let mut out = String::new();
+    let gateways: Vec<&serde_json::Value> =
+        all.iter().filter(|o| o["kind"] != "HTTPRoute").collect();
+    if !gateways.is_empty() {
+        let _ = writeln!(out, "\nGATEWAY                                  API          ADDRESS         ACCEPTED  PROGRAMMED");
+        for g in gateways {
+            let api = match (g["kind"].as_str(), g["apiVersion"].as_str()) {
+                (Some("Ingress"), _) => "Ingress",
+                (_, Some(v)) if v.starts_with("networking.istio.io") => "Istio",
+                _ => "Gateway API",
+            };
+            let status = &g["status"];
+            let address = status["addresses"][0]["value"]
+                .as_str()
+                .or(status["loadBalancer"]["ingress"][0]["ip"].as_str())
+                .unwrap_or("-");
+            let _ = writeln!(
+                out,
+                "{:<40} {:<12} {:<15} {:<9} {}",
+                name(g),
+                api,
+                address,
+                condition(&status["conditions"], "Accepted"),
+                condition(&status["conditions"], "Programmed"),
+            );
+            for l in status["listeners"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "  listener {:<20} routes {:<3} resolved refs {}",
+                    l["name"].as_str().unwrap_or("-"),
+                    l["attachedRoutes"],
+                    condition(&l["conditions"], "ResolvedRefs"),
+                );
+            }
+        }
+    }
+    let routes: Vec<&serde_json::Value> = all.iter().filter(|o| o["kind"] == "HTTPRoute").collect();
+    if !routes.is_empty() {
+        let _ = writeln!(out, "\nHTTPROUTE                      PARENT                         ACCEPTED  RESOLVEDREFS");
+        for r in routes {
+            for p in r["status"]["parents"].as_array().into_iter().flatten() {
+                let parent = &p["parentRef"];
+                let _ = writeln!(
+                    out,
+                    "{:<30} {:<30} {:<9} {}",
+                    name(r),
+                    format!(
+                        "{}{}",
+                        parent["name"].as_str().unwrap_or("-"),
+                        parent["sectionName"]
+                            .as_str()
+                            .map(|s| format!("/{s}"))
+                            .unwrap_or_default()
+                    ),
+                    condition(&p["conditions"], "Accepted"),
+                    condition(&p["conditions"], "ResolvedRefs"),
+                );
+            }
+        }
+    }
+    if let Some(url) = MeshState::load(paths)
+        .ok()
+        .as_ref()
+        .and_then(super::lb::gateway_url)
+    {
+        let _ = writeln!(
+            out,
+            "\nGATEWAY_URL={url} (istio-system/istio-ingressgateway)"
+        );
+    }
+    out
 }
 
 /// Where a pod's eBPF program is pinned and how its lookups ended (docs/ARCHITECTURE.md,
