@@ -231,6 +231,57 @@ impl Mesh {
             .unwrap_or_else(|| panic!("no pod {name}"))
     }
 
+    /// The load balancer address of a gateway pod (reachable from the machine's own
+    /// namespace).
+    pub fn host_ip(&self, pod: &str) -> String {
+        self.pod(pod)["host_ip"]
+            .as_str()
+            .unwrap_or_else(|| panic!("pod {pod} has no load balancer address"))
+            .to_string()
+    }
+
+    /// `curl -si ARGS` from the machine's own namespace (as a user reaches an ingress
+    /// gateway): the status and the whole response.
+    pub fn curl_host(&self, args: &[&str]) -> (u16, String) {
+        let out = Command::new("curl")
+            .args(["-si", "-m", "10"])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, text + &String::from_utf8_lossy(&out.stderr))
+    }
+
+    /// Polls `curl_host` until it answers `status` with `expect` in the response.
+    pub fn curl_host_until(&self, args: &[&str], status: u16, expect: &str) -> String {
+        let mut last = String::new();
+        let ok = eventually_sync(15, || {
+            let (s, out) = self.curl_host(args);
+            last = out;
+            s == status && last.contains(expect)
+        });
+        assert!(
+            ok,
+            "curl {args:?} from the machine: {last}\n{}",
+            self.logs()
+        );
+        last
+    }
+
+    /// A pod's log (`pod-<ns>-<pod>-<container>.log`).
+    pub fn pod_log(&self, namespace: &str, pod: &str, container: &str) -> String {
+        std::fs::read_to_string(
+            self.home
+                .join(format!("logs/pod-{namespace}-{pod}-{container}.log")),
+        )
+        .unwrap_or_default()
+    }
+
     pub fn node_netns(&self, node: &str) -> PathBuf {
         netns::netns_path(&format!("{}-{node}", self.prefix))
     }

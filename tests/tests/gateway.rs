@@ -1,0 +1,376 @@
+//! The ingress gateway on the local mesh (docs/GATEWAY.md): reached from the machine's own
+//! namespace at its load balancer address, routing by an Istio Gateway with its
+//! VirtualService, a Gateway API Gateway of class `istio` with its HTTPRoute, and an
+//! Ingress of class `istio`; HTTPS with the certificate the SNI name picks; into the mesh
+//! over HBONE as its own identity.
+
+use keelson_tests::mesh::{eventually_sync as eventually, Mesh};
+
+fn example(path: &str) -> String {
+    format!("{}/../examples/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn bookinfo_through_the_ingress_gateway_in_both_apis() {
+    let mesh = Mesh::tagged("b");
+    let up = mesh.ok(&["up"]);
+    assert!(up.contains("export GATEWAY_URL="), "{up}");
+    let ip = mesh.host_ip("istio-ingressgateway-0");
+    let url = format!("http://{ip}:80/productpage");
+    // Nothing is exposed before a Gateway selects the ingress gateway.
+    assert_eq!(mesh.curl_host(&[&url]).0, 0, "nothing listens yet");
+
+    // The Istio flavour: Gateway (server port 8080, the Service's port 80) + VirtualService.
+    mesh.ok(&["apply", "-f", &example("bookinfo/bookinfo-gateway.yaml")]);
+    let page = mesh.curl_host_until(&[&url], 200, "productpage-v1");
+    assert!(page.contains("details-v1"), "{page}");
+    let (status, out) = mesh.curl_host(&[&format!("http://{ip}/not-exposed")]);
+    assert_eq!(status, 404, "{out}");
+    let log = || mesh.pod_log("istio-system", "istio-ingressgateway-0", "istio-proxy");
+    assert!(
+        eventually(5, || log().lines().any(|l| l.contains("path=/productpage")
+            && l.contains("route=default/bookinfo")
+            && l.contains("upstream=\"productpage-v1-0\"")
+            && l.contains("status=200"))),
+        "{}",
+        log()
+    );
+
+    // The gateway enters the mesh as its own identity: productpage admitting only it
+    // still answers the gateway, and no longer the curl pod.
+    let only_gateway = mesh.write(
+        "only-gateway.yaml",
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: productpage-from-the-gateway
+spec:
+  selector:
+    matchLabels:
+      app: productpage
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: [cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account]
+",
+    );
+    mesh.ok(&["apply", "-f", only_gateway.to_str().unwrap()]);
+    assert!(
+        eventually(10, || {
+            !mesh
+                .exec(
+                    "curl",
+                    &[
+                        "curl",
+                        "-s",
+                        "-m",
+                        "3",
+                        "http://productpage:9080/productpage",
+                    ],
+                )
+                .stdout
+                .contains("productpage-v1")
+        }),
+        "the curl pod is still admitted"
+    );
+    mesh.curl_host_until(&[&url], 200, "productpage-v1");
+    mesh.ok(&["delete", "-f", only_gateway.to_str().unwrap()]);
+
+    // The Gateway API flavour: a Gateway of class istio deploys its own gateway pod and
+    // load balancer; the HTTPRoute attached to it routes.
+    let out = mesh.ok(&[
+        "apply",
+        "-f",
+        &example("bookinfo/gateway-api/bookinfo-gateway.yaml"),
+    ]);
+    assert!(
+        out.contains("pod default/bookinfo-gateway-istio-0"),
+        "{out}"
+    );
+    let api_ip = mesh.host_ip("bookinfo-gateway-istio-0");
+    mesh.curl_host_until(
+        &[&format!("http://{api_ip}/productpage")],
+        200,
+        "productpage-v1",
+    );
+    // A route whose hostnames the listener does not serve is not accepted, and says why.
+    let stray = mesh.write(
+        "stray-route.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: narrow
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: web, port: 80, protocol: HTTP, hostname: web.example.com}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: stray
+spec:
+  parentRefs: [{name: narrow}]
+  hostnames: [api.example.org]
+  rules:
+  - backendRefs: [{name: productpage, port: 9080}]
+",
+    );
+    mesh.ok(&["apply", "-f", stray.to_str().unwrap()]);
+    let mut status = String::new();
+    assert!(
+        eventually(10, || {
+            status = mesh.ok(&["status"]);
+            status.contains("NoMatchingListenerHostname")
+        }),
+        "{status}"
+    );
+    let line = |name: &str, api: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains(api))
+            .unwrap_or_else(|| panic!("no {name} ({api}) in {status}"))
+            .to_string()
+    };
+    let api = line("default/bookinfo-gateway ", "Gateway API");
+    assert!(
+        api.contains(&api_ip) && api.contains("True      True"),
+        "{api}"
+    );
+    let istio = line("default/bookinfo-gateway ", "Istio");
+    assert!(istio.contains(&ip) && istio.contains("True"), "{istio}");
+    let route = line("default/bookinfo ", "bookinfo-gateway");
+    assert!(route.contains("True      True"), "{route}");
+    assert!(status.contains(&format!("GATEWAY_URL={ip}:80")), "{status}");
+}
+
+/// A self-signed certificate for `host`, as a TLS Secret, and its PEM for the client.
+fn tls_secret(name: &str, host: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![host.to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let indent = |pem: String| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    let secret = format!(
+        "apiVersion: v1
+kind: Secret
+metadata:
+  name: {name}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{}  tls.key: |
+{}",
+        indent(cert.pem()),
+        indent(key.serialize_pem())
+    );
+    (secret, cert.pem())
+}
+
+const APPS: &str = "apiVersion: v1
+kind: Namespace
+metadata:
+  name: default
+  labels:
+    istio.io/dataplane-mode: ambient
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata:
+      labels: {app: web, version: v1}
+    spec:
+      containers:
+      - name: web
+        image: docker.io/istio/examples-bookinfo-details-v1:1.20.2
+        ports: [{containerPort: 9080}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: api
+spec:
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata:
+      labels: {app: api, version: v1}
+    spec:
+      containers:
+      - name: api
+        image: docker.io/istio/examples-bookinfo-ratings-v1:1.20.2
+        ports: [{containerPort: 9080}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: api
+spec:
+  selector: {app: api}
+  ports: [{name: http, port: 9080}]
+";
+
+#[test]
+fn https_by_sni_ingress_and_https_redirect() {
+    let mesh = Mesh::tagged("t");
+    let (secret_a, pem_a) = tls_secret("a-cert", "a.example.com");
+    let (secret_b, pem_b) = tls_secret("b-cert", "b.example.com");
+    let ca_a = mesh.write("a.pem", &pem_a);
+    let ca_b = mesh.write("b.pem", &pem_b);
+    let apps = mesh.write("apps.yaml", APPS);
+    mesh.ok(&["up", apps.to_str().unwrap()]);
+    let ingress_ip = mesh.host_ip("istio-ingressgateway-0");
+    let config = mesh.write(
+        "gateways.yaml",
+        &format!(
+            "{secret_a}---\n{secret_b}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: secure
+spec:
+  gatewayClassName: istio
+  listeners:
+  - name: a
+    port: 443
+    protocol: HTTPS
+    hostname: a.example.com
+    tls: {{certificateRefs: [{{name: a-cert}}]}}
+  - name: b
+    port: 443
+    protocol: HTTPS
+    hostname: b.example.com
+    tls: {{certificateRefs: [{{name: b-cert}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: a
+spec:
+  parentRefs: [{{name: secure, sectionName: a}}]
+  rules:
+  - backendRefs: [{{name: web, port: 9080}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: b
+spec:
+  parentRefs: [{{name: secure, sectionName: b}}]
+  rules:
+  - backendRefs: [{{name: api, port: 9080}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: web
+spec:
+  ingressClassName: istio
+  rules:
+  - host: web.example.com
+    http:
+      paths:
+      - path: /details
+        pathType: Prefix
+        backend:
+          service:
+            name: web
+            port: {{name: http}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: redirect
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: [secure.example.com]
+    tls: {{httpsRedirect: true}}
+"
+        ),
+    );
+    mesh.ok(&["apply", "-f", config.to_str().unwrap()]);
+    let secure_ip = mesh.host_ip("secure-istio-0");
+
+    // Each name gets its own certificate on the one port, and its own route.
+    let resolve = |host: &str| format!("{host}:443:{secure_ip}");
+    let a = mesh.curl_host_until(
+        &[
+            "--cacert",
+            ca_a.to_str().unwrap(),
+            "--resolve",
+            &resolve("a.example.com"),
+            "https://a.example.com/details/0",
+        ],
+        200,
+        "details-v1",
+    );
+    assert!(a.to_ascii_lowercase().contains("http/2"), "ALPN h2: {a}");
+    mesh.curl_host_until(
+        &[
+            "--cacert",
+            ca_b.to_str().unwrap(),
+            "--resolve",
+            &resolve("b.example.com"),
+            "https://b.example.com/ratings/0",
+        ],
+        200,
+        "ratings-v1",
+    );
+    // b.example.com is not served with a's certificate.
+    let (status, out) = mesh.curl_host(&[
+        "--cacert",
+        ca_a.to_str().unwrap(),
+        "--resolve",
+        &resolve("b.example.com"),
+        "https://b.example.com/ratings/0",
+    ]);
+    assert_eq!(status, 0, "b.example.com verified with a's CA: {out}");
+
+    // The Ingress: its host and path only (Prefix by whole segments).
+    let at = format!("http://{ingress_ip}");
+    let with_host = |path: &str, host: &str| {
+        mesh.curl_host(&["-H", &format!("Host: {host}"), &format!("{at}{path}")])
+    };
+    mesh.curl_host_until(
+        &["-H", "Host: web.example.com", &format!("{at}/details/0")],
+        200,
+        "details-v1",
+    );
+    assert_eq!(with_host("/detailsx", "web.example.com").0, 404);
+    assert_eq!(with_host("/details/0", "other.example.com").0, 404);
+    // httpsRedirect on the same port, by host.
+    let (status, out) = with_host("/somewhere?x=1", "secure.example.com");
+    assert_eq!(status, 301, "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("location: https://secure.example.com/somewhere?x=1"),
+        "{out}"
+    );
+    let status = mesh.ok(&["status"]);
+    assert!(
+        status.lines().any(|l| l.starts_with("default/web")
+            && l.contains("Ingress")
+            && l.contains(&ingress_ip)),
+        "{status}"
+    );
+}
