@@ -181,11 +181,15 @@ fn diff(
     sub: &mut Subscription,
     snap: &Snapshot,
     nonce: &AtomicU64,
+    caller: &str,
 ) -> Option<DeltaDiscoveryResponse> {
     let empty = BTreeMap::new();
-    let current = snap.resources.get(type_url).unwrap_or(&empty);
+    let all = snap.resources.get(type_url).unwrap_or(&empty);
+    // What this caller may receive; the rest is, to it, absent.
+    let current: BTreeMap<&String, &Arc<crate::snapshot::Versioned>> =
+        all.iter().filter(|(_, v)| v.readable_by(caller)).collect();
     let mut resources = Vec::new();
-    for (name, v) in current {
+    for (name, v) in current.iter().map(|(n, v)| (*n, *v)) {
         if sub.held.get(name) != Some(&v.version) {
             resources.push(Resource {
                 name: name.clone(),
@@ -226,6 +230,7 @@ async fn delta_stream(
     out: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     peer: String,
     cluster_id: String,
+    caller: String,
 ) {
     let mut snap_rx = shared.snapshot.clone();
     let mut subs: BTreeMap<String, Subscription> = BTreeMap::new();
@@ -301,7 +306,7 @@ async fn delta_stream(
                     answered: false,
                 });
                 let snap = snap_rx.borrow_and_update().clone();
-                if let Some(resp) = diff(&req.type_url, sub, &snap, &nonce) {
+                if let Some(resp) = diff(&req.type_url, sub, &snap, &nonce, &caller) {
                     counters.pushes.fetch_add(1, Ordering::Relaxed);
                     if out.send(Ok(resp)).await.is_err() {
                         return;
@@ -314,7 +319,7 @@ async fn delta_stream(
                 }
                 let snap = snap_rx.borrow_and_update().clone();
                 for (type_url, sub) in subs.iter_mut() {
-                    if let Some(resp) = diff(type_url, sub, &snap, &nonce) {
+                    if let Some(resp) = diff(type_url, sub, &snap, &nonce, &caller) {
                         counters.pushes.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(node = %node_id, %type_url,
                             updated = resp.resources.len(), removed = resp.removed_resources.len(), "push");
@@ -352,12 +357,17 @@ impl AggregatedDiscoveryService for Ads {
         tracing::debug!(%peer, sub = %claims.sub, "delta stream authenticated");
         self.0.counters.streams.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(16);
+        let caller = claims
+            .service_account()
+            .map(|(ns, sa)| format!("{ns}/{sa}"))
+            .unwrap_or_default();
         tokio::spawn(delta_stream(
             self.0.clone(),
             request.into_inner(),
             tx,
             peer,
             cluster_id,
+            caller,
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -602,4 +612,51 @@ pub async fn serve(
         .await;
     accept_loop.abort();
     result.map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A resource with readers goes only to their proxies; to anyone else it does not exist,
+    /// even when claimed as held on reconnection.
+    #[test]
+    fn a_gateway_goes_only_to_its_own_accounts() {
+        let mut snap = Snapshot::default();
+        let mut v = crate::snapshot::Versioned::new(xds::type_url::INGRESS_GATEWAY, vec![1]);
+        v.readers = Some(["istio-system/gw".to_string()].into());
+        snap.resources
+            .entry(xds::type_url::INGRESS_GATEWAY.into())
+            .or_default()
+            .insert("istio/default/g".into(), Arc::new(v));
+        let nonce = AtomicU64::new(0);
+        let sub = |held: &[(&str, &str)]| Subscription {
+            held: held
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            answered: false,
+        };
+        let mut own = sub(&[]);
+        let r = diff(
+            xds::type_url::INGRESS_GATEWAY,
+            &mut own,
+            &snap,
+            &nonce,
+            "istio-system/gw",
+        )
+        .unwrap();
+        assert_eq!(r.resources.len(), 1);
+        let mut other = sub(&[("istio/default/g", "stale")]);
+        let r = diff(
+            xds::type_url::INGRESS_GATEWAY,
+            &mut other,
+            &snap,
+            &nonce,
+            "istio-system/ztunnel",
+        )
+        .unwrap();
+        assert!(r.resources.is_empty());
+        assert_eq!(r.removed_resources, ["istio/default/g"]);
+    }
 }

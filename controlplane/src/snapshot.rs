@@ -17,6 +17,9 @@ use resources::Resources;
 pub struct Versioned {
     pub version: String,
     pub resource: Any,
+    /// The service accounts (`namespace/name`) whose proxies may receive it; `None`: every
+    /// proxy. An ingress gateway (with its TLS keys) goes only to its own pods' accounts.
+    pub readers: Option<BTreeSet<String>>,
 }
 
 impl Versioned {
@@ -32,7 +35,13 @@ impl Versioned {
                 type_url: type_url.to_string(),
                 value,
             },
+            readers: None,
         }
+    }
+
+    /// Whether the proxy of service account `caller` (`namespace/name`) may receive it.
+    pub fn readable_by(&self, caller: &str) -> bool {
+        self.readers.as_ref().is_none_or(|r| r.contains(caller))
     }
 }
 
@@ -129,11 +138,28 @@ impl Snapshot {
                 created: i as u64,
                 spec_json: serde_json::to_string(g).unwrap_or_default(),
             };
-            s.insert(
-                xds::type_url::INGRESS_GATEWAY,
-                &format!("{kind}/{}/{}", g.namespace, g.name),
-                msg.encode_to_vec(),
-            );
+            let readers: BTreeSet<String> = res
+                .pods
+                .iter()
+                .filter(|p| {
+                    let ns = p.metadata.namespace.as_deref().unwrap_or("default");
+                    let uid = format!("{}//Pod/{ns}/{}", mesh.cluster_id, p.metadata.name);
+                    g.proxy_uids.contains(&uid)
+                })
+                .map(|p| {
+                    format!(
+                        "{}/{}",
+                        p.metadata.namespace.as_deref().unwrap_or("default"),
+                        p.spec.service_account_name.as_deref().unwrap_or("default")
+                    )
+                })
+                .collect();
+            let mut v = Versioned::new(xds::type_url::INGRESS_GATEWAY, msg.encode_to_vec());
+            v.readers = Some(readers);
+            s.resources
+                .entry(xds::type_url::INGRESS_GATEWAY.to_string())
+                .or_default()
+                .insert(format!("{kind}/{}/{}", g.namespace, g.name), Arc::new(v));
         }
         for (i, d) in res.destination_rules.iter().enumerate() {
             let ns = d.metadata.namespace.as_deref().unwrap_or("default");

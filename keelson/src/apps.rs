@@ -4,7 +4,8 @@
 //!
 //! - `details` (`/details/<id>`), `ratings` (`/ratings/<id>`): leaves.
 //! - `reviews` (`/reviews/<id>`): v1 answers alone, v2 and v3 call `ratings`.
-//! - `productpage` (`/productpage`): calls `details` and `reviews`.
+//! - `productpage` (`/productpage`): calls `details` and `reviews`; an HTML page with
+//!   sign-in, the JSON API and a health check (`bookinfo.rs`).
 //!
 //! Calls go to `http://<service>:9080` by name (the pod's resolver, hence ztunnel's DNS
 //! proxy) and forward the headers routing rules look at (`end-user`, `cookie`,
@@ -28,6 +29,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
+
+mod bookinfo;
 
 /// The bundled apps.
 pub const APPS: &[&str] = &[
@@ -294,6 +297,8 @@ async fn page(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "details" => serde_json::json!({
             "service": id, "id": 0, "title": "The Comedy of Errors",
             "author": "William Shakespeare", "year": 1595, "pages": 200,
+            "type": "paperback", "publisher": "Keelson Books", "language": "English",
+            "ISBN-10": "1234567890", "ISBN-13": "123-1234567890",
         }),
         "ratings" => serde_json::json!({
             "service": id, "id": 0, "ratings": {"Reviewer1": 5, "Reviewer2": 4},
@@ -317,13 +322,7 @@ async fn page(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
             body
         }
-        "productpage" => {
-            let (details, reviews) = tokio::join!(
-                call(app, "details", "/details/0", &forward),
-                call(app, "reviews", "/reviews/0", &forward)
-            );
-            serde_json::json!({"service": id, "details": details, "reviews": reviews})
-        }
+        "productpage" => return bookinfo::serve(app, req).await,
         _ => serde_json::json!({"service": id, "path": path}),
     };
     reply(StatusCode::OK, app, format!("{body}\n"))
@@ -337,12 +336,18 @@ async fn call(
     path: &str,
     forward: &[(String, String)],
 ) -> serde_json::Value {
-    match tokio::time::timeout(
-        Duration::from_secs(10),
-        get(service, app.opts.upstream_port, path, forward),
-    )
-    .await
-    {
+    call_with(app, service, path, forward, Duration::from_secs(10)).await
+}
+
+/// [`call`] with its own time limit.
+async fn call_with(
+    app: &App,
+    service: &str,
+    path: &str,
+    forward: &[(String, String)],
+    limit: Duration,
+) -> serde_json::Value {
+    match tokio::time::timeout(limit, get(service, app.opts.upstream_port, path, forward)).await {
         Ok(Ok((200, body))) => serde_json::from_slice(&body)
             .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned().into()),
         Ok(Ok((status, _))) => {

@@ -189,15 +189,12 @@ fn virtual_services_and_destination_rules_at_the_waypoint() {
                 "10",
                 "-H",
                 header,
-                "http://productpage:9080/productpage",
+                "http://productpage:9080/api/v1/products/0/reviews",
             ],
         );
         assert!(out.ok, "{}{}\n{}", out.stdout, out.stderr, mesh.logs());
         let page: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        page["reviews"]["service"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        page["service"].as_str().unwrap_or_default().to_string()
     };
     // Until the rules are in: each header's answer, three times over (without them the
     // version is a one-in-three draw, so a single right answer proves nothing).
