@@ -9,11 +9,20 @@
 //! that went missing) and hands them all to ztunnel in its snapshot: without that, ztunnel
 //! would take the empty snapshot of a fresh agent as "no pods" and drop every one
 //! (docs/HARDENING.md, F11).
+//!
+//! Labels change while pods run: the agent also remembers the pods it was asked about and did
+//! not enrol (`seen-pods.json` beside the state file), and reconciles every pod of both lists
+//! against their labels, on start and whenever the resources change (file source: each
+//! change of the directory; API source: every [`API_RECONCILE`]). A pod (or namespace) newly
+//! labelled `istio.io/dataplane-mode=ambient` is enrolled where it runs, without a restart;
+//! one whose label goes (or turns to `none`) is handed back: ztunnel lets go of it, then its
+//! rules are removed.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,7 +62,13 @@ impl AgentOptions {
     }
 }
 
-/// The pods this agent enrolled, by uid, kept in a file (written whole, then renamed).
+/// How often the API source's pods are looked up again for label changes.
+pub const API_RECONCILE: Duration = Duration::from_secs(10);
+/// How often the file source's directory is checked for changes.
+const FILE_RECONCILE: Duration = Duration::from_millis(300);
+
+/// A set of pods by uid, kept in a file (written whole, then renamed): those this agent
+/// enrolled, and those it saw and did not.
 struct Enrolled {
     file: Option<PathBuf>,
     pods: BTreeMap<String, PodInfo>,
@@ -132,6 +147,10 @@ fn still_enrolled(
 pub struct Agent {
     zds: NodeAgent,
     enrolled: Mutex<Enrolled>,
+    /// Pods of this node that are not enrolled (their netns, for a later enrolment).
+    seen: Mutex<Enrolled>,
+    /// Bumped by every scan of the resource directory that found a change.
+    generation: AtomicU64,
     resources: Mutex<ResourceDir>,
     api: Option<crate::lookup::ApiLookup>,
     host_netns: Option<PathBuf>,
@@ -161,9 +180,14 @@ impl Agent {
         }
         enrolled.pods = pods.iter().map(|p| (p.uid.clone(), p.clone())).collect();
         enrolled.save();
+        let mut seen = Enrolled::load(opts.state.as_ref().map(|s| s.with_file_name(SEEN_FILE)));
+        seen.pods.retain(|_, p| p.netns.exists());
+        seen.save();
         Ok(Agent {
             zds: NodeAgent::start(&opts.zds_socket, pods)?,
             enrolled: Mutex::new(enrolled),
+            seen: Mutex::new(seen),
+            generation: AtomicU64::new(0),
             resources: Mutex::new(ResourceDir::new(&opts.resources)),
             api: match &opts.api {
                 Some(a) => Some(crate::lookup::ApiLookup::new(a)?),
@@ -186,8 +210,20 @@ impl Agent {
             return Ok((pod, ambient));
         }
         let mut dir = self.resources.lock().unwrap();
-        dir.scan();
+        if dir.scan() {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
         let res = dir.merged();
+        drop(dir);
+        Self::find(&res, namespace, name)
+    }
+
+    /// The pod in `res` and whether it is to be enrolled.
+    fn find(
+        res: &resources::Resources,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(Pod, bool), String> {
         let pod = res
             .pods
             .iter()
@@ -227,14 +263,18 @@ impl Agent {
                     Ok(x) => x,
                     Err(e) => return fail(e),
                 };
+                let netns = Path::new(&ev.netns);
                 if !ambient {
+                    if ev.op == "add" && !ev.netns.is_empty() {
+                        let info = Self::info(&pod, netns);
+                        self.remember(&info.uid.clone(), Some(info));
+                    }
                     return AgentReply {
                         ok: true,
                         enrolled: false,
                         error: String::new(),
                     };
                 }
-                let netns = Path::new(&ev.netns);
                 if ev.op == "check" {
                     return if crate::redirect::installed(netns) {
                         AgentReply {
@@ -246,38 +286,13 @@ impl Agent {
                         fail("the pod's redirection rules are missing".into())
                     };
                 }
-                if let Err(e) = crate::redirect::install(netns, self.redirect) {
-                    return fail(format!("installing the redirection rules: {e:#}"));
-                }
-                if let Some(host) = &self.host_netns {
-                    let Some(ip) = Self::pod_ip(&pod) else {
-                        return fail("the pod has no IPv4 address in its status".into());
-                    };
-                    if let Err(e) = crate::redirect::add_probe_snat(host, ip) {
-                        return fail(format!("installing the host probe rule: {e:#}"));
-                    }
-                }
-                let info = PodInfo {
-                    uid: Self::uid(&pod),
-                    name: pod.metadata.name.clone(),
-                    namespace: ns_of(&pod),
-                    service_account: pod
-                        .spec
-                        .service_account_name
-                        .clone()
-                        .unwrap_or_else(|| "default".into()),
-                    netns: netns.to_path_buf(),
-                };
-                match self.zds.add(info.clone()) {
-                    Ok(()) => {
-                        self.record(&info.uid.clone(), Some(info));
-                        AgentReply {
-                            ok: true,
-                            enrolled: true,
-                            error: String::new(),
-                        }
-                    }
-                    Err(e) => fail(format!("ztunnel did not take the pod: {e:#}")),
+                match self.enroll(&pod, netns) {
+                    Ok(()) => AgentReply {
+                        ok: true,
+                        enrolled: true,
+                        error: String::new(),
+                    },
+                    Err(e) => fail(e),
                 }
             }
             "del" => {
@@ -291,6 +306,7 @@ impl Agent {
                 };
                 let _ = self.zds.del(&uid);
                 self.record(&uid, None);
+                self.remember(&uid, None);
                 if self.redirect == crate::redirect::Redirect::Ebpf {
                     crate::redirect::ebpf::sweep();
                 }
@@ -316,7 +332,166 @@ impl Agent {
     }
 }
 
+/// The file of the pods seen and not enrolled, beside the state file.
+const SEEN_FILE: &str = "seen-pods.json";
+
 impl Agent {
+    fn info(pod: &Pod, netns: &Path) -> PodInfo {
+        PodInfo {
+            uid: Self::uid(pod),
+            name: pod.metadata.name.clone(),
+            namespace: ns_of(pod),
+            service_account: pod
+                .spec
+                .service_account_name
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            netns: netns.to_path_buf(),
+        }
+    }
+
+    /// Enrols a pod: its rules, the host probe rule, then ztunnel takes it; recorded.
+    fn enroll(&self, pod: &Pod, netns: &Path) -> Result<(), String> {
+        crate::redirect::install(netns, self.redirect)
+            .map_err(|e| format!("installing the redirection rules: {e:#}"))?;
+        if let Some(host) = &self.host_netns {
+            let ip = Self::pod_ip(pod).ok_or("the pod has no IPv4 address in its status")?;
+            crate::redirect::add_probe_snat(host, ip)
+                .map_err(|e| format!("installing the host probe rule: {e:#}"))?;
+        }
+        let info = Self::info(pod, netns);
+        self.zds
+            .add(info.clone())
+            .map_err(|e| format!("ztunnel did not take the pod: {e:#}"))?;
+        self.remember(&info.uid, None);
+        self.record(&info.uid.clone(), Some(info));
+        Ok(())
+    }
+
+    /// Hands an enrolled pod back: ztunnel lets go of it, then its rules go; it is then
+    /// only seen.
+    fn unenroll(&self, pod: Option<&Pod>, info: PodInfo) {
+        let _ = self.zds.del(&info.uid);
+        if let (Some(host), Some(ip)) = (&self.host_netns, pod.and_then(Self::pod_ip)) {
+            let _ = crate::redirect::remove_probe_snat(host, ip);
+        }
+        if info.netns.exists() {
+            if let Err(e) = crate::redirect::remove(&info.netns) {
+                eprintln!(
+                    "keelson-cni agent: removing the rules of {}/{}: {e:#}",
+                    info.namespace, info.name
+                );
+            }
+        }
+        if self.redirect == crate::redirect::Redirect::Ebpf {
+            crate::redirect::ebpf::sweep();
+        }
+        self.record(&info.uid, None);
+        self.remember(&info.uid.clone(), Some(info));
+    }
+
+    /// Brings every known pod of this node to what its labels (and its namespace's) ask
+    /// for now. Returns how many changed.
+    pub fn reconcile(&self) -> usize {
+        let enrolled: Vec<PodInfo> = self
+            .enrolled
+            .lock()
+            .unwrap()
+            .pods
+            .values()
+            .cloned()
+            .collect();
+        let seen: Vec<PodInfo> = self.seen.lock().unwrap().pods.values().cloned().collect();
+        // The file source: one read of the directory for the whole pass.
+        let res = self.api.is_none().then(|| {
+            let mut dir = self.resources.lock().unwrap();
+            if dir.scan() {
+                self.generation.fetch_add(1, Ordering::AcqRel);
+            }
+            dir.merged()
+        });
+        let mut changed = 0;
+        for (info, was) in enrolled
+            .into_iter()
+            .map(|p| (p, true))
+            .chain(seen.into_iter().map(|p| (p, false)))
+        {
+            if !info.netns.exists() {
+                continue; // gone; its DEL forgets it
+            }
+            // A pod no longer in the resources is being deleted: its DEL decides.
+            let found = match &res {
+                Some(res) => Self::find(res, &info.namespace, &info.name),
+                None => self.lookup(&info.namespace, &info.name),
+            };
+            let Ok((pod, ambient)) = found else {
+                continue;
+            };
+            if Self::uid(&pod) != info.uid {
+                continue; // another pod of that name now: its own ADD decides
+            }
+            match (was, ambient) {
+                (false, true) => {
+                    changed += 1;
+                    match self.enroll(&pod, &info.netns) {
+                        Ok(()) => eprintln!(
+                            "keelson-cni agent: {}/{}: labelled ambient while running; enrolled",
+                            info.namespace, info.name
+                        ),
+                        Err(e) => eprintln!(
+                            "keelson-cni agent: {}/{}: labelled ambient, but enrolling failed: {e}",
+                            info.namespace, info.name
+                        ),
+                    }
+                }
+                (true, false) => {
+                    changed += 1;
+                    eprintln!(
+                        "keelson-cni agent: {}/{}: no longer labelled ambient; un-enrolled",
+                        info.namespace, info.name
+                    );
+                    self.unenroll(Some(&pod), info);
+                }
+                _ => {}
+            }
+        }
+        changed
+    }
+
+    /// Runs [`Agent::reconcile`] on start and on every change of the resources.
+    fn keep_reconciled(self: Arc<Self>) {
+        let mut done = None;
+        loop {
+            if self.api.is_none() {
+                let mut dir = self.resources.lock().unwrap();
+                if dir.scan() {
+                    self.generation.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+            // The generation before the pass: a change during it brings another pass.
+            let generation = self.generation.load(Ordering::Acquire);
+            if self.api.is_some() || done != Some(generation) {
+                self.reconcile();
+                done = Some(generation);
+            }
+            std::thread::sleep(if self.api.is_some() {
+                API_RECONCILE
+            } else {
+                FILE_RECONCILE
+            });
+        }
+    }
+
+    /// Records that `uid` is now seen and not enrolled (`Some`) or not (`None`).
+    fn remember(&self, uid: &str, pod: Option<PodInfo>) {
+        let mut e = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        match pod {
+            Some(p) => e.pods.insert(uid.to_string(), p),
+            None => e.pods.remove(uid),
+        };
+        e.save();
+    }
+
     /// Records that `uid` is now `pod` (enrolled) or nothing (removed).
     fn record(&self, uid: &str, pod: Option<PodInfo>) {
         let mut e = self.enrolled.lock().unwrap_or_else(|p| p.into_inner());
@@ -369,6 +544,10 @@ pub fn start(opts: &AgentOptions) -> Result<Arc<Agent>> {
     }
     let listener = UnixListener::bind(&opts.socket)
         .with_context(|| format!("binding {}", opts.socket.display()))?;
+    let reconciler = agent.clone();
+    std::thread::Builder::new()
+        .name("cni-reconcile".into())
+        .spawn(move || reconciler.keep_reconciled())?;
     let a = agent.clone();
     std::thread::Builder::new()
         .name("cni-agent".into())

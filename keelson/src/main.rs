@@ -16,7 +16,11 @@ const USAGE: &str = "usage:
   keelson delete -f FILE      remove them
   keelson exec [-n NS] POD -- CMD...
       run CMD in a pod's network namespace (POD: a pod, or a Deployment's first pod)
-  keelson status              nodes, processes, pods, services, rejected resources
+  keelson label [-n NS] namespace|pod NAME KEY=VALUE|KEY-...
+      change a namespace's or a pod's labels (istio.io/dataplane-mode=ambient enrols its
+      running pods, removing it hands them back; no restart)
+  keelson status              nodes, processes, pods, services, gateways and routes with
+                              their conditions, rejected resources
   keelson restart ROLE        restart one process (ROLE as in supervisor.json, e.g.
                               ztunnel/node-1: handed off to a new ztunnel with no downtime)
   keelson down                remove everything the local mesh made
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
         ["status"] => mesh::status(&Paths::default()).map(|s| print!("{s}")),
         ["apply", "-f", file] => mesh::apply(&Paths::default(), std::path::Path::new(file)),
         ["delete", "-f", file] => mesh::delete(&Paths::default(), std::path::Path::new(file)),
+        ["label", rest @ ..] => label(rest),
         ["exec", rest @ ..] => match exec(rest) {
             Ok(code) => return ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => Err(e),
@@ -322,6 +327,19 @@ Remove it:
         paths.home.display(),
     );
     Ok(())
+}
+
+fn label(args: &[&str]) -> anyhow::Result<()> {
+    let (namespace, rest) = match args {
+        ["-n" | "--namespace", ns, rest @ ..] => (Some(*ns), rest),
+        rest => (None, rest),
+    };
+    match rest {
+        [kind, name, changes @ ..] => {
+            mesh::label(&Paths::default(), kind, namespace, name, changes)
+        }
+        _ => anyhow::bail!("usage: keelson label [-n NS] namespace|pod NAME KEY=VALUE|KEY-..."),
+    }
 }
 
 fn exec(args: &[&str]) -> anyhow::Result<i32> {

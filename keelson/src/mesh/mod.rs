@@ -29,6 +29,7 @@ pub mod supervise;
 pub use fabric::thread_node_links;
 use fabric::*;
 pub use lb::gateway_url;
+pub use objects::label;
 use objects::*;
 pub use pods::exec;
 use pods::*;

@@ -163,3 +163,74 @@ pub(super) fn owner_reference(w: &Workload) -> serde_json::Value {
         serde_json::json!({"kind": "Pod", "name": w.name})
     }
 }
+
+/// `keelson label`: changes the labels of a Namespace or a Pod in place, as `kubectl label`
+/// does (`key=value` sets, `key-` removes). The node agents see the change and enrol or hand
+/// back the running pods it concerns (docs/ARCHITECTURE.md, "Shared (in-pod) mode").
+pub fn label(
+    paths: &Paths,
+    kind: &str,
+    namespace: Option<&str>,
+    name: &str,
+    changes: &[&str],
+) -> Result<()> {
+    let (file, mut value): (std::path::PathBuf, serde_yaml::Value) = match kind {
+        "namespace" | "namespaces" | "ns" => {
+            let file = paths.resources().join(resource_file(&Resource {
+                kind: "Namespace".into(),
+                namespace: None,
+                name: name.into(),
+                value: serde_yaml::Value::Null,
+            }));
+            let value = match std::fs::read_to_string(&file) {
+                Ok(t) => serde_yaml::from_str(&t)?,
+                Err(_) => serde_yaml::from_str(&format!(
+                    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n"
+                ))?,
+            };
+            (file, value)
+        }
+        "pod" | "pods" | "po" => {
+            let ns = namespace.unwrap_or("default");
+            let file = paths.resources().join(pod_file(ns, name));
+            let text = std::fs::read_to_string(&file).map_err(|_| {
+                anyhow::anyhow!("no pod {ns}/{name} in the mesh (keelson status lists them)")
+            })?;
+            (file, serde_yaml::from_str(&text)?)
+        }
+        other => anyhow::bail!("cannot label a {other:?}: namespace or pod"),
+    };
+    if changes.is_empty() {
+        anyhow::bail!("no label given (KEY=VALUE sets, KEY- removes)");
+    }
+    let meta = value
+        .get_mut("metadata")
+        .and_then(|m| m.as_mapping_mut())
+        .context("the object has no metadata")?;
+    let labels = meta
+        .entry("labels".into())
+        .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+    if labels.is_null() {
+        *labels = serde_yaml::Value::Mapping(Default::default());
+    }
+    let labels = labels
+        .as_mapping_mut()
+        .context("metadata.labels is not a map")?;
+    for c in changes {
+        match (c.split_once('='), c.strip_suffix('-')) {
+            (Some((k, v)), _) if !k.is_empty() => {
+                labels.insert(k.into(), v.into());
+            }
+            (None, Some(k)) if !k.is_empty() => {
+                labels.remove(k);
+            }
+            _ => anyhow::bail!("{c:?}: not KEY=VALUE or KEY-"),
+        }
+    }
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, serde_yaml::to_string(&value)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &file)?;
+    say(format!("{kind} {name}: labelled"));
+    Ok(())
+}
