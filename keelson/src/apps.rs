@@ -31,6 +31,8 @@ use hyper::{Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 
 mod bookinfo;
+pub mod fortio;
+mod weather;
 
 /// The bundled apps.
 pub const APPS: &[&str] = &[
@@ -38,9 +40,17 @@ pub const APPS: &[&str] = &[
     "details",
     "reviews",
     "ratings",
+    "frontend",
+    "advertisement",
+    "forecast",
+    "recommendation",
+    "httpbin",
     "echo",
     "raw",
 ];
+
+/// The weather demo's apps (`apps/weather.rs`).
+const WEATHER: &[&str] = &["frontend", "advertisement", "forecast", "recommendation"];
 
 /// Headers an app passes on to the services it calls.
 const PROPAGATED: &[&str] = &[
@@ -68,6 +78,10 @@ pub struct AppOptions {
 struct App {
     opts: AppOptions,
     served: AtomicU64,
+    /// Faults from the environment, on the app's own pages (not the test endpoints):
+    /// `DELAY_MS` before every answer, `FAIL_PERCENT` of the answers a 500.
+    delay: Duration,
+    fail_percent: f64,
 }
 
 impl App {
@@ -88,9 +102,12 @@ pub fn run(opts: AppOptions) -> Result<()> {
     if opts.name == "raw" {
         return rt.block_on(raw::serve(opts.port));
     }
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
     rt.block_on(serve(Arc::new(App {
         opts,
         served: AtomicU64::new(0),
+        delay: Duration::from_millis(env("DELAY_MS").unwrap_or(0.0).clamp(0.0, 60_000.0) as u64),
+        fail_percent: env("FAIL_PERCENT").unwrap_or(0.0).clamp(0.0, 100.0),
     })))
 }
 
@@ -181,7 +198,22 @@ async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
     app.served.fetch_add(1, Ordering::Relaxed);
     match tool(app, req).await {
         Ok(resp) => resp,
-        Err(req) => page(app, req).await,
+        Err(req) => {
+            if !app.delay.is_zero() {
+                tokio::time::sleep(app.delay).await;
+            }
+            if app.fail_percent > 0.0 && rand::random::<f64>() * 100.0 < app.fail_percent {
+                return reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    app,
+                    format!(
+                        "{{\"service\":\"{}\",\"error\":\"failed on purpose (FAIL_PERCENT)\"}}\n",
+                        app.id()
+                    ),
+                );
+            }
+            page(app, req).await
+        }
     }
 }
 
@@ -218,8 +250,14 @@ async fn tool(
                 .unwrap()
         }
         ["echo"] => echo(app, req).await,
-        ["delay", ms] => {
-            let ms = ms.parse::<u64>().unwrap_or(0).min(60_000);
+        ["delay", n] => {
+            // httpbin's is in seconds, the others' in milliseconds.
+            let scale = if app.opts.name == "httpbin" { 1000 } else { 1 };
+            let ms = n
+                .parse::<u64>()
+                .unwrap_or(0)
+                .saturating_mul(scale)
+                .min(60_000);
             tokio::time::sleep(Duration::from_millis(ms)).await;
             reply(StatusCode::OK, app, format!("{{\"service\":\"{id}\"}}\n"))
         }
@@ -323,9 +361,50 @@ async fn page(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
             body
         }
         "productpage" => return bookinfo::serve(app, req).await,
+        name if WEATHER.contains(&name) => return weather::serve(app, req).await,
+        "httpbin" => return httpbin(app, &req),
         _ => serde_json::json!({"service": id, "path": path}),
     };
     reply(StatusCode::OK, app, format!("{body}\n"))
+}
+
+/// `httpbin`, the paths the Istio tasks use: `/get`, `/anything[/...]`, `/ip`,
+/// `/user-agent` (and the test endpoints: `/status/<code>`, `/delay/<seconds>`,
+/// `/headers`).
+fn httpbin(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+        .collect();
+    let args: serde_json::Map<String, serde_json::Value> = req
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.into()))
+        .collect();
+    let path = req.uri().path();
+    let body = match path {
+        "/ip" => serde_json::json!({"origin": "unknown"}),
+        "/user-agent" => serde_json::json!({"user-agent": headers.get("user-agent")}),
+        "/get" => {
+            serde_json::json!({"args": args, "headers": headers, "url": req.uri().to_string(), "service": app.id()})
+        }
+        p if p == "/anything" || p.starts_with("/anything/") => serde_json::json!({
+            "args": args, "headers": headers, "method": req.method().as_str(),
+            "url": req.uri().to_string(), "service": app.id(),
+        }),
+        _ => {
+            return reply(
+                StatusCode::NOT_FOUND,
+                app,
+                "{\"error\":\"not found\"}\n".into(),
+            )
+        }
+    };
+    reply(StatusCode::OK, app, format!("{body:#}\n"))
 }
 
 /// GET `http://<service>:<port><path>`; the JSON answer, or an error object naming what

@@ -25,8 +25,12 @@ const USAGE: &str = "usage:
                               ztunnel/node-1: handed off to a new ztunnel with no downtime)
   keelson down                remove everything the local mesh made
   keelson app NAME [--version V] [--port P]
-      run a bundled demo app (productpage, details, reviews, ratings, echo; raw: a
-      hand-written HTTP/1.1 server for framing tests)
+      run a bundled demo app (bookinfo: productpage, details, reviews, ratings; weather:
+      frontend, advertisement, forecast, recommendation; httpbin, echo; raw: a
+      hand-written HTTP/1.1 server for framing tests); DELAY_MS and FAIL_PERCENT in its
+      environment delay or fail its pages
+  keelson app fortio load [-c N] [-qps Q] [-n M] [-H name:value] URL
+      a fortio-style load client: the status code histogram and latency percentiles
   keelson bench l4 [--json] [--runs N] [--seconds N] [--idle-connections N] [--scaling]
                    [--redirect iptables,nftables,ebpf] [--anchor ZTUNNEL]
                    [--phases throughput,rr,newconn,rate,idle] [--workloads 10,1000,10000]
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
             Ok(code) => return ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => Err(e),
         },
+        ["app", "fortio", "load", rest @ ..] => keelson::apps::fortio::main(rest),
         ["app", name, rest @ ..] => app(name, rest),
         ["install", rest @ ..] => install(rest, false),
         ["uninstall", rest @ ..] => install(rest, true),

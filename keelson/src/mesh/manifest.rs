@@ -189,7 +189,26 @@ struct Template {
 /// (`docker.io/istio/examples-bookinfo-reviews-v2:1.20.2` → reviews v2).
 pub fn bundled_app(image: &str) -> Option<(String, String)> {
     let last = image.rsplit('/').next()?;
+    let tag = last
+        .split('@')
+        .next()
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, t)| t);
     let last = last.split(['@', ':']).next()?;
+    // The weather demo's images: `keelson/weather-<app>:<version>`.
+    if let Some(app) = last.strip_prefix("weather-") {
+        let known = ["frontend", "advertisement", "forecast", "recommendation"];
+        let version = tag.filter(|t| t.starts_with('v')).unwrap_or("v1");
+        return known.contains(&app).then(|| (app.into(), version.into()));
+    }
+    // httpbin (kennethreitz/httpbin, kong/httpbin, mccutchen/go-httpbin), and fortio's
+    // image standing for an echo server (the walkthroughs run `fortio load` from it).
+    if last.contains("httpbin") {
+        return Some(("httpbin".into(), "v1".into()));
+    }
+    if last == "fortio" {
+        return Some(("echo".into(), "v1".into()));
+    }
     let rest = last.strip_prefix("examples-bookinfo-")?;
     let (app, version) = rest.rsplit_once('-')?;
     let known = ["productpage", "details", "reviews", "ratings"];
@@ -606,6 +625,14 @@ mod tests {
             Some(("productpage".into(), "v1".into()))
         );
         assert_eq!(bundled_app("nginx:1.25"), None);
+        assert_eq!(
+            bundled_app("keelson/weather-forecast:v2"),
+            Some(("forecast".into(), "v2".into()))
+        );
+        assert_eq!(
+            bundled_app("docker.io/kong/httpbin:0.1.0"),
+            Some(("httpbin".into(), "v1".into()))
+        );
         assert_eq!(bundled_app("examples-bookinfo-mongodb-v1"), None);
     }
 

@@ -176,7 +176,15 @@ fn free_address(state: &MeshState, node: &NodeState) -> Result<Ipv4Addr> {
 fn create_sandbox(pod: &PodState, node: &NodeState, veth: &str, namespace: &str) -> Result<()> {
     let ns_name = &pod.netns;
     create_netns(ns_name)?;
-    let peer = ["link", "add", veth, "type", "veth", "peer", "name", "eth0"];
+    // The pod's MAC comes from its address (locally administered, 02:42 then the four
+    // address bytes): a re-created pod that gets a deleted one's address also gets its MAC,
+    // so its neighbours' ARP entries stay right. With a fresh MAC they would send to the old
+    // one until the entries went stale, ~20 s without connections.
+    let o = pod.ip.octets();
+    let mac = format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+    let peer = [
+        "link", "add", veth, "type", "veth", "peer", "name", "eth0", "address", &mac,
+    ];
     netns::ip_in(&node.netns, &[&peer[..], &["netns", ns_name]].concat())?;
     netns::ip_in(&node.netns, &["link", "set", veth, "master", "cni0", "up"])?;
     let addr = format!("{}/24", pod.ip);
