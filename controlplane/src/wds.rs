@@ -282,6 +282,22 @@ pub fn workload(
             pb::PortList { ports },
         );
     }
+    // ServiceEntries that select the pod (MESH_INTERNAL by workloadSelector).
+    for e in res.service_entries.iter().filter(|e| {
+        namespace_of(&e.metadata.namespace) == ns_name
+            && e.spec.workload_selector.as_ref().is_some_and(|sel| {
+                !sel.labels.is_empty() && sel.labels.iter().all(|(k, v)| m.labels.get(k) == Some(v))
+            })
+    }) {
+        for host in &e.spec.hosts {
+            services.insert(
+                format!("{ns_name}/{host}"),
+                pb::PortList {
+                    ports: entry_ports(&e.spec, None),
+                },
+            );
+        }
+    }
     let uid = format!("{}//Pod/{}/{}", mesh.cluster_id, ns_name, m.name);
     let w = pb::Workload {
         uid: uid.clone(),
@@ -370,6 +386,154 @@ pub fn service(svc: &Service, res: &Resources, mesh: &MeshSettings) -> NamedAddr
     }
 }
 
+/// A ServiceEntry's ports for one endpoint: the endpoint's own port for a port's name,
+/// else the port's `targetPort`, else its number.
+fn entry_ports(
+    spec: &resources::ServiceEntrySpec,
+    endpoint: Option<&resources::WorkloadEntrySpec>,
+) -> Vec<pb::Port> {
+    spec.ports
+        .iter()
+        .map(|p| {
+            let own = endpoint.and_then(|e| p.name.as_ref().and_then(|n| e.ports.get(n)));
+            pb::Port {
+                service_port: u32::from(p.number),
+                target_port: u32::from(own.copied().or(p.target_port).unwrap_or(p.number)),
+                app_protocol: match p
+                    .protocol
+                    .as_deref()
+                    .unwrap_or("")
+                    .to_ascii_uppercase()
+                    .as_str()
+                {
+                    "HTTP" => pb::AppProtocol::Http11,
+                    "HTTP2" => pb::AppProtocol::Http2,
+                    "GRPC" => pb::AppProtocol::Grpc,
+                    "TCP" => pb::AppProtocol::Tcp,
+                    "TLS" | "HTTPS" => pb::AppProtocol::Tls,
+                    _ => pb::AppProtocol::Unknown,
+                } as i32,
+            }
+        })
+        .collect()
+}
+
+/// The range ServiceEntry hosts without addresses get a VIP from (as Istio's automatic
+/// allocation): 240.240.0.0/16.
+const AUTO_VIP_BASE: u32 = 0xf0f0_0000;
+
+/// ServiceEntries (docs/GATEWAY.md, "Egress"): each host a WDS Service (its `addresses`, or
+/// a VIP of 240.240.0.0/16 chosen from a hash of `namespace/host`, so DNS answers for it and
+/// ztunnel captures it), and each endpoint a Workload outside the mesh (no tunnel) that is a
+/// member of every host: the `endpoints` of STATIC and DNS (by IP), the `addresses` of NONE
+/// (the traffic goes where it was addressed). A `workloadSelector` makes the selected pods
+/// members instead (`workload`).
+pub fn service_entries(res: &Resources, mesh: &MeshSettings) -> Vec<NamedAddress> {
+    let mut out = Vec::new();
+    let mut taken: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
+    let mut entries: Vec<&resources::ServiceEntry> = res.service_entries.iter().collect();
+    entries.sort_by_key(|e| (namespace_of(&e.metadata.namespace), &e.metadata.name));
+    for e in entries {
+        let ns = namespace_of(&e.metadata.namespace).to_string();
+        let spec = &e.spec;
+        let singles: Vec<IpAddr> = spec
+            .addresses
+            .iter()
+            .filter(|a| !a.contains('/'))
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        for host in &spec.hosts {
+            let vips = if singles.is_empty() {
+                let h = format!("{ns}/{host}")
+                    .bytes()
+                    .fold(0x811c_9dc5_u32, |h, b| {
+                        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+                    });
+                let mut n = (h % 65_533) + 1;
+                while !taken.insert(n) {
+                    n = n % 65_533 + 1;
+                }
+                vec![IpAddr::V4(std::net::Ipv4Addr::from(AUTO_VIP_BASE + n))]
+            } else {
+                singles.clone()
+            };
+            let svc = pb::Service {
+                name: e.metadata.name.clone(),
+                namespace: ns.clone(),
+                hostname: host.clone(),
+                addresses: vips
+                    .into_iter()
+                    .map(|ip| pb::NetworkAddress {
+                        network: String::new(),
+                        address: ip_bytes(ip),
+                        length: None,
+                    })
+                    .collect(),
+                ports: entry_ports(spec, None),
+                ..Default::default()
+            };
+            out.push(NamedAddress {
+                name: format!("{ns}/{host}"),
+                address: pb::Address {
+                    r#type: Some(pb::address::Type::Service(svc)),
+                },
+            });
+        }
+        let endpoints: Vec<(IpAddr, Option<&resources::WorkloadEntrySpec>)> =
+            match spec.resolution() {
+                "NONE" => singles.iter().map(|ip| (*ip, None)).collect(),
+                _ => spec
+                    .endpoints
+                    .iter()
+                    .filter_map(|ep| Some((ep.address.as_deref()?.parse().ok()?, Some(ep))))
+                    .collect(),
+            };
+        for (ip, ep) in endpoints {
+            let uid = format!(
+                "{}/networking.istio.io/ServiceEntry/{ns}/{}/{ip}",
+                mesh.cluster_id, e.metadata.name
+            );
+            let services = spec
+                .hosts
+                .iter()
+                .map(|h| {
+                    (
+                        format!("{ns}/{h}"),
+                        pb::PortList {
+                            ports: entry_ports(spec, ep),
+                        },
+                    )
+                })
+                .collect();
+            let w = pb::Workload {
+                uid: uid.clone(),
+                name: e.metadata.name.clone(),
+                namespace: ns.clone(),
+                addresses: vec![ip_bytes(ip)],
+                tunnel_protocol: pb::TunnelProtocol::None as i32,
+                trust_domain: mesh.trust_domain.clone(),
+                service_account: ep
+                    .and_then(|ep| ep.service_account.clone())
+                    .unwrap_or_else(|| "default".into()),
+                canonical_name: e.metadata.name.clone(),
+                canonical_revision: "latest".into(),
+                workload_name: e.metadata.name.clone(),
+                services,
+                status: pb::WorkloadStatus::Healthy as i32,
+                cluster_id: mesh.cluster_id.clone(),
+                ..Default::default()
+            };
+            out.push(NamedAddress {
+                name: uid,
+                address: pb::Address {
+                    r#type: Some(pb::address::Type::Workload(w)),
+                },
+            });
+        }
+    }
+    out
+}
+
 /// Every Address resource for `res`, sorted by name.
 pub fn addresses(res: &Resources, mesh: &MeshSettings) -> Vec<NamedAddress> {
     let selected = crate::authz::translate(res, mesh).selected;
@@ -387,7 +551,10 @@ pub fn addresses(res: &Resources, mesh: &MeshSettings) -> Vec<NamedAddress> {
         })
         .collect();
     out.extend(res.services.iter().map(|s| service(s, res, mesh)));
+    out.extend(service_entries(res, mesh));
     out.sort_by(|a, b| a.name.cmp(&b.name));
+    // A host both a Service and a ServiceEntry name: the first (by name) is kept.
+    out.dedup_by(|a, b| a.name == b.name);
     out
 }
 

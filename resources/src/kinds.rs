@@ -69,6 +69,13 @@ pub const READ: &[ApiKind] = &[
         true,
     ),
     kind(ISTIO_NETWORKING, "v1", "Gateway", "gateways", true),
+    kind(
+        ISTIO_NETWORKING,
+        "v1",
+        "ServiceEntry",
+        "serviceentries",
+        true,
+    ),
     kind("networking.k8s.io", "v1", "Ingress", "ingresses", true),
     kind("", "v1", "Secret", "secrets", true),
     kind(

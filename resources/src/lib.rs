@@ -358,6 +358,157 @@ impl Secret {
     }
 }
 
+/// An Istio `ServiceEntry` (networking.istio.io): hosts outside (or inside) the mesh
+/// registered as services (docs/GATEWAY.md, "Egress").
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServiceEntry {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: ServiceEntrySpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceEntrySpec {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<ServiceEntryPort>,
+    /// `MESH_EXTERNAL` (the default) or `MESH_INTERNAL`.
+    #[serde(default)]
+    pub location: Option<String>,
+    /// `NONE` (the default), `STATIC`, `DNS` or `DNS_ROUND_ROBIN`.
+    #[serde(default)]
+    pub resolution: Option<String>,
+    #[serde(default)]
+    pub endpoints: Vec<WorkloadEntrySpec>,
+    #[serde(default)]
+    pub workload_selector: Option<LabelSelectorMap>,
+    #[serde(default)]
+    pub export_to: Vec<String>,
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceEntryPort {
+    pub number: u16,
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub target_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadEntrySpec {
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Port name → the endpoint's port.
+    #[serde(default)]
+    pub ports: BTreeMap<String, u16>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub network: Option<String>,
+    #[serde(default)]
+    pub locality: Option<String>,
+    #[serde(default)]
+    pub weight: Option<u32>,
+    #[serde(default)]
+    pub service_account: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct LabelSelectorMap {
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ServiceEntrySpec {
+    pub fn resolution(&self) -> &str {
+        self.resolution.as_deref().unwrap_or("NONE")
+    }
+
+    /// Checks what the translation relies on; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.hosts.is_empty() {
+            return Err("spec.hosts: at least one host is required".into());
+        }
+        for (i, h) in self.hosts.iter().enumerate() {
+            l7::gateway::check_hostname(h).map_err(|e| format!("spec.hosts[{i}]: {e}"))?;
+        }
+        for (i, a) in self.addresses.iter().enumerate() {
+            let ip = a.split_once('/').map_or(a.as_str(), |(ip, _)| ip);
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(format!("spec.addresses[{i}]: {a:?} is not an IP or CIDR"));
+            }
+        }
+        if self.ports.is_empty() {
+            return Err("spec.ports: at least one port is required".into());
+        }
+        match self.resolution() {
+            "NONE" | "STATIC" | "DNS" | "DNS_ROUND_ROBIN" => {}
+            r => {
+                return Err(format!(
+                    "spec.resolution: {r} is not NONE, STATIC, DNS or DNS_ROUND_ROBIN"
+                ))
+            }
+        }
+        match self.location.as_deref() {
+            None | Some("MESH_EXTERNAL" | "MESH_INTERNAL") => {}
+            Some(l) => {
+                return Err(format!(
+                    "spec.location: {l} is not MESH_EXTERNAL or MESH_INTERNAL"
+                ))
+            }
+        }
+        if self.workload_selector.is_some() && !self.endpoints.is_empty() {
+            return Err("spec.workloadSelector: not with spec.endpoints".into());
+        }
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let Some(a) = &e.address else {
+                return Err(format!("spec.endpoints[{i}].address: required"));
+            };
+            if a.parse::<std::net::IpAddr>().is_err() {
+                return Err(format!(
+                    "spec.endpoints[{i}].address: {a:?} is not an IP (endpoints by name are not resolved)"
+                ));
+            }
+            for name in e.ports.keys() {
+                if !self.ports.iter().any(|p| p.name.as_deref() == Some(name)) {
+                    return Err(format!(
+                        "spec.endpoints[{i}].ports: {name:?} names no port of spec.ports"
+                    ));
+                }
+            }
+        }
+        if self.resolution() == "NONE"
+            && self.addresses.iter().all(|a| a.contains('/'))
+            && self.workload_selector.is_none()
+        {
+            return Err(
+                "spec.addresses: resolution NONE needs at least one single address (the traffic goes to it as addressed)"
+                    .into(),
+            );
+        }
+        if self.resolution() == "STATIC"
+            && self.endpoints.is_empty()
+            && self.workload_selector.is_none()
+        {
+            return Err(
+                "spec.endpoints: resolution STATIC needs endpoints or a workloadSelector".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// A Gateway API `HTTPRoute`; the spec is l7's, validated at load.
 #[derive(Debug, Clone, Deserialize)]
 pub struct HttpRoute {
@@ -395,6 +546,7 @@ pub struct Resources {
     pub istio_gateways: Vec<IstioGateway>,
     pub ingresses: Vec<Ingress>,
     pub secrets: Vec<Secret>,
+    pub service_entries: Vec<ServiceEntry>,
     pub http_routes: Vec<HttpRoute>,
     pub virtual_services: Vec<VirtualService>,
     pub destination_rules: Vec<DestinationRule>,
@@ -438,6 +590,7 @@ impl Resources {
         self.istio_gateways.extend(other.istio_gateways);
         self.ingresses.extend(other.ingresses);
         self.secrets.extend(other.secrets);
+        self.service_entries.extend(other.service_entries);
         self.http_routes.extend(other.http_routes);
         self.virtual_services.extend(other.virtual_services);
         self.destination_rules.extend(other.destination_rules);
@@ -540,6 +693,11 @@ impl Resources {
                 self.ingresses.push(i)
             }
             "Secret" => self.secrets.push(typed(value).map_err(bad)?),
+            "ServiceEntry" if is_istio_networking(&value) => {
+                let e: ServiceEntry = typed(value).map_err(bad)?;
+                e.spec.validate().map_err(bad)?;
+                self.service_entries.push(e)
+            }
             "VirtualService" if is_istio_networking(&value) => {
                 let r: VirtualService = typed(value).map_err(bad)?;
                 r.spec.validate().map_err(bad)?;

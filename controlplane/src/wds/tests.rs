@@ -323,3 +323,95 @@ fn waypoints_are_chosen_by_label_and_kind_of_traffic() {
         "{e}"
     );
 }
+
+#[test]
+fn service_entries_become_services_and_outside_workloads() {
+    let mut res = Resources::default();
+    res.add_text(
+        "se.yaml",
+        "apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: default, labels: {app: web}}
+spec: {nodeName: n}
+status: {phase: Running, podIP: 10.0.0.9}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.external.test]
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 9080}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{address: 192.0.2.10}, {address: 192.0.2.11, ports: {http: 8080}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy, namespace: default}
+spec:
+  hosts: [legacy.external.test]
+  addresses: [192.0.2.20]
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: internal, namespace: default}
+spec:
+  hosts: [web.internal.test]
+  ports: [{number: 80, name: http, targetPort: 9080}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  workloadSelector: {labels: {app: web}}
+",
+    )
+    .unwrap();
+    let mesh = MeshSettings::default();
+    let all = addresses(&res, &mesh);
+    let svc = |host: &str| {
+        all.iter()
+            .find_map(|a| match &a.address.r#type {
+                Some(pb::address::Type::Service(s)) if s.hostname == host => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no service {host}"))
+    };
+    let api = svc("api.external.test");
+    // No addresses: one VIP from 240.240.0.0/16.
+    assert_eq!(api.addresses.len(), 1);
+    assert_eq!(&api.addresses[0].address[..2], &[240, 240]);
+    assert_eq!(api.ports[0].target_port, 9080);
+    assert_eq!(
+        svc("legacy.external.test").addresses[0].address,
+        vec![192, 0, 2, 20]
+    );
+    let outside: Vec<&pb::Workload> = all
+        .iter()
+        .filter_map(|a| match &a.address.r#type {
+            Some(pb::address::Type::Workload(w)) if w.uid.contains("ServiceEntry") => Some(w),
+            _ => None,
+        })
+        .collect();
+    // Two STATIC endpoints (one with its own port), and NONE's address itself.
+    assert_eq!(outside.len(), 3, "{outside:?}");
+    let ep11 = outside
+        .iter()
+        .find(|w| w.addresses[0] == vec![192, 0, 2, 11])
+        .unwrap();
+    assert_eq!(ep11.tunnel_protocol, pb::TunnelProtocol::None as i32);
+    assert_eq!(
+        ep11.services["default/api.external.test"].ports[0].target_port,
+        8080
+    );
+    // The selected pod is a member of the internal host.
+    let web = workload_named(&all, "web-0");
+    assert!(web.services.contains_key("default/web.internal.test"));
+    // A bad one is refused, naming the field.
+    let e = Resources::default()
+        .add_text(
+            "bad.yaml",
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: b}\nspec: {hosts: [x.test], ports: [{number: 80}], resolution: STATIC, endpoints: [{address: db.example.com}]}\n",
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("spec.endpoints[0].address"), "{e}");
+}
