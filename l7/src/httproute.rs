@@ -145,6 +145,164 @@ pub struct Filter {
     pub url_rewrite: Option<UrlRewrite>,
     #[serde(default)]
     pub request_mirror: Option<Mirror>,
+    #[serde(default)]
+    pub cors: Option<CorsFilter>,
+}
+
+/// The `CORS` filter (GW-33..38).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CorsFilter {
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    #[serde(default)]
+    pub allow_credentials: Option<bool>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub max_age: Option<u32>,
+}
+
+/// Whether `origin` (`scheme://host[:port]`) is one `pattern` allows: `*` any; otherwise
+/// the same scheme and port, and the host equal, or under a `*.` wildcard (which covers
+/// any number of labels: `https://*.bar.com` allows `https://a.www.bar.com`, GW-33).
+pub fn origin_matches(pattern: &str, origin: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    let split = |s: &str| -> Option<(String, String, String)> {
+        let (scheme, rest) = s.split_once("://")?;
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !p.is_empty() => {
+                (h.to_string(), p.to_string())
+            }
+            _ => (rest.to_string(), String::new()),
+        };
+        Some((scheme.to_ascii_lowercase(), host.to_ascii_lowercase(), port))
+    };
+    let (Some((ps, ph, pp)), Some((os, oh, op))) = (split(pattern), split(origin)) else {
+        return false;
+    };
+    if ps != os || pp != op {
+        return false;
+    }
+    match ph.strip_prefix('*') {
+        Some(suffix) => oh.len() > suffix.len() && oh.ends_with(&suffix),
+        None => ph == oh,
+    }
+}
+
+impl CorsFilter {
+    /// What the filter does to a request (GW-33..38): a preflight (`OPTIONS` with
+    /// `Access-Control-Request-Method`) is answered here, with the CORS headers when its
+    /// origin is allowed and none otherwise; an actual request from an allowed origin gets
+    /// them on its response; anything else goes on untouched.
+    pub fn apply(&self, method: &http::Method, headers: &http::HeaderMap) -> crate::vsroute::Cors {
+        use crate::vsroute::Cors;
+        use http::header as h;
+        let Some(origin) = headers.get(h::ORIGIN).and_then(|o| o.to_str().ok()) else {
+            return Cors::Forward;
+        };
+        let preflight = method == http::Method::OPTIONS
+            && headers.contains_key(h::ACCESS_CONTROL_REQUEST_METHOD);
+        let matched = self
+            .allow_origins
+            .iter()
+            .find(|p| origin_matches(p, origin));
+        let Some(pattern) = matched else {
+            return if preflight {
+                Cors::Preflight(Vec::new())
+            } else {
+                Cors::Forward
+            };
+        };
+        let credentials = self.allow_credentials == Some(true);
+        let mut out = Vec::new();
+        // `*` only without credentials; otherwise the origin itself.
+        let allow_origin = if pattern == "*" && !credentials {
+            "*".to_string()
+        } else {
+            origin.to_string()
+        };
+        out.push((h::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin));
+        if credentials {
+            out.push((h::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true".to_string()));
+        }
+        let requested = |name: h::HeaderName| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        if !preflight {
+            if !self.expose_headers.is_empty() {
+                out.push((
+                    h::ACCESS_CONTROL_EXPOSE_HEADERS,
+                    self.expose_headers.join(", "),
+                ));
+            }
+            return Cors::Actual(out);
+        }
+        let star = |list: &[String]| list.iter().any(|m| m == "*");
+        let methods = if star(&self.allow_methods) {
+            if credentials {
+                requested(h::ACCESS_CONTROL_REQUEST_METHOD)
+            } else {
+                Some("*".to_string())
+            }
+        } else if self.allow_methods.is_empty() {
+            None
+        } else {
+            Some(self.allow_methods.join(", "))
+        };
+        if let Some(m) = methods {
+            out.push((h::ACCESS_CONTROL_ALLOW_METHODS, m));
+        }
+        let allowed_headers = if star(&self.allow_headers) {
+            if credentials {
+                requested(h::ACCESS_CONTROL_REQUEST_HEADERS)
+            } else {
+                Some("*".to_string())
+            }
+        } else if self.allow_headers.is_empty() {
+            None
+        } else {
+            Some(self.allow_headers.join(", "))
+        };
+        if let Some(hs) = allowed_headers {
+            out.push((h::ACCESS_CONTROL_ALLOW_HEADERS, hs));
+        }
+        // Always sent; 5 s when unset (GW-38).
+        out.push((
+            h::ACCESS_CONTROL_MAX_AGE,
+            self.max_age.unwrap_or(5).to_string(),
+        ));
+        Cors::Preflight(out)
+    }
+
+    fn validate(&self, field: &str) -> Result<(), String> {
+        for (i, o) in self.allow_origins.iter().enumerate() {
+            let ok = o == "*"
+                || o.split_once("://").is_some_and(|(scheme, host)| {
+                    matches!(scheme, "http" | "https") && !host.is_empty() && !host.contains('/')
+                });
+            if !ok {
+                return Err(format!(
+                    "{field}.cors.allowOrigins[{i}]: {o:?} is not * or scheme://host[:port]"
+                ));
+            }
+        }
+        if self.allow_credentials == Some(true) && self.expose_headers.iter().any(|h| h == "*") {
+            return Err(format!(
+                "{field}.cors.exposeHeaders: * is not allowed with allowCredentials"
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -379,7 +537,11 @@ fn check_filter(f: &Filter, field: &str, rule: &Rule, on_backend: bool) -> Resul
                 }
             }
         }
-        FilterType::CORS | FilterType::ExtensionRef => {
+        FilterType::CORS => match &f.cors {
+            Some(c) => c.validate(field)?,
+            None => return Err(format!("{field}.cors: required for type CORS")),
+        },
+        FilterType::ExtensionRef => {
             return Err(format!("{field}: filter {:?} is not supported", f.kind));
         }
         _ => {}

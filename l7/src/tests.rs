@@ -364,3 +364,123 @@ fn durations_follow_gep_2257() {
         assert!(parse_duration(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn the_cors_filter_answers_preflights_and_marks_responses() {
+    use crate::httproute::{origin_matches, CorsFilter};
+    use crate::vsroute::Cors;
+    assert!(origin_matches(
+        "https://*.bar.com",
+        "https://xpto.www.bar.com"
+    ));
+    assert!(!origin_matches("https://*.bar.com", "https://bar.com"));
+    assert!(!origin_matches("https://*.bar.com", "http://a.bar.com"));
+    assert!(!origin_matches("https://a.com", "https://a.com:8443"));
+    assert!(origin_matches("https://a.com:8443", "https://a.com:8443"));
+    let filter = |yaml: &str| -> CorsFilter { serde_yaml::from_str(yaml).unwrap() };
+    let req = |pairs: &[(&str, &str)]| {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    };
+    let get = |c: &Cors, name: &str| match c {
+        Cors::Preflight(h) | Cors::Actual(h) => h
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, v)| v.clone()),
+        Cors::Forward => None,
+    };
+    let f = filter("allowOrigins: ['https://*.example.com']\nallowMethods: [GET, POST]\nallowHeaders: [x-custom]\nexposeHeaders: [x-trace]\n");
+    let pre = f.apply(
+        &http::Method::OPTIONS,
+        &req(&[
+            ("origin", "https://app.example.com"),
+            ("access-control-request-method", "POST"),
+        ]),
+    );
+    assert!(matches!(pre, Cors::Preflight(_)));
+    assert_eq!(
+        get(&pre, "access-control-allow-origin").as_deref(),
+        Some("https://app.example.com")
+    );
+    assert_eq!(
+        get(&pre, "access-control-allow-methods").as_deref(),
+        Some("GET, POST")
+    );
+    assert_eq!(
+        get(&pre, "access-control-allow-headers").as_deref(),
+        Some("x-custom")
+    );
+    // maxAge is always sent, 5 when unset (GW-38); credentials only when true (GW-37).
+    assert_eq!(get(&pre, "access-control-max-age").as_deref(), Some("5"));
+    assert_eq!(get(&pre, "access-control-allow-credentials"), None);
+    // A preflight from another origin is answered here, without CORS headers.
+    let other = f.apply(
+        &http::Method::OPTIONS,
+        &req(&[
+            ("origin", "https://evil.test"),
+            ("access-control-request-method", "GET"),
+        ]),
+    );
+    assert!(matches!(&other, Cors::Preflight(h) if h.is_empty()));
+    // An actual request: the origin and exposed headers on the response.
+    let actual = f.apply(
+        &http::Method::GET,
+        &req(&[("origin", "https://app.example.com")]),
+    );
+    assert!(matches!(actual, Cors::Actual(_)));
+    assert_eq!(
+        get(&actual, "access-control-expose-headers").as_deref(),
+        Some("x-trace")
+    );
+    assert!(matches!(
+        f.apply(&http::Method::GET, &req(&[])),
+        Cors::Forward
+    ));
+    // `*` with credentials echoes the origin, the method and the headers asked for.
+    let f = filter("allowOrigins: ['*']\nallowCredentials: true\nallowMethods: ['*']\nallowHeaders: ['*']\nmaxAge: 600\n");
+    let pre = f.apply(
+        &http::Method::OPTIONS,
+        &req(&[
+            ("origin", "https://x.test"),
+            ("access-control-request-method", "PUT"),
+            ("access-control-request-headers", "x-a, x-b"),
+        ]),
+    );
+    assert_eq!(
+        get(&pre, "access-control-allow-origin").as_deref(),
+        Some("https://x.test")
+    );
+    assert_eq!(
+        get(&pre, "access-control-allow-credentials").as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        get(&pre, "access-control-allow-methods").as_deref(),
+        Some("PUT")
+    );
+    assert_eq!(
+        get(&pre, "access-control-allow-headers").as_deref(),
+        Some("x-a, x-b")
+    );
+    assert_eq!(get(&pre, "access-control-max-age").as_deref(), Some("600"));
+    // Without credentials `*` stays `*`.
+    let f = filter("allowOrigins: ['*']\n");
+    let actual = f.apply(&http::Method::GET, &req(&[("origin", "https://x.test")]));
+    assert_eq!(
+        get(&actual, "access-control-allow-origin").as_deref(),
+        Some("*")
+    );
+    // Validation names the field.
+    let spec: crate::httproute::HttpRouteSpec = serde_yaml::from_str(
+        "rules:\n- filters:\n  - type: CORS\n    cors: {allowOrigins: ['ftp//x']}\n",
+    )
+    .unwrap();
+    let e = spec.validate().unwrap_err();
+    assert!(e.contains("cors.allowOrigins[0]"), "{e}");
+}

@@ -94,6 +94,69 @@ spec:
         200,
         "productpage-v1",
     );
+    // The CORS filter on a more specific route of the same listener.
+    let cors = mesh.write(
+        "cors.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: products-cors
+spec:
+  parentRefs: [{name: bookinfo-gateway}]
+  rules:
+  - matches: [{path: {type: Exact, value: /api/v1/products}}]
+    filters:
+    - type: CORS
+      cors:
+        allowOrigins: ['https://*.example.com']
+        allowMethods: [GET]
+        exposeHeaders: [x-keelson-app]
+    backendRefs: [{name: productpage, port: 9080}]
+",
+    );
+    mesh.ok(&["apply", "-f", cors.to_str().unwrap()]);
+    let products = format!("http://{api_ip}/api/v1/products");
+    let preflight = |origin: &str| {
+        mesh.curl_host(&[
+            "-X",
+            "OPTIONS",
+            "-H",
+            &format!("Origin: {origin}"),
+            "-H",
+            "Access-Control-Request-Method: GET",
+            &products,
+        ])
+    };
+    let mut out = String::new();
+    assert!(
+        eventually(10, || {
+            let (status, o) = preflight("https://shop.example.com");
+            out = o.to_ascii_lowercase();
+            status == 200
+                && out.contains("access-control-allow-origin: https://shop.example.com")
+                && out.contains("access-control-max-age: 5")
+                && out.contains("access-control-allow-methods: get")
+        }),
+        "{out}"
+    );
+    let (status, other) = preflight("https://evil.test");
+    assert!(
+        status == 200
+            && !other
+                .to_ascii_lowercase()
+                .contains("access-control-allow-origin"),
+        "{other}"
+    );
+    let (status, actual) = mesh.curl_host(&["-H", "Origin: https://shop.example.com", &products]);
+    let actual = actual.to_ascii_lowercase();
+    assert!(
+        status == 200
+            && actual.contains("access-control-allow-origin: https://shop.example.com")
+            && actual.contains("access-control-expose-headers: x-keelson-app")
+            && actual.contains("comedy of errors"),
+        "{actual}"
+    );
+
     // A route whose hostnames the listener does not serve is not accepted, and says why.
     let stray = mesh.write(
         "stray-route.yaml",

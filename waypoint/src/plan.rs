@@ -508,8 +508,22 @@ fn gateway_filters<B>(
                     }
                 }
             }
+            F::CORS => {
+                let Some(c) = &filter.cors else { continue };
+                match c.apply(req.method(), req.headers()) {
+                    Cors::Forward => {}
+                    Cors::Preflight(headers) => {
+                        let mut resp = text(StatusCode::OK, "");
+                        ResponseOp::Add(headers).apply(resp.headers_mut());
+                        let mut out = Plan::respond(resp, "-", plan.route.clone(), &plan.host);
+                        out.response_ops = std::mem::take(&mut plan.response_ops);
+                        return Some(out);
+                    }
+                    Cors::Actual(headers) => plan.response_ops.push(ResponseOp::Add(headers)),
+                }
+            }
             // Validated away at the control plane.
-            F::CORS | F::ExtensionRef => {}
+            F::ExtensionRef => {}
         }
     }
     None
