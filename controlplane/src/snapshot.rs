@@ -86,8 +86,19 @@ impl Snapshot {
                 p.authorization.encode_to_vec(),
             );
         }
-        // HTTPRoutes for waypoints, in file order (the creation-order tie-break).
-        for (i, r) in res.http_routes.iter().enumerate() {
+        // HTTPRoutes for waypoints and gateways, in file order (the creation-order
+        // tie-break); GRPCRoutes as the HTTPRoutes they are equivalent to, after them.
+        let grpc: Vec<resources::HttpRoute> = res
+            .grpc_routes
+            .iter()
+            .map(resources::GrpcRoute::as_http)
+            .collect();
+        let all = res
+            .http_routes
+            .iter()
+            .map(|r| (r, ""))
+            .chain(grpc.iter().map(|r| (r, ".grpc")));
+        for (i, (r, suffix)) in all.enumerate() {
             let ns = r.metadata.namespace.as_deref().unwrap_or("default");
             let route = xds::l7::HttpRoute {
                 namespace: ns.to_string(),
@@ -97,7 +108,7 @@ impl Snapshot {
             };
             s.insert(
                 xds::type_url::HTTP_ROUTE,
-                &format!("{ns}/{}", r.metadata.name),
+                &format!("{ns}/{}{suffix}", r.metadata.name),
                 route.encode_to_vec(),
             );
         }

@@ -262,6 +262,11 @@ pub fn all_statuses(res: &Resources) -> Vec<Value> {
         .collect();
     out.extend(crate::ingress::other_statuses(res));
     out.extend(res.http_routes.iter().map(|r| route_status(r, res)));
+    out.extend(res.grpc_routes.iter().map(|g| {
+        let mut v = route_status(&g.as_http(), res);
+        v["kind"] = "GRPCRoute".into();
+        v
+    }));
     out
 }
 

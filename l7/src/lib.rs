@@ -5,6 +5,7 @@
 
 pub mod authz;
 pub mod gateway;
+pub mod grpcroute;
 pub mod httproute;
 pub mod istio;
 pub mod retry;

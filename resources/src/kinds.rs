@@ -54,6 +54,7 @@ pub const READ: &[ApiKind] = &[
     kind("", "v1", "ServiceAccount", "serviceaccounts", true),
     kind(GATEWAY_API, "v1", "Gateway", "gateways", true),
     kind(GATEWAY_API, "v1", "HTTPRoute", "httproutes", true),
+    kind(GATEWAY_API, "v1", "GRPCRoute", "grpcroutes", true),
     kind(
         ISTIO_NETWORKING,
         "v1",

@@ -517,6 +517,24 @@ pub struct HttpRoute {
     pub spec: l7::httproute::HttpRouteSpec,
 }
 
+/// A Gateway API `GRPCRoute`; served as the HTTPRoute it is equivalent to (`l7::grpcroute`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct GrpcRoute {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: l7::grpcroute::GrpcRouteSpec,
+}
+
+impl GrpcRoute {
+    /// The HTTPRoute it is served as (same name and namespace).
+    pub fn as_http(&self) -> HttpRoute {
+        HttpRoute {
+            metadata: self.metadata.clone(),
+            spec: self.spec.to_http(),
+        }
+    }
+}
+
 /// An Istio `VirtualService`; the spec is l7's, validated at load.
 #[derive(Debug, Clone, Deserialize)]
 pub struct VirtualService {
@@ -548,6 +566,7 @@ pub struct Resources {
     pub secrets: Vec<Secret>,
     pub service_entries: Vec<ServiceEntry>,
     pub http_routes: Vec<HttpRoute>,
+    pub grpc_routes: Vec<GrpcRoute>,
     pub virtual_services: Vec<VirtualService>,
     pub destination_rules: Vec<DestinationRule>,
     /// Kinds read but not (yet) translated, with their count, for `keelson status`.
@@ -592,6 +611,7 @@ impl Resources {
         self.secrets.extend(other.secrets);
         self.service_entries.extend(other.service_entries);
         self.http_routes.extend(other.http_routes);
+        self.grpc_routes.extend(other.grpc_routes);
         self.virtual_services.extend(other.virtual_services);
         self.destination_rules.extend(other.destination_rules);
         for (k, n) in other.ignored {
@@ -697,6 +717,16 @@ impl Resources {
                 let e: ServiceEntry = typed(value).map_err(bad)?;
                 e.spec.validate().map_err(bad)?;
                 self.service_entries.push(e)
+            }
+            "GRPCRoute"
+                if value
+                    .get("apiVersion")
+                    .and_then(|v| v.as_str())
+                    .is_some_and(|v| v.starts_with("gateway.networking.k8s.io/")) =>
+            {
+                let r: GrpcRoute = typed(value).map_err(bad)?;
+                r.spec.validate().map_err(bad)?;
+                self.grpc_routes.push(r)
             }
             "VirtualService" if is_istio_networking(&value) => {
                 let r: VirtualService = typed(value).map_err(bad)?;

@@ -157,6 +157,54 @@ spec:
         "{actual}"
     );
 
+    // A GRPCRoute on the same listener: gRPC (h2c) by method, with a header filter.
+    let grpc_route = mesh.write(
+        "grpc.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata:
+  name: echo
+spec:
+  parentRefs: [{name: bookinfo-gateway}]
+  rules:
+  - matches: [{method: {service: keelson.test.Echo, method: Echo}}]
+    filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {add: [{name: x-grpc-route, value: echo}]}
+    backendRefs: [{name: details, port: 9080}]
+",
+    );
+    mesh.ok(&["apply", "-f", grpc_route.to_str().unwrap()]);
+    let frame = mesh.write("grpc-frame", "\0\0\0\0\x05hello");
+    let data = format!("@{}", frame.display());
+    let grpc = |method: &str| {
+        mesh.curl_host(&[
+            "--http2-prior-knowledge",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "--data-binary",
+            &data,
+            &format!("http://{api_ip}/keelson.test.Echo/{method}"),
+        ])
+    };
+    let mut out = String::new();
+    assert!(
+        eventually(10, || {
+            let (status, o) = grpc("Echo");
+            out = o;
+            status == 200
+                && out.contains("hello")
+                && out.contains("grpc-status: 0")
+                && out.contains("x-grpc-route: echo")
+                && out.contains("x-keelson-app: details-v1")
+        }),
+        "{out}"
+    );
+    // Another method of the service is not routed: 404 from the gateway.
+    assert_eq!(grpc("Fail").0, 404);
+
     // A route whose hostnames the listener does not serve is not accepted, and says why.
     let stray = mesh.write(
         "stray-route.yaml",

@@ -186,8 +186,8 @@ fn gateways(paths: &Paths) -> String {
         )
     };
     let mut out = String::new();
-    let gateways: Vec<&serde_json::Value> =
-        all.iter().filter(|o| o["kind"] != "HTTPRoute").collect();
+    let is_route = |o: &serde_json::Value| o["kind"] == "HTTPRoute" || o["kind"] == "GRPCRoute";
+    let gateways: Vec<&serde_json::Value> = all.iter().filter(|o| !is_route(o)).collect();
     if !gateways.is_empty() {
         let _ = writeln!(out, "\nGATEWAY                                  API          ADDRESS         ACCEPTED  PROGRAMMED");
         for g in gateways {
@@ -221,9 +221,9 @@ fn gateways(paths: &Paths) -> String {
             }
         }
     }
-    let routes: Vec<&serde_json::Value> = all.iter().filter(|o| o["kind"] == "HTTPRoute").collect();
+    let routes: Vec<&serde_json::Value> = all.iter().filter(|o| is_route(o)).collect();
     if !routes.is_empty() {
-        let _ = writeln!(out, "\nHTTPROUTE                      PARENT                         ACCEPTED  RESOLVEDREFS");
+        let _ = writeln!(out, "\nROUTE                          PARENT                         ACCEPTED  RESOLVEDREFS");
         for r in routes {
             for p in r["status"]["parents"].as_array().into_iter().flatten() {
                 let parent = &p["parentRef"];
