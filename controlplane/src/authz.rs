@@ -497,3 +497,80 @@ pub fn waypoint_policies(
     }
     out
 }
+
+/// RequestAuthentications for waypoints (docs/WIRE.md §8): each with its JWKS resolved (a
+/// `file://` `jwksUri` read here; an `http(s)` one is not fetched by this control plane and
+/// leaves the rule without keys, so its tokens fail) and its attachments as for
+/// AuthorizationPolicy; without targetRefs it applies to the requests to its namespace's
+/// services (every waypoint's from the root namespace). Selector ones are for sidecars and
+/// are not sent.
+pub fn request_authentications(
+    res: &Resources,
+    mesh: &MeshSettings,
+) -> Vec<xds::l7::RequestAuthentication> {
+    let mut out = Vec::new();
+    for r in &res.request_authentications {
+        if r.spec.selector.is_some() {
+            continue;
+        }
+        let ns = ns_of(&r.metadata.namespace);
+        let mut spec = r.spec.clone();
+        for rule in &mut spec.jwt_rules {
+            if rule.jwks.is_some() {
+                continue;
+            }
+            if let Some(path) = rule
+                .jwks_uri
+                .as_deref()
+                .and_then(|u| u.strip_prefix("file://"))
+            {
+                match std::fs::read_to_string(path) {
+                    Ok(j) => rule.jwks = Some(j),
+                    Err(e) => {
+                        tracing::warn!(policy = %format!("{ns}/{}", r.metadata.name), %path, error = %e, "cannot read the JWKS")
+                    }
+                }
+            } else {
+                tracing::warn!(policy = %format!("{ns}/{}", r.metadata.name), uri = ?rule.jwks_uri, "jwksUri is not fetched by this control plane; use jwks or file://");
+            }
+        }
+        let mut ra = xds::l7::RequestAuthentication {
+            namespace: ns.to_string(),
+            name: r.metadata.name.clone(),
+            spec_json: serde_json::to_string(&spec).unwrap_or_default(),
+            ..Default::default()
+        };
+        let mut targeted = false;
+        for t in r.spec.targets() {
+            targeted = true;
+            match t.kind.as_str() {
+                "GatewayClass" => {
+                    ra.all_waypoints |= t.name == "istio-waypoint" && ns == mesh.root_namespace
+                }
+                "Gateway" => ra.waypoint_uids.extend(
+                    res.pods
+                        .iter()
+                        .filter(|pod| ns_of(&pod.metadata.namespace) == ns)
+                        .filter(|pod| {
+                            pod.metadata.labels.get(resources::labels::GATEWAY_NAME)
+                                == Some(&t.name)
+                        })
+                        .map(|pod| format!("{}//Pod/{ns}/{}", mesh.cluster_id, pod.metadata.name)),
+                ),
+                "Service" => ra
+                    .service_hostnames
+                    .push(format!("{}.{ns}.svc.{}", t.name, mesh.domain_suffix)),
+                _ => {}
+            }
+        }
+        if !targeted {
+            if ns == mesh.root_namespace {
+                ra.all_waypoints = true;
+            } else {
+                ra.namespace_wide = true;
+            }
+        }
+        out.push(ra);
+    }
+    out
+}

@@ -194,7 +194,15 @@ impl Snapshot {
                 p.encode_to_vec(),
             );
         }
+        for r in crate::authz::request_authentications(res, mesh) {
+            s.insert(
+                xds::type_url::REQUEST_AUTHENTICATION,
+                &format!("{}/{}", r.namespace, r.name),
+                r.encode_to_vec(),
+            );
+        }
         for t in [
+            xds::type_url::REQUEST_AUTHENTICATION,
             xds::type_url::INGRESS_GATEWAY,
             xds::type_url::WAYPOINT_POLICY,
             xds::type_url::HTTP_ROUTE,

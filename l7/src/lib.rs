@@ -3,11 +3,13 @@
 //! (docs/WIRE.md §8), Istio `VirtualService` and `DestinationRule` with first-match
 //! rule tables, and retry policies for both.
 
+pub mod authn;
 pub mod authz;
 pub mod gateway;
 pub mod grpcroute;
 pub mod httproute;
 pub mod istio;
+pub mod jwt;
 pub mod retry;
 pub mod table;
 pub mod vsroute;

@@ -82,6 +82,13 @@ pub const READ: &[ApiKind] = &[
     kind(
         ISTIO_SECURITY,
         "v1",
+        "RequestAuthentication",
+        "requestauthentications",
+        true,
+    ),
+    kind(
+        ISTIO_SECURITY,
+        "v1",
         "AuthorizationPolicy",
         "authorizationpolicies",
         true,

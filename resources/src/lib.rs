@@ -517,6 +517,14 @@ pub struct HttpRoute {
     pub spec: l7::httproute::HttpRouteSpec,
 }
 
+/// An Istio `RequestAuthentication` (security.istio.io); the spec is l7's.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RequestAuthentication {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: l7::authn::RequestAuthenticationSpec,
+}
+
 /// A Gateway API `GRPCRoute`; served as the HTTPRoute it is equivalent to (`l7::grpcroute`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct GrpcRoute {
@@ -567,6 +575,7 @@ pub struct Resources {
     pub service_entries: Vec<ServiceEntry>,
     pub http_routes: Vec<HttpRoute>,
     pub grpc_routes: Vec<GrpcRoute>,
+    pub request_authentications: Vec<RequestAuthentication>,
     pub virtual_services: Vec<VirtualService>,
     pub destination_rules: Vec<DestinationRule>,
     /// Kinds read but not (yet) translated, with their count, for `keelson status`.
@@ -612,6 +621,8 @@ impl Resources {
         self.service_entries.extend(other.service_entries);
         self.http_routes.extend(other.http_routes);
         self.grpc_routes.extend(other.grpc_routes);
+        self.request_authentications
+            .extend(other.request_authentications);
         self.virtual_services.extend(other.virtual_services);
         self.destination_rules.extend(other.destination_rules);
         for (k, n) in other.ignored {
@@ -675,6 +686,11 @@ impl Resources {
                 let p: AuthorizationPolicy = typed(value).map_err(bad)?;
                 p.validate().map_err(bad)?;
                 self.authorization_policies.push(p)
+            }
+            "RequestAuthentication" => {
+                let r: RequestAuthentication = typed(value).map_err(bad)?;
+                r.spec.validate().map_err(bad)?;
+                self.request_authentications.push(r)
             }
             "PeerAuthentication" => self.peer_authentications.push(typed(value).map_err(bad)?),
             "Gateway"

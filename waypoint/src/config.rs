@@ -68,6 +68,33 @@ pub fn decode_destination_rule(bytes: &[u8]) -> Result<DestinationRule, String> 
     })
 }
 
+/// A RequestAuthentication attached to waypoints, with what it attaches to.
+#[derive(Debug)]
+pub struct WaypointAuthn {
+    pub namespace: String,
+    pub spec: l7::authn::RequestAuthenticationSpec,
+    pub all_waypoints: bool,
+    pub waypoint_uids: BTreeSet<String>,
+    pub service_hostnames: BTreeSet<String>,
+    pub namespace_wide: bool,
+}
+
+/// A waypoint RequestAuthentication from the control plane, checked.
+pub fn decode_authn(bytes: &[u8]) -> Result<WaypointAuthn, String> {
+    let r = xds::l7::RequestAuthentication::decode(bytes).map_err(|e| format!("decode: {e}"))?;
+    let spec: l7::authn::RequestAuthenticationSpec =
+        serde_json::from_str(&r.spec_json).map_err(|e| format!("spec_json: {e}"))?;
+    spec.validate()?;
+    Ok(WaypointAuthn {
+        namespace: r.namespace,
+        spec,
+        all_waypoints: r.all_waypoints,
+        waypoint_uids: r.waypoint_uids.into_iter().collect(),
+        service_hostnames: r.service_hostnames.into_iter().collect(),
+        namespace_wide: r.namespace_wide,
+    })
+}
+
 /// An ingress gateway from the control plane, checked.
 pub fn decode_gateway(bytes: &[u8]) -> Result<l7::gateway::IngressGateway, String> {
     let r = xds::l7::IngressGateway::decode(bytes).map_err(|e| format!("decode: {e}"))?;
@@ -129,6 +156,9 @@ struct Cache {
     listener_routes: HashMap<(String, String), Arc<Option<RouteTable>>>,
     /// By gateway key and port.
     gateway_vs: HashMap<(String, u16), Arc<Option<VsTable>>>,
+    authentications: Vec<Arc<WaypointAuthn>>,
+    /// The JWT rules that apply, by destination service hostname.
+    authenticators: HashMap<String, Arc<l7::authn::Authenticator>>,
 }
 
 /// One listener of an ingress gateway, with its gateway.
@@ -213,6 +243,7 @@ impl L7Config {
                 virtual_services: r.virtual_services.values().cloned().collect(),
                 destination_rules: r.destination_rules.values().cloned().collect(),
                 policies: r.policies.values().cloned().collect(),
+                authentications: r.authentications.values().cloned().collect(),
                 ..Cache::default()
             });
             c.any_policy = c.destination_rules.iter().any(|d| sets_policy(&d.spec));
@@ -377,6 +408,41 @@ impl L7Config {
             let t = Arc::new(VsTable::for_gateway(&c.virtual_services, &frontend));
             c.gateway_vs.insert(key, t.clone());
             t
+        })
+    }
+
+    /// The JWT rules for requests through this waypoint (its workload `own`) to `hostname`
+    /// (a service of `service_ns`; "" for a workload): those attached to every waypoint, to
+    /// this one, to that Service, or without targets in the service's namespace.
+    pub fn authentication(
+        &self,
+        state: &State,
+        own: (&str, &str),
+        hostname: &str,
+        service_ns: &str,
+    ) -> Arc<l7::authn::Authenticator> {
+        self.with(state, |c| {
+            if c.authentications.is_empty() {
+                return Arc::default();
+            }
+            if let Some(a) = c.authenticators.get(hostname) {
+                return a.clone();
+            }
+            let uid = state.workload_by_name(own.0, own.1).map(|w| w.uid.clone());
+            let specs: Vec<&l7::authn::RequestAuthenticationSpec> = c
+                .authentications
+                .iter()
+                .filter(|a| {
+                    a.all_waypoints
+                        || uid.as_ref().is_some_and(|u| a.waypoint_uids.contains(u))
+                        || (!hostname.is_empty() && a.service_hostnames.contains(hostname))
+                        || (a.namespace_wide && !hostname.is_empty() && a.namespace == service_ns)
+                })
+                .map(|a| &a.spec)
+                .collect();
+            let auth = Arc::new(l7::authn::Authenticator::new(specs));
+            c.authenticators.insert(hostname.to_string(), auth.clone());
+            auth
         })
     }
 

@@ -112,6 +112,7 @@ type Found = (
     Arc<Option<l7::table::RouteTable>>,
     Option<Arc<Option<l7::vsroute::VsTable>>>,
     crate::config::AppliedPolicies,
+    Arc<l7::authn::Authenticator>,
 );
 
 /// The HTTPRoute and VirtualService tables of one tunnel's destination and client, kept for
@@ -128,13 +129,18 @@ pub fn plan<B>(f: &Facts<'_>, dst: &Destination, req: &mut Request<B>, host: &st
     };
     let look_up = || {
         let pi = &f.wp.pi;
-        let policies = f.wp.config.authorization(
+        let hostname = service.map_or("", |(svc, _)| svc.hostname.as_str());
+        let policies =
+            f.wp.config
+                .authorization(&pi.state, (&pi.local_ns, &pi.local_name), hostname);
+        let authn = f.wp.config.authentication(
             &pi.state,
             (&pi.local_ns, &pi.local_name),
-            service.map_or("", |(svc, _)| svc.hostname.as_str()),
+            hostname,
+            service.map_or("", |(svc, _)| svc.namespace.as_str()),
         );
         let Some((svc, port)) = service else {
-            return (Arc::new(None), None, policies);
+            return (Arc::new(None), None, policies, authn);
         };
         let frontend = l7::table::Frontend {
             namespace: &svc.namespace,
@@ -145,7 +151,7 @@ pub fn plan<B>(f: &Facts<'_>, dst: &Destination, req: &mut Request<B>, host: &st
         };
         let routes = f.wp.config.route_table(&pi.state, &frontend);
         if routes.is_some() {
-            return (routes, None, policies);
+            return (routes, None, policies, authn);
         }
         let vs_frontend = l7::vsroute::Frontend {
             service_namespace: &svc.namespace,
@@ -156,9 +162,10 @@ pub fn plan<B>(f: &Facts<'_>, dst: &Destination, req: &mut Request<B>, host: &st
             routes,
             Some(f.wp.config.vs_table(&pi.state, &vs_frontend)),
             policies,
+            authn,
         )
     };
-    let (routes, vss, policies) = match f.tables {
+    let (routes, vss, policies, authn) = match f.tables {
         None => look_up(),
         Some(Tables(kept)) => {
             let version = f.wp.config.version(&f.wp.pi.state);
@@ -173,9 +180,25 @@ pub fn plan<B>(f: &Facts<'_>, dst: &Destination, req: &mut Request<B>, host: &st
             }
         }
     };
-    // Authorization comes before any route action (docs/WIRE.md §8).
+    // Request authentication, then authorization, before any route action (docs/WIRE.md
+    // §8): a token that does not verify is a 401; none, unauthenticated.
+    let auth = if authn.is_empty() {
+        None
+    } else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match authn.authenticate(req.headers(), req.uri().query(), now) {
+            Ok(a) => a,
+            Err(why) => {
+                let mut plan = Plan::respond(text(StatusCode::UNAUTHORIZED, &why), "-", None, host);
+                plan.details = Some(format!("request authentication: {why}"));
+                return plan;
+            }
+        }
+    };
     if !policies.is_empty() {
-        if let Some(denied) = authorize(f, dst, &policies, req, host) {
+        if let Some(denied) = authorize(f, dst, &policies, req, host, auth.as_ref()) {
             return denied;
         }
     }
@@ -265,6 +288,7 @@ fn authorize<B>(
     policies: &[Arc<l7::authz::Policy>],
     req: &Request<B>,
     host: &str,
+    auth: Option<&l7::authn::AuthInfo>,
 ) -> Option<Plan> {
     let destination_port = match dst {
         Destination::Service { port, .. } | Destination::Workload { port, .. } => *port,
@@ -279,6 +303,7 @@ fn authorize<B>(
             path: req.uri().path(),
             host,
             headers: req.headers(),
+            auth,
         }),
     };
     let verdict = l7::authz::evaluate(policies, &attrs);

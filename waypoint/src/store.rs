@@ -23,6 +23,7 @@ pub struct Resources {
     pub virtual_services: BTreeMap<String, Arc<VirtualService>>,
     pub destination_rules: BTreeMap<String, Arc<DestinationRule>>,
     pub policies: BTreeMap<String, Arc<WaypointPolicy>>,
+    pub authentications: BTreeMap<String, Arc<crate::config::WaypointAuthn>>,
     /// Ingress gateways (only an ingress gateway subscribes to them).
     pub gateways: BTreeMap<String, Arc<l7::gateway::IngressGateway>>,
 }
@@ -76,6 +77,13 @@ impl L7Store {
                 ready: "xds authorization policies",
                 decode: decode_policy,
                 slot: |r| &mut r.policies,
+                store: self.clone(),
+            }),
+            Arc::new(Kind {
+                type_url: xds::type_url::REQUEST_AUTHENTICATION,
+                ready: "xds request authentications",
+                decode: crate::config::decode_authn,
+                slot: |r| &mut r.authentications,
                 store: self.clone(),
             }),
         ];

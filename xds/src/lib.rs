@@ -43,6 +43,9 @@ pub mod type_url {
     pub const DESTINATION_RULE: &str = "type.googleapis.com/keelson.l7.v1.DestinationRule";
     /// Keelson's waypoint-attached AuthorizationPolicy (attachments resolved).
     pub const WAYPOINT_POLICY: &str = "type.googleapis.com/keelson.l7.v1.AuthorizationPolicy";
+    /// Keelson's waypoint-attached RequestAuthentication (JWKS and attachments resolved).
+    pub const REQUEST_AUTHENTICATION: &str =
+        "type.googleapis.com/keelson.l7.v1.RequestAuthentication";
     /// Keelson's resolved ingress gateway, for ingress gateway proxies.
     pub const INGRESS_GATEWAY: &str = "type.googleapis.com/keelson.l7.v1.IngressGateway";
     pub const ADDRESS: &str = "type.googleapis.com/istio.workload.Address";

@@ -94,6 +94,8 @@ pub struct HttpAttributes<'a> {
     pub path: &'a str,
     pub host: &'a str,
     pub headers: &'a http::HeaderMap,
+    /// The verified JWT (`RequestAuthentication`), if any.
+    pub auth: Option<&'a crate::authn::AuthInfo>,
 }
 
 impl Attributes<'_> {
@@ -175,8 +177,11 @@ pub(super) enum Check {
     SourceIp(Field<(IpAddr, u8)>),
     DestinationIp(Field<(IpAddr, u8)>),
     DestinationPort(Field<u16>),
-    /// Never present here: no request authentication, no SNI inside the tunnel.
+    /// Never present here: no SNI inside the tunnel, keys this version does not know.
     Absent(Field<Pattern>, bool),
+    /// A JWT attribute (`requestPrincipals`, `request.auth.*`): holds when one of its
+    /// values matches (none without a verified token).
+    Auth(AuthKey, Field<Pattern>),
     Host(Field<Pattern>),
     Method(Field<Pattern>),
     Path(Field<PathPattern>),
@@ -207,6 +212,11 @@ impl Check {
                     f.check(None::<&str>, by_pattern)
                 }
             }
+            Check::Auth(key, f) => a.http.as_ref().map_or(deny, |h| {
+                let values = h.auth.map(|auth| key.values(auth)).unwrap_or_default();
+                (f.any.is_empty() || values.iter().any(|v| f.any.iter().any(|p| p.matches(v))))
+                    && !values.iter().any(|v| f.none.iter().any(|p| p.matches(v)))
+            }),
             // HTTP conditions: on a TCP connection they hold only in a DENY policy.
             Check::Host(f) => a.http.as_ref().map_or(deny, |h| {
                 f.check(Some(h.host.to_ascii_lowercase().as_str()), by_pattern)
@@ -222,6 +232,45 @@ impl Check {
                 .http
                 .as_ref()
                 .map_or(deny, |h| f.check(Some(h.path), |p, v| p.matches(v))),
+        }
+    }
+}
+
+/// Which JWT attribute a check reads.
+#[derive(Debug, Clone)]
+pub(super) enum AuthKey {
+    Principal,
+    Audiences,
+    Presenter,
+    /// A claim by path (`[a][b]`).
+    Claim(Vec<String>),
+}
+
+impl AuthKey {
+    fn values(&self, a: &crate::authn::AuthInfo) -> Vec<String> {
+        match self {
+            AuthKey::Principal => vec![a.principal.clone()],
+            AuthKey::Audiences => a.audiences.clone(),
+            AuthKey::Presenter => a.presenter.iter().cloned().collect(),
+            AuthKey::Claim(path) => {
+                let p: Vec<&str> = path.iter().map(String::as_str).collect();
+                a.claim(&p)
+            }
+        }
+    }
+
+    /// The key of a `request.auth.*` condition.
+    fn of(key: &str) -> Option<AuthKey> {
+        match key {
+            "request.auth.principal" => Some(AuthKey::Principal),
+            "request.auth.audiences" => Some(AuthKey::Audiences),
+            "request.auth.presenter" => Some(AuthKey::Presenter),
+            _ => {
+                let rest = key.strip_prefix("request.auth.claims")?;
+                let inner = rest.strip_prefix('[')?.strip_suffix(']')?;
+                let path: Vec<String> = inner.split("][").map(str::to_string).collect();
+                (!path.iter().any(String::is_empty)).then_some(AuthKey::Claim(path))
+            }
         }
     }
 }
@@ -308,7 +357,7 @@ pub(super) fn source_checks(s: &Source, policy_ns: &str) -> Vec<Check> {
     );
     let principals = patterns(&s.request_principals, &s.not_request_principals);
     if principals.set() {
-        out.push(Check::Absent(principals, true));
+        out.push(Check::Auth(AuthKey::Principal, principals));
     }
     if has_values(&s.other) {
         // A field this version does not know: it never holds.
@@ -375,8 +424,11 @@ pub(super) fn condition_check(c: &RuleCondition) -> Check {
             .and_then(|name| http::HeaderName::from_bytes(name.as_bytes()).ok())
         {
             Some(name) => Check::Header(name, patterns(v, n)),
-            // request.auth.* and connection.sni: never present at this waypoint.
-            None => Check::Absent(patterns(v, n), key.starts_with("request.")),
+            None => match AuthKey::of(key) {
+                Some(auth) => Check::Auth(auth, patterns(v, n)),
+                // connection.sni: never present at this waypoint.
+                None => Check::Absent(patterns(v, n), key.starts_with("request.")),
+            },
         },
     }
 }

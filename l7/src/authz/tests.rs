@@ -46,6 +46,7 @@ impl Req {
             destination_ip: ip("10.96.0.9"),
             destination_port: 8080,
             http: (!self.tcp).then_some(HttpAttributes {
+                auth: None,
                 method: self.method,
                 path: self.path,
                 host: self.host,
