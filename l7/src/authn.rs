@@ -340,7 +340,9 @@ mod tests {
                     auth,
                 }),
             };
-            evaluate(&[policy.clone()], &a).decision.allowed()
+            evaluate(std::slice::from_ref(&policy), &a)
+                .decision
+                .allowed()
         };
         assert!(allowed(Some(&info("core"))));
         assert!(!allowed(Some(&info("ops"))));
