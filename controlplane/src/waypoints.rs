@@ -85,6 +85,9 @@ impl Controller {
                 .await;
         }
         for g in res.gateways.iter().filter(|g| g.is_ingress()) {
+            for (ar, obj) in ingress_gateway_objects(g, &self.settings) {
+                self.apply(&ar, g.namespace(), obj, false).await;
+            }
             let status = crate::ingress::gateway_status(res, g);
             self.apply(&gateway_resource(), g.namespace(), status, true)
                 .await;
@@ -235,6 +238,50 @@ pub fn waypoint_objects(g: &Gateway, s: &WaypointSettings) -> Vec<(ApiResource, 
     ]
 }
 
+/// What a Gateway of class `istio` deploys (docs/GATEWAY.md), as istiod's deployment
+/// controller does: the waypoint's objects, named `<name>-istio`, running `waypoint gateway`
+/// and with a LoadBalancer Service on the listeners' ports.
+pub fn ingress_gateway_objects(g: &Gateway, s: &WaypointSettings) -> Vec<(ApiResource, Value)> {
+    let name = crate::ingress::gateway_service(&g.metadata.name);
+    let mut objects = waypoint_objects(g, s);
+    let mut ports: Vec<u16> = g.spec.listeners.iter().map(|l| l.port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    for (ar, obj) in &mut objects {
+        obj["metadata"]["name"] = name.clone().into();
+        obj["metadata"]["annotations"]["keelson.io/kind"] = "ingress-gateway".into();
+        match ar.kind.as_str() {
+            "Deployment" => {
+                let spec = &mut obj["spec"]["template"]["spec"];
+                spec["serviceAccountName"] = name.clone().into();
+                let c = &mut spec["containers"][0];
+                c["name"] = "istio-proxy".into();
+                c["args"] = json!(["gateway"]);
+                let mut container_ports = vec![
+                    json!({"name": "http-monitoring", "containerPort": 15020, "protocol": "TCP"}),
+                ];
+                container_ports.extend(ports.iter().map(
+                    |p| json!({"name": format!("port-{p}"), "containerPort": p, "protocol": "TCP"}),
+                ));
+                c["ports"] = Value::Array(container_ports);
+                // Listening on ports below 1024 as its image's user.
+                c["securityContext"] = json!({"capabilities": {"add": ["NET_BIND_SERVICE"]}});
+            }
+            "Service" => {
+                obj["spec"]["type"] = "LoadBalancer".into();
+                obj["spec"]["ports"] = Value::Array(
+                    ports
+                        .iter()
+                        .map(|p| json!({"name": format!("port-{p}"), "port": p, "targetPort": p, "protocol": "TCP"}))
+                        .collect(),
+                );
+            }
+            _ => {}
+        }
+    }
+    objects
+}
+
 fn condition(kind: &str, ok: bool, reason: &str, message: &str, generation: Option<i64>) -> Value {
     json!({
         "type": kind, "status": if ok { "True" } else { "False" }, "reason": reason,
@@ -342,4 +389,43 @@ pub fn route_status(r: &HttpRoute, res: &Resources) -> Value {
         "metadata": {"name": r.metadata.name, "namespace": ns},
         "status": {"parents": parents},
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gateway_of_class_istio_deploys_its_own_ingress_gateway() {
+        let mut res = Resources::default();
+        res.add_text(
+            "gw.yaml",
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: web, namespace: shop, uid: u1}\nspec:\n  gatewayClassName: istio\n  listeners:\n  - {name: http, port: 80, protocol: HTTP}\n  - {name: alt, port: 8080, protocol: HTTP}\n",
+        )
+        .unwrap();
+        let settings = WaypointSettings {
+            image: "keelson/waypoint:dev".into(),
+            control_plane: "keelson.istio-system.svc:15012".into(),
+            root_cert_config_map: "keelson-ca-root-cert".into(),
+            namespace: "istio-system".into(),
+            roots_pem: String::new(),
+        };
+        let objects = ingress_gateway_objects(&res.gateways[0], &settings);
+        let by_kind = |k: &str| &objects.iter().find(|(ar, _)| ar.kind == k).unwrap().1;
+        let d = by_kind("Deployment");
+        assert_eq!(d["metadata"]["name"], "web-istio");
+        assert_eq!(
+            d["spec"]["template"]["spec"]["containers"][0]["args"][0],
+            "gateway"
+        );
+        assert_eq!(
+            d["spec"]["template"]["metadata"]["labels"][GATEWAY_LABEL],
+            "web"
+        );
+        let svc = by_kind("Service");
+        assert_eq!(svc["spec"]["type"], "LoadBalancer");
+        assert_eq!(svc["spec"]["ports"].as_array().unwrap().len(), 2);
+        assert_eq!(by_kind("ServiceAccount")["metadata"]["name"], "web-istio");
+        assert_eq!(d["metadata"]["ownerReferences"][0]["uid"], "u1");
+    }
 }

@@ -128,14 +128,14 @@ pub const WRITE: &[ApiWrite] = &[
         group: "apps",
         plural: "deployments",
         verbs: &["create", "update", "patch", "delete"],
-        why: "the waypoint controller's Deployment per waypoint Gateway",
+        why: "the waypoint controller's Deployment per waypoint Gateway and per Gateway of class istio",
     },
     ApiWrite {
         own_namespace: false,
         group: "",
         plural: "services",
         verbs: &["create", "update", "patch", "delete"],
-        why: "the waypoint controller's Service per waypoint Gateway",
+        why: "the waypoint controller's Service per waypoint Gateway and per Gateway of class istio (LoadBalancer)",
     },
     ApiWrite {
         own_namespace: false,
@@ -149,7 +149,7 @@ pub const WRITE: &[ApiWrite] = &[
         group: GATEWAY_API,
         plural: "gateways/status",
         verbs: &["update", "patch"],
-        why: "Accepted and Programmed conditions and the address of waypoint Gateways",
+        why: "Accepted and Programmed conditions and the address of waypoint and ingress Gateways, with listener conditions",
     },
     ApiWrite {
         own_namespace: false,
