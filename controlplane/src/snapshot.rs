@@ -117,13 +117,12 @@ impl Snapshot {
             .virtual_services
             .iter()
             .map(|(ns, name, spec)| (ns.as_str(), name.as_str(), spec));
-        let written = res.virtual_services.iter().map(|v| {
-            (
-                v.metadata.namespace.as_deref().unwrap_or("default"),
-                v.metadata.name.as_str(),
-                &v.spec,
-            )
-        });
+        // Delegating rules are replaced by the delegates' rules here; delegates (no hosts)
+        // are not sent on their own (docs/WIRE.md §8).
+        let resolved = delegated_virtual_services(res);
+        let written = resolved
+            .iter()
+            .map(|(ns, name, spec)| (ns.as_str(), name.as_str(), spec));
         for (i, (ns, name, spec)) in written.chain(made).enumerate() {
             let vs = xds::l7::VirtualService {
                 namespace: ns.to_string(),
@@ -255,6 +254,47 @@ impl Snapshot {
             service_account.to_string(),
         ))
     }
+}
+
+/// The written VirtualServices with hosts, each with its delegating rules replaced by the
+/// rules of the delegates they name; what is dropped on the way is logged.
+pub fn delegated_virtual_services(
+    res: &Resources,
+) -> Vec<(String, String, l7::istio::VirtualServiceSpec)> {
+    let ns_of = |v: &resources::VirtualService| {
+        v.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into())
+    };
+    let by_name: BTreeMap<(String, String), (l7::istio::VirtualServiceSpec, Vec<String>)> = res
+        .virtual_services
+        .iter()
+        .map(|v| {
+            (
+                (ns_of(v), v.metadata.name.clone()),
+                (v.spec.clone(), v.spec.export_to.clone()),
+            )
+        })
+        .collect();
+    res.virtual_services
+        .iter()
+        .filter(|v| !v.spec.hosts.is_empty())
+        .map(|v| {
+            let ns = ns_of(v);
+            let name = v.metadata.name.clone();
+            if v.spec.http.iter().all(|r| r.delegate.is_none()) {
+                return (ns, name, v.spec.clone());
+            }
+            let (spec, notes) = l7::istio::delegate::resolve(&v.spec, &ns, |dns, dname| {
+                by_name.get(&(dns.to_string(), dname.to_string()))
+            });
+            for n in notes {
+                tracing::warn!(virtual_service = %format!("{ns}/{name}"), "{n}");
+            }
+            (ns, name, spec)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ pub struct HttpRule {
     #[serde(default)]
     pub direct_response: Option<DirectResponse>,
     #[serde(default)]
-    pub delegate: Option<serde_json::Value>,
+    pub delegate: Option<Delegate>,
     #[serde(default)]
     pub rewrite: Option<Rewrite>,
     #[serde(default)]
@@ -62,6 +62,16 @@ pub struct HttpRule {
     pub cors_policy: Option<CorsPolicy>,
     #[serde(default)]
     pub headers: Option<Headers>,
+}
+
+/// `delegate` (VS-12): the VirtualService whose rules stand in for this rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delegate {
+    pub name: String,
+    /// Default: the root VirtualService's namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
 }
 
 /// Exactly one of the three, or none of them (a presence test, for headers).
@@ -744,6 +754,7 @@ pub fn grpc_code(name: &str) -> Option<u32> {
     NAMES.iter().position(|n| *n == name).map(|i| i as u32)
 }
 
+pub mod delegate;
 mod validate;
 pub use validate::RETRY_ON;
 

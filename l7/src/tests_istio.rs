@@ -151,6 +151,15 @@ fn redirects_default_301_and_keep_the_query() {
         redirect(&r, "http", "b:80", 80, "/p", None, &UriMatched::None),
         (308, "https://b:80/p".to_string())
     );
+    // An explicit request port is kept; without one, the port the request was sent to.
+    assert_eq!(
+        redirect(&r, "http", "b:8000", 80, "/p", None, &UriMatched::None),
+        (308, "https://b:8000/p".to_string())
+    );
+    assert_eq!(
+        redirect(&r, "http", "b", 9080, "/p", None, &UriMatched::None),
+        (308, "https://b:9080/p".to_string())
+    );
     let r: HttpRedirect = serde_yaml::from_str("{prefixRewrite: /v2/}").unwrap();
     assert_eq!(
         redirect(

@@ -346,6 +346,8 @@ struct Entry {
 #[derive(Debug, Clone)]
 pub struct GatewayFrontend<'a> {
     pub key: &'a str,
+    /// The gateway pods' namespace: `exportTo` is seen from there (VS-06).
+    pub proxy_namespace: &'a str,
     pub hosts: &'a [crate::gateway::HostFilter],
 }
 
@@ -374,10 +376,16 @@ impl Selected {
 }
 
 /// Whether `vs` applies to the service (VS-01, VS-02): one of its hosts names the service,
-/// it is bound to the mesh, and it lives in the service's or the waypoint's namespace.
+/// it is bound to the mesh, it lives in the service's or the waypoint's namespace, and it is
+/// exported to the waypoint's (VS-06).
 pub fn applies(vs: &VirtualService, f: &Frontend<'_>) -> bool {
     (vs.namespace == f.service_namespace || vs.namespace == f.waypoint_namespace)
         && vs.spec.for_mesh()
+        && crate::istio::delegate::exported_to(
+            &vs.spec.export_to,
+            &vs.namespace,
+            f.waypoint_namespace,
+        )
         && vs
             .spec
             .hosts
@@ -406,7 +414,12 @@ impl VsTable {
                 .gateways
                 .iter()
                 .any(|name| crate::gateway::binds(name, &vs.namespace, g.key));
-            if vs.spec.http.is_empty() || !bound {
+            let exported = crate::istio::delegate::exported_to(
+                &vs.spec.export_to,
+                &vs.namespace,
+                g.proxy_namespace,
+            );
+            if vs.spec.http.is_empty() || !bound || !exported {
                 return None;
             }
             let hosts: Vec<String> = vs
@@ -638,7 +651,8 @@ pub fn redirect(
     match (r.port, r.derive_port.as_deref()) {
         (Some(p), _) => port = Some(p),
         (None, Some("FROM_PROTOCOL_DEFAULT")) => port = None,
-        (None, Some("FROM_REQUEST_PORT")) => port = Some(service_port),
+        // The port the request named, else the one it was sent to.
+        (None, Some("FROM_REQUEST_PORT")) => port = port.or(Some(service_port)),
         // A scheme change drops the old scheme's default port; otherwise the authority
         // is kept as it was sent (`b:80` stays `b:80`).
         _ if new_scheme != scheme && port == Some(default_port(scheme)) => port = None,

@@ -77,6 +77,82 @@ spec:
     mesh.curl_host_until(&[&url], 200, "productpage-v1");
     mesh.ok(&["delete", "-f", only_gateway.to_str().unwrap()]);
 
+    // A root VirtualService delegating /delegated to a VirtualService of another team
+    // (VS-12): the delegate's rules narrowed by the root's match, its short hosts meaning
+    // its own namespace's services; a redirect keeping the request's port (VS-45); and a
+    // VirtualService exported only to its own namespace, which the gateway in
+    // istio-system does not see (VS-06).
+    let delegated = mesh.write(
+        "delegated.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: delegating
+spec:
+  hosts: ['*']
+  gateways: [bookinfo-gateway]
+  http:
+  - match: [{uri: {prefix: /delegated}}]
+    headers: {response: {set: {x-root: delegating}}}
+    delegate: {name: team-routes}
+  - match: [{uri: {prefix: /moved}}]
+    redirect: {scheme: https, derivePort: FROM_REQUEST_PORT}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: team-routes
+spec:
+  http:
+  - match: [{uri: {prefix: /delegated/ratings}}]
+    rewrite: {uri: /ratings/0}
+    route: [{destination: {host: ratings, port: {number: 9080}}}]
+  - match: [{uri: {prefix: /elsewhere}}]
+    route: [{destination: {host: ratings, port: {number: 9080}}}]
+  - rewrite: {uri: /details/0}
+    route: [{destination: {host: details, port: {number: 9080}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: private
+spec:
+  hosts: ['*']
+  gateways: [bookinfo-gateway]
+  exportTo: ['.']
+  http:
+  - match: [{uri: {prefix: /private}}]
+    directResponse: {status: 200, body: {string: private}}
+",
+    );
+    mesh.ok(&["apply", "-f", delegated.to_str().unwrap()]);
+    let ratings = mesh.curl_host_until(
+        &[&format!("http://{ip}/delegated/ratings")],
+        200,
+        "ratings-v1",
+    );
+    assert!(
+        ratings.contains("\"ratings\"") && ratings.contains("x-root: delegating"),
+        "{ratings}"
+    );
+    let (status, details) = mesh.curl_host(&[&format!("http://{ip}/delegated/other")]);
+    assert!(
+        status == 200 && details.contains("details-v1") && details.contains("x-root: delegating"),
+        "{details}"
+    );
+    // The delegate's rule outside the root's prefix is dropped, not served.
+    assert_eq!(mesh.curl_host(&[&format!("http://{ip}/elsewhere")]).0, 404);
+    let (status, moved) = mesh.curl_host(&[&format!("http://{ip}/moved/x?a=1")]);
+    assert!(
+        status == 301
+            && moved
+                .to_ascii_lowercase()
+                .contains(&format!("location: https://{ip}:80/moved/x?a=1")),
+        "{moved}"
+    );
+    assert_eq!(mesh.curl_host(&[&format!("http://{ip}/private")]).0, 404);
+    mesh.ok(&["delete", "-f", delegated.to_str().unwrap()]);
+
     // The Gateway API flavour: a Gateway of class istio deploys its own gateway pod and
     // load balancer; the HTTPRoute attached to it routes.
     let out = mesh.ok(&[

@@ -377,7 +377,12 @@ impl L7Config {
     }
 
     /// The VirtualService table of an Istio gateway's (or an Ingress's) servers on a port.
-    pub fn gateway_vs_table(&self, state: &State, s: &Served) -> Arc<Option<VsTable>> {
+    pub fn gateway_vs_table(
+        &self,
+        state: &State,
+        s: &Served,
+        proxy_namespace: &str,
+    ) -> Arc<Option<VsTable>> {
         let g = &s.gateway;
         let port = s.listener().port;
         self.with(state, |c| {
@@ -403,6 +408,7 @@ impl L7Config {
             let key_str = g.key();
             let frontend = l7::vsroute::GatewayFrontend {
                 key: &key_str,
+                proxy_namespace,
                 hosts: &hosts,
             };
             let t = Arc::new(VsTable::for_gateway(&c.virtual_services, &frontend));
@@ -518,7 +524,7 @@ impl L7Config {
 }
 
 /// The DestinationRules for `hostname` in `namespaces`, in that order, oldest first within
-/// one namespace.
+/// one namespace; only those exported to the proxy's namespace, `namespaces[1]` (DR-07).
 fn ranked<'a>(
     rules: &'a [Arc<DestinationRule>],
     hostname: &str,
@@ -533,6 +539,9 @@ fn ranked<'a>(
     let mut candidates: Vec<&Arc<DestinationRule>> = rules
         .iter()
         .filter(|d| rank(d) != usize::MAX)
+        .filter(|d| {
+            l7::istio::delegate::exported_to(&d.spec.export_to, &d.namespace, namespaces[1])
+        })
         .filter(|d| l7::vsroute::fqdn(&d.spec.host, &d.namespace) == hostname)
         .collect();
     candidates.sort_by_key(|d| (rank(d), d.created));

@@ -248,7 +248,11 @@ pub fn ingress<B>(
             }
         }
         l7::gateway::GatewayKind::Istio | l7::gateway::GatewayKind::Ingress => {
-            let table = f.wp.config.gateway_vs_table(state, served);
+            let table = f.wp.config.gateway_vs_table(
+                state,
+                served,
+                f.wp.pi.cfg.pod_namespace.as_deref().unwrap_or(""),
+            );
             match table.as_ref() {
                 Some(t) => virtual_service(f, t, port, req, host, true),
                 None => not_found("no VirtualService bound to this gateway"),
@@ -663,7 +667,15 @@ fn virtual_service<B>(
     if let Some(ops) = rule.headers.as_ref().and_then(|h| h.response.as_ref()) {
         plan.response_ops.push(ResponseOp::Istio(ops.clone()));
     }
-    if let Some(answer) = vs_local_answer(rule, &mut plan, req, &sel, port) {
+    // The port the client dialled, for redirects (VS-45): the service port in the mesh; at
+    // a gateway, whose listener port is behind its Service's, the scheme's default (a
+    // request to another port names it in its authority, which the redirect keeps).
+    let request_port = match (at_gateway, scheme.as_str()) {
+        (false, _) => port,
+        (true, "https") => 443,
+        (true, _) => 80,
+    };
+    if let Some(answer) = vs_local_answer(rule, &mut plan, req, &sel, request_port) {
         plan.action = answer;
         return plan;
     }

@@ -119,8 +119,16 @@ fn check_duration(d: &Option<String>, field: &str) -> Result<(), String> {
 
 /// Exactly one of route, redirect, directResponse, and what each excludes (VS-09..11).
 fn check_actions(r: &HttpRule, field: &str) -> Result<(), String> {
-    if r.delegate.is_some() {
-        return Err(format!("{field}.delegate: delegation is not supported"));
+    if let Some(d) = &r.delegate {
+        if d.name.is_empty() {
+            return Err(format!("{field}.delegate.name: required"));
+        }
+        if !r.route.is_empty() || r.redirect.is_some() || r.direct_response.is_some() {
+            return Err(format!(
+                "{field}.delegate: only one of route, redirect, directResponse, delegate"
+            ));
+        }
+        return Ok(());
     }
     let actions = [
         !r.route.is_empty(),
@@ -398,8 +406,32 @@ fn check_rule(r: &HttpRule, field: &str) -> Result<(), String> {
 impl VirtualServiceSpec {
     /// Checks what the waypoint relies on; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
-        if self.hosts.is_empty() {
-            return Err("spec.hosts: at least one host is required".into());
+        // Without hosts, a VirtualService is a delegate (VS-01, VS-12): only `http`
+        // rules, none of them delegating again.
+        let delegate = self.hosts.is_empty();
+        if delegate {
+            if !self.gateways.is_empty() {
+                return Err(
+                    "spec.gateways: a delegate VirtualService (no hosts) cannot bind gateways"
+                        .into(),
+                );
+            }
+            if !self.tcp.is_empty() {
+                return Err(
+                    "spec.tcp: a delegate VirtualService (no hosts) has only http rules".into(),
+                );
+            }
+            if self.http.is_empty() {
+                return Err(
+                    "spec.hosts: at least one host is required (or http rules, for a delegate)"
+                        .into(),
+                );
+            }
+            if let Some(i) = self.http.iter().position(|r| r.delegate.is_some()) {
+                return Err(format!(
+                    "spec.http[{i}].delegate: a delegate VirtualService cannot delegate again"
+                ));
+            }
         }
         for (i, h) in self.hosts.iter().enumerate() {
             if h.is_empty() || (h.contains('*') && !h.starts_with("*")) || h[1..].contains('*') {
