@@ -427,7 +427,8 @@ const AUTO_VIP_BASE: u32 = 0xf0f0_0000;
 /// ztunnel captures it), and each endpoint a Workload outside the mesh (no tunnel) that is a
 /// member of every host: the `endpoints` of STATIC and DNS (by IP), the `addresses` of NONE
 /// (the traffic goes where it was addressed). A `workloadSelector` makes the selected pods
-/// members instead (`workload`).
+/// members instead (`workload`). An entry labelled `istio.io/use-waypoint` (or in a
+/// namespace so labelled) is reached through that waypoint, as a Service is.
 pub fn service_entries(res: &Resources, mesh: &MeshSettings) -> Vec<NamedAddress> {
     let mut out = Vec::new();
     let mut taken: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
@@ -470,6 +471,7 @@ pub fn service_entries(res: &Resources, mesh: &MeshSettings) -> Vec<NamedAddress
                     })
                     .collect(),
                 ports: entry_ports(spec, None),
+                waypoint: waypoint(&e.metadata, WaypointUse::Service, res, mesh),
                 ..Default::default()
             };
             out.push(NamedAddress {

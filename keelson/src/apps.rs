@@ -14,6 +14,8 @@
 //! (echoes the request headers), `/echo` (answers with the request body, at most 1 MiB),
 //! `/bytes/<n>` (n bytes, for benchmarks), `/upgrade` (an
 //! HTTP/1.1 Upgrade that echoes bytes) and `/requests` (how many requests it has served).
+//! With `TLS_CERT` and `TLS_KEY` (PEM files) an app serves HTTPS instead, and with
+//! `TLS_CLIENT_CA` asks clients for a certificate that CA signed.
 //! `raw` is not bookinfo: a hand-written HTTP/1.1 server whose answers hyper's server would
 //! never produce (chunk extensions and trailers, close-delimited bodies, conflicting
 //! lengths), for testing the waypoint's upstream client.
@@ -115,7 +117,13 @@ async fn serve(app: Arc<App>) -> Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", app.opts.port))
         .await
         .with_context(|| format!("binding port {}", app.opts.port))?;
-    eprintln!("{} listening on :{}", app.id(), app.opts.port);
+    let tls = tls_acceptor()?;
+    eprintln!(
+        "{} listening on :{}{}",
+        app.id(),
+        app.opts.port,
+        if tls.is_some() { " (TLS)" } else { "" }
+    );
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(c) => c,
@@ -126,6 +134,7 @@ async fn serve(app: Arc<App>) -> Result<()> {
             }
         };
         let app = app.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let app = app.clone();
@@ -137,13 +146,64 @@ async fn serve(app: Arc<App>) -> Result<()> {
                     Ok(handle(&app, req).await.map(|b| b.boxed()))
                 }
             });
-            // HTTP/1.1, and HTTP/2 with prior knowledge (h2c), on the same port.
-            let _ =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tcp), svc)
-                    .await;
+            // HTTP/1.1, and HTTP/2 with prior knowledge (h2c), on the same port; over TLS
+            // when the app has a certificate (ALPN h2 or http/1.1).
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            match tls {
+                None => {
+                    let _ = builder
+                        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+                }
+                Some(tls) => match tls.accept(tcp).await {
+                    Ok(s) => {
+                        let _ = builder
+                            .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(s), svc)
+                            .await;
+                    }
+                    Err(e) => eprintln!("TLS handshake: {e}"),
+                },
+            }
         });
     }
+}
+
+/// TLS for the app when `TLS_CERT` and `TLS_KEY` name PEM files (an HTTPS server standing
+/// for a host outside the mesh); `TLS_CLIENT_CA` too: clients must present a certificate
+/// that CA signed.
+fn tls_acceptor() -> Result<Option<tokio_rustls::TlsAcceptor>> {
+    let (Ok(cert), Ok(key)) = (std::env::var("TLS_CERT"), std::env::var("TLS_KEY")) else {
+        return Ok(None);
+    };
+    let read = |path: &str| std::fs::read(path).with_context(|| format!("reading {path}"));
+    let chain = rustls_pemfile::certs(&mut read(&cert)?.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("certificates in {cert}"))?;
+    let key = rustls_pemfile::private_key(&mut read(&key)?.as_slice())
+        .with_context(|| format!("key in {key}"))?
+        .with_context(|| format!("no key in {key}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match std::env::var("TLS_CLIENT_CA") {
+        Ok(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pemfile::certs(&mut read(&ca)?.as_slice()) {
+                roots.add(c?)?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        Err(_) => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
 }
 
 /// The gRPC test service: `/keelson.test.Echo/Echo` answers the request's message with

@@ -376,8 +376,8 @@ pub struct PortTrafficPolicy {
 }
 
 /// The sections of a traffic policy, at its top or for a port. `outlierDetection`,
-/// `connectionPool` and `loadBalancer` are applied (each in part, as their types say); the
-/// others (`tls`, ...) are accepted and kept, not applied.
+/// `connectionPool`, `loadBalancer` and `tls` are applied (each in part, as their types
+/// say); the others are accepted and kept, not applied.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Sections {
@@ -387,8 +387,44 @@ pub struct Sections {
     pub connection_pool: Option<ConnectionPool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTls>,
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// `tls` (DR-47..49): how the proxy speaks TLS to endpoints outside the mesh. Towards mesh
+/// endpoints it changes nothing: the HBONE tunnel is mutual TLS already.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientTls {
+    /// `DISABLE`, `SIMPLE`, `MUTUAL` or `ISTIO_MUTUAL`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// PEM files, read by the proxy.
+    #[serde(default)]
+    pub client_certificate: Option<String>,
+    #[serde(default)]
+    pub private_key: Option<String>,
+    #[serde(default)]
+    pub ca_certificates: Option<String>,
+    #[serde(default)]
+    pub credential_name: Option<String>,
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+    #[serde(default)]
+    pub sni: Option<String>,
+    #[serde(default)]
+    pub insecure_skip_verify: Option<bool>,
+    #[serde(default)]
+    pub ca_crl: Option<String>,
+}
+
+impl ClientTls {
+    /// Whether the proxy originates TLS (`SIMPLE`, `MUTUAL`).
+    pub fn originates(&self) -> bool {
+        matches!(self.mode.as_deref(), Some("SIMPLE" | "MUTUAL"))
+    }
 }
 
 impl Sections {
@@ -397,6 +433,7 @@ impl Sections {
         self.outlier_detection.is_some()
             || self.connection_pool.is_some()
             || self.load_balancer.is_some()
+            || self.tls.is_some()
     }
 }
 
@@ -671,6 +708,11 @@ impl TrafficPolicy {
     /// The `connectionPool` section for `port`, chosen the same way.
     pub fn connection_pool_for(&self, port: u16) -> Option<&ConnectionPool> {
         self.section_for(port, |s| s.connection_pool.as_ref())
+    }
+
+    /// The `tls` section for `port`, chosen the same way.
+    pub fn tls_for(&self, port: u16) -> Option<&ClientTls> {
+        self.section_for(port, |s| s.tls.as_ref())
     }
 
     fn section_for<T>(&self, port: u16, get: impl Fn(&Sections) -> Option<&T>) -> Option<&T> {

@@ -553,3 +553,39 @@ http:
     let e = spec.validate().unwrap_err();
     assert!(e.contains(":status") && e.contains("pseudo-headers"), "{e}");
 }
+
+#[test]
+fn destination_rule_tls_is_checked_and_chosen_per_port() {
+    let dr = |y: &str| serde_yaml::from_str::<DestinationRuleSpec>(y).unwrap();
+    let ok = dr("host: api.example.com
+trafficPolicy:
+  tls: {mode: SIMPLE, caCertificates: /etc/ca.pem, sni: api.example.com}
+  portLevelSettings:
+  - port: {number: 443}
+    tls: {mode: MUTUAL, clientCertificate: /c.pem, privateKey: /k.pem}
+");
+    ok.validate().unwrap();
+    let p = ok.traffic_policy.as_ref().unwrap();
+    assert!(p.applied());
+    assert_eq!(p.tls_for(80).unwrap().mode.as_deref(), Some("SIMPLE"));
+    assert_eq!(p.tls_for(443).unwrap().mode.as_deref(), Some("MUTUAL"));
+    assert!(p.tls_for(443).unwrap().originates());
+    let err = |y: &str| dr(y).validate().unwrap_err();
+    assert!(err("host: a\ntrafficPolicy: {tls: {mode: STRICT}}").contains("tls.mode"));
+    assert!(
+        err("host: a\ntrafficPolicy: {tls: {mode: MUTUAL}}").contains("needs clientCertificate")
+    );
+    assert!(
+        err("host: a\ntrafficPolicy: {tls: {mode: SIMPLE, credentialName: c}}")
+            .contains("credentialName")
+    );
+    assert!(
+        err("host: a\ntrafficPolicy: {tls: {mode: DISABLE, caCertificates: /c}}")
+            .contains("only with mode SIMPLE or MUTUAL")
+    );
+    assert!(err("host: a\ntrafficPolicy: {tls: {mode: SIMPLE, sni: 'a b'}}").contains("sni"));
+    assert!(serde_yaml::from_str::<DestinationRuleSpec>(
+        "host: a\ntrafficPolicy: {tls: {mod: SIMPLE}}"
+    )
+    .is_err());
+}

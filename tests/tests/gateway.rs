@@ -279,7 +279,15 @@ spec:
         "{out}"
     );
     // Another method of the service is not routed: 404 from the gateway.
-    assert_eq!(grpc("Fail").0, 404);
+    // (Retried: once, on a loaded CI machine, curl saw no answer at all here.)
+    let mut out = (0, String::new());
+    assert!(
+        eventually(5, || {
+            out = grpc("Fail");
+            out.0 == 404
+        }),
+        "{out:?}"
+    );
 
     // A route whose hostnames the listener does not serve is not accepted, and says why.
     let stray = mesh.write(

@@ -501,6 +501,10 @@ impl L7Config {
                     .and_then(|p| p.load_balancer_for(port))
                     .map(l7::istio::LoadBalancer::balance)
                     .filter(|b| *b != l7::istio::Balance::Random),
+                tls: section(&|p| p.tls_for(port).is_some())
+                    .and_then(|p| p.tls_for(port))
+                    .cloned()
+                    .map(Arc::new),
             }
         })
     }
@@ -556,6 +560,8 @@ pub struct Policies {
     pub limits: Option<l7::istio::Limits>,
     /// Only when not the default weighted random pick.
     pub balance: Option<l7::istio::Balance>,
+    /// How to speak to endpoints outside the mesh (DR-47).
+    pub tls: Option<Arc<l7::istio::ClientTls>>,
 }
 
 /// Whether a DestinationRule sets a section the waypoint applies, at any level.

@@ -403,7 +403,8 @@ impl Context {
             let counted = lb
                 .filter(|(b, ..)| **b == l7::istio::Balance::LeastRequest)
                 .map(|_| self.wp.balancer.count(&picked.w.uid));
-            let result = exchange(&self.wp, &picked, self.client, req, per_conn).await;
+            let tls = cluster.as_ref().and_then(|c| c.policies.tls.as_deref());
+            let result = exchange(&self.wp, &picked, self.client, req, per_conn, tls).await;
             if let Some((policy, key, total)) = &outlier {
                 // A failed connection or a reset counts as the 503 it is answered with.
                 let status = result.as_ref().map_or(503, |r| r.status().as_u16());
@@ -460,7 +461,11 @@ impl Context {
             self.wp
                 .config
                 .policies(&self.wp.pi.state, &svc.hostname, namespaces, *port, subset);
-        if policies.ejection.is_none() && policies.limits.is_none() && policies.balance.is_none() {
+        if policies.ejection.is_none()
+            && policies.limits.is_none()
+            && policies.balance.is_none()
+            && policies.tls.is_none()
+        {
             return None;
         }
         Some(Cluster {
@@ -479,7 +484,8 @@ impl Context {
         tokio::spawn(async move {
             let copy = async {
                 let picked = pick(&wp, &to, &[], &[], None)?;
-                let resp = exchange(&wp, &picked, client, Upstream::Whole(&parts, body), 0).await?;
+                let resp =
+                    exchange(&wp, &picked, client, Upstream::Whole(&parts, body), 0, None).await?;
                 let status = resp.status();
                 let _ = resp.into_body().collect().await;
                 Ok::<_, Failure>((picked.w, status))
@@ -552,7 +558,15 @@ async fn exchange(
     client: SocketAddr,
     req: Upstream<'_>,
     per_conn: u32,
+    tls: Option<&l7::istio::ClientTls>,
 ) -> Result<Response<Body>, Failure> {
+    if p.w.tunnel_protocol == proxycore::state::TunnelProtocol::None {
+        let req = match req {
+            Upstream::Whole(parts, body) => rebuild(parts, full(body)),
+            Upstream::Built(req) => req,
+        };
+        return crate::origin::exchange(p, req, tls).await;
+    }
     let ip = p.w.addresses.first().copied();
     let key: h1::Key = (
         SocketAddr::new(ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()), p.port),

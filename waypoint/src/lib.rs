@@ -25,6 +25,7 @@ mod h1;
 pub mod ingress;
 mod intake;
 mod metrics;
+mod origin;
 mod outlier;
 mod plan;
 mod process;

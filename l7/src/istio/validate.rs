@@ -520,8 +520,69 @@ impl Sections {
         if let Some(l) = &self.load_balancer {
             l.validate(&format!("{at}.loadBalancer"))?;
         }
+        if let Some(t) = &self.tls {
+            t.validate(&format!("{at}.tls"))?;
+        }
         Ok(())
     }
+}
+
+impl ClientTls {
+    fn validate(&self, at: &str) -> Result<(), String> {
+        let mode = self.mode.as_deref().unwrap_or("DISABLE");
+        if !matches!(mode, "DISABLE" | "SIMPLE" | "MUTUAL" | "ISTIO_MUTUAL") {
+            return Err(format!(
+                "{at}.mode: {mode:?} is not DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL"
+            ));
+        }
+        if self.credential_name.is_some() {
+            return Err(format!(
+                "{at}.credentialName: not supported; give clientCertificate, privateKey and caCertificates as files"
+            ));
+        }
+        if self.ca_crl.is_some() {
+            return Err(format!(
+                "{at}.caCrl: certificate revocation lists are not supported"
+            ));
+        }
+        let files = [
+            ("clientCertificate", &self.client_certificate),
+            ("privateKey", &self.private_key),
+            ("caCertificates", &self.ca_certificates),
+        ];
+        if !matches!(mode, "SIMPLE" | "MUTUAL") {
+            if let Some((name, _)) = files.iter().find(|(_, v)| v.is_some()) {
+                return Err(format!("{at}.{name}: only with mode SIMPLE or MUTUAL"));
+            }
+        }
+        if mode == "MUTUAL" && (self.client_certificate.is_none() || self.private_key.is_none()) {
+            return Err(format!(
+                "{at}: mode MUTUAL needs clientCertificate and privateKey"
+            ));
+        }
+        if mode == "SIMPLE" && (self.client_certificate.is_some() || self.private_key.is_some()) {
+            return Err(format!(
+                "{at}: clientCertificate and privateKey are for mode MUTUAL"
+            ));
+        }
+        if let Some(sni) = &self.sni {
+            if !dns_name(sni) {
+                return Err(format!("{at}.sni: {sni:?} is not a DNS name"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `s` is a DNS name a TLS client can send as SNI.
+fn dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 impl LoadBalancer {
