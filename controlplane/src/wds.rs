@@ -316,6 +316,7 @@ pub fn workload(
             .clone()
             .unwrap_or_else(|| "default".into()),
         node: pod.spec.node_name.clone().unwrap_or_default(),
+        locality: locality(pod, res),
         canonical_name,
         canonical_revision,
         workload_type: workload_type as i32,
@@ -558,6 +559,35 @@ pub fn addresses(res: &Resources, mesh: &MeshSettings) -> Vec<NamedAddress> {
     // A host both a Service and a ServiceEntry name: the first (by name) is kept.
     out.dedup_by(|a, b| a.name == b.name);
     out
+}
+
+/// A pod's locality (docs/WIRE.md §3.4): its `istio-locality` label
+/// (`region.zone.subzone`, as a label value cannot hold `/`), else its node's
+/// `topology.kubernetes.io/region`, `topology.kubernetes.io/zone` and
+/// `topology.istio.io/subzone` labels. `None` when neither says anything.
+pub fn locality(pod: &resources::Pod, res: &Resources) -> Option<pb::Locality> {
+    if let Some(l) = pod.metadata.labels.get("istio-locality") {
+        let mut parts = l.splitn(3, '.').map(str::to_string);
+        return Some(pb::Locality {
+            region: parts.next().unwrap_or_default(),
+            zone: parts.next().unwrap_or_default(),
+            subzone: parts.next().unwrap_or_default(),
+        });
+    }
+    let node = pod.spec.node_name.as_deref()?;
+    let labels = &res
+        .nodes
+        .iter()
+        .find(|n| n.metadata.name == node)?
+        .metadata
+        .labels;
+    let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
+    let l = pb::Locality {
+        region: get("topology.kubernetes.io/region"),
+        zone: get("topology.kubernetes.io/zone"),
+        subzone: get("topology.istio.io/subzone"),
+    };
+    (l != pb::Locality::default()).then_some(l)
 }
 
 #[cfg(test)]

@@ -437,8 +437,8 @@ impl Sections {
     }
 }
 
-/// `loadBalancer` (DR-09 … DR-18): `simple` or `consistentHash`; locality settings and
-/// warm-up are accepted, not applied.
+/// `loadBalancer` (DR-09 … DR-22): `simple` or `consistentHash`, and `localityLbSetting`
+/// (`crate::locality`); warm-up is accepted, not applied.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancer {
@@ -446,6 +446,8 @@ pub struct LoadBalancer {
     pub simple: Option<String>,
     #[serde(default)]
     pub consistent_hash: Option<ConsistentHash>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality_lb_setting: Option<crate::locality::LocalityLbSetting>,
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
 }

@@ -10,6 +10,7 @@ pub mod grpcroute;
 pub mod httproute;
 pub mod istio;
 pub mod jwt;
+pub mod locality;
 pub mod retry;
 pub mod table;
 pub mod vsroute;

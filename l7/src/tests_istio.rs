@@ -335,6 +335,7 @@ fn outlier_detection_defaults_port_level_and_checks() {
         "host: r
 trafficPolicy:
   tls: {mode: ISTIO_MUTUAL}
+  proxyProtocol: {version: V1}
   outlierDetection: {consecutive5xxErrors: 3, interval: 2s}
   portLevelSettings:
   - port: {number: 9080}
@@ -345,8 +346,12 @@ trafficPolicy:
     dr.validate().unwrap();
     let p = dr.traffic_policy.as_ref().unwrap();
     // Sections not applied are kept.
-    assert!(p.sections.other.contains_key("tls"));
+    assert!(p.sections.other.contains_key("proxyProtocol"));
     assert_eq!(p.sections.other.len(), 1, "{:?}", p.sections.other);
+    assert_eq!(
+        p.sections.tls.as_ref().unwrap().mode.as_deref(),
+        Some("ISTIO_MUTUAL")
+    );
     // As the control plane passes it on (`spec_json`), unchanged.
     let again: DestinationRuleSpec =
         serde_json::from_str(&serde_json::to_string(&dr).unwrap()).unwrap();

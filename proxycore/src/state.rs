@@ -72,6 +72,21 @@ pub struct Workload {
     /// The waypoint for traffic addressed to this workload's IP.
     #[serde(default)]
     pub waypoint: Option<Waypoint>,
+    /// Where it runs (WDS `locality`), for locality-aware load balancing.
+    #[serde(default)]
+    pub locality: Option<Locality>,
+}
+
+/// A workload's region, zone and subzone (any of them may be empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Locality {
+    #[serde(default)]
+    pub region: String,
+    #[serde(default)]
+    pub zone: String,
+    #[serde(default)]
+    pub subzone: String,
 }
 
 /// Where a waypoint is (WDS `GatewayAddress`): a Service by `namespace/hostname`, or an IP;

@@ -49,6 +49,7 @@ const ISTIO_SECURITY: &str = "security.istio.io";
 /// What the translation reads: the kinds [`crate::Resources`] holds.
 pub const READ: &[ApiKind] = &[
     kind("", "v1", "Namespace", "namespaces", false),
+    kind("", "v1", "Node", "nodes", false),
     kind("", "v1", "Pod", "pods", true),
     kind("", "v1", "Service", "services", true),
     kind("", "v1", "ServiceAccount", "serviceaccounts", true),
@@ -191,6 +192,7 @@ pub const AGENT_VERBS: &[&str] = &["get"];
 /// What the node agent reads: the labels that enrol pods and namespaces.
 pub const AGENT_READ: &[ApiKind] = &[
     kind("", "v1", "Namespace", "namespaces", false),
+    kind("", "v1", "Node", "nodes", false),
     kind("", "v1", "Pod", "pods", true),
 ];
 

@@ -49,6 +49,14 @@ pub struct Namespace {
     pub metadata: ObjectMeta,
 }
 
+/// A node: its labels give the locality of the pods on it
+/// (`topology.kubernetes.io/region`, `topology.kubernetes.io/zone`,
+/// `topology.istio.io/subzone`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Node {
+    pub metadata: ObjectMeta,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Pod {
     pub metadata: ObjectMeta,
@@ -568,6 +576,7 @@ pub struct Resources {
     pub service_accounts: Vec<ServiceAccount>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub peer_authentications: Vec<PeerAuthentication>,
+    pub nodes: Vec<Node>,
     pub gateways: Vec<Gateway>,
     pub istio_gateways: Vec<IstioGateway>,
     pub ingresses: Vec<Ingress>,
@@ -608,6 +617,7 @@ impl Resources {
     /// Adds everything `other` holds.
     pub fn extend(&mut self, other: Resources) {
         self.namespaces.extend(other.namespaces);
+        self.nodes.extend(other.nodes);
         self.pods.extend(other.pods);
         self.services.extend(other.services);
         self.service_accounts.extend(other.service_accounts);
@@ -679,6 +689,7 @@ impl Resources {
         };
         match kind.as_str() {
             "Namespace" => self.namespaces.push(typed(value).map_err(bad)?),
+            "Node" => self.nodes.push(typed(value).map_err(bad)?),
             "Pod" => self.pods.push(typed(value).map_err(bad)?),
             "Service" => self.services.push(typed(value).map_err(bad)?),
             "ServiceAccount" => self.service_accounts.push(typed(value).map_err(bad)?),

@@ -501,6 +501,10 @@ impl L7Config {
                     .and_then(|p| p.load_balancer_for(port))
                     .map(l7::istio::LoadBalancer::balance)
                     .filter(|b| *b != l7::istio::Balance::Random),
+                locality: section(&|p| p.load_balancer_for(port).is_some())
+                    .and_then(|p| p.load_balancer_for(port))
+                    .and_then(|l| l.locality_lb_setting.clone())
+                    .map(Arc::new),
                 tls: section(&|p| p.tls_for(port).is_some())
                     .and_then(|p| p.tls_for(port))
                     .cloned()
@@ -562,6 +566,8 @@ pub struct Policies {
     pub balance: Option<l7::istio::Balance>,
     /// How to speak to endpoints outside the mesh (DR-47).
     pub tls: Option<Arc<l7::istio::ClientTls>>,
+    /// `loadBalancer.localityLbSetting` (DR-19..22).
+    pub locality: Option<Arc<l7::locality::LocalityLbSetting>>,
 }
 
 /// Whether a DestinationRule sets a section the waypoint applies, at any level.

@@ -383,7 +383,17 @@ impl Context {
                 };
                 Some((balance, c.key.as_str(), hash))
             });
-            let picked = match pick(&self.wp, backend, tried, &ejected, lb) {
+            // With outlier detection and no setting, the mesh default: failover by locality
+            // (DR-19).
+            let locality = cluster.as_ref().and_then(|c| {
+                let outlier = c.policies.ejection.is_some();
+                match c.policies.locality.as_deref() {
+                    Some(s) => Some((s, outlier)),
+                    None if outlier => Some((&DEFAULT_LOCALITY, true)),
+                    None => None,
+                }
+            });
+            let picked = match pick(&self.wp, backend, tried, &ejected, lb, locality) {
                 Ok(p) => p,
                 Err(f) => return Try::failed(f, None),
             };
@@ -465,6 +475,7 @@ impl Context {
             && policies.limits.is_none()
             && policies.balance.is_none()
             && policies.tls.is_none()
+            && policies.locality.is_none()
         {
             return None;
         }
@@ -483,7 +494,7 @@ impl Context {
         let (wp, client) = (self.wp.clone(), self.client);
         tokio::spawn(async move {
             let copy = async {
-                let picked = pick(&wp, &to, &[], &[], None)?;
+                let picked = pick(&wp, &to, &[], &[], None, None)?;
                 let resp =
                     exchange(&wp, &picked, client, Upstream::Whole(&parts, body), 0, None).await?;
                 let status = resp.status();
@@ -498,6 +509,14 @@ impl Context {
         });
     }
 }
+
+/// Locality load balancing as the mesh has it by default: enabled, no settings.
+static DEFAULT_LOCALITY: l7::locality::LocalityLbSetting = l7::locality::LocalityLbSetting {
+    enabled: None,
+    distribute: Vec::new(),
+    failover: Vec::new(),
+    failover_priority: Vec::new(),
+};
 
 /// A cluster's key (what ejections and breakers count within) and policies.
 struct Cluster {

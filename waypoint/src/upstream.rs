@@ -67,25 +67,43 @@ pub struct Picked {
 /// request's hash key.
 pub type Lb<'a> = (&'a l7::istio::Balance, &'a str, Option<u64>);
 
+/// The locality setting that applies to a cluster, and whether outlier detection is set
+/// for it (failover needs it, DR-21).
+pub type LocalityLb<'a> = (&'a l7::locality::LocalityLbSetting, bool);
+
 /// An endpoint of the backend, not one in `avoid` while another is left, never one in
-/// `ejected` (outlier detection); weighted random unless `lb` says otherwise.
+/// `ejected` (outlier detection), among the endpoints `locality` prefers; weighted random
+/// unless `lb` says otherwise.
 pub fn pick(
     wp: &Waypoint,
     backend: &Backend,
     avoid: &[String],
     ejected: &[String],
     lb: Option<Lb<'_>>,
+    locality: Option<LocalityLb<'_>>,
 ) -> Result<Picked, Failure> {
     let pi = &wp.pi;
     match &backend.dst {
         Destination::Service { svc, port } => {
-            let in_subset = |w: &Workload| {
+            let healthy = |w: &Workload| {
                 backend
                     .subset
                     .as_ref()
                     .is_none_or(|s| s.uids.contains(&w.uid))
                     && !ejected.contains(&w.uid)
             };
+            let preferred = locality.and_then(|(setting, outlier)| {
+                let mut eps = pi
+                    .state
+                    .endpoints_in(svc, *port, |w| healthy(w) && !avoid.contains(&w.uid));
+                if eps.is_empty() {
+                    eps = pi.state.endpoints_in(svc, *port, healthy);
+                }
+                let own = pi.state.workload_by_name(&pi.local_ns, &pi.local_name);
+                by_locality(setting, outlier, own.as_deref(), &eps)
+            });
+            let in_subset =
+                |w: &Workload| healthy(w) && preferred.as_ref().is_none_or(|p| p.contains(&w.uid));
             let ep = match lb {
                 Some((balance, cluster, hash)) => {
                     let mut eps = pi
@@ -157,7 +175,7 @@ pub async fn l4(
 ) {
     let result = async {
         let b = backend?;
-        let p = pick(wp, &b, &[], &[], None)?;
+        let p = pick(wp, &b, &[], &[], None, None)?;
         let up = open_tunnel(&wp.pi, &p, client).await?;
         Ok::<_, Failure>((up, p.w))
     }
@@ -179,4 +197,79 @@ pub async fn l4(
             }
         }
     }
+}
+
+/// The uids of the endpoints a locality setting sends this pick to (docs/WIRE.md §8,
+/// DR-19..22): the group `distribute` draws for the proxy's locality, or the best-ranked
+/// for failover. `None`: no preference (no setting applies, or all rank alike).
+fn by_locality(
+    setting: &l7::locality::LocalityLbSetting,
+    outlier: bool,
+    own: Option<&Workload>,
+    eps: &[proxycore::state::Endpoint],
+) -> Option<std::collections::HashSet<String>> {
+    use l7::locality::Locality;
+    fn at(w: &Workload) -> Locality<'_> {
+        w.locality
+            .as_ref()
+            .map_or_else(Locality::default, |l| Locality {
+                region: &l.region,
+                zone: &l.zone,
+                subzone: &l.subzone,
+            })
+    }
+    let own_at = own.map(at).unwrap_or_default();
+    let own_network = own.map_or("", |w| w.network.as_str());
+    if let Some(to) = setting.distribution(&own_at) {
+        // Each endpoint in the group of the most specific pattern covering it.
+        let mut patterns: Vec<(&String, &u32)> = to.iter().filter(|(_, w)| **w > 0).collect();
+        patterns.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        let group = |w: &Workload| {
+            let l = at(w);
+            patterns
+                .iter()
+                .position(|(p, _)| l7::locality::covers(p, &l))
+        };
+        let mut weights = vec![0u64; patterns.len()];
+        for e in eps {
+            if let Some(g) = group(&e.workload) {
+                weights[g] = u64::from(*patterns[g].1);
+            }
+        }
+        let total: u64 = weights.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let mut draw = rand::Rng::gen_range(&mut rand::thread_rng(), 0..total);
+        let chosen = weights.iter().position(|w| {
+            if draw < *w {
+                true
+            } else {
+                draw -= w;
+                false
+            }
+        })?;
+        return Some(
+            eps.iter()
+                .filter(|e| group(&e.workload) == Some(chosen))
+                .map(|e| e.workload.uid.clone())
+                .collect(),
+        );
+    }
+    if !setting.fails_over(outlier) {
+        return None;
+    }
+    let rank = |w: &Workload| setting.rank(&own_at, own_network, &at(w), &w.network);
+    let ranks: Vec<u32> = eps.iter().map(|e| rank(&e.workload)).collect();
+    let best = *ranks.iter().min()?;
+    if ranks.iter().all(|r| *r == best) {
+        return None;
+    }
+    Some(
+        eps.iter()
+            .zip(&ranks)
+            .filter(|(_, r)| **r == best)
+            .map(|(e, _)| e.workload.uid.clone())
+            .collect(),
+    )
 }

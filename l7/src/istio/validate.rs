@@ -587,6 +587,9 @@ fn dns_name(s: &str) -> bool {
 
 impl LoadBalancer {
     fn validate(&self, at: &str) -> Result<(), String> {
+        if let Some(l) = &self.locality_lb_setting {
+            l.validate(&format!("{at}.localityLbSetting"))?;
+        }
         const SIMPLE: [&str; 6] = [
             "UNSPECIFIED",
             "LEAST_CONN",

@@ -162,6 +162,11 @@ pub fn convert_workload(w: pb::Workload) -> Result<Workload, ConvertError> {
         services,
         authorization_policies: w.authorization_policies,
         waypoint: waypoint(&r, "waypoint", w.waypoint)?,
+        locality: w.locality.map(|l| super::Locality {
+            region: l.region,
+            zone: l.zone,
+            subzone: l.subzone,
+        }),
     })
 }
 
