@@ -137,35 +137,22 @@ spec:
         "{seen:?}"
     );
 
-    // distribute: from the waypoint's zone, everything to z2.
-    rule(
-        "    loadBalancer:
+    // distribute: from the waypoint's zone, everything to z2, then everything to z1.
+    for (zone, expect) in [("z2", (0, 20)), ("z1", (20, 0))] {
+        rule(&format!(
+            "    loadBalancer:
       localityLbSetting:
         distribute:
         - from: r1/z1/*
-          to: {r1/z2/*: 100}
-",
-    );
-    assert!(
-        eventually(15, || {
-            seen = spread(&mesh, 20);
-            seen == (0, 20)
-        }),
-        "{seen:?}"
-    );
-    rule(
-        "    loadBalancer:
-      localityLbSetting:
-        distribute:
-        - from: r1/z1/*
-          to: {r1/z1/*: 100}
-",
-    );
-    assert!(
-        eventually(15, || {
-            seen = spread(&mesh, 20);
-            seen == (20, 0)
-        }),
-        "{seen:?}"
-    );
+          to: {{r1/{zone}/*: 100}}
+"
+        ));
+        assert!(
+            eventually(15, || {
+                seen = spread(&mesh, 20);
+                seen == expect
+            }),
+            "{zone}: {seen:?}"
+        );
+    }
 }
