@@ -97,6 +97,32 @@ impl Controller {
             self.apply(&route_resource(), ns, route_status(r, res), true)
                 .await;
         }
+        let grpc = resource(GATEWAY_API_GROUP, "v1", "GRPCRoute", "grpcroutes");
+        for r in &res.grpc_routes {
+            let ns = r.metadata.namespace.as_deref().unwrap_or("default");
+            self.apply(&grpc, ns, grpc_route_status(r, res), true).await;
+        }
+        // The Istio Gateways' conditions, and the load balancer address of Ingresses of
+        // class istio (their status has nothing else).
+        let istio_gw = resource("networking.istio.io", "v1", "Gateway", "gateways");
+        let ingress = resource("networking.k8s.io", "v1", "Ingress", "ingresses");
+        for mut v in crate::ingress::other_statuses(res) {
+            let ns = v["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string();
+            match v["kind"].as_str() {
+                Some("Gateway") => self.apply(&istio_gw, &ns, v, true).await,
+                Some("Ingress") => {
+                    let lb = v["status"]["loadBalancer"].take();
+                    if lb["ingress"].as_array().is_some_and(|a| !a.is_empty()) {
+                        v["status"] = json!({"loadBalancer": lb});
+                        self.apply(&ingress, &ns, v, true).await;
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     async fn apply(&self, ar: &ApiResource, ns: &str, obj: Value, status: bool) {
@@ -135,8 +161,10 @@ fn gateway_resource() -> ApiResource {
     resource("gateway.networking.k8s.io", "v1", "Gateway", "gateways")
 }
 
+const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
+
 fn route_resource() -> ApiResource {
-    resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
+    resource(GATEWAY_API_GROUP, "v1", "HTTPRoute", "httproutes")
 }
 
 /// The ConfigMap proxies mount the mesh's roots from (`root-cert.pem`), as istiod publishes
@@ -309,12 +337,15 @@ pub fn all_statuses(res: &Resources) -> Vec<Value> {
         .collect();
     out.extend(crate::ingress::other_statuses(res));
     out.extend(res.http_routes.iter().map(|r| route_status(r, res)));
-    out.extend(res.grpc_routes.iter().map(|g| {
-        let mut v = route_status(&g.as_http(), res);
-        v["kind"] = "GRPCRoute".into();
-        v
-    }));
+    out.extend(res.grpc_routes.iter().map(|g| grpc_route_status(g, res)));
     out
+}
+
+/// A GRPCRoute's status: as the HTTPRoute it is served as (`l7/src/grpcroute.rs`).
+pub fn grpc_route_status(r: &resources::GrpcRoute, res: &Resources) -> Value {
+    let mut v = route_status(&r.as_http(), res);
+    v["kind"] = "GRPCRoute".into();
+    v
 }
 
 /// The Gateway's status once its objects are applied.

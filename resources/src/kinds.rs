@@ -161,6 +161,27 @@ pub const WRITE: &[ApiWrite] = &[
     },
     ApiWrite {
         own_namespace: false,
+        group: GATEWAY_API,
+        plural: "grpcroutes/status",
+        verbs: &["update", "patch"],
+        why: "Accepted and ResolvedRefs conditions of GRPCRoute parents",
+    },
+    ApiWrite {
+        own_namespace: false,
+        group: ISTIO_NETWORKING,
+        plural: "gateways/status",
+        verbs: &["update", "patch"],
+        why: "Accepted and Programmed conditions of Istio Gateways",
+    },
+    ApiWrite {
+        own_namespace: false,
+        group: "networking.k8s.io",
+        plural: "ingresses/status",
+        verbs: &["update", "patch"],
+        why: "the ingress gateway's load balancer address on Ingresses of class istio",
+    },
+    ApiWrite {
+        own_namespace: false,
         group: "",
         plural: "events",
         verbs: &["create", "patch"],

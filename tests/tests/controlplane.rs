@@ -185,6 +185,20 @@ metadata: {name: to-nowhere, namespace: default}
 spec:
   parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
   rules: [{backendRefs: [{name: nowhere, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: grpc-echo, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules: [{matches: [{method: {service: keelson.test.Echo}}], backendRefs: [{name: echo, port: 80}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
 "#;
 
 /// The waypoint controller against the API server: a waypoint Gateway gets its
@@ -261,6 +275,32 @@ async fn waypoint_controller(tb: &Testbed) {
     };
     assert_eq!(resolved("to-echo"), "True");
     assert_eq!(resolved("to-nowhere"), "False");
+    // A GRPCRoute's status as its HTTPRoute's; an Istio Gateway's conditions (no pod
+    // serves this one).
+    let grpc = eventually(Duration::from_secs(5), || async {
+        patch(&format!("{BASE}/grpcroutes/grpc-echo/status"))
+            .last()
+            .is_some_and(|w| {
+                w.body["kind"] == "GRPCRoute"
+                    && w.body["status"]["parents"][0]["conditions"]
+                        .as_array()
+                        .is_some_and(|c| {
+                            c.iter()
+                                .any(|c| c["type"] == "Accepted" && c["status"] == "True")
+                        })
+            })
+    })
+    .await;
+    assert!(grpc.is_some(), "{:#?}", api.writes());
+    let edge = patch("/apis/networking.istio.io/v1/namespaces/default/gateways/edge/status");
+    let programmed = edge.last().unwrap().body["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Programmed")
+        .unwrap()
+        .clone();
+    assert_eq!(programmed["reason"], "NoResources", "{programmed}");
     // Another change elsewhere writes nothing again for the waypoint.
     tb.remove_resources("bad.yaml").unwrap();
     tokio::time::sleep(PROPAGATION).await;
