@@ -310,6 +310,79 @@ pub fn ingress_gateway_objects(g: &Gateway, s: &WaypointSettings) -> Vec<(ApiRes
     objects
 }
 
+/// The default ingress gateway's name, and its ServiceAccount's.
+pub const DEFAULT_INGRESS: &str = "istio-ingressgateway";
+pub const DEFAULT_INGRESS_ACCOUNT: &str = "istio-ingressgateway-service-account";
+
+/// The mesh's default ingress gateway, as Istio's default profile installs it
+/// (docs/GATEWAY.md): `istio-ingressgateway` in `namespace`, labelled `istio:
+/// ingressgateway` and `app: istio-ingressgateway` (what Istio Gateways select and what
+/// serves Ingresses of class `istio`), running `waypoint gateway` as
+/// `istio-ingressgateway-service-account`, behind a LoadBalancer Service mapping 80 to
+/// 8080 and 443 to 8443 (the ports Gateway servers name), with the status port 15021.
+pub fn default_ingress_gateway_objects(
+    s: &WaypointSettings,
+    namespace: &str,
+    replicas: i64,
+) -> Vec<(ApiResource, Value)> {
+    let g = Gateway {
+        metadata: resources::ObjectMeta {
+            name: DEFAULT_INGRESS.into(),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        },
+        spec: Default::default(),
+    };
+    let labels: serde_json::Map<String, Value> = l7::gateway::INGRESS_LABELS
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::from(*v)))
+        .collect();
+    let mut objects = waypoint_objects(&g, s);
+    for (ar, obj) in &mut objects {
+        let meta = &mut obj["metadata"];
+        if let Some(m) = meta.as_object_mut() {
+            m.remove("ownerReferences");
+        }
+        meta["annotations"]["keelson.io/kind"] = "ingress-gateway".into();
+        meta["labels"] = Value::Object(labels.clone());
+        meta["labels"]["app.kubernetes.io/managed-by"] = "keelson-install".into();
+        match ar.kind.as_str() {
+            "ServiceAccount" => meta["name"] = DEFAULT_INGRESS_ACCOUNT.into(),
+            "Deployment" => {
+                obj["spec"]["replicas"] = replicas.into();
+                obj["spec"]["selector"] = json!({"matchLabels": labels});
+                let template = &mut obj["spec"]["template"];
+                template["metadata"]["labels"] = Value::Object(labels.clone());
+                template["metadata"]["labels"]["istio.io/dataplane-mode"] = "none".into();
+                let spec = &mut template["spec"];
+                spec["serviceAccountName"] = DEFAULT_INGRESS_ACCOUNT.into();
+                let c = &mut spec["containers"][0];
+                c["name"] = "istio-proxy".into();
+                c["args"] = json!(["gateway"]);
+                c["ports"] = json!([
+                    {"name": "http2", "containerPort": 8080, "protocol": "TCP"},
+                    {"name": "https", "containerPort": 8443, "protocol": "TCP"},
+                    {"name": "http-monitoring", "containerPort": 15020, "protocol": "TCP"},
+                    {"name": "status-port", "containerPort": 15021, "protocol": "TCP"},
+                ]);
+            }
+            "Service" => {
+                obj["spec"] = json!({
+                    "type": "LoadBalancer",
+                    "selector": labels,
+                    "ports": [
+                        {"name": "status-port", "port": 15021, "targetPort": 15021, "protocol": "TCP"},
+                        {"name": "http2", "port": 80, "targetPort": 8080, "protocol": "TCP"},
+                        {"name": "https", "port": 443, "targetPort": 8443, "protocol": "TCP"},
+                    ],
+                });
+            }
+            _ => {}
+        }
+    }
+    objects
+}
+
 fn condition(kind: &str, ok: bool, reason: &str, message: &str, generation: Option<i64>) -> Value {
     json!({
         "type": kind, "status": if ok { "True" } else { "False" }, "reason": reason,

@@ -375,6 +375,7 @@ fn istiod_mode_installs_only_the_data_plane_pointed_at_istiod() {
     ]);
     assert!(!docs.contains_key("Deployment/keelson"));
     assert!(!docs.contains_key("ClusterRole/keelson"));
+    assert!(!docs.contains_key("Deployment/istio-ingressgateway"));
     let ds: DaemonSet = typed(&docs, "DaemonSet/ztunnel");
     let spec = pod(&ds);
     let env = spec.containers[0].env.clone().unwrap();
@@ -565,4 +566,54 @@ fn apply_and_uninstall_go_through_the_api_server() {
     );
     drop(api);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The default ingress gateway (docs/GATEWAY.md): the labels Istio Gateways select, the
+/// waypoint image running `waypoint gateway` as the account destination policies name, a
+/// LoadBalancer Service 80→8080 and 443→8443; off with `ingressGateway.enabled=false`.
+#[test]
+fn the_default_ingress_gateway_is_installed() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Service;
+    let docs = install(&["--set", "ingressGateway.replicas=2"]);
+    let d: Deployment = typed(&docs, "Deployment/istio-ingressgateway");
+    let spec = d.spec.unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let template = spec.template;
+    let labels = template.metadata.unwrap().labels.unwrap();
+    assert_eq!(labels["istio"], "ingressgateway");
+    assert_eq!(labels["app"], "istio-ingressgateway");
+    assert_eq!(labels["istio.io/dataplane-mode"], "none");
+    let pod = template.spec.unwrap();
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some("istio-ingressgateway-service-account")
+    );
+    let c = &pod.containers[0];
+    assert_eq!(c.args.as_deref(), Some(&["gateway".to_string()][..]));
+    assert!(c.image.as_deref().unwrap().contains("/waypoint:"));
+    let env = c.env.clone().unwrap();
+    let xds = env.iter().find(|e| e.name == "XDS_ADDRESS").unwrap();
+    assert_eq!(xds.value.as_deref(), Some("keelson.istio-system.svc:15012"));
+    assert!(docs.contains_key("ServiceAccount/istio-ingressgateway-service-account"));
+    let svc: Service = typed(&docs, "Service/istio-ingressgateway");
+    let svc = svc.spec.unwrap();
+    assert_eq!(svc.type_.as_deref(), Some("LoadBalancer"));
+    let ports: Vec<(i32, String)> = svc
+        .ports
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let target = match p.target_port.clone().unwrap() {
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i) => i.to_string(),
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => s,
+            };
+            (p.port, target)
+        })
+        .collect();
+    assert!(ports.contains(&(80, "8080".into())), "{ports:?}");
+    assert!(ports.contains(&(443, "8443".into())), "{ports:?}");
+    assert_eq!(svc.selector.unwrap()["istio"], "ingressgateway");
+    let off = install(&["--set", "ingressGateway.enabled=false"]);
+    assert!(!off.contains_key("Deployment/istio-ingressgateway"));
 }

@@ -114,7 +114,39 @@ pub fn all(v: &Values) -> Vec<Object> {
     )));
     out.push(Object::ClusterRoleBinding(binding(v, CNI)));
     out.push(Object::DaemonSet(cni(v)));
+    if v.mode == Mode::Keelson && v.ingress_gateway.enabled {
+        out.extend(ingress_gateway(v));
+    }
     out
+}
+
+/// The default ingress gateway, as the control plane's controller builds a gateway's
+/// objects (`controlplane::waypoints::default_ingress_gateway_objects`), typed here.
+fn ingress_gateway(v: &Values) -> Vec<Object> {
+    let settings = controlplane::waypoints::WaypointSettings {
+        image: v.image("waypoint"),
+        control_plane: format!("{CONTROL_PLANE}.{}.svc:{XDS_PORT}", v.namespace),
+        root_cert_config_map: ROOT_CERT_CONFIG_MAP.into(),
+        namespace: v.namespace.clone(),
+        roots_pem: String::new(),
+    };
+    controlplane::waypoints::default_ingress_gateway_objects(
+        &settings,
+        &v.namespace,
+        v.ingress_gateway.replicas,
+    )
+    .into_iter()
+    .filter_map(|(ar, obj)| {
+        // Built from literals of these very types: they always read back.
+        let typed = match ar.kind.as_str() {
+            "ServiceAccount" => Object::ServiceAccount(serde_json::from_value(obj).ok()?),
+            "Deployment" => Object::Deployment(serde_json::from_value(obj).ok()?),
+            "Service" => Object::Service(serde_json::from_value(obj).ok()?),
+            _ => return None,
+        };
+        Some(typed)
+    })
+    .collect()
 }
 
 /// The control plane: its identity, permissions, Deployment, Service and disruption budget.

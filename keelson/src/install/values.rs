@@ -24,6 +24,15 @@ pub struct Values {
     pub control_plane: ControlPlane,
     pub ztunnel: Ztunnel,
     pub cni: Cni,
+    /// The default ingress gateway (`istio-ingressgateway`), in `keelson` mode.
+    pub ingress_gateway: IngressGateway,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IngressGateway {
+    pub enabled: bool,
+    pub replicas: i64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -130,6 +139,10 @@ impl Default for Values {
                     memory_limit: "256Mi".into(),
                 },
             },
+            ingress_gateway: IngressGateway {
+                enabled: true,
+                replicas: 1,
+            },
         }
     }
 }
@@ -182,6 +195,9 @@ impl Values {
         )?;
         if self.control_plane.replicas < 1 {
             return Err("value controlPlane.replicas: must be at least 1".into());
+        }
+        if self.ingress_gateway.replicas < 1 {
+            return Err("value ingressGateway.replicas: must be at least 1".into());
         }
         if self.ztunnel.drain_seconds < 0 {
             return Err("value ztunnel.drainSeconds: must not be negative".into());
