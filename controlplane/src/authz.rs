@@ -499,8 +499,8 @@ pub fn waypoint_policies(
 }
 
 /// RequestAuthentications for waypoints (docs/WIRE.md §8): each with its JWKS resolved (a
-/// `file://` `jwksUri` read here; an `http(s)` one is not fetched by this control plane and
-/// leaves the rule without keys, so its tokens fail) and its attachments as for
+/// `file://` `jwksUri` read here; an `http(s)` one is left for the waypoints, which fetch it
+/// through the mesh) and its attachments as for
 /// AuthorizationPolicy; without targetRefs it applies to the requests to its namespace's
 /// services (every waypoint's from the root namespace). Selector ones are for sidecars and
 /// are not sent.
@@ -530,8 +530,6 @@ pub fn request_authentications(
                         tracing::warn!(policy = %format!("{ns}/{}", r.metadata.name), %path, error = %e, "cannot read the JWKS")
                     }
                 }
-            } else {
-                tracing::warn!(policy = %format!("{ns}/{}", r.metadata.name), uri = ?rule.jwks_uri, "jwksUri is not fetched by this control plane; use jwks or file://");
             }
         }
         let mut ra = xds::l7::RequestAuthentication {

@@ -91,4 +91,81 @@ spec:
         "{}",
         mesh.waypoint_log()
     );
+
+    // A JWKS served by a pod in the mesh, named by URL: the waypoint fetches it through the
+    // mesh; reviews then admits that issuer's tokens only.
+    let remote = Signer::new();
+    let dir = mesh.home.join("jwks-site");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("keys.json"), remote.jwks()).unwrap();
+    let site = mesh.write(
+        "jwks-site.yaml",
+        &format!(
+            "apiVersion: v1
+kind: Service
+metadata:
+  name: jwks
+spec:
+  selector: {{app: jwks}}
+  ports: [{{port: 80, targetPort: 9080, name: http}}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: jwks
+  labels: {{app: jwks}}
+spec:
+  containers:
+  - name: site
+    image: python:3
+    command: [python3, -m, http.server, '9080', --directory, {}]
+    ports: [{{containerPort: 9080}}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata:
+  name: remote
+spec:
+  targetRefs: [{{kind: Service, group: \"\", name: reviews}}]
+  jwtRules:
+  - issuer: remote.keelson.test
+    jwksUri: http://jwks.default.svc.cluster.local/keys.json
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: reviews-for-remote
+spec:
+  targetRefs: [{{kind: Service, group: \"\", name: reviews}}]
+  action: ALLOW
+  rules:
+  - from: [{{source: {{requestPrincipals: [\"remote.keelson.test/*\"]}}}}]
+",
+            dir.display()
+        ),
+    );
+    mesh.ok(&["apply", "-f", site.to_str().unwrap()]);
+    let remote_token = remote.token(&serde_json::json!({
+        "iss": "remote.keelson.test", "sub": "carol", "exp": now + 600,
+    }));
+    let reviews = |token: &str| {
+        let auth = format!("Authorization: Bearer {token}");
+        mesh.curl_i(&["-H", &auth, "http://reviews:9080/reviews/0"])
+    };
+    assert!(
+        eventually(20, || {
+            last = reviews(&remote_token);
+            last.0 == 200
+        }),
+        "{last:?}\n{}",
+        mesh.waypoint_log()
+    );
+    assert!(mesh.waypoint_log().contains("JWKS fetched"));
+    // The other issuer's token verifies (the namespace-wide rule) but is not this issuer's:
+    // 403; a forged token of this issuer: 401.
+    assert_eq!(reviews(&dev).0, 403);
+    let forged = Signer::new().token(&serde_json::json!({
+        "iss": "remote.keelson.test", "sub": "mallory", "exp": now + 600,
+    }));
+    assert_eq!(reviews(&forged).0, 401);
 }

@@ -136,7 +136,7 @@ type RouteKey = (String, String, u16, String);
 struct Cache {
     /// The versions (workload state, L7 store) the rest was built from; `None` before the
     /// first build.
-    version: Option<(u64, u64)>,
+    version: Option<Version>,
     routes: Vec<Arc<Route>>,
     virtual_services: Vec<Arc<VirtualService>>,
     destination_rules: Vec<Arc<DestinationRule>>,
@@ -218,18 +218,28 @@ impl IngressPorts {
 /// The authorization policies of one destination, in name order.
 pub type AppliedPolicies = Arc<[Arc<l7::authz::Policy>]>;
 
+/// What tables built from the configuration depend on: the workload state's version, the
+/// L7 store's, and the fetched JWKS' generation.
+pub type Version = (u64, u64, u64);
+
 /// The waypoint's L7 configuration: its store, and what is built from it.
 #[derive(Default)]
 pub struct L7Config {
     pub store: Arc<L7Store>,
     cached: Mutex<Cache>,
+    /// JWKS the waypoint fetches itself (`crate::jwks`).
+    pub remote_jwks: Arc<crate::jwks::RemoteJwks>,
 }
 
 impl L7Config {
     /// What the tables built from the configuration depend on: they are rebuilt when this
     /// changes.
-    pub fn version(&self, state: &State) -> (u64, u64) {
-        (state.version(), self.store.version())
+    pub fn version(&self, state: &State) -> Version {
+        (
+            state.version(),
+            self.store.version(),
+            self.remote_jwks.generation(),
+        )
     }
 
     /// Runs `f` on the cache, rebuilt first when the state or the store changed since.
@@ -446,7 +456,25 @@ impl L7Config {
                 })
                 .map(|a| &a.spec)
                 .collect();
-            let auth = Arc::new(l7::authn::Authenticator::new(specs));
+            // A jwksUri the control plane left to the proxies: the JWKS fetched through the
+            // mesh, once there (until then the rule has no keys).
+            let filled: Vec<l7::authn::RequestAuthenticationSpec> = specs
+                .iter()
+                .map(|s| {
+                    let mut s = (*s).clone();
+                    for r in &mut s.jwt_rules {
+                        if r.jwks.is_none() {
+                            let remote = r
+                                .jwks_uri
+                                .as_deref()
+                                .filter(|u| u.starts_with("http://") || u.starts_with("https://"));
+                            r.jwks = remote.and_then(|u| self.remote_jwks.get(u));
+                        }
+                    }
+                    s
+                })
+                .collect();
+            let auth = Arc::new(l7::authn::Authenticator::new(&filled));
             c.authenticators.insert(hostname.to_string(), auth.clone());
             auth
         })

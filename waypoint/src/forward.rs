@@ -541,6 +541,18 @@ impl Cluster {
     }
 }
 
+/// A request of the waypoint's own (a JWKS fetch, `crate::jwks`) to `p`, as requests are
+/// sent.
+pub(crate) async fn fetch(
+    wp: &Waypoint,
+    p: &Picked,
+    client: SocketAddr,
+    req: Request<Body>,
+    tls: Option<&l7::istio::ClientTls>,
+) -> Result<Response<Body>, Failure> {
+    exchange(wp, p, client, Upstream::Built(req), 0, tls).await
+}
+
 /// A request as it goes to an endpoint.
 enum Upstream<'a> {
     /// Its head and whole body: spoken by [`h1`] on a kept or new connection (HTTP/1.1), or

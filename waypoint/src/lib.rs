@@ -24,6 +24,7 @@ mod forward;
 mod h1;
 pub mod ingress;
 mod intake;
+mod jwks;
 mod metrics;
 mod origin;
 mod outlier;
@@ -62,6 +63,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let waypoint = Waypoint::new(rt.dedicated_inputs(), config);
     waypoint.metrics.register(rt.registry());
     intake::start(&waypoint)?;
+    jwks::start(&waypoint);
     rt.readiness.done("proxy");
     rt.ready_with_certificate(&waypoint.pi);
     let pi = waypoint.pi.clone();

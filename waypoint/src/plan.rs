@@ -119,7 +119,7 @@ type Found = (
 /// the versions they were looked up in: the requests of a tunnel do not look them up
 /// (three key strings, two locks) each time.
 #[derive(Default)]
-pub struct Tables(std::sync::Mutex<Option<((u64, u64), Found)>>);
+pub struct Tables(std::sync::Mutex<Option<(crate::config::Version, Found)>>);
 
 pub fn plan<B>(f: &Facts<'_>, dst: &Destination, req: &mut Request<B>, host: &str) -> Plan {
     normalize(req);
