@@ -12,7 +12,7 @@
 //!   `<root>/istio_converted_static_strict`; when namespace or workload PeerAuthentications
 //!   exist, each workload gets the policy of the PeerAuthentication that decides its mode.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use xds::security as pb;
@@ -239,6 +239,39 @@ pub fn authorization(
     })
 }
 
+/// The WDS uids of the pods that serve ingress gateways.
+fn ingress_gateway_pods(res: &Resources, mesh: &MeshSettings) -> BTreeSet<String> {
+    crate::ingress::translate(res, mesh)
+        .gateways
+        .into_iter()
+        .flat_map(|g| g.proxy_uids)
+        .collect()
+}
+
+/// The ingress gateway pods (of `gateways`) a policy of `ns` with `selector` selects: the
+/// gateway is their proxy, so it enforces the policy (docs/GATEWAY.md).
+fn selected_gateway_pods(
+    res: &Resources,
+    mesh: &MeshSettings,
+    ns: &str,
+    selector: &resources::WorkloadSelector,
+    gateways: &BTreeSet<String>,
+) -> Vec<String> {
+    res.pods
+        .iter()
+        .filter(|p| selects(ns, selector, p, mesh))
+        .map(|p| {
+            format!(
+                "{}//Pod/{}/{}",
+                mesh.cluster_id,
+                ns_of(&p.metadata.namespace),
+                p.metadata.name
+            )
+        })
+        .filter(|uid| gateways.contains(uid))
+        .collect()
+}
+
 /// Whether a policy or PeerAuthentication in `policy_ns` with `selector` selects `pod`: same
 /// namespace (or the root namespace, which selects across the mesh) and matching labels.
 fn selects(
@@ -456,11 +489,15 @@ pub fn waypoint_policies(
     mesh: &MeshSettings,
 ) -> Vec<xds::l7::AuthorizationPolicy> {
     let mut out = Vec::new();
+    let gateways = ingress_gateway_pods(res, mesh);
     for p in &res.authorization_policies {
-        if p.spec.targets().next().is_none() {
+        let ns = ns_of(&p.metadata.namespace);
+        let at_gateways = p.spec.selector.as_ref().map_or_else(Vec::new, |sel| {
+            selected_gateway_pods(res, mesh, ns, sel, &gateways)
+        });
+        if p.spec.targets().next().is_none() && at_gateways.is_empty() {
             continue;
         }
-        let ns = ns_of(&p.metadata.namespace);
         let mut wp = xds::l7::AuthorizationPolicy {
             namespace: ns.to_string(),
             name: p.metadata.name.clone(),
@@ -470,6 +507,7 @@ pub fn waypoint_policies(
                 .annotations
                 .get(DRY_RUN_ANNOTATION)
                 .is_some_and(|v| v == "true"),
+            waypoint_uids: at_gateways,
             ..Default::default()
         };
         for t in p.spec.targets() {
@@ -509,11 +547,17 @@ pub fn request_authentications(
     mesh: &MeshSettings,
 ) -> Vec<xds::l7::RequestAuthentication> {
     let mut out = Vec::new();
+    let gateways = ingress_gateway_pods(res, mesh);
     for r in &res.request_authentications {
-        if r.spec.selector.is_some() {
+        let ns = ns_of(&r.metadata.namespace);
+        let at_gateways = r
+            .spec
+            .selector
+            .as_ref()
+            .map(|sel| selected_gateway_pods(res, mesh, ns, sel, &gateways));
+        if at_gateways.as_ref().is_some_and(Vec::is_empty) {
             continue;
         }
-        let ns = ns_of(&r.metadata.namespace);
         let mut spec = r.spec.clone();
         for rule in &mut spec.jwt_rules {
             if rule.jwks.is_some() {
@@ -538,7 +582,8 @@ pub fn request_authentications(
             spec_json: serde_json::to_string(&spec).unwrap_or_default(),
             ..Default::default()
         };
-        let mut targeted = false;
+        let mut targeted = at_gateways.is_some();
+        ra.waypoint_uids = at_gateways.unwrap_or_default();
         for t in r.spec.targets() {
             targeted = true;
             match t.kind.as_str() {

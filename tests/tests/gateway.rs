@@ -153,6 +153,65 @@ spec:
     assert_eq!(mesh.curl_host(&[&format!("http://{ip}/private")]).0, 404);
     mesh.ok(&["delete", "-f", delegated.to_str().unwrap()]);
 
+    // Policies selecting the gateway's pods are the gateway's: JWTs checked there, and the
+    // API denied to requests without one (as Istio's ingress JWT task).
+    let signer = l7::jwt::testing::Signer::new();
+    let at_gateway = mesh.write(
+        "at-gateway.yaml",
+        &format!(
+            "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata:
+  name: ingress-jwt
+  namespace: istio-system
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  jwtRules:
+  - issuer: issuer.keelson.test
+    jwks: '{}'
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: api-needs-a-jwt
+  namespace: istio-system
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  action: DENY
+  rules:
+  - from: [{{source: {{notRequestPrincipals: ['*']}}}}]
+    to: [{{operation: {{paths: [/api/*]}}}}]
+",
+            signer.jwks()
+        ),
+    );
+    mesh.ok(&["apply", "-f", at_gateway.to_str().unwrap()]);
+    let api = format!("http://{ip}/api/v1/products");
+    let mut out = (0, String::new());
+    assert!(
+        eventually(10, || {
+            out = mesh.curl_host(&[&api]);
+            out.0 == 403
+        }),
+        "{out:?}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({"iss": "issuer.keelson.test", "sub": "u", "exp": now + 600});
+    let bearer = |t: String| format!("Authorization: Bearer {t}");
+    let (status, body) = mesh.curl_host(&["-H", &bearer(signer.token(&claims)), &api]);
+    assert!(status == 200 && body.contains("Comedy of Errors"), "{body}");
+    let forged = l7::jwt::testing::Signer::new().token(&claims);
+    let (status, body) = mesh.curl_host(&["-H", &bearer(forged), &api]);
+    assert!(
+        status == 401 && body.contains("Jwt verification fails"),
+        "{body}"
+    );
+    assert_eq!(mesh.curl_host(&[&url]).0, 200, "the page needs no token");
+    mesh.ok(&["delete", "-f", at_gateway.to_str().unwrap()]);
+
     // The Gateway API flavour: a Gateway of class istio deploys its own gateway pod and
     // load balancer; the HTTPRoute attached to it routes.
     let out = mesh.ok(&[

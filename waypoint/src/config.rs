@@ -332,6 +332,48 @@ impl L7Config {
         })
     }
 
+    /// The AuthorizationPolicies and JWT rules that select this ingress gateway's pod
+    /// (`own_uid`): the gateway enforces them on every request it takes (docs/GATEWAY.md).
+    pub fn gateway_policies(
+        &self,
+        state: &State,
+        own_uid: &str,
+    ) -> (AppliedPolicies, Arc<l7::authn::Authenticator>) {
+        // Not a hostname: the cache entries of the gateway's own policies.
+        const KEY: &str = "\0gateway";
+        self.with(state, |c| {
+            let policies = match c.applied.get(KEY) {
+                Some(p) => p.clone(),
+                None => {
+                    let mut found: Vec<&Arc<WaypointPolicy>> = c
+                        .policies
+                        .iter()
+                        .filter(|p| p.waypoint_uids.contains(own_uid))
+                        .collect();
+                    found.sort_by(|a, b| a.policy.id.cmp(&b.policy.id));
+                    let list: AppliedPolicies = found.iter().map(|p| p.policy.clone()).collect();
+                    c.applied.insert(KEY.to_string(), list.clone());
+                    list
+                }
+            };
+            let authn = match c.authenticators.get(KEY) {
+                Some(a) => a.clone(),
+                None => {
+                    let specs: Vec<&l7::authn::RequestAuthenticationSpec> = c
+                        .authentications
+                        .iter()
+                        .filter(|a| a.waypoint_uids.contains(own_uid))
+                        .map(|a| &a.spec)
+                        .collect();
+                    let auth = authenticator(&specs, &self.remote_jwks);
+                    c.authenticators.insert(KEY.to_string(), auth.clone());
+                    auth
+                }
+            };
+            (policies, authn)
+        })
+    }
+
     /// The listeners of the ingress gateways whose `proxy_uids` hold `own_uid`, by port.
     pub fn ingress_ports(&self, state: &State, own_uid: &str) -> Arc<IngressPorts> {
         self.with(state, |c| {
@@ -456,25 +498,7 @@ impl L7Config {
                 })
                 .map(|a| &a.spec)
                 .collect();
-            // A jwksUri the control plane left to the proxies: the JWKS fetched through the
-            // mesh, once there (until then the rule has no keys).
-            let filled: Vec<l7::authn::RequestAuthenticationSpec> = specs
-                .iter()
-                .map(|s| {
-                    let mut s = (*s).clone();
-                    for r in &mut s.jwt_rules {
-                        if r.jwks.is_none() {
-                            let remote = r
-                                .jwks_uri
-                                .as_deref()
-                                .filter(|u| u.starts_with("http://") || u.starts_with("https://"));
-                            r.jwks = remote.and_then(|u| self.remote_jwks.get(u));
-                        }
-                    }
-                    s
-                })
-                .collect();
-            let auth = Arc::new(l7::authn::Authenticator::new(&filled));
+            let auth = authenticator(&specs, &self.remote_jwks);
             c.authenticators.insert(hostname.to_string(), auth.clone());
             auth
         })
@@ -557,6 +581,31 @@ impl L7Config {
                 .find_map(|d| d.subsets.get(subset).cloned())
         })
     }
+}
+
+/// The authenticator of `specs`. A `jwksUri` the control plane left to the proxies gets
+/// the JWKS fetched through the mesh once it is there (until then the rule has no keys).
+fn authenticator(
+    specs: &[&l7::authn::RequestAuthenticationSpec],
+    remote: &crate::jwks::RemoteJwks,
+) -> Arc<l7::authn::Authenticator> {
+    let filled: Vec<l7::authn::RequestAuthenticationSpec> = specs
+        .iter()
+        .map(|s| {
+            let mut s = (*s).clone();
+            for r in &mut s.jwt_rules {
+                if r.jwks.is_none() {
+                    let url = r
+                        .jwks_uri
+                        .as_deref()
+                        .filter(|u| u.starts_with("http://") || u.starts_with("https://"));
+                    r.jwks = url.and_then(|u| remote.get(u));
+                }
+            }
+            s
+        })
+        .collect();
+    Arc::new(l7::authn::Authenticator::new(&filled))
 }
 
 /// The DestinationRules for `hostname` in `namespaces`, in that order, oldest first within

@@ -40,6 +40,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let gw = Waypoint::new(rt.dedicated_inputs(), config);
     gw.metrics.register(rt.registry());
     tokio::spawn(keep_listeners(gw.clone()));
+    crate::jwks::start(&gw);
     rt.readiness.done("proxy");
     rt.ready_with_certificate(&gw.pi);
     let pi = gw.pi.clone();

@@ -182,20 +182,9 @@ pub fn plan<B>(f: &Facts<'_>, dst: &Destination, req: &mut Request<B>, host: &st
     };
     // Request authentication, then authorization, before any route action (docs/WIRE.md
     // §8): a token that does not verify is a 401; none, unauthenticated.
-    let auth = if authn.is_empty() {
-        None
-    } else {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        match authn.authenticate(req.headers(), req.uri().query(), now) {
-            Ok(a) => a,
-            Err(why) => {
-                let mut plan = Plan::respond(text(StatusCode::UNAUTHORIZED, &why), "-", None, host);
-                plan.details = Some(format!("request authentication: {why}"));
-                return plan;
-            }
-        }
+    let auth = match authenticate(&authn, req, host) {
+        Ok(a) => a,
+        Err(plan) => return *plan,
     };
     if !policies.is_empty() {
         if let Some(denied) = authorize(f, dst, &policies, req, host, auth.as_ref()) {
@@ -238,6 +227,9 @@ pub fn ingress<B>(
         let location = format!("https://{}{path}", l7::gateway::request_host(host));
         return Plan::respond(redirect_response(301, &location, 301), "-", None, host);
     }
+    if let Some(denied) = gateway_policies(f, port, req, host) {
+        return denied;
+    }
     let state = &f.wp.pi.state;
     match served.gateway.kind {
         l7::gateway::GatewayKind::GatewayApi => {
@@ -259,6 +251,46 @@ pub fn ingress<B>(
             }
         }
     }
+}
+
+/// The request's JWT checked against `authn`'s rules: what it proves (`None`: no rules, or
+/// no token), or the 401 for a token that does not verify (docs/WIRE.md, RA-02).
+fn authenticate<B>(
+    authn: &l7::authn::Authenticator,
+    req: &Request<B>,
+    host: &str,
+) -> Result<Option<l7::authn::AuthInfo>, Box<Plan>> {
+    if authn.is_empty() {
+        return Ok(None);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    authn
+        .authenticate(req.headers(), req.uri().query(), now)
+        .map_err(|why| {
+            let mut plan = Plan::respond(text(StatusCode::UNAUTHORIZED, &why), "-", None, host);
+            plan.details = Some(format!("request authentication: {why}"));
+            Box::new(plan)
+        })
+}
+
+/// The RequestAuthentications and AuthorizationPolicies selecting the gateway's own pod
+/// (docs/GATEWAY.md), as a waypoint applies those of a service: a token that does not
+/// verify is a 401, a denial a 403. `None`: go on.
+fn gateway_policies<B>(f: &Facts<'_>, port: u16, req: &Request<B>, host: &str) -> Option<Plan> {
+    let pi = &f.wp.pi;
+    let own = pi.state.workload_by_name(&pi.local_ns, &pi.local_name)?;
+    let (policies, authn) = f.wp.config.gateway_policies(&pi.state, &own.uid);
+    let auth = match authenticate(&authn, req, host) {
+        Ok(a) => a,
+        Err(plan) => return Some(*plan),
+    };
+    if policies.is_empty() {
+        return None;
+    }
+    let dst = Destination::Workload { w: own, port };
+    authorize(f, &dst, &policies, req, host, auth.as_ref())
 }
 
 /// The request's path, normalized in place when that changes it (mesh `pathNormalization`
