@@ -426,8 +426,9 @@ const AUTO_VIP_BASE: u32 = 0xf0f0_0000;
 /// ServiceEntries (docs/GATEWAY.md, "Egress"): each host a WDS Service (its `addresses`, or
 /// a VIP of 240.240.0.0/16 chosen from a hash of `namespace/host`, so DNS answers for it and
 /// ztunnel captures it), and each endpoint a Workload outside the mesh (no tunnel) that is a
-/// member of every host: the `endpoints` of STATIC and DNS (by IP), the `addresses` of NONE
-/// (the traffic goes where it was addressed). A `workloadSelector` makes the selected pods
+/// member of every host: the `endpoints` of STATIC and DNS (by IP, or by name as a Workload
+/// `hostname` the proxies resolve), the hosts themselves for DNS without endpoints, the
+/// `addresses` of NONE (the traffic goes where it was addressed). A `workloadSelector` makes the selected pods
 /// members instead (`workload`). An entry labelled `istio.io/use-waypoint` (or in a
 /// namespace so labelled) is reached through that waypoint, as a Service is.
 pub fn service_entries(res: &Resources, mesh: &MeshSettings) -> Vec<NamedAddress> {
@@ -482,23 +483,52 @@ pub fn service_entries(res: &Resources, mesh: &MeshSettings) -> Vec<NamedAddress
                 },
             });
         }
-        let endpoints: Vec<(IpAddr, Option<&resources::WorkloadEntrySpec>)> =
+        // Each endpoint by address, or by name for DNS resolution: the proxies resolve it
+        // when they connect (WDS `hostname`). A DNS entry without endpoints has its hosts
+        // resolved that way.
+        let dns = matches!(spec.resolution(), "DNS" | "DNS_ROUND_ROBIN");
+        let endpoints: Vec<(EntryEndpoint, Option<&resources::WorkloadEntrySpec>)> =
             match spec.resolution() {
-                "NONE" => singles.iter().map(|ip| (*ip, None)).collect(),
+                "NONE" => singles
+                    .iter()
+                    .map(|ip| (EntryEndpoint::Ip(*ip), None))
+                    .collect(),
+                _ if dns && spec.endpoints.is_empty() => spec
+                    .hosts
+                    .iter()
+                    .map(|h| (EntryEndpoint::Name(h.clone()), None))
+                    .collect(),
                 _ => spec
                     .endpoints
                     .iter()
-                    .filter_map(|ep| Some((ep.address.as_deref()?.parse().ok()?, Some(ep))))
+                    .filter_map(|ep| {
+                        let a = ep.address.as_deref()?;
+                        let at = match a.parse() {
+                            Ok(ip) => EntryEndpoint::Ip(ip),
+                            Err(_) => EntryEndpoint::Name(a.to_string()),
+                        };
+                        Some((at, Some(ep)))
+                    })
                     .collect(),
             };
-        for (ip, ep) in endpoints {
+        for (at, ep) in endpoints {
+            let key = match &at {
+                EntryEndpoint::Ip(ip) => ip.to_string(),
+                EntryEndpoint::Name(n) => n.clone(),
+            };
             let uid = format!(
-                "{}/networking.istio.io/ServiceEntry/{ns}/{}/{ip}",
+                "{}/networking.istio.io/ServiceEntry/{ns}/{}/{key}",
                 mesh.cluster_id, e.metadata.name
             );
+            // A host resolved by name serves only itself.
+            let own_host = match (&at, ep) {
+                (EntryEndpoint::Name(n), None) => Some(n.as_str()),
+                _ => None,
+            };
             let services = spec
                 .hosts
                 .iter()
+                .filter(|h| own_host.is_none_or(|o| o == h.as_str()))
                 .map(|h| {
                     (
                         format!("{ns}/{h}"),
@@ -512,7 +542,14 @@ pub fn service_entries(res: &Resources, mesh: &MeshSettings) -> Vec<NamedAddress
                 uid: uid.clone(),
                 name: e.metadata.name.clone(),
                 namespace: ns.clone(),
-                addresses: vec![ip_bytes(ip)],
+                addresses: match &at {
+                    EntryEndpoint::Ip(ip) => vec![ip_bytes(*ip)],
+                    EntryEndpoint::Name(_) => Vec::new(),
+                },
+                hostname: match &at {
+                    EntryEndpoint::Ip(_) => String::new(),
+                    EntryEndpoint::Name(n) => n.clone(),
+                },
                 tunnel_protocol: pb::TunnelProtocol::None as i32,
                 trust_domain: mesh.trust_domain.clone(),
                 service_account: ep
@@ -535,6 +572,12 @@ pub fn service_entries(res: &Resources, mesh: &MeshSettings) -> Vec<NamedAddress
         }
     }
     out
+}
+
+/// A ServiceEntry endpoint: an address, or a name the proxies resolve.
+enum EntryEndpoint {
+    Ip(IpAddr),
+    Name(String),
 }
 
 /// Every Address resource for `res`, sorted by name.

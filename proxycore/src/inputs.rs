@@ -144,6 +144,36 @@ impl ProxyInputs {
     }
 
     /// Connects from the pod's namespace with ztunnel's mark.
+    /// Where to reach `w` on `port`: its address; for a workload known by name (WDS
+    /// `hostname`, a ServiceEntry endpoint with DNS resolution) the name resolved now: a
+    /// service of the workload state by that name (one of its endpoints with an address),
+    /// else the system resolver (docs/GATEWAY.md, "Egress").
+    pub async fn address_of(
+        &self,
+        w: &crate::state::Workload,
+        port: u16,
+    ) -> std::io::Result<SocketAddr> {
+        if let Some(ip) = w.addresses.first() {
+            return Ok(SocketAddr::new(*ip, port));
+        }
+        let missing = |why: String| std::io::Error::new(std::io::ErrorKind::NotFound, why);
+        if w.hostname.is_empty() {
+            return Err(missing(format!("workload {} has no address", w.name)));
+        }
+        if let Some(svc) = self.state.service_by_host(&w.hostname, &w.namespace) {
+            let ep = self
+                .state
+                .pick_endpoint_in(&svc, port, |e| !e.addresses.is_empty());
+            if let Some(ep) = ep {
+                return Ok(SocketAddr::new(ep.workload.addresses[0], ep.port));
+            }
+        }
+        tokio::net::lookup_host((w.hostname.as_str(), port))
+            .await?
+            .next()
+            .ok_or_else(|| missing(format!("{} resolves to no address", w.hostname)))
+    }
+
     pub async fn connect(
         &self,
         dst: SocketAddr,

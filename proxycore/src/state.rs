@@ -75,6 +75,10 @@ pub struct Workload {
     /// Where it runs (WDS `locality`), for locality-aware load balancing.
     #[serde(default)]
     pub locality: Option<Locality>,
+    /// A name resolved when connecting, for a workload without addresses (WDS `hostname`:
+    /// a ServiceEntry endpoint with DNS resolution).
+    #[serde(default)]
+    pub hostname: String,
 }
 
 /// A workload's region, zone and subzone (any of them may be empty).
@@ -563,7 +567,10 @@ impl State {
     ) -> impl Iterator<Item = (&'a Arc<Workload>, u16)> + 'a {
         members
             .iter()
-            .filter(|w| w.status == HealthStatus::Healthy && !w.addresses.is_empty())
+            .filter(|w| {
+                w.status == HealthStatus::Healthy
+                    && (!w.addresses.is_empty() || !w.hostname.is_empty())
+            })
             .filter(|w| keep(w))
             .filter_map(move |w| Self::target_port(svc, w, port).map(|p| (w, p)))
     }

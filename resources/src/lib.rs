@@ -438,6 +438,17 @@ pub struct LabelSelectorMap {
     pub labels: BTreeMap<String, String>,
 }
 
+/// Whether `s` is a DNS name (letters, digits, `-`, dot-separated labels).
+fn dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 impl ServiceEntrySpec {
     pub fn resolution(&self) -> &str {
         self.resolution.as_deref().unwrap_or("NONE")
@@ -483,9 +494,15 @@ impl ServiceEntrySpec {
             let Some(a) = &e.address else {
                 return Err(format!("spec.endpoints[{i}].address: required"));
             };
-            if a.parse::<std::net::IpAddr>().is_err() {
+            let dns = matches!(self.resolution(), "DNS" | "DNS_ROUND_ROBIN");
+            if a.parse::<std::net::IpAddr>().is_err() && !(dns && dns_name(a)) {
                 return Err(format!(
-                    "spec.endpoints[{i}].address: {a:?} is not an IP (endpoints by name are not resolved)"
+                    "spec.endpoints[{i}].address: {a:?} is not an IP{}",
+                    if dns {
+                        " or a DNS name"
+                    } else {
+                        " (names only with resolution DNS)"
+                    }
                 ));
             }
             for name in e.ports.keys() {

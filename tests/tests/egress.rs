@@ -108,6 +108,26 @@ spec:
   resolution: STATIC
   workloadSelector:
     labels: {{app: web}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: api
+  namespace: outside
+spec:
+  selector: {{app: api}}
+  ports: [{{port: 9080, name: http}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: by-name
+spec:
+  hosts: [byname.external.test]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 9080}}]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  endpoints: [{{address: api.outside.svc.cluster.local}}]
 "
         ),
     );
@@ -135,6 +155,8 @@ spec:
         "{}",
         mesh.logs()
     );
+    // DNS with an endpoint by name: ztunnel resolves the name when it connects.
+    get("http://byname.external.test/details/0", "details-v1");
     // NONE: the name answers the address itself; the traffic goes where it was addressed.
     get("http://legacy.external.test:9080/details/0", "details-v1");
     assert!(

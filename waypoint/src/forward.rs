@@ -596,7 +596,7 @@ async fn exchange(
             Upstream::Whole(parts, body) => rebuild(parts, full(body)),
             Upstream::Built(req) => req,
         };
-        return crate::origin::exchange(p, req, tls).await;
+        return crate::origin::exchange(&wp.pi, p, req, tls).await;
     }
     let ip = p.w.addresses.first().copied();
     let key: h1::Key = (

@@ -13,7 +13,6 @@
 //! Each request has a connection of its own (no pooling towards outside endpoints).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -35,14 +34,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends `req` to the outside endpoint `p`, over TLS when `tls` originates it.
 pub async fn exchange(
+    pi: &proxycore::ProxyInputs,
     p: &Picked,
     req: Request<Body>,
     tls: Option<&ClientTls>,
 ) -> Result<Response<Body>, Failure> {
-    let ip = *p.w.addresses.first().ok_or_else(|| {
-        Failure::NoHealthyUpstream(format!("workload {} has no address", p.w.name))
-    })?;
-    let addr = SocketAddr::new(ip, p.port);
+    let addr = pi
+        .address_of(&p.w, p.port)
+        .await
+        .map_err(|e| Failure::NoHealthyUpstream(format!("{}: {e}", p.w.name)))?;
     if tls.is_some_and(|t| t.mode.as_deref() == Some("ISTIO_MUTUAL")) {
         return Err(Failure::ConnectFailed(format!(
             "tls mode ISTIO_MUTUAL: {} ({addr}) is outside the mesh",

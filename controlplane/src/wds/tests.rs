@@ -414,4 +414,53 @@ spec:
         .unwrap_err()
         .to_string();
     assert!(e.contains("spec.endpoints[0].address"), "{e}");
+    assert!(e.contains("names only with resolution DNS"), "{e}");
+}
+
+#[test]
+fn dns_service_entries_become_workloads_known_by_name() {
+    let mut res = Resources::default();
+    res.add_text(
+        "dns.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: by-name, namespace: default}
+spec:
+  hosts: [api.external.test]
+  ports: [{number: 443, name: https, protocol: TLS}]
+  resolution: DNS
+  endpoints: [{address: api-1.example.com}, {address: 192.0.2.7}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: hosts-only, namespace: default}
+spec:
+  hosts: [a.example.org, b.example.org]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+",
+    )
+    .unwrap();
+    let all = addresses(&res, &MeshSettings::default());
+    let outside: Vec<&pb::Workload> = all
+        .iter()
+        .filter_map(|a| match &a.address.r#type {
+            Some(pb::address::Type::Workload(w)) if w.uid.contains("ServiceEntry") => Some(w),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(outside.len(), 4, "{outside:?}");
+    let named = |h: &str| outside.iter().find(|w| w.hostname == h).unwrap();
+    let api1 = named("api-1.example.com");
+    assert!(api1.addresses.is_empty());
+    assert!(api1.services.contains_key("default/api.external.test"));
+    // Without endpoints each host is resolved itself, and serves only itself.
+    let a = named("a.example.org");
+    assert_eq!(
+        a.services.keys().collect::<Vec<_>>(),
+        ["default/a.example.org"]
+    );
+    assert!(outside
+        .iter()
+        .any(|w| w.addresses.first() == Some(&vec![192, 0, 2, 7]) && w.hostname.is_empty()));
 }

@@ -162,6 +162,7 @@ pub fn convert_workload(w: pb::Workload) -> Result<Workload, ConvertError> {
         services,
         authorization_policies: w.authorization_policies,
         waypoint: waypoint(&r, "waypoint", w.waypoint)?,
+        hostname: w.hostname,
         locality: w.locality.map(|l| super::Locality {
             region: l.region,
             zone: l.zone,

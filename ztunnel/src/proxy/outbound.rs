@@ -167,17 +167,17 @@ pub async fn establish(
             return (r, up);
         }
     };
-    let dst_ip = workload.addresses[0];
     facts.dst_workload = Some(workload.clone());
     facts.dst_service = service.clone();
-    // A waypoint is asked for the original destination; a workload for its own address and
-    // target port.
-    let target = if via_waypoint {
-        orig
-    } else {
-        SocketAddr::new(dst_ip, port)
-    };
     if !via_waypoint && workload.tunnel_protocol == TunnelProtocol::None {
+        // Plain TCP to its address (or the name it is known by, resolved now).
+        let target = match pi.address_of(&workload, port).await {
+            Ok(t) => t,
+            Err(e) => {
+                let unresolved = SocketAddr::new(orig.ip(), port);
+                return (record(facts), Err(ProxyError::Connect(unresolved, e)));
+            }
+        };
         facts.dst_addr = Some(target);
         let r = record(facts);
         let up = pi
@@ -187,6 +187,17 @@ pub async fn establish(
             .map_err(|e| ProxyError::Connect(target, e));
         return (r, up);
     }
+    let Some(&dst_ip) = workload.addresses.first() else {
+        let e = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+        return (record(facts), Err(ProxyError::Connect(orig, e)));
+    };
+    // A waypoint is asked for the original destination; a workload for its own address and
+    // target port.
+    let target = if via_waypoint {
+        orig
+    } else {
+        SocketAddr::new(dst_ip, port)
+    };
     // HBONE to the workload's ztunnel.
     let src_id = pi.local_identity();
     let mut expected = vec![workload.identity()];
