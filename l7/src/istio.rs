@@ -800,6 +800,7 @@ pub fn grpc_code(name: &str) -> Option<u32> {
 
 pub mod delegate;
 mod validate;
+pub use validate::dns_name;
 pub use validate::RETRY_ON;
 
 /// An address or CIDR (`10.0.0.0/8`, `10.1.2.3`), as (network, prefix length).

@@ -438,17 +438,6 @@ pub struct LabelSelectorMap {
     pub labels: BTreeMap<String, String>,
 }
 
-/// Whether `s` is a DNS name (letters, digits, `-`, dot-separated labels).
-fn dns_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-}
-
 impl ServiceEntrySpec {
     pub fn resolution(&self) -> &str {
         self.resolution.as_deref().unwrap_or("NONE")
@@ -495,7 +484,7 @@ impl ServiceEntrySpec {
                 return Err(format!("spec.endpoints[{i}].address: required"));
             };
             let dns = matches!(self.resolution(), "DNS" | "DNS_ROUND_ROBIN");
-            if a.parse::<std::net::IpAddr>().is_err() && !(dns && dns_name(a)) {
+            if a.parse::<std::net::IpAddr>().is_err() && !(dns && l7::istio::dns_name(a)) {
                 return Err(format!(
                     "spec.endpoints[{i}].address: {a:?} is not an IP{}",
                     if dns {

@@ -384,13 +384,7 @@ spec:
         svc("legacy.external.test").addresses[0].address,
         vec![192, 0, 2, 20]
     );
-    let outside: Vec<&pb::Workload> = all
-        .iter()
-        .filter_map(|a| match &a.address.r#type {
-            Some(pb::address::Type::Workload(w)) if w.uid.contains("ServiceEntry") => Some(w),
-            _ => None,
-        })
-        .collect();
+    let outside = entry_workloads(&all);
     // Two STATIC endpoints (one with its own port), and NONE's address itself.
     assert_eq!(outside.len(), 3, "{outside:?}");
     let ep11 = outside
@@ -442,13 +436,7 @@ spec:
     )
     .unwrap();
     let all = addresses(&res, &MeshSettings::default());
-    let outside: Vec<&pb::Workload> = all
-        .iter()
-        .filter_map(|a| match &a.address.r#type {
-            Some(pb::address::Type::Workload(w)) if w.uid.contains("ServiceEntry") => Some(w),
-            _ => None,
-        })
-        .collect();
+    let outside = entry_workloads(&all);
     assert_eq!(outside.len(), 4, "{outside:?}");
     let named = |h: &str| outside.iter().find(|w| w.hostname == h).unwrap();
     let api1 = named("api-1.example.com");
@@ -463,4 +451,14 @@ spec:
     assert!(outside
         .iter()
         .any(|w| w.addresses.first() == Some(&vec![192, 0, 2, 7]) && w.hostname.is_empty()));
+}
+
+/// The Workloads made from ServiceEntries.
+fn entry_workloads(all: &[NamedAddress]) -> Vec<&pb::Workload> {
+    all.iter()
+        .filter_map(|a| match &a.address.r#type {
+            Some(pb::address::Type::Workload(w)) if w.uid.contains("ServiceEntry") => Some(w),
+            _ => None,
+        })
+        .collect()
 }

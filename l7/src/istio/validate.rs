@@ -574,8 +574,9 @@ impl ClientTls {
     }
 }
 
-/// Whether `s` is a DNS name a TLS client can send as SNI.
-fn dns_name(s: &str) -> bool {
+/// Whether `s` is a DNS name (dot-separated labels of letters, digits and `-`), as SNI
+/// and ServiceEntry endpoints take.
+pub fn dns_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && s.split('.').all(|l| {
