@@ -1,7 +1,8 @@
 //! Locality load balancing at a waypoint (docs/WIRE.md §8, DR-19..22): the waypoint's
 //! locality from its node's labels, the endpoints' from their `istio-locality` label; with
 //! outlier detection the endpoints of the waypoint's own zone take the traffic until they
-//! are ejected, then the next zone's; `distribute` sends it where its weights say.
+//! are ejected, then the next zone's; `distribute` sends it where its weights say. Also
+//! the `x-request-id` the waypoint gives requests without one.
 
 use keelson_tests::mesh::{eventually_sync as eventually, Mesh, WAYPOINT};
 
@@ -84,6 +85,32 @@ metadata:
         ),
     );
     mesh.ok(&["apply", "-f", nodes.to_str().unwrap()]);
+    // The waypoint gives each request an x-request-id (a UUID) unless it has one.
+    let headers = |extra: &[&str]| {
+        let mut cmd = vec!["curl", "-s", "-m", "10"];
+        cmd.extend_from_slice(extra);
+        cmd.push("http://details:9080/headers");
+        mesh.exec("curl", &cmd).stdout.to_ascii_lowercase()
+    };
+    let mut echoed = String::new();
+    assert!(
+        eventually(15, || {
+            echoed = headers(&[]);
+            echoed.contains("x-request-id")
+        }),
+        "{echoed}"
+    );
+    let id = echoed
+        .split("x-request-id")
+        .nth(1)
+        .and_then(|rest| {
+            rest.split(|c: char| !(c.is_ascii_hexdigit() || c == '-'))
+                .find(|t| t.len() == 36)
+        })
+        .unwrap_or_else(|| panic!("no UUID in {echoed}"));
+    assert_eq!(id.as_bytes()[14], b'4', "{id}");
+    assert!(headers(&["-H", "x-request-id: mine-1"]).contains("mine-1"));
+
     // No DestinationRule: both zones answer.
     let mut seen = (0, 0);
     assert!(

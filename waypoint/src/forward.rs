@@ -137,6 +137,11 @@ impl Context {
 
     async fn handle_request(&self, mut req: Request<ReqBody>, id: u64) -> Response<Body> {
         let started = Instant::now();
+        // The request's id, kept when the client sent one, else made here, so the app and
+        // the calls it makes share one (docs/WIRE.md §8).
+        if !req.headers().contains_key(X_REQUEST_ID) {
+            req.headers_mut().insert(X_REQUEST_ID, request_id());
+        }
         let method = req.method().clone();
         // Both shared with the request's own buffers (no copies): the request may be
         // rewritten, the access log shows it as it came.
@@ -553,6 +558,25 @@ pub(crate) async fn fetch(
     exchange(wp, p, client, Upstream::Built(req), 0, tls).await
 }
 
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// A new `x-request-id`: a random UUID (version 4, RFC 9562 §5.4).
+fn request_id() -> http::HeaderValue {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let id = format!(
+        "{}-{}-{}-{}-{}",
+        h(0..4),
+        h(4..6),
+        h(6..8),
+        h(8..10),
+        h(10..16)
+    );
+    http::HeaderValue::from_str(&id).expect("hex digits and dashes")
+}
+
 /// A request as it goes to an endpoint.
 enum Upstream<'a> {
     /// Its head and whole body: spoken by [`h1`] on a kept or new connection (HTTP/1.1), or
@@ -824,6 +848,17 @@ fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
 #[cfg(test)]
 mod tests {
     use super::strip_hop_by_hop;
+
+    #[test]
+    fn request_ids_are_version_4_uuids() {
+        let a = super::request_id();
+        let a = a.to_str().unwrap();
+        assert_eq!(a.len(), 36);
+        assert_eq!(a.as_bytes()[14], b'4');
+        assert!(matches!(a.as_bytes()[19], b'8' | b'9' | b'a' | b'b'), "{a}");
+        assert_eq!(a.matches('-').count(), 4);
+        assert_ne!(a, super::request_id().to_str().unwrap());
+    }
     use http::{HeaderMap, HeaderValue};
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
