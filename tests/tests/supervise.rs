@@ -226,8 +226,18 @@ fn a_requested_ztunnel_restart_fails_no_request() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     let said = mesh.ok(&["restart", &format!("ztunnel/{node}")]);
     assert!(said.contains("restarted"), "{said}");
+    let at_restart = made.load(Ordering::SeqCst);
     let slow = slow.join().unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    // Traffic goes on until ten requests in all, five of them after the restart (counted,
+    // not timed: a loaded machine makes fewer per second), within a bound.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let n = made.load(Ordering::SeqCst);
+        if n >= 10 && n >= at_restart + 5 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     stop.store(true, Ordering::SeqCst);
     let errors = traffic.join().unwrap();
     let (made, failed) = (made.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
