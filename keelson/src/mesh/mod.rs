@@ -417,12 +417,20 @@ pub fn down(paths: &Paths) -> Result<()> {
         for pr in s.procs.iter().filter(|p| p.role == "supervisor") {
             stop(pr, Duration::from_secs(2));
         }
+        // What the supervisor started again (a restarted ztunnel) runs under a pid of its
+        // record, not of `mesh.json`.
+        let restarted = supervise::Record::load(paths);
+        let current = |pr: &ProcRecord| restarted.current(pr).clone();
         for p in &s.pods {
             for pr in &p.procs {
-                stop(pr, Duration::from_secs(2));
+                stop(&current(pr), Duration::from_secs(2));
             }
         }
         for pr in s.procs.iter().rev() {
+            let now = current(pr);
+            if now.pid != pr.pid {
+                stop(&now, Duration::from_secs(2));
+            }
             stop(pr, Duration::from_secs(2));
         }
         for n in s
