@@ -237,6 +237,6 @@ mod tests {
         let mut names: Vec<_> = READ.iter().map(|k| (k.group, k.plural)).collect();
         names.dedup();
         assert_eq!(names.len(), READ.len());
-        assert_eq!(READ[4].api_version(), "gateway.networking.k8s.io/v1");
+        assert_eq!(READ[5].api_version(), "gateway.networking.k8s.io/v1");
     }
 }
