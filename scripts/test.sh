@@ -24,7 +24,7 @@ echo "== test";   cargo test --workspace -- --test-threads=4
 echo "== test (eBPF redirection)"
 KEELSON_TEST_REDIRECT=ebpf cargo test -p keelson-tests \
   --test inpod --test mesh --test dns --test authz --test waypoint --test supervise \
-  --test l4 --test policy_matrix --test drain --test enrol --test gateway -- --test-threads=4
+  --test l4 --test policy_matrix --test drain --test gateway -- --test-threads=4
 # Every fuzz target for a bounded time (docs/HARDENING.md; longer runs: scripts/fuzz.sh N).
 echo "== fuzz";   bash scripts/fuzz.sh 10
 leftover=$(ip netns list | grep -c '^kt' || true)
