@@ -239,6 +239,33 @@ pub fn authorization(
     })
 }
 
+/// Where a policy of `ns` attaches by the target `t` (docs/WIRE.md §8): a GatewayClass
+/// `istio-waypoint` from the root namespace, every waypoint (AP-40); a Gateway, the pods
+/// of that Gateway in `ns`; a Service, the requests addressed to it. Into (every waypoint,
+/// waypoint uids, service hostnames).
+fn attach(
+    t: &l7::authz::TargetRef,
+    ns: &str,
+    res: &Resources,
+    mesh: &MeshSettings,
+    (all, uids, hosts): (&mut bool, &mut Vec<String>, &mut Vec<String>),
+) {
+    match t.kind.as_str() {
+        "GatewayClass" => *all |= t.name == "istio-waypoint" && ns == mesh.root_namespace,
+        "Gateway" => uids.extend(
+            res.pods
+                .iter()
+                .filter(|pod| ns_of(&pod.metadata.namespace) == ns)
+                .filter(|pod| {
+                    pod.metadata.labels.get(resources::labels::GATEWAY_NAME) == Some(&t.name)
+                })
+                .map(|pod| format!("{}//Pod/{ns}/{}", mesh.cluster_id, pod.metadata.name)),
+        ),
+        "Service" => hosts.push(format!("{}.{ns}.svc.{}", t.name, mesh.domain_suffix)),
+        _ => {}
+    }
+}
+
 /// The WDS uids of the pods that serve ingress gateways.
 fn ingress_gateway_pods(res: &Resources, mesh: &MeshSettings) -> BTreeSet<String> {
     crate::ingress::translate(res, mesh)
@@ -511,25 +538,17 @@ pub fn waypoint_policies(
             ..Default::default()
         };
         for t in p.spec.targets() {
-            match t.kind.as_str() {
-                "GatewayClass" => {
-                    wp.all_waypoints |= t.name == "istio-waypoint" && ns == mesh.root_namespace
-                }
-                "Gateway" => wp.waypoint_uids.extend(
-                    res.pods
-                        .iter()
-                        .filter(|pod| ns_of(&pod.metadata.namespace) == ns)
-                        .filter(|pod| {
-                            pod.metadata.labels.get(resources::labels::GATEWAY_NAME)
-                                == Some(&t.name)
-                        })
-                        .map(|pod| format!("{}//Pod/{ns}/{}", mesh.cluster_id, pod.metadata.name)),
+            attach(
+                t,
+                ns,
+                res,
+                mesh,
+                (
+                    &mut wp.all_waypoints,
+                    &mut wp.waypoint_uids,
+                    &mut wp.service_hostnames,
                 ),
-                "Service" => wp
-                    .service_hostnames
-                    .push(format!("{}.{ns}.svc.{}", t.name, mesh.domain_suffix)),
-                _ => {}
-            }
+            );
         }
         out.push(wp);
     }
@@ -586,25 +605,17 @@ pub fn request_authentications(
         ra.waypoint_uids = at_gateways.unwrap_or_default();
         for t in r.spec.targets() {
             targeted = true;
-            match t.kind.as_str() {
-                "GatewayClass" => {
-                    ra.all_waypoints |= t.name == "istio-waypoint" && ns == mesh.root_namespace
-                }
-                "Gateway" => ra.waypoint_uids.extend(
-                    res.pods
-                        .iter()
-                        .filter(|pod| ns_of(&pod.metadata.namespace) == ns)
-                        .filter(|pod| {
-                            pod.metadata.labels.get(resources::labels::GATEWAY_NAME)
-                                == Some(&t.name)
-                        })
-                        .map(|pod| format!("{}//Pod/{ns}/{}", mesh.cluster_id, pod.metadata.name)),
+            attach(
+                t,
+                ns,
+                res,
+                mesh,
+                (
+                    &mut ra.all_waypoints,
+                    &mut ra.waypoint_uids,
+                    &mut ra.service_hostnames,
                 ),
-                "Service" => ra
-                    .service_hostnames
-                    .push(format!("{}.{ns}.svc.{}", t.name, mesh.domain_suffix)),
-                _ => {}
-            }
+            );
         }
         if !targeted {
             if ns == mesh.root_namespace {
