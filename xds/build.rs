@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "proto/zds.proto",
     "proto/discovery.proto",
     "proto/l7.proto",
+    "proto/otlp_trace.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -200,7 +200,17 @@ impl Snapshot {
                 r.encode_to_vec(),
             );
         }
+        for t in tracing(res, mesh) {
+            // Resource names are never empty: "mesh", or "namespace/<ns>".
+            let name = if t.namespace.is_empty() {
+                "mesh".to_string()
+            } else {
+                format!("namespace/{}", t.namespace)
+            };
+            s.insert(xds::type_url::TRACING, &name, t.encode_to_vec());
+        }
         for t in [
+            xds::type_url::TRACING,
             xds::type_url::REQUEST_AUTHENTICATION,
             xds::type_url::INGRESS_GATEWAY,
             xds::type_url::WAYPOINT_POLICY,
@@ -293,6 +303,43 @@ pub fn delegated_virtual_services(
                 tracing::warn!(virtual_service = %format!("{ns}/{name}"), "{n}");
             }
             (ns, name, spec)
+        })
+        .collect()
+}
+
+/// The mesh config: the `mesh` key of the `istio` ConfigMap in the root namespace (checked
+/// when read, so a bad one never gets here).
+pub fn mesh_config(res: &Resources, mesh: &MeshSettings) -> l7::telemetry::MeshConfig {
+    res.mesh_configs
+        .iter()
+        .find(|c| c.metadata.namespace.as_deref() == Some(mesh.root_namespace.as_str()))
+        .and_then(|c| c.data.get("mesh"))
+        .and_then(|text| l7::telemetry::parse_mesh_config(text).ok())
+        .unwrap_or_default()
+}
+
+/// Tracing per namespace, for waypoints and gateways (docs/OBSERVABILITY.md).
+pub fn tracing(res: &Resources, mesh: &MeshSettings) -> Vec<xds::l7::Tracing> {
+    let config = mesh_config(res, mesh);
+    let telemetries: Vec<l7::telemetry::Telemetry<'_>> = res
+        .telemetries
+        .iter()
+        .map(|t| l7::telemetry::Telemetry {
+            namespace: t.metadata.namespace.as_deref().unwrap_or("default"),
+            name: &t.metadata.name,
+            spec: &t.spec,
+        })
+        .collect();
+    l7::telemetry::resolve(&config, &telemetries, &mesh.root_namespace)
+        .into_iter()
+        .map(|t| xds::l7::Tracing {
+            namespace: t.namespace,
+            provider: t.provider,
+            service: t.service,
+            port: t.port.into(),
+            sampling: t.sampling,
+            disabled: t.disabled,
+            source: t.source,
         })
         .collect()
 }

@@ -16,6 +16,8 @@
 //! HTTP/1.1 Upgrade that echoes bytes) and `/requests` (how many requests it has served).
 //! With `TLS_CERT` and `TLS_KEY` (PEM files) an app serves HTTPS instead, and with
 //! `TLS_CLIENT_CA` asks clients for a certificate that CA signed.
+//! `collector` is not bookinfo either: an OTLP/gRPC trace receiver that logs each span
+//! (`apps/collector.rs`).
 //! `raw` is not bookinfo: a hand-written HTTP/1.1 server whose answers hyper's server would
 //! never produce (chunk extensions and trailers, close-delimited bodies, conflicting
 //! lengths), for testing the waypoint's upstream client.
@@ -33,6 +35,7 @@ use hyper::{Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 
 mod bookinfo;
+pub mod collector;
 pub mod fortio;
 mod weather;
 
@@ -49,6 +52,7 @@ pub const APPS: &[&str] = &[
     "httpbin",
     "echo",
     "raw",
+    "collector",
 ];
 
 /// The weather demo's apps (`apps/weather.rs`).
@@ -103,6 +107,9 @@ pub fn run(opts: AppOptions) -> Result<()> {
         .build()?;
     if opts.name == "raw" {
         return rt.block_on(raw::serve(opts.port));
+    }
+    if opts.name == "collector" {
+        return rt.block_on(collector::serve(opts.port));
     }
     let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
     rt.block_on(serve(Arc::new(App {

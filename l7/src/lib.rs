@@ -13,6 +13,7 @@ pub mod jwt;
 pub mod locality;
 pub mod retry;
 pub mod table;
+pub mod telemetry;
 pub mod vsroute;
 
 /// A redirect's status code, as both APIs allow it (GW-26, VS-47; each has its own

@@ -252,8 +252,9 @@ impl Metrics {
     }
 }
 
-/// `istio_build{component="ztunnel",tag=...} 1`.
-pub fn register_build(registry: &mut Registry) {
+/// `istio_build{component=...,tag=...} 1`: `ztunnel` for ztunnel, `proxy` for the
+/// waypoint and the gateway (as Istio's Envoy proxies report it).
+pub fn register_build(registry: &mut Registry, component: &'static str) {
     #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
     struct Build {
         component: &'static str,
@@ -261,9 +262,51 @@ pub fn register_build(registry: &mut Registry) {
     }
     let f: Family<Build, Gauge> = Family::default();
     f.get_or_create(&Build {
-        component: "ztunnel",
+        component,
         tag: env!("CARGO_PKG_VERSION"),
     })
     .set(1);
     registry.register("istio_build", "Istio component build info", f);
+}
+
+/// `istio_agent_cert_expiry_seconds{resource_name=<identity>}`: the seconds left before
+/// each held certificate expires (negative once expired), read from the store at each
+/// scrape.
+pub struct CertExpiry(pub identity::CertStore);
+
+impl std::fmt::Debug for CertExpiry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CertExpiry")
+    }
+}
+
+impl prometheus_client::collector::Collector for CertExpiry {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+        struct Resource {
+            resource_name: String,
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()) as f64;
+        let mut family = encoder.encode_descriptor(
+            "istio_agent_cert_expiry_seconds",
+            "The time remaining, in seconds, before the certificate chain will expire; negative once expired",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for c in self.0.summaries() {
+            let Some(after) = c.not_after else { continue };
+            let labels = Resource {
+                resource_name: c.identity,
+            };
+            prometheus_client::metrics::gauge::ConstGauge::new(after as f64 - now)
+                .encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
 }

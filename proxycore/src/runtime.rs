@@ -59,12 +59,18 @@ impl Builder {
         tracing::info!(config = %serde_json::to_string(cfg.as_ref()).unwrap_or_default(), "starting {}", self.name);
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
-        metrics::register_build(&mut registry);
+        let component = if self.name == "ztunnel" {
+            "ztunnel"
+        } else {
+            "proxy"
+        };
+        metrics::register_build(&mut registry, component);
         let readiness = Readiness::default();
         readiness.register("certificate");
         readiness.register("proxy");
         let state = load_state(&cfg, &readiness, &metrics, self.subscriptions)?;
         let certs = CertStore::new(certificate_source(&cfg)?);
+        registry.register_collector(Box::new(metrics::CertExpiry(certs.clone())));
         Ok(Runtime {
             name: self.name,
             cfg,

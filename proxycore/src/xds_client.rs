@@ -304,13 +304,15 @@ impl XdsClient {
         .map_err(|e| (e, false))?;
         let mut client = AggregatedDiscoveryServiceClient::with_interceptor(channel, auth)
             .max_decoding_message_size(MAX_MESSAGE);
-        let (tx, rx) = mpsc::channel(8);
         let node = node(&self.cfg);
         let types: Vec<&'static str> = WATCHED
             .iter()
             .copied()
             .chain(self.subscriptions.iter().map(|s| s.type_url()))
             .collect();
+        // Room for every initial request: they are queued before the stream is opened (and
+        // read), so a smaller queue than the types subscribed would wait forever.
+        let (tx, rx) = mpsc::channel(types.len() + 8);
         for t in &types {
             let held = &self.held[t];
             tx.send(DeltaDiscoveryRequest {

@@ -101,6 +101,9 @@ pub const READ: &[ApiKind] = &[
         "peerauthentications",
         true,
     ),
+    kind("telemetry.istio.io", "v1", "Telemetry", "telemetries", true),
+    // Only `istio` (the mesh config) is kept of them.
+    kind("", "v1", "ConfigMap", "configmaps", true),
 ];
 
 /// Verbs the control plane uses on a resource it writes, and why.

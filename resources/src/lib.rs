@@ -573,6 +573,23 @@ pub struct DestinationRule {
     pub spec: l7::istio::DestinationRuleSpec,
 }
 
+/// A ConfigMap: only Istio's mesh config (`istio` in the root namespace, key `mesh`) is kept.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConfigMap {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+}
+
+/// An Istio `Telemetry` (telemetry.istio.io); its tracing part is read
+/// (docs/OBSERVABILITY.md).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Telemetry {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: l7::telemetry::TelemetrySpec,
+}
+
 /// Every resource read from the files, by kind.
 #[derive(Debug, Clone, Default)]
 pub struct Resources {
@@ -593,6 +610,9 @@ pub struct Resources {
     pub request_authentications: Vec<RequestAuthentication>,
     pub virtual_services: Vec<VirtualService>,
     pub destination_rules: Vec<DestinationRule>,
+    /// ConfigMaps named `istio` (Istio's mesh config).
+    pub mesh_configs: Vec<ConfigMap>,
+    pub telemetries: Vec<Telemetry>,
     /// Kinds read but not (yet) translated, with their count, for `keelson status`.
     pub ignored: BTreeMap<String, usize>,
 }
@@ -641,6 +661,8 @@ impl Resources {
             .extend(other.request_authentications);
         self.virtual_services.extend(other.virtual_services);
         self.destination_rules.extend(other.destination_rules);
+        self.mesh_configs.extend(other.mesh_configs);
+        self.telemetries.extend(other.telemetries);
         for (k, n) in other.ignored {
             *self.ignored.entry(k).or_default() += n;
         }
@@ -770,6 +792,25 @@ impl Resources {
                 let r: DestinationRule = typed(value).map_err(bad)?;
                 r.spec.validate().map_err(bad)?;
                 self.destination_rules.push(r)
+            }
+            // Only Istio's mesh config is of use; other ConfigMaps are read and dropped.
+            "ConfigMap" if name != "istio" => {}
+            "ConfigMap" => {
+                let c: ConfigMap = typed(value).map_err(bad)?;
+                if let Some(text) = c.data.get("mesh") {
+                    l7::telemetry::parse_mesh_config(text).map_err(bad)?;
+                }
+                self.mesh_configs.push(c)
+            }
+            "Telemetry"
+                if value
+                    .get("apiVersion")
+                    .and_then(|v| v.as_str())
+                    .is_some_and(|v| v.starts_with("telemetry.istio.io/")) =>
+            {
+                let t: Telemetry = typed(value).map_err(bad)?;
+                t.spec.validate().map_err(bad)?;
+                self.telemetries.push(t)
             }
             "" => return Err(bad("no kind".into())),
             other => *self.ignored.entry(other.to_string()).or_default() += 1,

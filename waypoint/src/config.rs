@@ -68,6 +68,21 @@ pub fn decode_destination_rule(bytes: &[u8]) -> Result<DestinationRule, String> 
     })
 }
 
+/// Tracing settings from the control plane, checked.
+pub fn decode_tracing(bytes: &[u8]) -> Result<xds::l7::Tracing, String> {
+    let t = xds::l7::Tracing::decode(bytes).map_err(|e| format!("decode: {e}"))?;
+    if !(0.0..=100.0).contains(&t.sampling) {
+        return Err(format!("sampling {} is not within 0 to 100", t.sampling));
+    }
+    if !t.disabled && (t.service.is_empty() || t.port == 0 || t.port > 65535) {
+        return Err(format!(
+            "collector {}:{} is not an address",
+            t.service, t.port
+        ));
+    }
+    Ok(t)
+}
+
 /// A RequestAuthentication attached to waypoints, with what it attaches to.
 #[derive(Debug)]
 pub struct WaypointAuthn {
@@ -157,6 +172,8 @@ struct Cache {
     /// By gateway key and port.
     gateway_vs: HashMap<(String, u16), Arc<Option<VsTable>>>,
     authentications: Vec<Arc<WaypointAuthn>>,
+    /// The proxy's tracing settings, once looked up.
+    tracing: Option<Option<Arc<xds::l7::Tracing>>>,
     /// The JWT rules that apply, by destination service hostname.
     authenticators: HashMap<String, Arc<l7::authn::Authenticator>>,
 }
@@ -259,6 +276,24 @@ impl L7Config {
             c.any_policy = c.destination_rules.iter().any(|d| sets_policy(&d.spec));
         }
         f(&mut c)
+    }
+
+    /// The tracing settings of a proxy in `namespace` (its namespace's, else the mesh's);
+    /// `None` when no spans are to be reported.
+    pub fn tracing(&self, state: &State, namespace: &str) -> Option<Arc<xds::l7::Tracing>> {
+        self.with(state, |c| {
+            c.tracing
+                .get_or_insert_with(|| {
+                    self.store.read(|r| {
+                        r.tracing
+                            .get(&format!("namespace/{namespace}"))
+                            .or_else(|| r.tracing.get("mesh"))
+                            .filter(|t| !t.disabled)
+                            .cloned()
+                    })
+                })
+                .clone()
+        })
     }
 
     /// The HTTPRoute table for `frontend`; `None` inside when no route attaches to it.

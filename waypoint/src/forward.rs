@@ -142,6 +142,22 @@ impl Context {
         if !req.headers().contains_key(X_REQUEST_ID) {
             req.headers_mut().insert(X_REQUEST_ID, request_id());
         }
+        // The request's trace, when this proxy reports spans (docs/OBSERVABILITY.md).
+        let trace = self
+            .wp
+            .config
+            .tracing(&self.wp.pi.state, &self.wp.pi.local_ns)
+            .map(|t| crate::trace::RequestTrace::begin(req.headers(), t.sampling));
+        let request_id = trace
+            .as_ref()
+            .filter(|t| t.sampled)
+            .and_then(|_| req.headers().get(X_REQUEST_ID).cloned());
+        // Head and body; a streaming body by its declared length (docs/OBSERVABILITY.md).
+        let request_bytes = crate::metrics::head_bytes(req.headers())
+            + match req.body() {
+                ReqBody::Held(b) => b.len() as u64,
+                ReqBody::Stream(b) => hyper::body::Body::size_hint(b).lower(),
+            };
         let method = req.method().clone();
         // Both shared with the request's own buffers (no copies): the request may be
         // rewritten, the access log shows it as it came.
@@ -208,7 +224,7 @@ impl Context {
                 tries: 0,
             },
             Action::Forward(backend) => {
-                let work = self.forward(req, backend, &up_host, &retry, mirrors);
+                let work = self.forward(req, backend, &up_host, &retry, mirrors, trace.as_ref());
                 match timeout {
                     None => work.await,
                     Some(limit) => match tokio::time::timeout(limit, work).await {
@@ -250,7 +266,24 @@ impl Context {
             },
             self.wp.pi.cfg.json_logs,
         );
-        self.recorder.record(
+        if let Some(t) = trace {
+            let url = format!("{host}{full_path}");
+            let name = format!("{host}/*");
+            let attributes = crate::trace::request_attributes(
+                method.as_str(),
+                url,
+                request_id.as_ref(),
+                flag,
+                &self.wp.pi.local_ns,
+            );
+            t.end(
+                &self.wp.tracer,
+                name,
+                attributes,
+                out.resp.status().as_u16(),
+            );
+        }
+        let response_bytes = self.recorder.record(
             &self.wp.metrics,
             &self.wp.pi.cfg.cluster_id,
             &crate::metrics::Outcome {
@@ -260,10 +293,20 @@ impl Context {
                 flags: flag,
                 grpc,
                 grpc_status: out.resp.headers().get("grpc-status").map(|v| v.as_bytes()),
+                request_bytes,
             },
             started.elapsed(),
         );
-        out.resp
+        let head = crate::metrics::head_bytes(out.resp.headers());
+        match hyper::body::Body::size_hint(out.resp.body()).exact() {
+            Some(n) => {
+                response_bytes.observe((head + n) as f64);
+                out.resp
+            }
+            None => out
+                .resp
+                .map(|b| crate::body::Counted::wrap(b, head, response_bytes)),
+        }
     }
 
     /// Tries `backend` until a try's outcome is not to be retried, or the retries run out;
@@ -275,6 +318,7 @@ impl Context {
         host: &str,
         retry: &l7::retry::RetryPolicy,
         mirrors: Vec<Backend>,
+        trace: Option<&crate::trace::RequestTrace>,
     ) -> Answer {
         let (mut parts, body) = req.into_parts();
         let on_down = upstream_form(&mut parts, &backend, host);
@@ -309,6 +353,7 @@ impl Context {
         let mut n = 0;
         loop {
             n += 1;
+            let span = trace.map(|t| t.try_span(&mut parts.headers));
             let req = match std::mem::replace(&mut body, ReqBody::Held(Bytes::new())) {
                 ReqBody::Held(b) => {
                     body = ReqBody::Held(b.clone());
@@ -321,6 +366,14 @@ impl Context {
             let one = self
                 .try_once(&backend, req, retry.per_try_timeout, &tried)
                 .await;
+            if let (Some(t), Some(span)) = (trace, span) {
+                let status = match &one.result {
+                    Ok(r) => r.status().as_u16(),
+                    Err(f) => f.status().as_u16(),
+                };
+                let upstream = one.upstream.as_ref().map(|w| w.name.as_str());
+                t.end_try(&self.wp.tracer, span, &backend.dst.name(), upstream, status);
+            }
             let retriable = one.result.as_ref().err().is_none_or(Failure::retriable);
             if streaming_used || !retriable || !retry.again(n, one.outcome()) {
                 return match one.result {

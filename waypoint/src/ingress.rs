@@ -39,6 +39,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut rt = builder.build()?;
     let gw = Waypoint::new(rt.dedicated_inputs(), config);
     gw.metrics.register(rt.registry());
+    gw.tracer.register(rt.registry());
+    crate::trace::start(&gw);
     tokio::spawn(keep_listeners(gw.clone()));
     crate::jwks::start(&gw);
     rt.readiness.done("proxy");

@@ -32,6 +32,7 @@ mod plan;
 mod process;
 mod serve;
 mod store;
+mod trace;
 mod upstream;
 
 use proxycore::config::Config;
@@ -62,7 +63,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut rt = builder.build()?;
     let waypoint = Waypoint::new(rt.dedicated_inputs(), config);
     waypoint.metrics.register(rt.registry());
+    waypoint.tracer.register(rt.registry());
     intake::start(&waypoint)?;
+    trace::start(&waypoint);
     jwks::start(&waypoint);
     rt.readiness.done("proxy");
     rt.ready_with_certificate(&waypoint.pi);

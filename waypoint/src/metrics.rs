@@ -1,5 +1,6 @@
 //! Istio's request metrics, as its Envoy waypoints report them (`reporter="waypoint"`):
-//! `istio_requests_total` and `istio_request_duration_milliseconds`, with ztunnel's traffic
+//! `istio_requests_total`, `istio_request_duration_milliseconds`, `istio_request_bytes` and
+//! `istio_response_bytes` (head and body), with ztunnel's traffic
 //! labels (docs/WIRE.md §6.1) plus `response_code` and `grpc_response_status`. Dashboards
 //! and Kiali read these.
 //!
@@ -28,6 +29,9 @@ const BUCKETS_MS: [f64; 19] = [
     60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 
+/// Buckets for request and response sizes, in bytes: 1 to 10^9 by tens.
+const BUCKETS_BYTES: [f64; 10] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RequestLabels {
     pub response_code: u16,
@@ -43,6 +47,8 @@ type Durations = Family<RequestLabels, Histogram, fn() -> Histogram>;
 pub struct HttpMetrics {
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Durations,
+    pub request_bytes: Durations,
+    pub response_bytes: Durations,
 }
 
 impl Default for HttpMetrics {
@@ -50,6 +56,12 @@ impl Default for HttpMetrics {
         HttpMetrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(|| Histogram::new(BUCKETS_MS.iter().copied())),
+            request_bytes: Family::new_with_constructor(|| {
+                Histogram::new(BUCKETS_BYTES.iter().copied())
+            }),
+            response_bytes: Family::new_with_constructor(|| {
+                Histogram::new(BUCKETS_BYTES.iter().copied())
+            }),
         }
     }
 }
@@ -68,6 +80,16 @@ impl HttpMetrics {
             "Duration of requests in milliseconds",
             self.duration.clone(),
         );
+        r.register(
+            "request_bytes",
+            "Request sizes in bytes, head and body",
+            self.request_bytes.clone(),
+        );
+        r.register(
+            "response_bytes",
+            "Response sizes in bytes, head and body",
+            self.response_bytes.clone(),
+        );
     }
 }
 
@@ -80,6 +102,8 @@ pub struct Outcome<'a> {
     pub flags: &'static str,
     pub grpc: bool,
     pub grpc_status: Option<&'a [u8]>,
+    /// The request's size, head and body.
+    pub request_bytes: u64,
 }
 
 /// A tunnel's metric handles, by outcome; the labels common to its requests are the
@@ -108,13 +132,22 @@ struct Seen {
     grpc_status: Vec<u8>,
     requests: Counter,
     duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
 }
 
 /// Outcomes a tunnel keeps handles for; past that it starts over.
 const KEPT: usize = 16;
 
 impl Recorder {
-    pub fn record(&self, m: &HttpMetrics, cluster: &str, o: &Outcome<'_>, took: Duration) {
+    /// Counts the request; returns the handle its response's size goes to, once known.
+    pub fn record(
+        &self,
+        m: &HttpMetrics,
+        cluster: &str,
+        o: &Outcome<'_>,
+        took: Duration,
+    ) -> Histogram {
         let ms = took.as_secs_f64() * 1000.0;
         let grpc_status = o.grpc_status.unwrap_or_default();
         let mut seen = self.seen.lock().unwrap();
@@ -137,7 +170,8 @@ impl Recorder {
         if let Some(s) = seen.iter().find(same) {
             s.requests.inc();
             s.duration.observe(ms);
-            return;
+            s.request_bytes.observe(o.request_bytes as f64);
+            return s.response_bytes.clone();
         }
         let mut traffic = self
             .base
@@ -158,8 +192,11 @@ impl Recorder {
         };
         let requests = m.requests.get_or_create(&labels).clone();
         let duration = m.duration.get_or_create(&labels).clone();
+        let request_bytes = m.request_bytes.get_or_create(&labels).clone();
+        let response_bytes = m.response_bytes.get_or_create(&labels).clone();
         requests.inc();
         duration.observe(ms);
+        request_bytes.observe(o.request_bytes as f64);
         if seen.len() >= KEPT {
             seen.clear();
         }
@@ -172,8 +209,20 @@ impl Recorder {
             grpc_status: grpc_status.to_vec(),
             requests,
             duration,
+            request_bytes,
+            response_bytes: response_bytes.clone(),
         });
+        response_bytes
     }
+}
+
+/// The size of a head's fields as HTTP/1.1 writes them (`name: value\r\n`); the request
+/// or status line is not counted.
+pub fn head_bytes(headers: &http::HeaderMap) -> u64 {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
+        .sum()
 }
 
 /// The facts every request of a tunnel shares: the client workload (by its address) and

@@ -30,6 +30,8 @@ pub struct Waypoint {
     pub h2: H2Upstreams,
     /// Idle HTTP/1.1 connections to endpoints, kept for reuse.
     pub kept: Arc<Kept>,
+    /// Spans waiting for the collector.
+    pub tracer: crate::trace::Tracer,
 }
 
 impl Waypoint {
@@ -43,6 +45,7 @@ impl Waypoint {
             balancer: Balancer::default(),
             h2: H2Upstreams::default(),
             kept: Arc::default(),
+            tracer: crate::trace::Tracer::default(),
         })
     }
 }

@@ -24,6 +24,8 @@ pub struct Resources {
     pub destination_rules: BTreeMap<String, Arc<DestinationRule>>,
     pub policies: BTreeMap<String, Arc<WaypointPolicy>>,
     pub authentications: BTreeMap<String, Arc<crate::config::WaypointAuthn>>,
+    /// Tracing settings by resource name: `namespace/<ns>`, or `mesh` for the default.
+    pub tracing: BTreeMap<String, Arc<xds::l7::Tracing>>,
     /// Ingress gateways (only an ingress gateway subscribes to them).
     pub gateways: BTreeMap<String, Arc<l7::gateway::IngressGateway>>,
 }
@@ -84,6 +86,13 @@ impl L7Store {
                 ready: "xds request authentications",
                 decode: crate::config::decode_authn,
                 slot: |r| &mut r.authentications,
+                store: self.clone(),
+            }),
+            Arc::new(Kind {
+                type_url: xds::type_url::TRACING,
+                ready: "xds tracing",
+                decode: crate::config::decode_tracing,
+                slot: |r| &mut r.tracing,
                 store: self.clone(),
             }),
         ];

@@ -33,6 +33,12 @@ pub mod l7 {
     tonic::include_proto!("keelson.l7.v1");
 }
 
+/// OTLP trace export (`opentelemetry.proto.collector.trace.v1`): the spans waypoints send to
+/// a collector (docs/OBSERVABILITY.md).
+pub mod otlp {
+    tonic::include_proto!("opentelemetry.proto.collector.trace.v1");
+}
+
 /// Type URLs (docs/WIRE.md §3.2), and Keelson's own L7 types for waypoints.
 pub mod type_url {
     /// Keelson's HTTPRoute for waypoints.
@@ -48,6 +54,8 @@ pub mod type_url {
         "type.googleapis.com/keelson.l7.v1.RequestAuthentication";
     /// Keelson's resolved ingress gateway, for ingress gateway proxies.
     pub const INGRESS_GATEWAY: &str = "type.googleapis.com/keelson.l7.v1.IngressGateway";
+    /// Keelson's tracing settings (mesh config providers and Telemetry resolved).
+    pub const TRACING: &str = "type.googleapis.com/keelson.l7.v1.Tracing";
     pub const ADDRESS: &str = "type.googleapis.com/istio.workload.Address";
     pub const AUTHORIZATION: &str = "type.googleapis.com/istio.security.Authorization";
     pub const WORKLOAD: &str = "type.googleapis.com/istio.workload.Workload";

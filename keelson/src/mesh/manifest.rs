@@ -209,6 +209,10 @@ pub fn bundled_app(image: &str) -> Option<(String, String)> {
     if last == "fortio" {
         return Some(("echo".into(), "v1".into()));
     }
+    // The OpenTelemetry collector's images: the bundled OTLP receiver, which logs spans.
+    if last.starts_with("opentelemetry-collector") {
+        return Some(("collector".into(), "v1".into()));
+    }
     let rest = last.strip_prefix("examples-bookinfo-")?;
     let (app, version) = rest.rsplit_once('-')?;
     let known = ["productpage", "details", "reviews", "ratings"];
@@ -625,6 +629,10 @@ mod tests {
             Some(("productpage".into(), "v1".into()))
         );
         assert_eq!(bundled_app("nginx:1.25"), None);
+        assert_eq!(
+            bundled_app("otel/opentelemetry-collector-contrib:0.114.0"),
+            Some(("collector".into(), "v1".into()))
+        );
         assert_eq!(
             bundled_app("keelson/weather-forecast:v2"),
             Some(("forecast".into(), "v2".into()))

@@ -1,0 +1,175 @@
+//! Seeing the mesh (docs/OBSERVABILITY.md), on bookinfo with its waypoint and the ingress
+//! gateway: the spans of one request reach an OTLP collector with their parent/child links,
+//! service names and status codes.
+
+use std::collections::BTreeMap;
+
+use keelson_tests::mesh::{eventually_sync as eventually, Mesh};
+
+fn example(path: &str) -> String {
+    format!("{}/../examples/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The spans the collector logged, by trace id.
+fn spans(mesh: &Mesh) -> BTreeMap<String, Vec<serde_json::Value>> {
+    let mut out: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for line in mesh
+        .pod_log("observability", "collector", "collector")
+        .lines()
+    {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+            if let Some(t) = v["trace_id"].as_str() {
+                out.entry(t.to_string()).or_default().push(v);
+            }
+        }
+    }
+    out
+}
+
+fn field<'a>(s: &'a serde_json::Value, k: &str) -> &'a str {
+    s[k].as_str().unwrap_or_default()
+}
+
+#[test]
+fn traces_reach_the_collector_linked() {
+    let mesh = Mesh::tagged("o");
+    mesh.ok(&["up"]);
+    for f in [
+        "bookinfo/waypoint.yaml",
+        "bookinfo/bookinfo-gateway.yaml",
+        "observability/tracing.yaml",
+    ] {
+        mesh.ok(&["apply", "-f", &example(f)]);
+    }
+    let url = format!(
+        "http://{}:80/productpage",
+        mesh.host_ip("istio-ingressgateway-0")
+    );
+    mesh.curl_host_until(&[&url], 200, "Simple Bookstore App");
+
+    // One page, in a trace the test starts (sampled): every proxy on the way continues it.
+    const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    const CALLER: &str = "b7ad6b7169203331";
+    let tp = format!("traceparent: 00-{TRACE}-{CALLER}-01");
+    let mut trace = Vec::new();
+    let complete = |t: &[serde_json::Value]| {
+        let servers: Vec<&str> = t
+            .iter()
+            .filter(|s| field(s, "kind") == "server")
+            .map(|s| field(s, "name"))
+            .collect();
+        let at_gateway = t.iter().any(|s| {
+            field(s, "kind") == "server"
+                && field(s, "service") == "istio-ingressgateway.istio-system"
+        });
+        at_gateway
+            && ["details", "reviews", "ratings"]
+                .iter()
+                .all(|svc| servers.iter().any(|n| n.starts_with(svc)))
+    };
+    assert!(
+        eventually(30, || {
+            let (status, _) = mesh.curl_host(&["-H", &tp, &url]);
+            assert_eq!(status, 200);
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            trace = spans(&mesh).remove(TRACE).unwrap_or_default();
+            complete(&trace)
+        }),
+        "spans of {TRACE}: {trace:#?}\ncollector log: {}\n{}",
+        mesh.pod_log("observability", "collector", "collector"),
+        mesh.logs()
+    );
+    let by_id: BTreeMap<&str, &serde_json::Value> =
+        trace.iter().map(|s| (field(s, "span_id"), s)).collect();
+    for s in &trace {
+        // Every span hangs off the caller's, or another span of the trace.
+        let parent = field(s, "parent_span_id");
+        assert!(
+            parent == CALLER || by_id.contains_key(parent),
+            "{s} has an unknown parent; trace: {trace:#?}"
+        );
+        // A client span (a try) is the child of its proxy's server span.
+        if field(s, "kind") == "client" {
+            let p = by_id[parent];
+            assert_eq!(field(p, "kind"), "server", "{s}");
+            assert_eq!(field(p, "service"), field(s, "service"), "{s}");
+        }
+    }
+    // The gateway's server span is the caller's child; the waypoint's spans for the calls
+    // productpage made are children of the gateway's try (the apps forward the context).
+    let gateway: Vec<&serde_json::Value> = trace
+        .iter()
+        .filter(|s| field(s, "service") == "istio-ingressgateway.istio-system")
+        .collect();
+    let root = gateway
+        .iter()
+        .find(|s| field(s, "kind") == "server")
+        .unwrap_or_else(|| panic!("no gateway server span: {trace:#?}"));
+    assert_eq!(field(root, "parent_span_id"), CALLER);
+    assert_eq!(root["attributes"]["http.status_code"], 200);
+    let gateway_try = gateway
+        .iter()
+        .find(|s| field(s, "kind") == "client")
+        .unwrap();
+    let details = trace
+        .iter()
+        .find(|s| field(s, "kind") == "server" && field(s, "name").starts_with("details"))
+        .unwrap();
+    assert_eq!(field(details, "service"), "waypoint.default", "{details}");
+    assert_eq!(
+        field(details, "parent_span_id"),
+        field(gateway_try, "span_id")
+    );
+    // reviews called ratings: that call's waypoint span is the child of the waypoint's try
+    // to reviews.
+    let ratings = trace
+        .iter()
+        .find(|s| field(s, "kind") == "server" && field(s, "name").starts_with("ratings"))
+        .unwrap();
+    let caller = by_id[field(ratings, "parent_span_id")];
+    assert_eq!(field(caller, "kind"), "client");
+    assert!(
+        field(caller, "name").contains("reviews"),
+        "ratings was called from {caller}"
+    );
+
+    // A caller's decision not to sample stands: no span of that trace.
+    const UNSAMPLED: &str = "1af7651916cd43dd8448eb211c80319c";
+    let (status, _) = mesh.curl_host(&[
+        "-H",
+        &format!("traceparent: 00-{UNSAMPLED}-{CALLER}-00"),
+        &url,
+    ]);
+    assert_eq!(status, 200);
+    // An error: the server span says so, with the status code.
+    const FAILED: &str = "2af7651916cd43dd8448eb211c80319c";
+    mesh.exec(
+        "curl-0",
+        &[
+            "curl",
+            "-s",
+            "-m",
+            "10",
+            "-H",
+            &format!("traceparent: 00-{FAILED}-{CALLER}-01"),
+            "http://details:9080/status/503",
+        ],
+    );
+    let mut errored = None;
+    assert!(
+        eventually(15, || {
+            errored = spans(&mesh)
+                .remove(FAILED)
+                .and_then(|t| t.into_iter().find(|s| field(s, "kind") == "server"));
+            errored.is_some()
+        }),
+        "no span of the failed request"
+    );
+    let errored = errored.unwrap();
+    assert_eq!(field(&errored, "status"), "error", "{errored}");
+    assert_eq!(errored["attributes"]["http.status_code"], 503);
+    assert!(
+        !spans(&mesh).contains_key(UNSAMPLED),
+        "an unsampled trace was reported"
+    );
+}
