@@ -130,6 +130,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let (ca, tokens) = load_state(&opts.state_dir, &opts.mesh)?;
     let tokens = Arc::new(tokens);
     let counters = Arc::new(Counters::default());
+    if let Ok(root) = identity::cert::LeafInfo::parse(ca.root_der()) {
+        let secs = root
+            .not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        counters
+            .root_expiry
+            .store(secs, std::sync::atomic::Ordering::Relaxed);
+    }
     let mut controller = None;
     let mut reviewer = None;
     let mut models = match &opts.kubernetes {

@@ -70,6 +70,8 @@ pub struct Counters {
     pub resource_file_errors: AtomicU64,
     pub tls_failures: AtomicU64,
     pub bad_requests: AtomicU64,
+    /// When the CA's root certificate expires, in seconds since the epoch (0: unknown).
+    pub root_expiry: AtomicU64,
 }
 
 impl Counters {
@@ -122,6 +124,25 @@ impl Counters {
                 v.load(Ordering::Relaxed)
             );
         }
+        let expiry = self.root_expiry.load(Ordering::Relaxed);
+        if expiry > 0 {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            out += &format!(
+                "# HELP citadel_server_root_cert_expiry_timestamp The unix timestamp, in seconds, when the root certificate will expire.\n\
+                 # TYPE citadel_server_root_cert_expiry_timestamp gauge\n\
+                 citadel_server_root_cert_expiry_timestamp {expiry}\n\
+                 # HELP citadel_server_root_cert_expiry_seconds The time remaining, in seconds, before the root certificate will expire.\n\
+                 # TYPE citadel_server_root_cert_expiry_seconds gauge\n\
+                 citadel_server_root_cert_expiry_seconds {}\n",
+                expiry as i64 - now as i64
+            );
+        }
+        out += &format!(
+            "# HELP istio_build Istio component build info.\n# TYPE istio_build gauge\nistio_build{{component=\"pilot\",tag=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        );
         out += "# EOF\n";
         out
     }

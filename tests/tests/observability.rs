@@ -173,3 +173,199 @@ fn traces_reach_the_collector_linked() {
         "an unsampled trace was reported"
     );
 }
+
+/// The series of `text` named `name` (exactly, up to its labels) that contain every one of
+/// `labels`.
+fn series<'a>(text: &'a str, name: &str, labels: &[&str]) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+                && labels.iter().all(|want| l.contains(want))
+        })
+        .collect()
+}
+
+fn value(line: &str) -> f64 {
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn istio_metrics_are_scraped_from_every_proxy() {
+    let mesh = Mesh::tagged("p");
+    mesh.ok(&["up"]);
+    for f in ["bookinfo/waypoint.yaml", "bookinfo/bookinfo-gateway.yaml"] {
+        mesh.ok(&["apply", "-f", &example(f)]);
+    }
+    let url = format!(
+        "http://{}:80/productpage",
+        mesh.host_ip("istio-ingressgateway-0")
+    );
+    mesh.curl_host_until(&[&url], 200, "Simple Bookstore App");
+    // gRPC through the waypoint: a status in the trailers (0), and in the head (14).
+    let frame = mesh.write("grpc-frame", "\0\0\0\0\x05hello");
+    let data = format!("@{}", frame.display());
+    let grpc = |method: &str| {
+        mesh.exec(
+            "curl-0",
+            &[
+                "curl",
+                "-s",
+                "-m",
+                "10",
+                "--http2-prior-knowledge",
+                "-H",
+                "content-type: application/grpc",
+                "-H",
+                "te: trailers",
+                "--data-binary",
+                &data,
+                &format!("http://details:9080/keelson.test.Echo/{method}"),
+            ],
+        )
+    };
+    grpc("Echo");
+    grpc("Fail");
+    let waypoint_ip = mesh.pod("waypoint-0")["ip"].as_str().unwrap().to_string();
+    let scrape_waypoint = || {
+        mesh.exec(
+            "curl-0",
+            &[
+                "curl",
+                "-s",
+                "-m",
+                "5",
+                &format!("http://{waypoint_ip}:15020/metrics"),
+            ],
+        )
+        .stdout
+    };
+    let mut wp = String::new();
+    assert!(
+        eventually(15, || {
+            wp = scrape_waypoint();
+            !series(&wp, "istio_requests_total", &["grpc_response_status=\"0\""]).is_empty()
+                && !series(
+                    &wp,
+                    "istio_requests_total",
+                    &["grpc_response_status=\"14\""],
+                )
+                .is_empty()
+        }),
+        "no gRPC statuses in the waypoint's metrics:\n{wp}"
+    );
+    let details = "destination_service=\"details.default.svc.cluster.local\"";
+    for name in [
+        "istio_requests_total",
+        "istio_request_duration_milliseconds_bucket",
+        "istio_request_bytes_bucket",
+        "istio_response_bytes_bucket",
+        "istio_request_bytes_sum",
+        "istio_response_bytes_sum",
+    ] {
+        let found = series(&wp, name, &["reporter=\"waypoint\"", details]);
+        assert!(!found.is_empty(), "no {name} for details:\n{wp}");
+    }
+    // Sizes: the page's calls carry a head at least; details answered a body.
+    let sum = |name: &str| -> f64 {
+        series(
+            &wp,
+            name,
+            &["reporter=\"waypoint\"", details, "response_code=\"200\""],
+        )
+        .iter()
+        .map(|l| value(l))
+        .sum()
+    };
+    assert!(sum("istio_request_bytes_sum") > 0.0, "{wp}");
+    assert!(sum("istio_response_bytes_sum") > 100.0, "{wp}");
+    for name in [
+        "istio_tcp_connections_opened_total",
+        "istio_tcp_received_bytes_total",
+        "istio_tcp_sent_bytes_total",
+    ] {
+        assert!(
+            !series(&wp, name, &["reporter=\"waypoint\""]).is_empty(),
+            "no {name} at the waypoint:\n{wp}"
+        );
+    }
+    let common = |text: &str, who: &str, component: &str, identity: &str| {
+        assert_eq!(
+            series(
+                text,
+                "istio_build",
+                &[&format!("component=\"{component}\"")]
+            )
+            .len(),
+            1,
+            "{who}: istio_build\n{text}"
+        );
+        let expiry = series(
+            text,
+            "istio_agent_cert_expiry_seconds",
+            &[&format!(
+                "resource_name=\"spiffe://cluster.local/{identity}\""
+            )],
+        );
+        assert!(
+            expiry.first().is_some_and(|l| value(l) > 3600.0),
+            "{who}: istio_agent_cert_expiry_seconds\n{text}"
+        );
+        assert!(
+            !series(text, "istio_xds_message_total", &[]).is_empty()
+                && !series(text, "istio_xds_message_bytes_total", &[]).is_empty(),
+            "{who}: istio_xds_*\n{text}"
+        );
+    };
+    common(&wp, "waypoint", "proxy", "ns/default/sa/waypoint");
+
+    // ztunnel, on the node of productpage: its traffic, xDS, certificates and build.
+    let node = mesh.pod("productpage-v1-0")["node"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, zt) = netns::http_get_at(
+        &mesh.node_netns(&node),
+        "127.0.0.1:15020".parse().unwrap(),
+        "/metrics",
+    )
+    .unwrap();
+    for name in [
+        "istio_tcp_connections_opened_total",
+        "istio_tcp_connections_closed_total",
+        "istio_tcp_received_bytes_total",
+        "istio_tcp_sent_bytes_total",
+    ] {
+        assert!(
+            !series(&zt, name, &["reporter=\"source\""]).is_empty(),
+            "no {name} at ztunnel:\n{zt}"
+        );
+    }
+    common(
+        &zt,
+        "ztunnel",
+        "ztunnel",
+        "ns/default/sa/bookinfo-productpage",
+    );
+
+    // The control plane's monitoring port.
+    let (_, cp) = netns::http_get_at(
+        &mesh.node_netns(&node),
+        "172.30.0.2:15014".parse().unwrap(),
+        "/metrics",
+    )
+    .unwrap();
+    for name in [
+        "pilot_xds_pushes_total",
+        "citadel_server_success_cert_issuance_count_total",
+        "citadel_server_root_cert_expiry_timestamp",
+        "citadel_server_root_cert_expiry_seconds",
+    ] {
+        assert!(!series(&cp, name, &[]).is_empty(), "no {name}:\n{cp}");
+    }
+    assert_eq!(
+        series(&cp, "istio_build", &["component=\"pilot\""]).len(),
+        1,
+        "{cp}"
+    );
+}

@@ -283,18 +283,32 @@ impl Context {
                 out.resp.status().as_u16(),
             );
         }
+        let outcome = crate::metrics::Outcome {
+            service: service.as_ref(),
+            upstream: out.upstream.as_ref(),
+            status: out.resp.status().as_u16(),
+            flags: flag,
+            grpc,
+            grpc_status: out.resp.headers().get("grpc-status").map(|v| v.as_bytes()),
+            request_bytes,
+        };
+        // gRPC's status is in the trailers unless the head has it: the request is counted
+        // when they arrive.
+        if grpc
+            && outcome.grpc_status.is_none()
+            && !hyper::body::Body::is_end_stream(out.resp.body())
+        {
+            let labels = self.recorder.labels(&self.wp.pi.cfg.cluster_id, &outcome);
+            let head = crate::metrics::head_bytes(out.resp.headers());
+            let m = &self.wp.metrics;
+            return out.resp.map(|b| {
+                crate::metrics::GrpcEnd::wrap(b, m, labels, started, request_bytes, head)
+            });
+        }
         let response_bytes = self.recorder.record(
             &self.wp.metrics,
             &self.wp.pi.cfg.cluster_id,
-            &crate::metrics::Outcome {
-                service: service.as_ref(),
-                upstream: out.upstream.as_ref(),
-                status: out.resp.status().as_u16(),
-                flags: flag,
-                grpc,
-                grpc_status: out.resp.headers().get("grpc-status").map(|v| v.as_bytes()),
-                request_bytes,
-            },
+            &outcome,
             started.elapsed(),
         );
         let head = crate::metrics::head_bytes(out.resp.headers());

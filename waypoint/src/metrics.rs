@@ -44,6 +44,7 @@ pub struct RequestLabels {
 
 type Durations = Family<RequestLabels, Histogram, fn() -> Histogram>;
 
+#[derive(Clone)]
 pub struct HttpMetrics {
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Durations,
@@ -136,6 +137,114 @@ struct Seen {
     response_bytes: Histogram,
 }
 
+impl Recorder {
+    /// The labels of one outcome.
+    pub fn labels(&self, cluster: &str, o: &Outcome<'_>) -> RequestLabels {
+        let mut traffic = self
+            .base
+            .clone()
+            .with_destination(o.upstream.map(|w| &**w), cluster);
+        if let Some(svc) = o.service {
+            traffic = traffic.with_service(&svc.hostname, &svc.namespace, &svc.name);
+        }
+        if let Some(w) = o.upstream {
+            traffic.destination_principal = w.identity().to_string();
+        }
+        traffic.request_protocol = if o.grpc { "grpc" } else { "http" };
+        traffic.response_flags = o.flags;
+        RequestLabels {
+            traffic,
+            response_code: o.status,
+            grpc_response_status: String::from_utf8_lossy(o.grpc_status.unwrap_or_default())
+                .into_owned(),
+        }
+    }
+}
+
+/// A gRPC response whose status comes in its trailers: its request is counted when the
+/// body ends (or is dropped), with `grpc_response_status` from the trailers (empty when
+/// the stream ended without them).
+pub struct GrpcEnd {
+    body: crate::body::Body,
+    metrics: HttpMetrics,
+    labels: RequestLabels,
+    started: std::time::Instant,
+    request_bytes: u64,
+    response_bytes: u64,
+    status: Option<String>,
+}
+
+impl GrpcEnd {
+    pub fn wrap(
+        body: crate::body::Body,
+        metrics: &HttpMetrics,
+        labels: RequestLabels,
+        started: std::time::Instant,
+        request_bytes: u64,
+        head: u64,
+    ) -> crate::body::Body {
+        http_body_util::BodyExt::boxed(GrpcEnd {
+            body,
+            metrics: metrics.clone(),
+            labels,
+            started,
+            request_bytes,
+            response_bytes: head,
+            status: None,
+        })
+    }
+}
+
+impl Drop for GrpcEnd {
+    fn drop(&mut self) {
+        let mut labels = self.labels.clone();
+        labels.grpc_response_status = self.status.take().unwrap_or_default();
+        let m = &self.metrics;
+        m.requests.get_or_create(&labels).inc();
+        m.duration
+            .get_or_create(&labels)
+            .observe(self.started.elapsed().as_secs_f64() * 1000.0);
+        m.request_bytes
+            .get_or_create(&labels)
+            .observe(self.request_bytes as f64);
+        m.response_bytes
+            .get_or_create(&labels)
+            .observe(self.response_bytes as f64);
+    }
+}
+
+impl hyper::body::Body for GrpcEnd {
+    type Data = bytes::Bytes;
+    type Error = crate::h1::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        let me = self.get_mut();
+        let polled = std::pin::Pin::new(&mut me.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                me.response_bytes += data.len() as u64;
+            } else if let Some(t) = frame.trailers_ref() {
+                me.response_bytes += head_bytes(t);
+                if let Some(v) = t.get("grpc-status").and_then(|v| v.to_str().ok()) {
+                    me.status = Some(v.to_string());
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Outcomes a tunnel keeps handles for; past that it starts over.
 const KEPT: usize = 16;
 
@@ -173,23 +282,7 @@ impl Recorder {
             s.request_bytes.observe(o.request_bytes as f64);
             return s.response_bytes.clone();
         }
-        let mut traffic = self
-            .base
-            .clone()
-            .with_destination(o.upstream.map(|w| &**w), cluster);
-        if let Some(svc) = o.service {
-            traffic = traffic.with_service(&svc.hostname, &svc.namespace, &svc.name);
-        }
-        if let Some(w) = o.upstream {
-            traffic.destination_principal = w.identity().to_string();
-        }
-        traffic.request_protocol = if o.grpc { "grpc" } else { "http" };
-        traffic.response_flags = o.flags;
-        let labels = RequestLabels {
-            traffic,
-            response_code: o.status,
-            grpc_response_status: String::from_utf8_lossy(grpc_status).into_owned(),
-        };
+        let labels = self.labels(cluster, o);
         let requests = m.requests.get_or_create(&labels).clone();
         let duration = m.duration.get_or_create(&labels).clone();
         let request_bytes = m.request_bytes.get_or_create(&labels).clone();

@@ -260,9 +260,7 @@ impl RequestTrace {
             Some(decided) => decided,
             None => rand::random::<f64>() * 100.0 < sampling,
         };
-        let trace_id = p
-            .as_ref()
-            .map_or_else(nonzero_random::<16>, |p| p.trace_id);
+        let trace_id = p.as_ref().map_or_else(nonzero_random::<16>, |p| p.trace_id);
         RequestTrace {
             trace_id,
             span_id: nonzero_random::<8>(),
