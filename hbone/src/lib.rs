@@ -19,6 +19,7 @@ pub mod pool;
 pub mod server;
 pub mod stream;
 pub mod tls;
+pub mod trace;
 
 pub use admission::{HandshakeLimits, Handshakes};
 pub use client::{ConnectRequest, Connection};

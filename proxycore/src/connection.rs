@@ -51,6 +51,9 @@ pub struct ConnectionFacts {
     pub dst_identity: Option<String>,
     /// Carried over mutual TLS (HBONE).
     pub mtls: bool,
+    /// The trace of the client's request, when its context was seen and sampled (the
+    /// CONNECT's `traceparent`; docs/OBSERVABILITY.md).
+    pub trace_id: Option<String>,
 }
 
 impl ConnectionFacts {
@@ -68,6 +71,7 @@ impl ConnectionFacts {
             dst_workload: None,
             dst_identity: None,
             mtls: false,
+            trace_id: None,
         }
     }
 
@@ -253,6 +257,7 @@ impl Drop for ConnectionResult {
                     dst.namespace = p.dst_workload.as_ref().map(|w| w.namespace.as_str()),
                     dst.identity = p.dst_identity.as_deref(),
                     direction = %p.direction,
+                    trace_id = p.trace_id.as_deref(),
                     bytes_sent = sent,
                     bytes_recv = recv,
                     duration = %duration

@@ -172,6 +172,37 @@ fn traces_reach_the_collector_linked() {
         !spans(&mesh).contains_key(UNSAMPLED),
         "an unsampled trace was reported"
     );
+    // ztunnel cannot make spans (it sees bytes, not requests), but it carries the client's
+    // context on the CONNECT instead of a random one, and logs the sampled trace's id: on
+    // the client's side (read from the request head) and the waypoint's node (from the
+    // CONNECT).
+    let node = mesh.pod("curl-0")["node"].as_str().unwrap().to_string();
+    let wp_node = mesh.pod("waypoint-0")["node"].as_str().unwrap().to_string();
+    let log = |n: &str| {
+        std::fs::read_to_string(mesh.home.join(format!("logs/{n}-ztunnel.log"))).unwrap_or_default()
+    };
+    let traced = |n: &str, direction: &str| {
+        log(n).lines().any(|l| {
+            l.contains("connection complete")
+                && l.contains(FAILED)
+                && l.contains(&format!("direction={direction}"))
+        })
+    };
+    assert!(
+        eventually(15, || traced(&node, "outbound")),
+        "no outbound access line with the trace id on {node}:\n{}",
+        log(&node)
+            .lines()
+            .filter(|l| l.contains("connection complete"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    if wp_node != node {
+        assert!(
+            eventually(15, || traced(&wp_node, "inbound")),
+            "no inbound access line with the trace id on {wp_node}"
+        );
+    }
 }
 
 /// The series of `text` named `name` (exactly, up to its labels) that contain every one of

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -27,15 +27,10 @@ use xds::otlp::{
 };
 
 use crate::process::Waypoint;
-
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
-const B3: HeaderName = HeaderName::from_static("b3");
-const B3_TRACE: HeaderName = HeaderName::from_static("x-b3-traceid");
-const B3_SPAN: HeaderName = HeaderName::from_static("x-b3-spanid");
-const B3_PARENT: HeaderName = HeaderName::from_static("x-b3-parentspanid");
-const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
-const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+use hbone::trace::{
+    hex, nonzero_random, parent, B3, B3_FLAGS, B3_PARENT, B3_SAMPLED, B3_SPAN, B3_TRACE,
+    TRACEPARENT, TRACESTATE,
+};
 
 /// Spans waiting to be sent; past this they are dropped.
 const QUEUE: usize = 8192;
@@ -44,117 +39,6 @@ const BATCH: usize = 512;
 /// How long a span may wait for its batch to fill.
 const LINGER: Duration = Duration::from_secs(1);
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A trace context read from a request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Parent {
-    pub trace_id: [u8; 16],
-    /// The caller's span; `None` for a B3 context with only a trace id and decision.
-    pub span_id: Option<[u8; 8]>,
-    /// The caller's sampling decision, when it made one.
-    pub sampled: Option<bool>,
-    pub state: Option<HeaderValue>,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
-}
-
-/// Lower- or upper-case hex of exactly `N` bytes.
-fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != N * 2 {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, pair) in s.as_bytes().chunks(2).enumerate() {
-        let d = |c: u8| (c as char).to_digit(16);
-        out[i] = (d(pair[0])? * 16 + d(pair[1])?) as u8;
-    }
-    Some(out)
-}
-
-/// A B3 trace id: 128 bits, or 64 (the high half zero).
-fn b3_trace_id(s: &str) -> Option<[u8; 16]> {
-    if s.len() == 16 {
-        let low = unhex::<8>(s)?;
-        let mut id = [0u8; 16];
-        id[8..].copy_from_slice(&low);
-        return Some(id);
-    }
-    unhex::<16>(s)
-}
-
-fn b3_decision(s: &str) -> Option<bool> {
-    match s {
-        "1" | "true" | "d" => Some(true),
-        "0" | "false" => Some(false),
-        _ => None,
-    }
-}
-
-fn nonzero<const N: usize>(id: [u8; N]) -> Option<[u8; N]> {
-    (id != [0u8; N]).then_some(id)
-}
-
-/// W3C Trace Context (`traceparent`, `tracestate`), else B3 single, else B3 multi. A
-/// malformed header is ignored, as if absent.
-pub fn parent(headers: &HeaderMap) -> Option<Parent> {
-    let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(tp) = text(&TRACEPARENT) {
-        let mut parts = tp.trim().split('-');
-        let (v, t, s, f) = (parts.next()?, parts.next(), parts.next(), parts.next());
-        // Version ff is invalid; a later version may add fields after these four.
-        if v.len() == 2 && v != "ff" && unhex::<1>(v).is_some() {
-            if let (Some(t), Some(s), Some(f)) = (t, s, f) {
-                let trace_id = unhex::<16>(t).and_then(nonzero);
-                let span_id = unhex::<8>(s).and_then(nonzero);
-                let flags = unhex::<1>(f);
-                if let (Some(trace_id), Some(span_id), Some(flags)) = (trace_id, span_id, flags) {
-                    return Some(Parent {
-                        trace_id,
-                        span_id: Some(span_id),
-                        sampled: Some(flags[0] & 1 == 1),
-                        state: headers.get(&TRACESTATE).cloned(),
-                    });
-                }
-            }
-        }
-    }
-    if let Some(b3) = text(&B3) {
-        let mut parts = b3.trim().split('-');
-        let first = parts.next().unwrap_or_default();
-        if let Some(span) = parts.next() {
-            let trace_id = b3_trace_id(first).and_then(nonzero);
-            let span_id = unhex::<8>(span).and_then(nonzero);
-            if let (Some(trace_id), Some(span_id)) = (trace_id, span_id) {
-                return Some(Parent {
-                    trace_id,
-                    span_id: Some(span_id),
-                    sampled: parts.next().and_then(b3_decision),
-                    state: None,
-                });
-            }
-        }
-    }
-    let trace_id = text(&B3_TRACE).and_then(b3_trace_id).and_then(nonzero)?;
-    let sampled = if text(&B3_FLAGS) == Some("1") {
-        Some(true)
-    } else {
-        text(&B3_SAMPLED).and_then(b3_decision)
-    };
-    Some(Parent {
-        trace_id,
-        span_id: text(&B3_SPAN).and_then(unhex::<8>).and_then(nonzero),
-        sampled,
-        state: None,
-    })
-}
 
 /// Writes the context a callee continues: `span` as its parent, W3C and B3 both.
 pub fn inject(
@@ -392,18 +276,6 @@ pub fn request_attributes(
         a.push(attr("guid:x-request-id", id));
     }
     a
-}
-
-fn nonzero_random<const N: usize>() -> [u8; N] {
-    loop {
-        let mut id = [0u8; N];
-        for b in &mut id {
-            *b = rand::random();
-        }
-        if id != [0u8; N] {
-            return id;
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

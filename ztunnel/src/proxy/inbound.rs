@@ -105,6 +105,10 @@ async fn handle_stream(pi: Arc<ProxyInputs>, inc: Incoming) {
         }
     };
     facts.dst_addr = Some(target.addr);
+    facts.trace_id = inc
+        .header("traceparent")
+        .and_then(hbone::trace::sampled_trace_id)
+        .map(str::to_string);
     let svc_host = target.service.or_else(|| {
         inc.header("forwarded")
             .and_then(hbone::headers::forwarded_host)

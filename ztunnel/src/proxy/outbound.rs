@@ -34,7 +34,7 @@ pub async fn proxy(
 ) {
     // Boxed: the connect phase (TLS handshake state) is large, and an unboxed future would
     // keep that size for the whole life of the connection task.
-    let (mut result, upstream) = Box::pin(establish(&pi, src, orig)).await;
+    let (mut result, upstream) = Box::pin(establish(&pi, src, orig, Some(&downstream))).await;
     match upstream {
         Ok(up) => relay(&mut downstream, up, &mut result).await,
         Err(e) => {
@@ -42,6 +42,24 @@ pub async fn proxy(
             result.fail_early(e.response_flag(), &e);
         }
     }
+}
+
+/// Bytes of a request head looked at for its trace context.
+const PEEK: usize = 2048;
+
+/// The client's trace context, for the CONNECT request: what the connection's first bytes
+/// say, when they are already here and are a plaintext HTTP/1.x request head carrying one
+/// (docs/OBSERVABILITY.md). One non-blocking peek: never waits, consumes nothing. A client
+/// that has not written yet (or speaks TLS, HTTP/2 or anything else) gets a new random
+/// `traceparent`, as before.
+fn client_trace(downstream: &TcpStream) -> Option<String> {
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; PEEK];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    let n = recv(downstream.as_raw_fd(), &mut buf, flags).ok()?;
+    let p = hbone::trace::from_http1_head(&buf[..n])?;
+    hbone::trace::as_traceparent(&p)
 }
 
 pub enum Upstream {
@@ -127,6 +145,7 @@ pub async fn establish(
     pi: &ProxyInputs,
     src: SocketAddr,
     orig: SocketAddr,
+    downstream: Option<&TcpStream>,
 ) -> (ConnectionResult, Result<Upstream, ProxyError>) {
     let local = pi.local_workload().ok();
     let mut facts = ConnectionFacts::new(
@@ -221,6 +240,12 @@ pub async fn establish(
     facts.mtls = true;
     facts.dst_addr = Some(hbone_addr);
     facts.dst_hbone_addr = Some(target.to_string());
+    // Peeked as late as possible: the client has had the most time to send its request.
+    let trace = downstream.and_then(client_trace);
+    facts.trace_id = trace
+        .as_deref()
+        .and_then(hbone::trace::sampled_trace_id)
+        .map(str::to_string);
     let r = record(facts);
     let key = PoolKey {
         src_identity: src_id.clone(),
@@ -234,6 +259,9 @@ pub async fn establish(
         service.as_ref().map(|s| s.hostname.as_str()),
     );
     req.baggage = baggage(local.as_deref(), &pi.cfg.cluster_id);
+    if let Some(t) = trace {
+        req.traceparent = t;
+    }
     let up = pi.hbone(&key, &req).await.map(Upstream::Hbone);
     (r, up)
 }

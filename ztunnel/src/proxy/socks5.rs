@@ -87,7 +87,7 @@ async fn handle(pi: Arc<ProxyInputs>, mut tcp: TcpStream, src: SocketAddr) {
         Ok(d) => d,
         Err(e) => return reject(&mut tcp, src, e).await,
     };
-    let (mut result, upstream) = Box::pin(outbound::establish(&pi, src, dst)).await;
+    let (mut result, upstream) = Box::pin(outbound::establish(&pi, src, dst, None)).await;
     match upstream {
         Ok(up) => {
             if send_reply(&mut tcp, Reply::Succeeded).await.is_ok() {
