@@ -64,6 +64,38 @@ pub struct CertSummary {
     /// Roots the certificate's holder trusts (more than one during a root rotation).
     pub roots: usize,
     pub last_error: Option<String>,
+    /// The chain then the roots, as upstream's `/config_dump` lists them (docs/WIRE.md §5).
+    #[serde(rename = "certChain")]
+    pub cert_chain: Vec<ChainCert>,
+}
+
+/// One certificate of a held chain, in the fields `istioctl ztunnel-config certificates`
+/// reads.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChainCert {
+    pub pem: String,
+    pub serial_number: String,
+    /// RFC 3339.
+    pub valid_from: String,
+    pub expiration_time: String,
+}
+
+fn chain_cert(der: &rustls::pki_types::CertificateDer<'_>) -> Option<ChainCert> {
+    let info = crate::cert::LeafInfo::parse(der).ok()?;
+    let rfc3339 = |t: SystemTime| {
+        let secs = t.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs() as i64;
+        time::OffsetDateTime::from_unix_timestamp(secs)
+            .ok()?
+            .format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    };
+    Some(ChainCert {
+        pem: crate::cert::to_pem(der.as_ref()),
+        serial_number: info.serial,
+        valid_from: rfc3339(info.not_before)?,
+        expiration_time: rfc3339(info.not_after)?,
+    })
 }
 
 #[derive(Clone)]
@@ -146,6 +178,17 @@ impl CertStore {
                     not_after: slot.cert.as_ref().and_then(|c| secs(c.not_after)),
                     roots: slot.cert.as_ref().map_or(0, |c| c.roots.len()),
                     last_error: slot.last_error.clone(),
+                    cert_chain: slot
+                        .cert
+                        .as_ref()
+                        .map(|c| {
+                            c.chain
+                                .iter()
+                                .chain(&c.roots)
+                                .filter_map(chain_cert)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 }
             })
             .collect();

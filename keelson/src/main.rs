@@ -24,6 +24,13 @@ const USAGE: &str = "usage:
   keelson restart ROLE        restart one process (ROLE as in supervisor.json, e.g.
                               ztunnel/node-1: handed off to a new ztunnel with no downtime)
   keelson down                remove everything the local mesh made
+  keelson ztunnel-config workloads|services|policies|certificates|connections|all
+                         [--node N] [-o json]
+      what the ztunnels hold (like istioctl ztunnel-config), from their admin port;
+      connections: open/opened/failed and bytes per source and destination
+  keelson waypoint-config routes|clusters [POD] [-n NS] [-o json]
+      a waypoint's (or gateway's) routes in match order, or its clusters: endpoints with
+      outlier state, DestinationRule policies, circuit breaker counts
   keelson app NAME [--version V] [--port P]
       run a bundled demo app (bookinfo: productpage, details, reviews, ratings; weather:
       frontend, advertisement, forecast, recommendation; httpbin, echo; raw: a
@@ -78,6 +85,8 @@ fn main() -> ExitCode {
         ["apply", "-f", file] => mesh::apply(&Paths::default(), std::path::Path::new(file)),
         ["delete", "-f", file] => mesh::delete(&Paths::default(), std::path::Path::new(file)),
         ["label", rest @ ..] => label(rest),
+        ["ztunnel-config", view, rest @ ..] => ztunnel_config(view, rest),
+        ["waypoint-config", view, rest @ ..] => waypoint_config(view, rest),
         ["exec", rest @ ..] => match exec(rest) {
             Ok(code) => return ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => Err(e),
@@ -380,6 +389,45 @@ fn app(name: &str, args: &[&str]) -> anyhow::Result<()> {
         }
     }
     keelson::apps::run(opts)
+}
+
+fn ztunnel_config(view: &str, args: &[&str]) -> anyhow::Result<()> {
+    let (mut node, mut json) = (None, false);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match *a {
+            "--node" => node = Some(value(&mut it, a)?),
+            "-o" | "--output" => json = output_json(value(&mut it, a)?)?,
+            other => anyhow::bail!("unknown option {other}\n{USAGE}"),
+        }
+    }
+    let out = mesh::inspect::ztunnel_config(&Paths::default(), view, node, json)?;
+    print!("{out}");
+    Ok(())
+}
+
+fn waypoint_config(view: &str, args: &[&str]) -> anyhow::Result<()> {
+    let (mut name, mut namespace, mut json) = (None, None, false);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match *a {
+            "-n" | "--namespace" => namespace = Some(value(&mut it, a)?),
+            "-o" | "--output" => json = output_json(value(&mut it, a)?)?,
+            other if !other.starts_with('-') && name.is_none() => name = Some(other),
+            other => anyhow::bail!("unknown option {other}\n{USAGE}"),
+        }
+    }
+    let out = mesh::inspect::waypoint_config(&Paths::default(), view, name, namespace, json)?;
+    print!("{out}");
+    Ok(())
+}
+
+fn output_json(v: &str) -> anyhow::Result<bool> {
+    match v {
+        "json" => Ok(true),
+        "table" | "short" => Ok(false),
+        other => anyhow::bail!("-o {other}: json or table"),
+    }
 }
 
 fn value<'a>(it: &mut std::slice::Iter<'_, &'a str>, flag: &str) -> anyhow::Result<&'a str> {

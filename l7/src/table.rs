@@ -243,6 +243,21 @@ fn attaches(route: &Route, f: &Frontend<'_>) -> bool {
 }
 
 impl RouteTable {
+    /// The entries in the order requests are matched against them: the route
+    /// (`namespace/name`), the rule's index and the rule as written (`waypoint-config`).
+    pub fn describe(&self) -> Vec<serde_json::Value> {
+        self.entries
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "route": format!("{}/{}", e.route.namespace, e.route.name),
+                    "rule": e.rule,
+                    "spec": e.route.spec.rules.get(e.rule),
+                })
+            })
+            .collect()
+    }
+
     /// The table for `frontend`, or `None` when no route attaches to it (traffic then goes
     /// to the Service as without routes, GM-02). Routes in the client's namespace that are
     /// not the Service's (consumer routes) replace the producer routes for that client.

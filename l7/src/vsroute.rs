@@ -394,6 +394,21 @@ pub fn applies(vs: &VirtualService, f: &Frontend<'_>) -> bool {
 }
 
 impl VsTable {
+    /// The HTTP rules in the order requests are matched against them: the VirtualService
+    /// (`namespace/name`), the rule's index and the rule as written (`waypoint-config`).
+    pub fn describe(&self) -> Vec<serde_json::Value> {
+        self.entries
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "virtualService": format!("{}/{}", e.vs.namespace, e.vs.name),
+                    "rule": e.rule,
+                    "spec": e.vs.spec.http.get(e.rule),
+                })
+            })
+            .collect()
+    }
+
     /// The table for `f`, or `None` when no VirtualService with HTTP rules applies. Several
     /// merge in creation order (then namespace/name).
     pub fn build(all: &[Arc<VirtualService>], f: &Frontend<'_>) -> Option<VsTable> {

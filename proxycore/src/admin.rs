@@ -19,7 +19,7 @@ use crate::ProxyInputs;
 
 pub type Body = Full<Bytes>;
 
-fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+pub fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", content_type)
@@ -151,13 +151,16 @@ fn allocator_stats() -> serde_json::Value {
     })
 }
 
-/// The admin endpoints.
-/// The admin's `/config_dump` (docs/WIRE.md), serialized straight from the live resources.
+/// The admin's `/config_dump` (docs/OBSERVABILITY.md): upstream ztunnel's top-level keys,
+/// and in each workload, service and certificate the fields `istioctl ztunnel-config`
+/// reads beside Keelson's own; then Keelson's extras (pool, open connections).
 #[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ConfigDump<'a> {
-    workloads: &'a [Arc<crate::state::Workload>],
-    services: &'a [Arc<crate::state::Service>],
+    workloads: Vec<serde_json::Value>,
+    services: Vec<serde_json::Value>,
+    /// Upstream lists services not yet confirmed by a workload; Keelson has none.
+    staged_services: serde_json::Map<String, serde_json::Value>,
     policies: &'a [Arc<crate::rbac::Policy>],
     certificates: Vec<identity::store::CertSummary>,
     static_config: serde_json::Map<String, serde_json::Value>,
@@ -167,6 +170,71 @@ struct ConfigDump<'a> {
     open_connections: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     workload_state: Option<serde_json::Value>,
+}
+
+/// Upstream's `GatewayAddress` rendering: `destination` is `namespace/hostname` or
+/// `network/ip`.
+fn gateway_view(w: &crate::state::Waypoint) -> serde_json::Value {
+    let destination = match w.address {
+        Some(ip) => format!("/{ip}"),
+        None => format!("{}/{}", w.namespace, w.hostname),
+    };
+    serde_json::json!({ "destination": destination, "hboneMtlsPort": w.port })
+}
+
+/// A workload with upstream's `workloadIps`, `protocol` and `waypoint` shape.
+fn workload_view(w: &crate::state::Workload) -> serde_json::Value {
+    let mut v = serde_json::to_value(w).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert(
+            "workloadIps".into(),
+            w.addresses.iter().map(|a| a.to_string()).collect(),
+        );
+        let protocol = match w.tunnel_protocol {
+            crate::state::TunnelProtocol::Hbone => "HBONE",
+            crate::state::TunnelProtocol::None => "TCP",
+        };
+        o.insert("protocol".into(), protocol.into());
+        if let Some(wp) = &w.waypoint {
+            o.insert("waypoint".into(), gateway_view(wp));
+        }
+    }
+    v
+}
+
+/// A service with upstream's `vips` (`network/ip`), `waypoint` and `endpoints` (by
+/// workload uid).
+fn service_view(
+    s: &crate::state::Service,
+    workloads: &[Arc<crate::state::Workload>],
+) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert(
+            "vips".into(),
+            s.addresses.iter().map(|a| format!("/{a}")).collect(),
+        );
+        if let Some(wp) = &s.waypoint {
+            o.insert("waypoint".into(), gateway_view(wp));
+        }
+        let key = s.key();
+        let endpoints: serde_json::Map<String, serde_json::Value> = workloads
+            .iter()
+            .filter_map(|w| {
+                let ports = w.services.get(key)?;
+                Some((
+                    w.uid.clone(),
+                    serde_json::json!({
+                        "workloadUid": w.uid,
+                        "service": key,
+                        "port": ports,
+                    }),
+                ))
+            })
+            .collect();
+        o.insert("endpoints".into(), endpoints.into());
+    }
+    v
 }
 
 /// `pods`: shared mode's in-pod workloads (`workloadState`).
@@ -179,8 +247,13 @@ pub fn admin_response(
         (&Method::GET, "/config_dump") => {
             let state = pi.state.dump();
             let dump = ConfigDump {
-                workloads: &state.workloads,
-                services: &state.services,
+                workloads: state.workloads.iter().map(|w| workload_view(w)).collect(),
+                services: state
+                    .services
+                    .iter()
+                    .map(|s| service_view(s, &state.workloads))
+                    .collect(),
+                staged_services: serde_json::Map::new(),
                 policies: &state.policies,
                 certificates: pi.certs.summaries(),
                 static_config: serde_json::Map::new(),

@@ -399,4 +399,114 @@ fn istio_metrics_are_scraped_from_every_proxy() {
         1,
         "{cp}"
     );
+
+    // What the proxies hold, as `keelson ztunnel-config` and `waypoint-config` show it.
+    for f in [
+        "bookinfo/bookinfo-versions.yaml",
+        "bookinfo/virtual-service-reviews-50-v3.yaml",
+    ] {
+        mesh.ok(&["apply", "-f", &example(f)]);
+    }
+    let dr = mesh.write(
+        "dr.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews-limits}
+spec:
+  host: reviews
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 5}}
+    outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 30s}
+",
+    );
+    mesh.ok(&["apply", "-f", dr.to_str().unwrap()]);
+    let dump = mesh.config_dump(&node);
+    for key in [
+        "workloads",
+        "services",
+        "policies",
+        "stagedServices",
+        "staticConfig",
+        "version",
+        "config",
+        "certificates",
+        "workloadState",
+    ] {
+        assert!(!dump[key].is_null(), "config_dump has no {key}");
+    }
+    let table = mesh.ok(&["ztunnel-config", "workloads", "--node", &node]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("productpage-v1-0") && l.contains("HBONE")),
+        "{table}"
+    );
+    let svcs: serde_json::Value =
+        serde_json::from_str(&mesh.ok(&["ztunnel-config", "services", "-o", "json"])).unwrap();
+    let reviews = svcs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["hostname"] == "reviews.default.svc.cluster.local")
+        .unwrap();
+    assert_eq!(
+        reviews["endpoints"].as_object().unwrap().len(),
+        3,
+        "{reviews}"
+    );
+    assert_eq!(
+        reviews["waypoint"]["destination"],
+        "default/waypoint.default.svc.cluster.local"
+    );
+    assert!(reviews["vips"][0].as_str().unwrap().starts_with('/'));
+    let certs: serde_json::Value = serde_json::from_str(&mesh.ok(&[
+        "ztunnel-config",
+        "certificates",
+        "--node",
+        &node,
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let chain = &certs[node.as_str()][0]["certChain"];
+    assert!(
+        chain[0]["pem"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("-----BEGIN CERTIFICATE-----")),
+        "{certs}"
+    );
+    let conns = mesh.ok(&["ztunnel-config", "connections"]);
+    assert!(
+        conns
+            .lines()
+            .any(|l| l.contains("source") && l.contains("default/curl") && l.contains("details")),
+        "{conns}"
+    );
+    let mut routes = String::new();
+    assert!(
+        eventually(15, || {
+            routes = mesh.ok(&["waypoint-config", "routes"]);
+            routes.lines().any(|l| {
+                l.starts_with("reviews.default")
+                    && l.contains("default/reviews#0")
+                    && l.contains("reviews/v3 (50)")
+            })
+        }),
+        "{routes}"
+    );
+    let mut clusters = serde_json::Value::Null;
+    assert!(
+        eventually(15, || {
+            clusters =
+                serde_json::from_str(&mesh.ok(&["waypoint-config", "clusters", "-o", "json"]))
+                    .unwrap();
+            clusters["clusters"].as_array().unwrap().iter().any(|c| {
+                c["cluster"] == "reviews.default.svc.cluster.local|9080|v3"
+                    && c["endpoints"].as_array().unwrap().len() == 1
+                    && c["outlierDetection"].is_string()
+                    && c["connectionPool"].is_string()
+            })
+        }),
+        "{clusters:#}"
+    );
 }

@@ -35,6 +35,27 @@ pub struct Breakers {
 pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
 
 impl Breakers {
+    /// Each cluster's circuit breaker: requests in flight of the most allowed, and those
+    /// waiting (`waypoint-config clusters`).
+    pub fn describe(&self) -> Vec<(String, serde_json::Value)> {
+        let clusters = self.clusters.lock().unwrap();
+        clusters
+            .iter()
+            .map(|((key, in_flight, pending), c)| {
+                let free = c.slots.available_permits() as u32;
+                (
+                    key.clone(),
+                    serde_json::json!({
+                        "maxInFlight": in_flight,
+                        "inFlight": in_flight.saturating_sub(free),
+                        "maxPending": pending,
+                        "pending": c.waiting.load(Ordering::Acquire),
+                    }),
+                )
+            })
+            .collect()
+    }
+
     /// A slot for a request to `key`, waiting for one while fewer than the pending limit
     /// wait; `None`: overflow.
     pub async fn admit(&self, key: &str, limits: &Limits, http2: bool) -> Option<Slot> {

@@ -45,9 +45,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     crate::jwks::start(&gw);
     rt.readiness.done("proxy");
     rt.ready_with_certificate(&gw.pi);
-    let pi = gw.pi.clone();
-    rt.serve(move |req| proxycore::admin::admin_response(&pi, None, req))
-        .await
+    rt.serve(move |req| {
+        crate::inspect::admin(&gw, req)
+            .unwrap_or_else(|| proxycore::admin::admin_response(&gw.pi, None, req))
+    })
+    .await
 }
 
 /// The gateway's own WDS uid (its pod), once the workload state has it.

@@ -23,6 +23,7 @@ mod error;
 mod forward;
 mod h1;
 pub mod ingress;
+mod inspect;
 mod intake;
 mod jwks;
 mod metrics;
@@ -69,7 +70,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     jwks::start(&waypoint);
     rt.readiness.done("proxy");
     rt.ready_with_certificate(&waypoint.pi);
-    let pi = waypoint.pi.clone();
-    rt.serve(move |req| proxycore::admin::admin_response(&pi, None, req))
-        .await
+    rt.serve(move |req| {
+        inspect::admin(&waypoint, req)
+            .unwrap_or_else(|| proxycore::admin::admin_response(&waypoint.pi, None, req))
+    })
+    .await
 }

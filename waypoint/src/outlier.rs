@@ -44,6 +44,31 @@ pub struct Outliers {
 }
 
 impl Outliers {
+    /// What is remembered of each endpoint of `key` (`waypoint-config clusters`): by uid,
+    /// its consecutive errors, times ejected and how long it stays out.
+    pub fn describe(&self, key: &Key, now: Instant) -> HashMap<String, serde_json::Value> {
+        let clusters = self.clusters.lock().unwrap();
+        clusters.get(key).map_or_else(HashMap::new, |eps| {
+            eps.iter()
+                .map(|(uid, e)| {
+                    let out_ms = e
+                        .ejected_until
+                        .filter(|_| e.ejected(now))
+                        .map(|t| (t - now).as_millis() as u64);
+                    (
+                        uid.clone(),
+                        serde_json::json!({
+                            "consecutive5xx": e.consecutive_5xx,
+                            "consecutiveGatewayErrors": e.consecutive_gateway,
+                            "ejections": e.ejections,
+                            "ejectedForMs": out_ms,
+                        }),
+                    )
+                })
+                .collect()
+        })
+    }
+
     /// The uids ejected now in `key`.
     pub fn ejected(&self, key: &Key, now: Instant) -> Vec<String> {
         let clusters = self.clusters.lock().unwrap();

@@ -120,3 +120,20 @@ async fn a_caller_after_a_failed_fetch_gets_a_new_attempt_not_the_old_error() {
     assert!(store.get(&other).await.is_err());
     assert_eq!(p.calls.load(Ordering::SeqCst), calls + 1);
 }
+
+#[tokio::test]
+async fn a_summary_lists_the_chain_then_the_roots_as_pem() {
+    let p = flaky(Duration::from_secs(3600));
+    let store = CertStore::new(p.clone());
+    let id = Identity::new("", "default", "web");
+    let cert = store.get(&id).await.unwrap();
+    let s = store.summaries().pop().unwrap();
+    assert_eq!(s.cert_chain.len(), cert.chain.len() + cert.roots.len());
+    let leaf = &s.cert_chain[0];
+    let parsed: Vec<_> = rustls_pemfile::certs(&mut leaf.pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(parsed, vec![cert.chain[0].clone()]);
+    assert!(leaf.expiration_time > leaf.valid_from, "{leaf:?}");
+    assert!(leaf.valid_from.ends_with('Z'), "{leaf:?}");
+}

@@ -17,6 +17,7 @@
 //! `up` made, and how `up` finds the leftovers of a crashed run.
 
 mod fabric;
+pub mod inspect;
 mod lb;
 pub mod manifest;
 mod objects;
