@@ -7,11 +7,13 @@ use keelson::mesh::{self, Paths, UpOptions};
 
 const USAGE: &str = "usage:
   keelson up [DIR|FILE] [--nodes N] [--redirect iptables|nftables|ebpf] [--no-ingress]
+             [--observability]
       build a local mesh on this machine (network namespaces as nodes and pods, a control
       plane, a CNI node agent and a ztunnel per node) running the Kubernetes YAML given
       (default: the bundled bookinfo), with the ingress gateway istio-system/
       istio-ingressgateway reachable from this machine at $GATEWAY_URL (printed);
-      returns once every pod answers
+      returns once every pod answers; --observability also runs Prometheus scraping the
+      mesh (istio-system/prometheus, its address printed; dashboards in deploy/grafana/)
   keelson apply -f FILE       add or update resources and workloads in the local mesh
   keelson delete -f FILE      remove them
   keelson exec [-n NS] POD -- CMD...
@@ -300,6 +302,7 @@ fn up(args: &[&str]) -> anyhow::Result<()> {
             "--nodes" => opts.nodes = value(&mut it, a)?.parse()?,
             "--redirect" => opts.redirect = value(&mut it, a)?.parse()?,
             "--no-ingress" => opts.ingress = false,
+            "--observability" => opts.observability = true,
             other if other.starts_with('-') => anyhow::bail!("unknown option {other}\n{USAGE}"),
             path => opts.source = Some(path.into()),
         }
@@ -318,6 +321,15 @@ fn up(args: &[&str]) -> anyhow::Result<()> {
     } else {
         "http://SERVICE:PORT/"
     };
+    let prometheus = match mesh::prometheus_url(&state) {
+        Some(url) => format!(
+            "Prometheus, scraping the control plane, the ztunnels, waypoints and gateways
+(dashboards to import into Grafana: deploy/grafana/*.json):
+  {url}
+"
+        ),
+        None => String::new(),
+    };
     let gateway = match mesh::gateway_url(&state) {
         Some(url) => format!(
             "The ingress gateway, from this machine (expose the app with a Gateway first,
@@ -330,7 +342,7 @@ as examples/bookinfo/bookinfo-gateway.yaml does):
     };
     println!(
         "\nlocal mesh ready: {} pods on {} nodes, mTLS (HBONE) between them.
-{gateway}Look at it:
+{gateway}{prometheus}Look at it:
   {me} exec {client} -- curl -s {target}
   {me} status
   tail -f {}/logs/node-1-ztunnel.log     (access logs: src and dst identities)

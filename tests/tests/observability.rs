@@ -510,3 +510,93 @@ spec:
         "{clusters:#}"
     );
 }
+
+/// An instant query against Prometheus: the result's series.
+fn query(prom: &str, expr: &str) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-m", "5", "-G", "--data-urlencode"])
+        .arg(format!("query={expr}"))
+        .arg(format!("{prom}/api/v1/query"))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(
+        v["status"] == "success" || v.is_null(),
+        "{expr}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    v["data"]["result"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn prometheus_scrapes_the_mesh_and_every_dashboard_panel_has_data() {
+    let mesh = Mesh::tagged("q");
+    let up = mesh.ok(&["up", "--observability"]);
+    let prom = up
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("http://") && l.ends_with(":9090"))
+        .unwrap_or_else(|| panic!("no Prometheus address in:\n{up}"))
+        .to_string();
+    for f in ["bookinfo/waypoint.yaml", "bookinfo/bookinfo-gateway.yaml"] {
+        mesh.ok(&["apply", "-f", &example(f)]);
+    }
+    let url = format!(
+        "http://{}:80/productpage",
+        mesh.host_ip("istio-ingressgateway-0")
+    );
+    mesh.curl_host_until(&[&url], 200, "Simple Bookstore App");
+    // Every target is scraped: the control plane, both ztunnels, the waypoint and the
+    // gateway.
+    let mut targets = serde_json::Value::Null;
+    assert!(
+        eventually(30, || {
+            let out = std::process::Command::new("curl")
+                .args(["-s", "-m", "5", &format!("{prom}/api/v1/targets")])
+                .output()
+                .unwrap();
+            targets = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let active = targets["data"]["activeTargets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let up = |job: &str| {
+                active
+                    .iter()
+                    .filter(|t| t["labels"]["job"] == job && t["health"] == "up")
+                    .count()
+            };
+            up("controlplane") == 1 && up("ztunnel") == 2 && up("proxies") == 2
+        }),
+        "targets: {targets:#}"
+    );
+    // Traffic while Prometheus watches, then every panel of every dashboard has series.
+    let dashboards = ["ztunnel", "waypoint", "services"];
+    let mut empty: Vec<String> = Vec::new();
+    let ok = eventually(60, || {
+        for _ in 0..5 {
+            mesh.curl_host(&[&url]);
+        }
+        empty.clear();
+        for d in dashboards {
+            let path = format!("{}/../deploy/grafana/{d}.json", env!("CARGO_MANIFEST_DIR"));
+            let dash: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            for p in dash["panels"].as_array().unwrap() {
+                for t in p["targets"].as_array().unwrap() {
+                    let expr = t["expr"]
+                        .as_str()
+                        .unwrap()
+                        .replace("$__rate_interval", "1m");
+                    if query(&prom, &expr).is_empty() {
+                        empty.push(format!("{d} / {}: {expr}", p["title"]));
+                    }
+                }
+            }
+        }
+        empty.is_empty()
+    });
+    assert!(ok, "panels without data:\n{}", empty.join("\n"));
+    // Istio's recorded aggregation is there too.
+    assert!(!query(&prom, "workload:istio_requests_total").is_empty());
+}

@@ -144,3 +144,12 @@ pub fn gateway_url(state: &MeshState) -> Option<String> {
     })?;
     Some(format!("{}:80", pod.host_ip?))
 }
+
+/// Prometheus' address from this machine, when `--observability` runs it.
+pub fn prometheus_url(state: &MeshState) -> Option<String> {
+    let pod = state.pods.iter().find(|p| {
+        p.namespace == super::observe::NAMESPACE
+            && p.owner == format!("Deployment/{}", super::observe::NAME)
+    })?;
+    Some(format!("http://{}:{}", pod.host_ip?, super::observe::PORT))
+}

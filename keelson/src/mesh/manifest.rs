@@ -590,6 +590,49 @@ impl Manifest {
     }
 }
 
+impl Manifest {
+    /// An add-on of the mesh (Prometheus): one pod outside the capture, its service
+    /// account, and a LoadBalancer Service `service` in front of it (address from this
+    /// machine).
+    pub fn add_addon(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        container: ContainerPlan,
+        service: &str,
+    ) -> Result<()> {
+        let mut labels = BTreeMap::new();
+        labels.insert("app".to_string(), name.to_string());
+        labels.insert(resources::labels::DATAPLANE_MODE.into(), "none".into());
+        self.workloads.push(Workload {
+            kind: "Deployment".into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            replicas: 1,
+            labels,
+            annotations: BTreeMap::new(),
+            service_account: name.into(),
+            node_name: None,
+            containers: vec![container],
+            load_balancer: Some(name.into()),
+        });
+        for yaml in [
+            format!("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {name}\n  namespace: {namespace}\n"),
+            service.to_string(),
+        ] {
+            let value: serde_yaml::Value = serde_yaml::from_str(&yaml)?;
+            let kind = value["kind"].as_str().unwrap_or_default().to_string();
+            self.resources.push(Resource {
+                kind,
+                namespace: Some(namespace.into()),
+                name: name.into(),
+                value,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// The default ingress gateway's namespace and name.
 pub const INGRESS_NAMESPACE: &str = "istio-system";
 pub const INGRESS_NAME: &str = "istio-ingressgateway";

@@ -21,6 +21,7 @@ pub mod inspect;
 mod lb;
 pub mod manifest;
 mod objects;
+pub mod observe;
 mod pods;
 mod process;
 mod state;
@@ -29,7 +30,7 @@ pub mod supervise;
 
 pub use fabric::thread_node_links;
 use fabric::*;
-pub use lb::gateway_url;
+pub use lb::{gateway_url, prometheus_url};
 pub use objects::label;
 use objects::*;
 pub use pods::exec;
@@ -92,6 +93,9 @@ pub fn up(paths: &Paths, opts: &UpOptions) -> Result<MeshState> {
     if paths.state_file().exists() || !leftover_netns(paths).is_empty() {
         say("cleaning up a previous local mesh");
         down(paths)?;
+    }
+    if opts.observability {
+        observe::prepare(paths, &mut manifest)?;
     }
     let result = build(paths, opts, &manifest).and_then(|mut state| {
         state.procs.push(supervise::start(paths, &state.instance)?);

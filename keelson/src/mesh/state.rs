@@ -164,6 +164,7 @@ impl MeshState {
         let tmp = paths.state_file().with_extension("tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
         std::fs::rename(tmp, paths.state_file())?;
+        super::observe::write_targets(paths, self)?;
         Ok(())
     }
 
@@ -201,6 +202,8 @@ pub struct UpOptions {
     pub redirect: cni_plugin::redirect::Redirect,
     /// Run the default ingress gateway (`istio-system/istio-ingressgateway`).
     pub ingress: bool,
+    /// Run Prometheus scraping the mesh (`istio-system/prometheus`).
+    pub observability: bool,
 }
 
 impl Default for UpOptions {
@@ -210,6 +213,7 @@ impl Default for UpOptions {
             nodes: 2,
             redirect: cni_plugin::redirect::Redirect::Iptables,
             ingress: true,
+            observability: false,
         }
     }
 }
