@@ -5,9 +5,10 @@ set -euo pipefail
 
 # faketime: the clock-skew test runs one ztunnel with its clock shifted (docs/HARDENING.md).
 # clang, llvm, libbpf-dev: the eBPF redirection programs (ebpf/) are compiled at build time.
-# prometheus: `keelson up --observability` runs it (docs/OBSERVABILITY.md).
+# prometheus: `keelson up --observability` runs it; chromium: the service graph's test
+# renders `keelson ui` in it, headless (docs/OBSERVABILITY.md).
 PACKAGES=(iproute2 iptables nftables procps tcpdump curl python3 python3-venv ca-certificates ethtool faketime
-  clang llvm libbpf-dev prometheus)
+  clang llvm libbpf-dev prometheus chromium)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -30,6 +30,9 @@ const USAGE: &str = "usage:
                          [--node N] [-o json]
       what the ztunnels hold (like istioctl ztunnel-config), from their admin port;
       connections: open/opened/failed and bytes per source and destination
+  keelson ui [--listen ADDR]   a live service graph of the local mesh in the browser
+      (default 127.0.0.1:20001): request rate, errors, p99, mTLS and denials per edge;
+      click a node for its policies and routes
   keelson waypoint-config routes|clusters [POD] [-n NS] [-o json]
       a waypoint's (or gateway's) routes in match order, or its clusters: endpoints with
       outlier state, DestinationRule policies, circuit breaker counts
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         ["delete", "-f", file] => mesh::delete(&Paths::default(), std::path::Path::new(file)),
         ["label", rest @ ..] => label(rest),
         ["ztunnel-config", view, rest @ ..] => ztunnel_config(view, rest),
+        ["ui", rest @ ..] => ui(rest),
         ["waypoint-config", view, rest @ ..] => waypoint_config(view, rest),
         ["exec", rest @ ..] => match exec(rest) {
             Ok(code) => return ExitCode::from(code.clamp(0, 255) as u8),
@@ -432,6 +436,18 @@ fn waypoint_config(view: &str, args: &[&str]) -> anyhow::Result<()> {
     let out = mesh::inspect::waypoint_config(&Paths::default(), view, name, namespace, json)?;
     print!("{out}");
     Ok(())
+}
+
+fn ui(args: &[&str]) -> anyhow::Result<()> {
+    let mut listen: std::net::SocketAddr = mesh::ui::DEFAULT_LISTEN.parse()?;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match *a {
+            "--listen" => listen = value(&mut it, a)?.parse()?,
+            other => anyhow::bail!("unknown option {other}\n{USAGE}"),
+        }
+    }
+    mesh::ui::serve(Paths::default(), listen)
 }
 
 fn output_json(v: &str) -> anyhow::Result<bool> {

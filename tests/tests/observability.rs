@@ -600,3 +600,171 @@ fn prometheus_scrapes_the_mesh_and_every_dashboard_panel_has_data() {
     // Istio's recorded aggregation is there too.
     assert!(!query(&prom, "workload:istio_requests_total").is_empty());
 }
+
+/// A `keelson ui` for the test's mesh, stopped (by pid) with the guard.
+struct Ui(std::process::Child);
+
+impl Drop for Ui {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The page as headless Chromium renders it after `ms` of its own (virtual) time.
+fn chromium(args: &[&str], url: &str) -> std::process::Output {
+    std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--virtual-time-budget=8000",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("chromium (scripts/setup.sh installs Debian's)")
+}
+
+#[test]
+fn the_service_graph_renders_bookinfo_in_a_browser() {
+    let mesh = Mesh::tagged("u");
+    mesh.ok(&["up"]);
+    for f in [
+        "bookinfo/waypoint.yaml",
+        "bookinfo/bookinfo-gateway.yaml",
+        "bookinfo/bookinfo-versions.yaml",
+        "bookinfo/virtual-service-reviews-50-v3.yaml",
+    ] {
+        mesh.ok(&["apply", "-f", &example(f)]);
+    }
+    // The curl pod may not read details: its requests are denied at the waypoint.
+    let deny = mesh.write(
+        "deny.yaml",
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-curl-to-details}
+spec:
+  targetRefs: [{kind: Service, group: \"\", name: details}]
+  action: DENY
+  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/curl]}}]}]
+",
+    );
+    mesh.ok(&["apply", "-f", deny.to_str().unwrap()]);
+    let url = format!(
+        "http://{}:80/productpage",
+        mesh.host_ip("istio-ingressgateway-0")
+    );
+    mesh.curl_host_until(&[&url], 200, "Simple Bookstore App");
+    // A port of its own per run: tests run side by side.
+    let port = 20100 + (std::process::id() % 800) as u16;
+    let listen = format!("127.0.0.1:{port}");
+    let _ui = Ui(mesh
+        .command(&["ui", "--listen", &listen])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap());
+    let page = format!("http://{listen}/");
+    let denied_seen = || {
+        let (status, _) = mesh.curl_i(&["http://details:9080/details/0"]);
+        status == 403
+    };
+    let mut dom = String::new();
+    let edge = |dom: &str, from: &str, to: &str, class: &str| {
+        dom.split("<g class=\"edge").any(|g| {
+            let head = g.split('>').next().unwrap_or_default();
+            head.contains(class)
+                && head
+                    .split("data-from=\"")
+                    .nth(1)
+                    .is_some_and(|f| f.starts_with(from))
+                && head
+                    .split("data-to=\"")
+                    .nth(1)
+                    .is_some_and(|t| t.starts_with(to))
+        })
+    };
+    let ok = eventually(60, || {
+        for _ in 0..5 {
+            mesh.curl_host(&[&url]);
+        }
+        let denied = denied_seen();
+        let out = chromium(&["--dump-dom"], &page);
+        dom = String::from_utf8_lossy(&out.stdout).into_owned();
+        denied
+            && edge(
+                &dom,
+                "workload:istio-system/istio-ingressgateway",
+                "service:productpage",
+                " http",
+            )
+            && edge(
+                &dom,
+                "workload:default/productpage-v1",
+                "service:reviews",
+                " http",
+            )
+            && edge(
+                &dom,
+                "service:reviews",
+                "workload:default/reviews-v",
+                " http",
+            )
+            && edge(
+                &dom,
+                "workload:default/reviews-v",
+                "service:ratings",
+                " http",
+            )
+            && edge(&dom, "workload:default/curl", "service:details", "denied")
+    });
+    assert!(ok, "the graph lacks bookinfo's edges or the denial:\n{dom}");
+    assert!(dom.contains("mTLS"), "no edge shows mTLS:\n{dom}");
+    // A node's policies and routes, as a click shows them.
+    let (_, details) = netns_free_get(
+        &listen,
+        "/api/node?id=service%3Areviews.default.svc.cluster.local",
+    );
+    assert!(
+        details.contains("default/reviews#0") || details.contains("\"virtualService\""),
+        "{details}"
+    );
+    let (_, node) = netns_free_get(
+        &listen,
+        "/api/node?id=service%3Adetails.default.svc.cluster.local",
+    );
+    assert!(node.contains("no-curl-to-details"), "{node}");
+    // The screenshot the docs show.
+    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/keelson-ui.png");
+    let out = chromium(
+        &[
+            "--window-size=1900,700",
+            &format!("--screenshot={}", shot.display()),
+        ],
+        &page,
+    );
+    assert!(
+        shot.metadata().is_ok_and(|m| m.len() > 10_000),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// GET on this machine's loopback.
+fn netns_free_get(addr: &str, path: &str) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{addr}{path}"),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}

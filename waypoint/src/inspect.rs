@@ -58,9 +58,37 @@ fn served(wp: &Waypoint) -> Vec<Arc<Service>> {
 fn routes(wp: &Waypoint) -> serde_json::Value {
     let pi = &wp.pi;
     let waypoint_ns = pi.cfg.pod_namespace.as_deref().unwrap_or(&pi.local_ns);
+    let own_uid = pi
+        .state
+        .workload_by_name(&pi.local_ns, &pi.local_name)
+        .map(|w| w.uid.clone())
+        .unwrap_or_default();
+    let policies = wp.config.store.read(|r| {
+        r.policies
+            .values()
+            .cloned()
+            .collect::<Vec<Arc<crate::config::WaypointPolicy>>>()
+    });
     let services: Vec<serde_json::Value> = served(wp)
         .iter()
         .map(|svc| {
+            // The AuthorizationPolicies enforced here for it: on the service, on this
+            // waypoint, or on every waypoint.
+            let applied: Vec<serde_json::Value> = policies
+                .iter()
+                .filter(|p| {
+                    p.all_waypoints
+                        || p.waypoint_uids.contains(&own_uid)
+                        || p.service_hostnames.contains(&svc.hostname)
+                })
+                .map(|p| {
+                    serde_json::json!({
+                        "name": p.policy.id,
+                        "action": format!("{:?}", p.policy.action),
+                        "dryRun": p.policy.dry_run,
+                    })
+                })
+                .collect();
             let mut ports = serde_json::Map::new();
             for port in svc.ports.keys() {
                 let frontend = l7::table::Frontend {
@@ -101,6 +129,7 @@ fn routes(wp: &Waypoint) -> serde_json::Value {
                 "service": svc.hostname,
                 "namespace": svc.namespace,
                 "ports": ports,
+                "policies": applied,
             })
         })
         .collect();

@@ -212,7 +212,7 @@ fn certificates(per_node: &[(String, Value)]) -> String {
 }
 
 /// One line of Prometheus text: its name, labels and value.
-fn sample(line: &str) -> Option<(&str, BTreeMap<&str, &str>, f64)> {
+pub(super) fn sample(line: &str) -> Option<(&str, BTreeMap<&str, &str>, f64)> {
     if line.starts_with('#') || line.is_empty() {
         return None;
     }

@@ -27,6 +27,7 @@ mod process;
 mod state;
 mod status;
 pub mod supervise;
+pub mod ui;
 
 pub use fabric::thread_node_links;
 use fabric::*;
