@@ -46,6 +46,11 @@ fn traces_reach_the_collector_linked() {
         mesh.host_ip("istio-ingressgateway-0")
     );
     mesh.curl_host_until(&[&url], 200, "Simple Bookstore App");
+    let status = mesh.ok(&["status"]);
+    assert!(
+        status.contains("otel collector.observability.svc.cluster.local:4317 100%"),
+        "{status}"
+    );
 
     // One page, in a trace the test starts (sampled): every proxy on the way continues it.
     const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";

@@ -92,9 +92,37 @@ pub fn status(paths: &Paths) -> Result<String> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     files.sort();
+    let mut all = resources::Resources::default();
     for f in files {
-        if let Err(e) = resources::Resources::default().add_file(&f) {
-            writeln!(out, "  rejected: {e}")?;
+        let mut one = resources::Resources::default();
+        match one.add_file(&f) {
+            Err(e) => writeln!(out, "  rejected: {e}")?,
+            Ok(()) => all.extend(one),
+        }
+    }
+    // Tracing, once a mesh config or a Telemetry names it (docs/OBSERVABILITY.md).
+    if !all.mesh_configs.is_empty() || !all.telemetries.is_empty() {
+        let mesh = resources::MeshSettings::default();
+        writeln!(
+            out,
+            "
+TRACING (namespace: provider, collector, sampling)"
+        )?;
+        for t in controlplane::snapshot::tracing(&all, &mesh) {
+            let ns = if t.namespace.is_empty() {
+                "(mesh)"
+            } else {
+                t.namespace.as_str()
+            };
+            if t.disabled {
+                writeln!(out, "{ns:<20} off: {}", t.source)?;
+            } else {
+                writeln!(
+                    out,
+                    "{ns:<20} {} {}:{} {}% ({})",
+                    t.provider, t.service, t.port, t.sampling, t.source
+                )?;
+            }
         }
     }
     writeln!(
