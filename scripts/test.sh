@@ -17,6 +17,7 @@ else
   echo "advisories: the RustSec database cannot be fetched from here; not checked"
 fi
 # The e2e tests run the real binaries: build them in the same (dev) profile first.
+rm -f target/leaked-processes.log
 echo "== build";  cargo build --workspace --bins
 echo "== test";   cargo test --workspace -- --test-threads=4
 # The suites that depend on how pods are redirected, again with eBPF redirection (the whole
@@ -27,6 +28,11 @@ KEELSON_TEST_REDIRECT=ebpf cargo test -p keelson-tests \
   --test l4 --test policy_matrix --test drain --test gateway -- --test-threads=4
 # Every fuzz target for a bounded time (docs/HARDENING.md; longer runs: scripts/fuzz.sh N).
 echo "== fuzz";   bash scripts/fuzz.sh 10
+# Processes a test's mesh left running after `keelson down` (the tests kill them by pid and
+# record them here): reported, to be traced to their test.
+if [ -s target/leaked-processes.log ]; then
+  echo "== processes that outlived their mesh (killed):"; cat target/leaked-processes.log
+fi
 leftover=$(ip netns list | grep -c '^kt' || true)
 if [ "$leftover" -ne 0 ]; then
   echo "tests left $leftover network namespaces behind:"; ip netns list | grep '^kt'; exit 1

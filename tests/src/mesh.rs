@@ -299,10 +299,69 @@ impl Mesh {
 
 impl Drop for Mesh {
     fn drop(&mut self) {
-        let _ = self.run(&["down"]);
+        let down = self.run(&["down"]);
         for p in self.written.lock().unwrap().drain(..) {
             let _ = std::fs::remove_file(p);
         }
+        self.reap_leftovers(&down);
+    }
+}
+
+impl Mesh {
+    /// Processes of this mesh still running after `keelson down` (found by the
+    /// `KEELSON_HOME` in their environment): recorded in `target/leaked-processes.log`,
+    /// which scripts/test.sh prints, and killed by pid.
+    fn reap_leftovers(&self, down: &Out) {
+        let want = format!("KEELSON_HOME={}", self.home.display()).into_bytes();
+        let mut found = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid == std::process::id() as i32 {
+                continue;
+            }
+            let Ok(env) = std::fs::read(e.path().join("environ")) else {
+                continue;
+            };
+            if !env.split(|b| *b == 0).any(|kv| kv == want.as_slice()) {
+                continue;
+            }
+            let cmd = std::fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .unwrap_or_default();
+            if cmd.trim().is_empty() {
+                continue; // a zombie: nothing runs
+            }
+            found.push(format!("pid {pid}: {cmd}"));
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if found.is_empty() {
+            return;
+        }
+        let log =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/leaked-processes.log");
+        let text = format!(
+            "mesh {} (test thread {:?}): {} process(es) outlived `keelson down` (ok: {}, stderr: {})\n  {}\n",
+            self.prefix,
+            std::thread::current().name().unwrap_or("?"),
+            found.len(),
+            down.ok,
+            down.stderr.trim(),
+            found.join("\n  ")
+        );
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = f.write_all(text.as_bytes());
+        }
+        eprintln!("{text}");
     }
 }
 
