@@ -182,7 +182,7 @@ pub fn from_http1_head(bytes: &[u8]) -> Option<Parent> {
         let Some((name, value)) = line.split_once(':') else {
             continue;
         };
-        let name = name.trim().to_ascii_lowercase();
+        let name = name.trim();
         let wanted = [
             &TRACEPARENT,
             &TRACESTATE,
@@ -192,7 +192,10 @@ pub fn from_http1_head(bytes: &[u8]) -> Option<Parent> {
             &B3_SAMPLED,
             &B3_FLAGS,
         ];
-        if let Some(h) = wanted.iter().find(|h| h.as_str() == name) {
+        if let Some(h) = wanted
+            .iter()
+            .find(|h| h.as_str().eq_ignore_ascii_case(name))
+        {
             if let Ok(v) = HeaderValue::from_str(value.trim()) {
                 headers.insert((*h).clone(), v);
             }

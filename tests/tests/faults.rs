@@ -250,7 +250,9 @@ async fn a_full_log_disk_does_not_stop_traffic() {
 }
 
 /// A ztunnel binary that runs the server pod's ztunnel with its clock shifted by `skew`
-/// (libfaketime; the monotonic clock, which timers use, stays true).
+/// (libfaketime; the monotonic clock, which timers use, stays true). The library is
+/// preloaded into the ztunnel itself, under the script's pid: the `faketime` command runs
+/// its program as a child, which outlived the testbed when the test stopped the wrapper.
 fn skewed_ztunnel(skew: &str) -> std::path::PathBuf {
     let real = netns::find_binary("ztunnel").unwrap();
     let script = std::env::temp_dir().join(format!(
@@ -262,7 +264,8 @@ fn skewed_ztunnel(skew: &str) -> std::path::PathBuf {
         &script,
         format!(
             "#!/bin/sh\nif [ \"$POD_NAME\" = server ]; then\n  \
-             FAKETIME_DONT_FAKE_MONOTONIC=1 exec faketime -f '{skew}' {real} \"$@\"\nfi\nexec {real} \"$@\"\n",
+             lib=$(ls /usr/lib/*/faketime/libfaketime.so.1 | head -n 1)\n  \
+             FAKETIME='{skew}' FAKETIME_DONT_FAKE_MONOTONIC=1 LD_PRELOAD=\"$lib\" exec {real} \"$@\"\nfi\nexec {real} \"$@\"\n",
             real = real.display()
         ),
     )

@@ -193,8 +193,26 @@ fn traces_reach_the_collector_linked() {
                 && l.contains(&format!("direction={direction}"))
         })
     };
+    // Each try is a new connection with the same context.
+    let again = || {
+        mesh.exec(
+            "curl-0",
+            &[
+                "curl",
+                "-s",
+                "-m",
+                "10",
+                "-H",
+                &format!("traceparent: 00-{FAILED}-{CALLER}-01"),
+                "http://details:9080/status/503",
+            ],
+        );
+    };
     assert!(
-        eventually(15, || traced(&node, "outbound")),
+        eventually(15, || traced(&node, "outbound") || {
+            again();
+            false
+        }),
         "no outbound access line with the trace id on {node}:\n{}",
         log(&node)
             .lines()
@@ -604,6 +622,25 @@ fn prometheus_scrapes_the_mesh_and_every_dashboard_panel_has_data() {
     assert!(ok, "panels without data:\n{}", empty.join("\n"));
     // Istio's recorded aggregation is there too.
     assert!(!query(&prom, "workload:istio_requests_total").is_empty());
+    // Prometheus' own page, graphing the recorded request rate: the screenshot the docs
+    // show.
+    let shot =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/keelson-prometheus.png");
+    let graph = format!(
+        "{prom}/graph?g0.expr=sum%20by%20(destination_service)%20(destination_service%3Aistio_requests%3Arate1m)&g0.tab=1"
+    );
+    let out = chromium(
+        &[
+            "--window-size=1400,800",
+            &format!("--screenshot={}", shot.display()),
+        ],
+        &graph,
+    );
+    assert!(
+        shot.metadata().is_ok_and(|m| m.len() > 10_000),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A `keelson ui` for the test's mesh, stopped (by pid) with the guard.

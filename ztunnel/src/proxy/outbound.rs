@@ -46,6 +46,9 @@ pub async fn proxy(
 
 /// Bytes of a request head looked at for its trace context.
 const PEEK: usize = 2048;
+/// How long a connection to an HTTP port waits for its request head before its CONNECT
+/// goes without the client's trace context.
+const HEAD_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The client's trace context, for the CONNECT request: what the connection's first bytes
 /// say, when they are already here and are a plaintext HTTP/1.x request head carrying one
@@ -240,7 +243,18 @@ pub async fn establish(
     facts.mtls = true;
     facts.dst_addr = Some(hbone_addr);
     facts.dst_hbone_addr = Some(target.to_string());
-    // Peeked as late as possible: the client has had the most time to send its request.
+    // Peeked as late as possible: the client has had the most time to send its request. On
+    // a port declared HTTP the client speaks first, so its request head is waited for, a
+    // little: it is what the connection waits for anyway.
+    if let Some(d) = downstream {
+        let http = service
+            .as_ref()
+            .and_then(|s| s.app_protocols.get(&orig.port()))
+            .is_some_and(|p| p.starts_with("http") || p == "grpc");
+        if http {
+            let _ = tokio::time::timeout(HEAD_WAIT, d.readable()).await;
+        }
+    }
     let trace = downstream.and_then(client_trace);
     facts.trace_id = trace
         .as_deref()
