@@ -139,13 +139,26 @@ impl Mesh {
     /// `curl URL` from `pod` answers and the answer contains `expect`.
     pub fn curl(&self, pod: &str, url: &str, expect: &str) -> String {
         let out = self.exec(pod, &["curl", "-sS", "-m", "10", url]);
-        assert!(
-            out.ok && out.stdout.contains(expect),
-            "curl {url} from {pod}: {}{}\n{}",
-            out.stdout,
-            out.stderr,
-            self.logs()
-        );
+        if !(out.ok && out.stdout.contains(expect)) {
+            // What the mesh looked like then: a connection that timed out says little alone.
+            let status = self.run(&["status"]).stdout;
+            let routes: Vec<String> = ["node-1", "node-2"]
+                .iter()
+                .map(|n| {
+                    let ns = format!("{}-{n}", self.prefix);
+                    let o =
+                        netns::run("ip", &["-n", &ns, "route"]).unwrap_or_else(|e| e.to_string());
+                    format!("routes of {n}:\n{o}")
+                })
+                .collect();
+            panic!(
+                "curl {url} from {pod}: {}{}\n{status}\n{}\n{}",
+                out.stdout,
+                out.stderr,
+                routes.join("\n"),
+                self.logs()
+            );
+        }
         out.stdout
     }
 
