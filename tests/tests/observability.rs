@@ -624,23 +624,10 @@ fn prometheus_scrapes_the_mesh_and_every_dashboard_panel_has_data() {
     assert!(!query(&prom, "workload:istio_requests_total").is_empty());
     // Prometheus' own page, graphing the recorded request rate: the screenshot the docs
     // show.
-    let shot =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/keelson-prometheus.png");
     let graph = format!(
         "{prom}/graph?g0.expr=sum%20by%20(destination_service)%20(destination_service%3Aistio_requests%3Arate1m)&g0.tab=1"
     );
-    let out = chromium(
-        &[
-            "--window-size=1400,800",
-            &format!("--screenshot={}", shot.display()),
-        ],
-        &graph,
-    );
-    assert!(
-        shot.metadata().is_ok_and(|m| m.len() > 10_000),
-        "no screenshot: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    screenshot("keelson-prometheus.png", "1400,800", &graph);
 }
 
 /// A `keelson ui` for the test's mesh, stopped (by pid) with the guard.
@@ -778,17 +765,24 @@ spec:
     );
     assert!(node.contains("no-curl-to-details"), "{node}");
     // The screenshot the docs show.
-    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/keelson-ui.png");
+    screenshot("keelson-ui.png", "1900,700", &page);
+}
+
+/// Headless Chromium's screenshot of `url` in `target/<name>`, taken afresh: a file left
+/// by an earlier run does not count.
+fn screenshot(name: &str, size: &str, url: &str) {
+    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/{name}"));
+    let _ = std::fs::remove_file(&shot);
     let out = chromium(
         &[
-            "--window-size=1900,700",
+            &format!("--window-size={size}"),
             &format!("--screenshot={}", shot.display()),
         ],
-        &page,
+        url,
     );
     assert!(
         shot.metadata().is_ok_and(|m| m.len() > 10_000),
-        "no screenshot: {}",
+        "no screenshot of {url}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }

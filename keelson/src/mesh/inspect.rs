@@ -21,7 +21,7 @@ pub const ZTUNNEL_VIEWS: &[&str] = &[
     "all",
 ];
 
-fn get(netns: &str, addr: &str, path: &str) -> Result<String> {
+pub(super) fn get(netns: &str, addr: &str, path: &str) -> Result<String> {
     let (status, body) = netns::http_get_at(
         &netns::netns_path(netns),
         addr.parse().expect("a literal address"),
@@ -406,15 +406,7 @@ pub fn waypoint_config(
         None => state
             .pods
             .iter()
-            .find(|p| {
-                // A waypoint runs the waypoint binary without the `gateway` argument.
-                p.procs.iter().any(|pr| {
-                    pr.spec.as_ref().is_some_and(|sp| {
-                        sp.program.ends_with("waypoint")
-                            && sp.args.first().map(String::as_str) != Some("gateway")
-                    })
-                })
-            })
+            .find(|p| p.runs_proxy(false))
             .context("no waypoint in the mesh")?,
     };
     let body = get(&pod.netns, "127.0.0.1:15000", path)?;

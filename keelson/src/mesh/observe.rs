@@ -106,13 +106,7 @@ pub fn write_targets(paths: &Paths, state: &MeshState) -> Result<()> {
     let proxies: Vec<_> = state
         .pods
         .iter()
-        .filter(|p| {
-            p.procs.iter().any(|pr| {
-                pr.spec
-                    .as_ref()
-                    .is_some_and(|sp| sp.program.ends_with("waypoint"))
-            })
-        })
+        .filter(|p| p.runs_proxy(true))
         .map(|p| {
             group(
                 vec![format!("{}:15020", p.ip)],

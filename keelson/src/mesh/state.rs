@@ -89,6 +89,18 @@ pub struct PodState {
     pub host_ip: Option<Ipv4Addr>,
 }
 
+impl PodState {
+    /// Runs the `waypoint` binary: a waypoint, or (`gateway`) an ingress gateway too.
+    pub fn runs_proxy(&self, gateway: bool) -> bool {
+        self.procs.iter().any(|pr| {
+            pr.spec.as_ref().is_some_and(|sp| {
+                sp.program.ends_with("waypoint")
+                    && (gateway || sp.args.first().map(String::as_str) != Some("gateway"))
+            })
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcRecord {
     pub role: String,

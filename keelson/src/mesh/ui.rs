@@ -53,14 +53,7 @@ fn workload_id(ns: &str, name: &str) -> String {
 }
 
 fn get(netns: &str, addr: &str, path: &str) -> Option<String> {
-    netns::http_get_at(
-        &netns::netns_path(netns),
-        addr.parse().expect("a literal address"),
-        path,
-    )
-    .ok()
-    .filter(|(s, _)| *s == 200)
-    .map(|(_, b)| b)
+    super::inspect::get(netns, addr, path).ok()
 }
 
 /// Every proxy's metrics text: the ztunnels' and those of waypoints and gateways.
@@ -72,12 +65,7 @@ fn scrape_all(state: &MeshState) -> Scrape {
         }
     }
     for p in &state.pods {
-        let proxy = p.procs.iter().any(|pr| {
-            pr.spec
-                .as_ref()
-                .is_some_and(|sp| sp.program.ends_with("waypoint"))
-        });
-        if proxy {
+        if p.runs_proxy(true) {
             if let Some(t) = get(&p.netns, "127.0.0.1:15020", "/metrics") {
                 texts.push(t);
             }
@@ -283,13 +271,7 @@ fn node_details(shared: &Shared, id: &str) -> Value {
     let mut routes = Vec::new();
     if id.starts_with("service:") {
         for p in &state.pods {
-            let waypoint = p.procs.iter().any(|pr| {
-                pr.spec.as_ref().is_some_and(|sp| {
-                    sp.program.ends_with("waypoint")
-                        && sp.args.first().map(String::as_str) != Some("gateway")
-                })
-            });
-            if !waypoint {
+            if !p.runs_proxy(false) {
                 continue;
             }
             let r = get(&p.netns, "127.0.0.1:15000", "/waypoint/routes")
